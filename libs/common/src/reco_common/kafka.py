@@ -1,0 +1,309 @@
+"""Kafka on aiokafka: the idempotent producer and the at-least-once batch consumer.
+
+The consumer owns the delivery guarantees every service relies on:
+
+- offsets are committed manually, only after a batch was handled and its rejects dead-lettered;
+- a record that does not decode, or that the handler rejects, goes to ``<topic>.dlq`` with the
+  original topic/partition/offset and the reason as headers; consumption continues;
+- a handler failure (e.g. Redis down) is retried a bounded number of times, then the batch is
+  sought back and fetched again: nothing is committed that was not processed;
+- on a rebalance, revocation waits for the batch in hand to finish and commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    CommitFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+)
+from pydantic import BaseModel
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from reco_common.contracts import ContractError, DlqHeader, Topics, decode, encode
+from reco_common.metrics import ConsumerMetrics
+from reco_common.settings import KafkaSettings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class KafkaUnavailableError(RuntimeError):
+    """The brokers named by ``RECO_KAFKA_BOOTSTRAP`` did not answer at start."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery(Generic[T]):
+    """A decoded event with the record it came from."""
+
+    record: ConsumerRecord[bytes, bytes]
+    event: T
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A record the handler refuses for good; it is dead-lettered with ``reason``."""
+
+    record: ConsumerRecord[bytes, bytes]
+    reason: str
+    error_type: str = "rejected"
+
+
+Handler = Callable[[Sequence[Delivery[T]]], Awaitable[Sequence[Rejection]]]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often a failing batch is retried in place before it is sought back and refetched."""
+
+    attempts: int = 5
+    initial_wait_s: float = 0.05
+    max_wait_s: float = 2.0
+
+
+def _unavailable(settings: KafkaSettings, exc: Exception) -> KafkaUnavailableError:
+    return KafkaUnavailableError(
+        f"Kafka at RECO_KAFKA_BOOTSTRAP={settings.bootstrap!r} is unreachable: {exc}"
+    )
+
+
+async def start_producer(settings: KafkaSettings, *, linger_ms: int = 2) -> AIOKafkaProducer:
+    """An idempotent producer (acks=all), started; fails fast naming the bootstrap setting."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap,
+        client_id=settings.client_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=linger_ms,
+        request_timeout_ms=int(settings.request_timeout_s * 1000),
+    )
+    try:
+        await producer.start()
+    except KafkaConnectionError as exc:
+        await producer.stop()
+        raise _unavailable(settings, exc) from exc
+    return producer
+
+
+async def publish(producer: AIOKafkaProducer, topic: str, key: str, event: BaseModel) -> None:
+    """Send one contract event and wait until the brokers acknowledged it."""
+    await producer.send_and_wait(topic, encode(event), key=key.encode())
+
+
+async def ensure_topics(settings: KafkaSettings, topics: dict[str, int]) -> None:
+    """Create the named topics (name → partitions) when they do not exist yet."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=settings.client_id)
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        await admin.close()
+        raise _unavailable(settings, exc) from exc
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name, num_partitions=n, replication_factor=1)
+            for name, n in topics.items()
+            if name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                logger.debug("topics created concurrently: %s", [t.name for t in missing])
+    finally:
+        await admin.close()
+
+
+class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Revocation waits until the batch in hand is handled and committed."""
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self._lock = lock
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._lock:
+            logger.info("partitions revoked: %s", sorted(str(tp) for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        logger.info("partitions assigned: %s", sorted(str(tp) for tp in assigned))
+
+
+class EventConsumer(Generic[T]):
+    """Consume ``topic`` as ``model`` events in batches and hand them to ``handler``.
+
+    Use ``start()``, then ``run(stop)`` until ``stop`` is set, then ``stop()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: KafkaSettings,
+        topic: str,
+        group_id: str,
+        model: type[T],
+        handler: Handler[T],
+        producer: AIOKafkaProducer,
+        metrics: ConsumerMetrics,
+        max_records: int = 500,
+        fetch_max_wait_ms: int = 5,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._model = model
+        self._handler = handler
+        self._producer = producer
+        self._metrics = metrics
+        self._max_records = max_records
+        self._retry = retry or RetryPolicy()
+        self._lock = asyncio.Lock()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap,
+            client_id=settings.client_id,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            max_poll_interval_ms=300_000,
+            request_timeout_ms=int(settings.request_timeout_s * 1000) + 30_000,
+        )
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        return self._consumer
+
+    async def start(self) -> None:
+        try:
+            await self._consumer.start()
+        except KafkaConnectionError as exc:
+            await self._consumer.stop()
+            raise _unavailable(self._settings, exc) from exc
+        self._consumer.subscribe([self._topic], listener=_WaitForBatch(self._lock))
+
+    async def stop(self) -> None:
+        """Leave the group; call after ``run`` returned (the batch in hand is committed)."""
+        async with self._lock:
+            await self._consumer.stop()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch, handle and commit batches until ``stop`` is set."""
+        while not stop.is_set():
+            batches = await self._consumer.getmany(timeout_ms=100, max_records=self._max_records)
+            if not batches:
+                continue
+            async with self._lock:
+                await self.process(batches)
+
+    async def process(
+        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        """Handle one fetched batch; commit it, or seek back so that it is fetched again."""
+        records = [r for part in batches.values() for r in part]
+        self._metrics.batch_size.observe(len(records))
+        deliveries, rejections = self._decode(records)
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self._retry.attempts),
+                wait=wait_exponential(
+                    multiplier=self._retry.initial_wait_s, max=self._retry.max_wait_s
+                ),
+                retry=retry_if_exception_type(Exception),
+                before_sleep=self._log_retry,
+                reraise=True,
+            ):
+                with attempt:
+                    handler_rejections = await self._handler(deliveries) if deliveries else []
+                    await self._dead_letter([*rejections, *handler_rejections])
+        except Exception:
+            logger.exception("batch of %d records failed; seeking back to refetch it", len(records))
+            self._metrics.batch_failures.inc()
+            self._seek_back(batches)
+            return
+        await self._commit(batches)
+        self._metrics.events.inc(len(records))
+        self._record_lag(batches)
+
+    def _decode(
+        self, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> tuple[list[Delivery[T]], list[Rejection]]:
+        deliveries: list[Delivery[T]] = []
+        rejections: list[Rejection] = []
+        for record in records:
+            try:
+                deliveries.append(Delivery(record, decode(self._model, record.value)))
+            except ContractError as exc:
+                rejections.append(Rejection(record, exc.reason, "invalid"))
+        return deliveries, rejections
+
+    async def _dead_letter(self, rejections: Sequence[Rejection]) -> None:
+        if not rejections:
+            return
+        sends = [
+            await self._producer.send(
+                Topics.dlq(r.record.topic),
+                r.record.value,
+                key=r.record.key,
+                headers=_dlq_headers(r),
+            )
+            for r in rejections
+        ]
+        await asyncio.gather(*sends)
+        for r in rejections:
+            logger.warning(
+                "dead-lettered %s[%d]@%d: %s",
+                r.record.topic,
+                r.record.partition,
+                r.record.offset,
+                r.reason,
+            )
+            self._metrics.dead_lettered.labels(r.error_type).inc()
+
+    async def _commit(
+        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        offsets = {tp: part[-1].offset + 1 for tp, part in batches.items()}
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # The partitions moved to another member, which redelivers: harmless, logged.
+            logger.warning("commit of %s failed, events will be redelivered: %s", offsets, exc)
+            self._metrics.commit_failures.inc()
+
+    def _seek_back(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        for tp, part in batches.items():
+            if tp in self._consumer.assignment():
+                self._consumer.seek(tp, part[0].offset)
+
+    def _record_lag(
+        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        for tp, part in batches.items():
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None:
+                self._metrics.lag.labels(str(tp.partition)).set(highwater - part[-1].offset - 1)
+
+    def _log_retry(self, state: object) -> None:
+        self._metrics.handler_retries.inc()
+        logger.warning("batch handler failed, retrying: %s", getattr(state, "outcome", None))
+
+
+def _dlq_headers(rejection: Rejection) -> list[tuple[str, bytes]]:
+    record = rejection.record
+    return [
+        (DlqHeader.TOPIC, record.topic.encode()),
+        (DlqHeader.PARTITION, str(record.partition).encode()),
+        (DlqHeader.OFFSET, str(record.offset).encode()),
+        (DlqHeader.ERROR, rejection.reason.encode()[:4096]),
+        (DlqHeader.ERROR_TYPE, rejection.error_type.encode()),
+    ]

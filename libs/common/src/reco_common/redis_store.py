@@ -1,0 +1,74 @@
+"""Redis on ``redis.asyncio``: the served lists and the active-model record, as the API reads them.
+
+A user's list is one JSON value under one key, so replacing it is a single atomic ``SET``: a
+reader sees the old list or the new one, never a partial or empty one. The API's read is one
+round trip (``MGET`` of the user's list and the model's active record with its fallback).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from reco_common.contracts import ActiveModel, RecommendationList, RedisKeys, decode, encode
+from reco_common.settings import RedisSettings
+
+
+def connect(settings: RedisSettings, *, timeout_s: float | None = None) -> Redis:
+    """A pooled client; no I/O happens until the first command."""
+    timeout = timeout_s or settings.socket_timeout_s
+    return Redis.from_url(
+        settings.url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        max_connections=settings.max_connections,
+        health_check_interval=30,
+    )
+
+
+async def replace_lists(
+    redis: Redis, keys: RedisKeys, model_name: str, lists: Mapping[str, RecommendationList]
+) -> None:
+    """Replace many users' lists in one pipelined round trip; each ``SET`` is atomic."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for user_id, value in lists.items():
+            pipe.set(keys.recommendations(model_name, user_id), encode(value))
+        await pipe.execute()
+
+
+async def activate_model(redis: Redis, keys: RedisKeys, active: ActiveModel) -> None:
+    """Record ``active`` as the model's served version, with its popular list for the fallback."""
+    payload = encode(active)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(keys.popular(active.model_name, active.version), payload)
+        pipe.set(keys.active_model(active.model_name), payload)
+        await pipe.execute()
+
+
+@dataclass(frozen=True, slots=True)
+class ServedView:
+    """What the API needs for one request, read in one round trip (raw JSON, decoded lazily)."""
+
+    recommendations: bytes | str | None
+    active: bytes | str | None
+
+
+async def read_served(redis: Redis, keys: RedisKeys, model_name: str, user_id: str) -> ServedView:
+    rec, active = await redis.mget(
+        keys.recommendations(model_name, user_id), keys.active_model(model_name)
+    )
+    return ServedView(rec, active)
+
+
+async def read_active(redis: Redis, keys: RedisKeys, model_name: str) -> ActiveModel | None:
+    raw = await redis.get(keys.active_model(model_name))
+    return None if raw is None else decode(ActiveModel, raw)
+
+
+async def read_list(
+    redis: Redis, keys: RedisKeys, model_name: str, user_id: str
+) -> RecommendationList | None:
+    raw = await redis.get(keys.recommendations(model_name, user_id))
+    return None if raw is None else decode(RecommendationList, raw)
