@@ -8,12 +8,14 @@ refused at start, naming the setting.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Self
+from typing import Annotated, Self, TypeVar
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reco_common.contracts import RedisKeys, Topics
+
+S = TypeVar("S", bound=BaseSettings)
 
 DEV_PLACEHOLDER_SECRETS = frozenset({"recoadmin-secret", "change-me", "dev-token"})
 
@@ -87,3 +89,39 @@ def refuse_placeholder(name: str, value: SecretStr | None) -> None:
     """Raise when ``value`` is one of the dev placeholders (used outside ``RECO_ENV=dev``)."""
     if value is not None and value.get_secret_value() in DEV_PLACEHOLDER_SECRETS:
         raise ValueError(f"{name} is a development placeholder; set a real secret outside dev")
+
+
+class ConfigurationError(RuntimeError):
+    """Settings that cannot start a service; the message names each environment variable."""
+
+
+def load_settings(cls: type[S]) -> S:
+    """Build ``cls`` from the environment, or fail fast naming the variables that are wrong."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        raise ConfigurationError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        lines.append(f"{_env_name(exc.title, loc)}: {err['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _env_name(model_title: str, loc: list[str]) -> str:
+    prefixes = {c.__name__: c.model_config.get("env_prefix", "") for c in _settings_classes()}
+    prefix = prefixes.get(model_title, "RECO_")
+    return (prefix + "_".join(loc)).upper() if loc else model_title
+
+
+def _settings_classes() -> list[type[BaseSettings]]:
+    found: list[type[BaseSettings]] = []
+    pending: list[type[BaseSettings]] = [BaseSettings]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found

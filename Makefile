@@ -1,0 +1,58 @@
+# The front door: `make demo` runs the whole pipeline on local processes, `make test` proves it.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV ?= uv
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: install
+install: ## Install the Python workspace from the lock (uv)
+	$(UV) sync --locked --all-packages
+
+.PHONY: stack-up stack-down stack-status
+stack-up: ## Start Kafka, Redis and the S3 server as local processes (idempotent)
+	scripts/stack.sh up
+stack-down: ## Stop the dev stack
+	scripts/stack.sh down
+stack-status: ## Show the dev stack's processes
+	scripts/stack.sh status
+
+.PHONY: kube-up kube-down kube-status
+kube-up: ## Start the local Kubernetes control plane (etcd, apiserver, kwok), building it once
+	scripts/kube.sh up
+kube-down: ## Stop the local Kubernetes control plane
+	scripts/kube.sh down
+kube-status: ## Show the control plane's processes
+	scripts/kube.sh status
+
+.PHONY: lint
+lint: install ## Lint, format check, import contracts and type check
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+	$(UV) run lint-imports
+	$(UV) run mypy libs/common/src services/trainer/src services/controller/src services/worker/src services/api/src
+
+.PHONY: test-unit
+test-unit: install ## Unit tests only (no network)
+	$(UV) run pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: test
+test: lint stack-up kube-up ## Lint, type check and every test tier against the real servers
+	$(UV) run pytest tests $(PYTEST_ARGS)
+
+.PHONY: demo
+demo: install stack-up ## The whole loop on local processes: train, roll out, stream, serve
+	$(UV) run python -m reco_demo
+
+.PHONY: bench
+bench: install stack-up ## Run every benchmark under bench/ and rewrite docs/benchmarks.md
+	$(UV) run python bench/run_all.py
+
+.PHONY: clean
+clean: ## Stop everything and remove local state (.stack, var)
+	-scripts/stack.sh down
+	-scripts/kube.sh down
+	rm -rf .stack var

@@ -1,0 +1,179 @@
+"""The consumer's delivery guarantees, against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from reco_common.contracts import DlqHeader, Topics, UserAction, encode
+from reco_common.kafka import Delivery, EventConsumer, Rejection, RetryPolicy, ensure_topics
+from reco_common.metrics import ConsumerMetrics
+from reco_common.settings import KafkaSettings
+
+N_EVENTS = 60
+
+
+def _action(n: int) -> UserAction:
+    return UserAction(
+        event_id=f"e{n}",
+        user_id=f"u{n % 7}",
+        item_id=f"i{n}",
+        action="view",
+        ts=datetime.now(UTC),
+    )
+
+
+async def _produce(producer: AIOKafkaProducer, topic: str, values: list[bytes]) -> None:
+    for n, value in enumerate(values):
+        await producer.send_and_wait(topic, value, key=f"u{n % 7}".encode())
+
+
+class Recorder:
+    """A handler that records what it saw and can be told to fail."""
+
+    def __init__(self, *, fail: bool = False, reject: set[str] | None = None) -> None:
+        self.seen: list[str] = []
+        self.fail = fail
+        self.reject = reject or set()
+        self.calls = 0
+
+    async def __call__(self, batch: Sequence[Delivery[UserAction]]) -> list[Rejection]:
+        self.calls += 1
+        if self.fail:
+            raise ConnectionError("downstream unavailable")
+        self.seen.extend(d.event.event_id for d in batch)
+        return [
+            Rejection(d.record, "rejected by handler")
+            for d in batch
+            if d.event.event_id in self.reject
+        ]
+
+
+def _consumer(
+    settings: KafkaSettings, producer: AIOKafkaProducer, handler: Recorder, group: str
+) -> EventConsumer[UserAction]:
+    return EventConsumer(
+        settings=settings,
+        topic=settings.topics.user_actions,
+        group_id=group,
+        model=UserAction,
+        handler=handler,
+        producer=producer,
+        metrics=ConsumerMetrics.for_service("test"),
+        max_records=7,
+        retry=RetryPolicy(attempts=2, initial_wait_s=0.01, max_wait_s=0.05),
+    )
+
+
+async def _run_until(
+    consumer: EventConsumer[UserAction], predicate: Callable[[], bool], timeout_s: float = 30
+) -> None:
+    """Run the consumer until ``predicate`` holds (polled; bounded by ``timeout_s``)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not predicate():
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+
+
+async def _committed(settings: KafkaSettings, group: str, topic: str, partitions: int) -> int:
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await probe.start()
+    try:
+        total = 0
+        for p in range(partitions):
+            total += await probe.committed(TopicPartition(topic, p)) or 0
+        return total
+    finally:
+        await probe.stop()
+
+
+async def test_nothing_is_committed_before_processing_and_a_restart_loses_nothing(
+    kafka_settings: KafkaSettings, producer: AIOKafkaProducer, unique: str
+) -> None:
+    topic = kafka_settings.topics.user_actions
+    await ensure_topics(kafka_settings, {topic: 3})
+    await _produce(producer, topic, [encode(_action(n)) for n in range(N_EVENTS)])
+    group = f"g{unique}"
+
+    failing = Recorder(fail=True)
+    consumer = _consumer(kafka_settings, producer, failing, group)
+    await consumer.start()
+    await _run_until(consumer, lambda: failing.calls >= 4)
+    await consumer.stop()
+    assert await _committed(kafka_settings, group, topic, 3) == 0
+
+    first = Recorder()
+    consumer = _consumer(kafka_settings, producer, first, group)
+    await consumer.start()
+    await _run_until(consumer, lambda: len(first.seen) >= N_EVENTS // 2)
+    await consumer.stop()
+
+    second = Recorder()
+    consumer = _consumer(kafka_settings, producer, second, group)
+    await consumer.start()
+    await _run_until(
+        consumer, lambda: {*first.seen, *second.seen} >= {f"e{n}" for n in range(N_EVENTS)}
+    )
+    await consumer.stop()
+    assert await _committed(kafka_settings, group, topic, 3) == N_EVENTS
+    assert not set(first.seen) & set(second.seen), "a committed event was delivered again"
+
+
+async def test_bad_records_are_dead_lettered_with_their_reason_and_consumption_goes_on(
+    kafka_settings: KafkaSettings, producer: AIOKafkaProducer, unique: str
+) -> None:
+    topic = kafka_settings.topics.user_actions
+    await ensure_topics(kafka_settings, {topic: 1, Topics.dlq(topic): 1})
+    values = [encode(_action(0)), b"{not json", encode(_action(2)), encode(_action(3))]
+    await _produce(producer, topic, values)
+
+    handler = Recorder(reject={"e3"})
+    consumer = _consumer(kafka_settings, producer, handler, f"g{unique}")
+    await consumer.start()
+    await _run_until(consumer, lambda: len(handler.seen) >= 3)
+    await consumer.stop()
+    assert handler.seen == ["e0", "e2", "e3"]
+
+    dlq = AIOKafkaConsumer(
+        Topics.dlq(topic),
+        bootstrap_servers=kafka_settings.bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await dlq.start()
+    try:
+        records = []
+        async with asyncio.timeout(20):
+            while len(records) < 2:
+                batch = await dlq.getmany(timeout_ms=200)
+                records.extend(r for part in batch.values() for r in part)
+    finally:
+        await dlq.stop()
+    by_offset = {dict(r.headers)[DlqHeader.OFFSET].decode(): r for r in records}
+    assert set(by_offset) == {"1", "3"}
+    garbage = dict(by_offset["1"].headers)
+    assert by_offset["1"].value == b"{not json"
+    assert garbage[DlqHeader.TOPIC].decode() == topic
+    assert garbage[DlqHeader.PARTITION] == b"0"
+    assert garbage[DlqHeader.ERROR_TYPE] == b"invalid"
+    assert b"JSON" in garbage[DlqHeader.ERROR] or b"json" in garbage[DlqHeader.ERROR]
+    assert dict(by_offset["3"].headers)[DlqHeader.ERROR] == b"rejected by handler"
+
+
+async def test_an_unreachable_broker_fails_fast_naming_the_setting() -> None:
+    from reco_common.kafka import KafkaUnavailableError, start_producer
+
+    settings = KafkaSettings(bootstrap="127.0.0.1:1", request_timeout_s=2)
+    with pytest.raises(KafkaUnavailableError, match="RECO_KAFKA_BOOTSTRAP"):
+        await start_producer(settings)

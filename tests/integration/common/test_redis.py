@@ -1,0 +1,49 @@
+"""A reader never sees a partial or empty list while the worker replaces it."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+
+from reco_common.contracts import RecommendationList, RedisKeys
+from reco_common.redis_store import read_list, replace_lists
+
+LIST_LENGTH = 100
+ROUNDS = 300
+
+
+def _list(generation: int) -> RecommendationList:
+    return RecommendationList(
+        model_version=f"v{generation}",
+        computed_at=datetime.now(UTC),
+        items=[f"g{generation}-i{i}" for i in range(LIST_LENGTH)],
+        scores=[float(LIST_LENGTH - i) for i in range(LIST_LENGTH)],
+    )
+
+
+async def test_concurrent_readers_see_whole_lists_only(redis: Redis, unique: str) -> None:
+    keys = RedisKeys(f"t{unique}")
+    await replace_lists(redis, keys, "shop", {"u1": _list(0)})
+    done = asyncio.Event()
+    observed: list[RecommendationList | None] = []
+
+    async def writer() -> None:
+        for generation in range(1, ROUNDS):
+            await replace_lists(redis, keys, "shop", {"u1": _list(generation), "u2": _list(0)})
+        done.set()
+
+    async def reader() -> None:
+        while not done.is_set():
+            observed.append(await read_list(redis, keys, "shop", "u1"))
+
+    await asyncio.gather(writer(), reader(), reader())
+    assert len(observed) > 10
+    for value in observed:
+        assert value is not None
+        generation = value.model_version[1:]
+        assert value.items == [f"g{generation}-i{i}" for i in range(LIST_LENGTH)]
+    final = await read_list(redis, keys, "shop", "u1")
+    assert final is not None
+    assert final.model_version == f"v{ROUNDS - 1}"

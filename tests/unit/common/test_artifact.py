@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reco_common.artifact import (
+    ITEM_FACTORS,
+    ArtifactError,
+    ModelArrays,
+    load_artifact,
+    write_artifact,
+)
+from reco_common.contracts import EvalMetrics
+from reco_common.storage import FileStore, open_store
+
+
+def _arrays(n_users: int = 3, n_items: int = 5, dim: int = 4) -> ModelArrays:
+    rng = np.random.default_rng(0)
+    return ModelArrays(
+        item_ids=[f"i{i}" for i in range(n_items)],
+        user_ids=[f"u{u}" for u in range(n_users)],
+        item_factors=rng.normal(size=(n_items, dim + 1)).astype(np.float32),
+        user_factors=rng.normal(size=(n_users, dim + 1)).astype(np.float32),
+        popular_items=["i1", "i0"],
+        popular_scores=[2.0, 1.0],
+    )
+
+
+def _write(store: FileStore, version: str = "v1") -> str:
+    return write_artifact(
+        store,
+        model_name="shop",
+        version=version,
+        arrays=_arrays(),
+        created_at=datetime.now(UTC),
+        data_snapshot="snap-1",
+        params={"loss": "warp"},
+        metrics=EvalMetrics(model={"precision@10": 0.2}, baseline={"precision@10": 0.1}),
+        library_versions={"lightfm": "1.17"},
+    )
+
+
+def test_artifact_round_trip_verifies_and_memory_maps(tmp_path: Path) -> None:
+    uri = _write(FileStore((tmp_path / "store").as_uri()))
+    loaded = load_artifact(open_store(uri), cache_dir=tmp_path / "cache")
+    assert loaded.manifest.n_items == 5
+    assert loaded.manifest.dim == 4
+    assert isinstance(loaded.arrays.item_factors, np.memmap)
+    np.testing.assert_array_equal(loaded.arrays.item_factors, _arrays().item_factors)
+    assert loaded.arrays.popular_items == ["i1", "i0"]
+
+
+def test_artifacts_are_immutable(tmp_path: Path) -> None:
+    store = FileStore((tmp_path / "store").as_uri())
+    _write(store)
+    with pytest.raises(ArtifactError, match="immutable"):
+        _write(store)
+
+
+def test_a_corrupt_file_is_refused(tmp_path: Path) -> None:
+    uri = _write(FileStore((tmp_path / "store").as_uri()))
+    damaged = tmp_path / "store" / "models" / "shop" / "v1" / ITEM_FACTORS
+    damaged.write_bytes(damaged.read_bytes()[:-4] + b"\0\0\0\1")
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_artifact(open_store(uri), cache_dir=tmp_path / "cache")
+
+
+def test_a_directory_without_manifest_is_not_a_model(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="no manifest"):
+        load_artifact(open_store((tmp_path / "empty").as_uri()), cache_dir=tmp_path / "c")
+
+
+def test_shapes_are_checked() -> None:
+    with pytest.raises(ArtifactError, match="float32"):
+        ModelArrays(
+            item_ids=["a"],
+            user_ids=[],
+            item_factors=np.zeros((2, 3), dtype=np.float32),
+            user_factors=np.zeros((0, 3), dtype=np.float32),
+            popular_items=[],
+            popular_scores=[],
+        )
