@@ -1,0 +1,640 @@
+"""Interaction logs: read CSV/TSV, JSONL, Parquet and MovieLens ``u.data`` into one columnar shape.
+
+A location is a plain path, a ``file://`` URI or an ``s3://`` URI, naming one file or a
+directory / prefix (then every supported file below it is read, in name order; names starting
+with ``_`` or ``.`` are skipped). The format follows the file name (``.csv``, ``.tsv``,
+``.jsonl``/``.ndjson``, ``.parquet``, ``u.data``/``.data``; a ``.gz`` suffix is decompressed).
+
+Columns of the files: ``user_id`` and ``item_id`` (required; ids are strings, integers are
+accepted and turned into strings), ``weight`` or ``rating`` (optional), ``timestamp`` or ``ts``
+(optional: epoch seconds, epoch milliseconds when above 1e11, ISO 8601 where a missing zone
+means UTC, or a Parquet timestamp), ``action`` (optional: view/click/cart/purchase) and
+``event_id`` (optional). A row's weight is its ``weight`` (or ``rating``) when given, else the
+weight of its action, else 1. Malformed input raises :class:`InteractionsError` naming the
+file, the line (or Parquet row) and the column.
+"""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import hashlib
+import io
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any, Final
+from urllib.parse import urlparse
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, UserAction
+from reco_common.settings import S3Settings
+from reco_common.storage import ObjectStore, as_uri, open_store
+
+logger = logging.getLogger(__name__)
+
+USER_ID: Final = "user_id"
+ITEM_ID: Final = "item_id"
+WEIGHT: Final = "weight"
+TS: Final = "ts"
+ACTION: Final = "action"
+EVENT_ID: Final = "event_id"
+
+_ALIASES: Final = {"rating": WEIGHT, "timestamp": TS}
+_MOVIELENS_COLUMNS: Final = [USER_ID, ITEM_ID, WEIGHT, TS]
+_MS_THRESHOLD: Final = 1e11  # epoch seconds this large would be after the year 5000
+
+
+class InteractionsError(ValueError):
+    """Interaction input that cannot be used; the message names file, line and column."""
+
+
+class LogFormat(enum.StrEnum):
+    CSV = "csv"
+    TSV = "tsv"
+    JSONL = "jsonl"
+    PARQUET = "parquet"
+    MOVIELENS = "movielens"
+
+
+_SUFFIXES: Final = {
+    ".csv": LogFormat.CSV,
+    ".tsv": LogFormat.TSV,
+    ".tab": LogFormat.TSV,
+    ".jsonl": LogFormat.JSONL,
+    ".ndjson": LogFormat.JSONL,
+    ".parquet": LogFormat.PARQUET,
+    ".pq": LogFormat.PARQUET,
+    ".data": LogFormat.MOVIELENS,
+}
+
+
+def format_of(name: str) -> LogFormat:
+    """The format a file name implies (``.gz`` ignored); raise for an unknown suffix."""
+    path = PurePosixPath(name.removesuffix(".gz"))
+    fmt = _SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        known = ", ".join(sorted(_SUFFIXES))
+        raise InteractionsError(f"{name}: unknown interaction file type (known: {known}, u.data)")
+    return fmt
+
+
+@dataclass(frozen=True, slots=True)
+class LogSource:
+    """One file that was read: where, its sha256 (of the stored bytes) and its row count."""
+
+    uri: str
+    sha256: str
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class Interactions:
+    """A columnar interaction log, sorted by time when every row has a timestamp.
+
+    ``table`` columns: ``user_id`` and ``item_id`` (string), ``weight`` (float32, > 0), and,
+    when known for every row, ``ts`` (float64 epoch seconds), ``action`` and ``event_id``
+    (string, may be null).
+    """
+
+    table: pa.Table
+    sources: tuple[LogSource, ...]
+
+    def __len__(self) -> int:
+        return int(self.table.num_rows)
+
+    @property
+    def has_timestamps(self) -> bool:
+        return TS in self.table.column_names
+
+    def user_ids(self) -> pa.ChunkedArray:
+        return self.table.column(USER_ID)
+
+    def item_ids(self) -> pa.ChunkedArray:
+        return self.table.column(ITEM_ID)
+
+    def weights(self) -> npt.NDArray[np.float32]:
+        return np.asarray(self.table.column(WEIGHT).to_numpy(), dtype=np.float32)
+
+    def timestamps(self) -> npt.NDArray[np.float64]:
+        """Epoch seconds; raise when the log has no timestamps."""
+        if not self.has_timestamps:
+            raise InteractionsError("the interaction log has no timestamps")
+        return np.asarray(self.table.column(TS).to_numpy(), dtype=np.float64)
+
+    def take(self, indices: npt.NDArray[np.integer[Any]] | npt.NDArray[np.bool_]) -> Interactions:
+        """The rows at ``indices`` (or where the mask is true), in that order."""
+        if indices.dtype == np.bool_:
+            return Interactions(self.table.filter(pa.array(indices)), self.sources)
+        return Interactions(self.table.take(pa.array(indices)), self.sources)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_interactions(
+    locations: str | Sequence[str],
+    *,
+    action_weights: Mapping[str, float] | None = None,
+    s3: S3Settings | None = None,
+    fmt: LogFormat | None = None,
+) -> Interactions:
+    """Read and concatenate every file at ``locations``; sort by time when timestamps exist.
+
+    ``action_weights`` maps action names to weights (default: the contracts' defaults);
+    ``fmt`` forces a format instead of guessing it from each file name.
+    """
+    weights = {str(k): float(v) for k, v in (action_weights or DEFAULT_ACTION_WEIGHTS).items()}
+    parts: list[pa.Table] = []
+    sources: list[LogSource] = []
+    for location in [locations] if isinstance(locations, str) else locations:
+        for uri, data in _fetch(location, s3=s3):
+            table = _parse(uri, data, fmt or format_of(uri), weights)
+            parts.append(table)
+            sources.append(LogSource(uri=uri, sha256=_sha256(data), rows=table.num_rows))
+    if not parts:
+        raise InteractionsError("no interaction locations given")
+    table = _concat(parts, [s.uri for s in sources])
+    if table.num_rows == 0:
+        raise InteractionsError(f"{', '.join(s.uri for s in sources)}: no interactions")
+    if TS in table.column_names:
+        order = np.argsort(table.column(TS).to_numpy(), kind="stable")
+        table = table.take(pa.array(order))
+    return Interactions(table=table, sources=tuple(sources))
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _split_uri(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    path = parsed.path.rstrip("/")
+    parent, _, name = path.rpartition("/")
+    return f"{parsed.scheme}://{parsed.netloc}{parent}", name
+
+
+def _fetch(location: str, *, s3: S3Settings | None) -> Iterable[tuple[str, bytes]]:
+    """``(uri, bytes)`` of the file at ``location``, or of every supported file below it."""
+    uri = as_uri(location).rstrip("/")
+    parent, name = _split_uri(uri)
+    if name and open_store(parent, s3=s3).exists(name):
+        yield uri, _decompress(uri, open_store(parent, s3=s3).get_bytes(name))
+        return
+    store = open_store(uri, s3=s3)
+    keys = [k for k in store.list() if _is_log_file(k)]
+    if not keys:
+        raise InteractionsError(f"{uri}: no interaction files there")
+    for key in keys:
+        yield store.uri(key), _decompress(key, store.get_bytes(key))
+
+
+def _is_log_file(key: str) -> bool:
+    parts = PurePosixPath(key).parts
+    if any(p.startswith(("_", ".")) for p in parts):
+        return False
+    name = parts[-1].removesuffix(".gz")
+    return PurePosixPath(name).suffix.lower() in _SUFFIXES
+
+
+def _decompress(name: str, data: bytes) -> bytes:
+    if not name.endswith(".gz"):
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError) as exc:
+        raise InteractionsError(f"{name}: not a valid gzip file: {exc}") from None
+
+
+def _parse(uri: str, data: bytes, fmt: LogFormat, weights: Mapping[str, float]) -> pa.Table:
+    if fmt is LogFormat.PARQUET:
+        raw = _parse_parquet(uri, data)
+    elif fmt is LogFormat.JSONL:
+        raw = _parse_jsonl(uri, data)
+    else:
+        raw = _parse_delimited(uri, data, fmt)
+    return _finish(raw, weights)
+
+
+@dataclass(slots=True)
+class _Raw:
+    """Columns of one file before validation, and how to name a row in an error."""
+
+    uri: str
+    columns: dict[str, pa.Array]
+    where: Callable[[int], str]
+
+    def error(self, row: int, column: str, why: str) -> InteractionsError:
+        return InteractionsError(f"{self.uri}: {self.where(row)}, column {column!r}: {why}")
+
+
+# --------------------------------------------------------------------------- delimited text
+
+
+def _parse_delimited(uri: str, data: bytes, fmt: LogFormat) -> _Raw:
+    first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip("\r")
+    delimiter = "\t" if fmt in (LogFormat.TSV, LogFormat.MOVIELENS) or "\t" in first else ","
+    header = [_canonical(h.strip().strip('"')) for h in first.split(delimiter)]
+    has_header = USER_ID in header or ITEM_ID in header
+    if not has_header and _looks_like_movielens(first):
+        header = _MOVIELENS_COLUMNS
+    elif not has_header:
+        raise InteractionsError(
+            f"{uri}: line 1: no header naming {USER_ID!r} and {ITEM_ID!r} "
+            "(and not the headerless MovieLens u.data layout: user, item, rating, timestamp)"
+        )
+    for required in (USER_ID, ITEM_ID):
+        if required not in header:
+            raise InteractionsError(f"{uri}: line 1: missing column {required!r} in {header}")
+    table = _read_csv(uri, data, delimiter=delimiter, header=header, skip=1 if has_header else 0)
+    line_of = _LineIndex(data, skip=1 if has_header else 0)
+    raw = _Raw(uri, {}, lambda row: f"line {line_of(row)}")
+    for name in table.column_names:
+        strings = pc.utf8_trim_whitespace(table.column(name).combine_chunks())
+        raw.columns[name] = _convert_text(raw, name, strings)
+    return raw
+
+
+def _canonical(name: str) -> str:
+    return _ALIASES.get(name.lower(), name.lower())
+
+
+def _looks_like_movielens(line: str) -> bool:
+    fields = line.split("\t")
+    return len(fields) == 4 and all(_is_number(f) for f in fields)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(uri: str, data: bytes, *, delimiter: str, header: list[str], skip: int) -> pa.Table:
+    bad_rows: list[str] = []
+
+    def on_invalid(row: Any) -> str:
+        bad_rows.append(str(row.text))
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=header, skip_rows=skip),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in header},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        raise InteractionsError(f"{uri}: unreadable as delimited text: {exc}") from None
+    if bad_rows:
+        line = _first_line_with(data, set(bad_rows))
+        raise InteractionsError(
+            f"{uri}: line {line}: expected {len(header)} fields separated by "
+            f"{delimiter!r} ({', '.join(header)}), got {_line_text(data, line)!r}"
+        )
+    return table
+
+
+def _first_line_with(data: bytes, texts: set[str]) -> int:
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        if line in texts or line.rstrip("\r") in texts:
+            return number
+    return 0
+
+
+def _line_text(data: bytes, line: int) -> str:
+    """The text of 1-based ``line`` of ``data`` (for error messages)."""
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return lines[line - 1][:200] if 0 < line <= len(lines) else ""
+
+
+class _LineIndex:
+    """Maps a data row (0-based) to its 1-based line, skipping the header and blank lines."""
+
+    def __init__(self, data: bytes, *, skip: int) -> None:
+        self._data = data
+        self._skip = skip
+
+    def __call__(self, row: int) -> int:
+        seen = -1
+        for number, line in enumerate(self._data.split(b"\n"), 1):
+            if number <= self._skip or not line.strip():
+                continue
+            seen += 1
+            if seen == row:
+                return number
+        return 0
+
+
+def _convert_text(raw: _Raw, name: str, strings: pa.Array) -> pa.Array:
+    if name in (USER_ID, ITEM_ID, EVENT_ID, ACTION):
+        if name == ACTION:
+            strings = pc.utf8_lower(strings)
+        empty = pc.equal(pc.utf8_length(strings), 0)
+        if name in (USER_ID, ITEM_ID):
+            _refuse_first(raw, name, empty, "empty id")
+            return strings
+        return pc.if_else(empty, pa.scalar(None, pa.string()), strings)
+    if name == WEIGHT:
+        return _to_float(raw, name, strings)
+    if name == TS:
+        return _to_seconds(raw, name, strings)
+    return strings
+
+
+def _refuse_first(raw: _Raw, column: str, mask: pa.Array, why: str) -> None:
+    hits = np.flatnonzero(np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False)))
+    if hits.size:
+        raise raw.error(int(hits[0]), column, why)
+
+
+def _to_float(raw: _Raw, column: str, strings: pa.Array) -> pa.Array:
+    present = pc.if_else(pc.equal(strings, ""), pa.scalar(None, pa.string()), strings)
+    try:
+        return pc.cast(present, pa.float64())
+    except pa.ArrowInvalid:
+        values = present.to_pylist()
+        for row, value in enumerate(values):
+            if value is not None and not _is_number(value):
+                raise raw.error(row, column, f"{value!r} is not a number") from None
+        raise
+
+
+def _to_seconds(raw: _Raw, column: str, strings: pa.Array) -> pa.Array:
+    present = pc.if_else(pc.equal(strings, ""), pa.scalar(None, pa.string()), strings)
+    try:
+        return _numeric_seconds(pc.cast(present, pa.float64()))
+    except pa.ArrowInvalid:
+        pass
+    for unit in (pa.timestamp("us", tz="UTC"), pa.timestamp("us")):
+        try:
+            return _timestamp_seconds(pc.cast(present, unit))
+        except pa.ArrowInvalid:
+            continue
+    values = [
+        None if v is None else _iso_seconds(raw, row, column, v)
+        for row, v in enumerate(present.to_pylist())
+    ]
+    return pa.array(values, pa.float64())
+
+
+def _iso_seconds(raw: _Raw, row: int, column: str, value: Any) -> float:
+    if isinstance(value, str) and _is_number(value):
+        value = float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+        return seconds / 1000.0 if abs(seconds) > _MS_THRESHOLD else seconds
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            pass
+        else:
+            parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            return parsed.timestamp()
+    raise raw.error(
+        row, column, f"{value!r} is neither epoch seconds/milliseconds nor an ISO 8601 time"
+    )
+
+
+def _numeric_seconds(values: pa.Array) -> pa.Array:
+    is_ms = pc.greater(pc.abs(values), _MS_THRESHOLD)
+    return pc.if_else(is_ms, pc.divide(values, 1000.0), values)
+
+
+def _timestamp_seconds(values: pa.Array) -> pa.Array:
+    micros = pc.cast(pc.cast(values, pa.timestamp("us", tz=values.type.tz)), pa.int64())
+    return pc.divide(pc.cast(micros, pa.float64()), 1e6)
+
+
+# --------------------------------------------------------------------------- JSONL
+
+
+def _parse_jsonl(uri: str, data: bytes) -> _Raw:
+    lines: list[int] = []
+    raw = _Raw(uri, {}, lambda row: f"line {lines[row]}")
+    values: dict[str, list[Any]] = {}
+    for number, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise InteractionsError(f"{uri}: line {number}: invalid JSON: {exc}") from None
+        if not isinstance(record, dict):
+            raise InteractionsError(f"{uri}: line {number}: expected a JSON object per line")
+        lines.append(number)
+        for key, value in record.items():
+            values.setdefault(_canonical(key), [None] * (len(lines) - 1)).append(value)
+        for column in values.values():
+            if len(column) < len(lines):
+                column.append(None)
+    for required in (USER_ID, ITEM_ID):
+        if lines and required not in values:
+            raise InteractionsError(f"{uri}: line {lines[0]}: missing field {required!r}")
+    for name, column in values.items():
+        raw.columns[name] = _convert_json(raw, name, column)
+    return raw
+
+
+def _convert_json(raw: _Raw, name: str, column: list[Any]) -> pa.Array:
+    if name in (USER_ID, ITEM_ID, EVENT_ID, ACTION):
+        out: list[str | None] = []
+        for row, value in enumerate(column):
+            if isinstance(value, str) and value.strip():
+                out.append(value.strip().lower() if name == ACTION else value.strip())
+            elif isinstance(value, int) and not isinstance(value, bool):
+                out.append(str(value))
+            elif value is None and name not in (USER_ID, ITEM_ID):
+                out.append(None)
+            else:
+                raise raw.error(row, name, f"{value!r} is not an id (a non-empty string or int)")
+        return pa.array(out, pa.string())
+    if name == WEIGHT:
+        floats: list[float | None] = []
+        for row, value in enumerate(column):
+            if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+                floats.append(value)
+            elif isinstance(value, str) and _is_number(value):
+                floats.append(float(value))
+            else:
+                raise raw.error(row, name, f"{value!r} is not a number")
+        return pa.array(floats, pa.float64())
+    if name == TS:
+        seconds = [
+            None if v is None else _iso_seconds(raw, row, name, v) for row, v in enumerate(column)
+        ]
+        return pa.array(seconds, pa.float64())
+    return pa.array([None if v is None else str(v) for v in column], pa.string())
+
+
+# --------------------------------------------------------------------------- Parquet
+
+
+def _parse_parquet(uri: str, data: bytes) -> _Raw:
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InteractionsError(f"{uri}: not a readable Parquet file: {exc}") from None
+    raw = _Raw(uri, {}, lambda row: f"row {row + 1}")
+    names = {_canonical(n): n for n in table.column_names}
+    for required in (USER_ID, ITEM_ID):
+        if required not in names:
+            raise InteractionsError(f"{uri}: missing column {required!r} in {table.column_names}")
+    for name, original in names.items():
+        raw.columns[name] = _convert_parquet(raw, name, table.column(original).combine_chunks())
+    return raw
+
+
+def _convert_parquet(raw: _Raw, name: str, values: pa.Array) -> pa.Array:
+    kind = values.type
+    if name in (USER_ID, ITEM_ID, EVENT_ID, ACTION):
+        if not (
+            pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
+        ):
+            raise raw.error(0, name, f"ids must be strings or integers, not {kind}")
+        strings = pc.utf8_trim_whitespace(pc.cast(values, pa.string()))
+        if name in (USER_ID, ITEM_ID):
+            _refuse_first(raw, name, pc.is_null(strings), "missing id")
+        return _convert_text(raw, name, pc.fill_null(strings, ""))
+    if name == WEIGHT:
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            raise raw.error(0, name, f"must be numeric, not {kind}")
+        return pc.cast(values, pa.float64())
+    if name == TS:
+        if pa.types.is_timestamp(kind):
+            return _timestamp_seconds(values)
+        if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+            return _numeric_seconds(pc.cast(values, pa.float64()))
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            return _to_seconds(raw, name, pc.fill_null(pc.cast(values, pa.string()), ""))
+        raise raw.error(0, name, f"must be a timestamp, a number or an ISO string, not {kind}")
+    return values
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _finish(raw: _Raw, weights: Mapping[str, float]) -> pa.Table:
+    cols = raw.columns
+    n = len(cols[USER_ID])
+    action = cols.get(ACTION)
+    if action is not None:
+        known = pc.is_in(action, value_set=pa.array(list(weights), pa.string()))
+        unknown = pc.and_(pc.is_valid(action), pc.invert(pc.fill_null(known, False)))
+        _refuse_first(raw, ACTION, unknown, f"unknown action (known: {', '.join(weights)})")
+    weight = _resolve_weights(raw, n, weights)
+    out = {USER_ID: cols[USER_ID], ITEM_ID: cols[ITEM_ID], WEIGHT: weight}
+    if TS in cols:
+        _refuse_first(raw, TS, pc.is_null(cols[TS]), "missing timestamp")
+        out[TS] = cols[TS]
+    for name in (ACTION, EVENT_ID):
+        if name in cols:
+            out[name] = cols[name]
+    return pa.table(out)
+
+
+def _resolve_weights(raw: _Raw, n: int, weights: Mapping[str, float]) -> pa.Array:
+    explicit = raw.columns.get(WEIGHT)
+    action = raw.columns.get(ACTION)
+    fallback: pa.Array = pa.array(np.ones(n, dtype=np.float64))
+    if action is not None:
+        mapped = pc.index_in(action, value_set=pa.array(list(weights), pa.string()))
+        table = pa.array(list(weights.values()), pa.float64())
+        fallback = pc.fill_null(pc.take(table, mapped), 1.0)
+    resolved = fallback if explicit is None else pc.fill_null(explicit, fallback)
+    values = np.asarray(resolved.to_numpy(zero_copy_only=False), dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values) | (values <= 0))
+    if bad.size:
+        row = int(bad[0])
+        raise raw.error(row, WEIGHT, f"weight must be a finite number > 0, got {values[row]}")
+    return pa.array(values.astype(np.float32))
+
+
+def _concat(parts: list[pa.Table], uris: list[str]) -> pa.Table:
+    common = set.intersection(*(set(t.column_names) for t in parts))
+    if TS not in common and any(TS in t.column_names for t in parts):
+        missing = [u for u, t in zip(uris, parts, strict=True) if TS not in t.column_names]
+        logger.warning("timestamps dropped: %s have none", ", ".join(missing))
+    order = [c for c in (USER_ID, ITEM_ID, WEIGHT, TS, ACTION, EVENT_ID) if c in common]
+    return pa.concat_tables([t.select(order) for t in parts])
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def actions_table(actions: Iterable[UserAction]) -> pa.Table:
+    """The raw log of ``actions``: ``event_id``, ``user_id``, ``item_id``, ``action``,
+    ``weight`` (null unless the event overrides it) and ``ts`` (epoch seconds)."""
+    rows = [
+        (a.event_id, a.user_id, a.item_id, a.action.value, a.weight, a.ts.timestamp())
+        for a in actions
+    ]
+    columns = list(zip(*rows, strict=True)) if rows else [(), (), (), (), (), ()]
+    return pa.table(
+        {
+            EVENT_ID: pa.array(columns[0], pa.string()),
+            USER_ID: pa.array(columns[1], pa.string()),
+            ITEM_ID: pa.array(columns[2], pa.string()),
+            ACTION: pa.array(columns[3], pa.string()),
+            WEIGHT: pa.array(columns[4], pa.float64()),
+            TS: pa.array(columns[5], pa.float64()),
+        }
+    )
+
+
+def write_log(
+    table: pa.Table, location: str, *, fmt: LogFormat | None = None, s3: S3Settings | None = None
+) -> str:
+    """Write a log table as one file (format from the name unless ``fmt``); return its URI.
+
+    ``ts`` (epoch seconds) is written as a UTC timestamp in Parquet and as a number in text.
+    """
+    uri = as_uri(location)
+    fmt = fmt or format_of(uri)
+    data = _encode(table, fmt)
+    if uri.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    parent, name = _split_uri(uri)
+    store: ObjectStore = open_store(parent, s3=s3)
+    store.put_bytes(name, data)
+    return uri
+
+
+def _encode(table: pa.Table, fmt: LogFormat) -> bytes:
+    sink = io.BytesIO()
+    if fmt is LogFormat.PARQUET:
+        if TS in table.column_names:
+            micros = pc.cast(pc.round(pc.multiply(table.column(TS), 1e6)), pa.int64())
+            ts = pc.cast(micros, pa.timestamp("us", tz="UTC"))
+            table = table.set_column(table.column_names.index(TS), TS, ts)
+        pq.write_table(table, sink, compression="zstd")
+    elif fmt is LogFormat.JSONL:
+        for row in table.to_pylist():
+            sink.write(orjson.dumps({k: v for k, v in row.items() if v is not None}))
+            sink.write(b"\n")
+    elif fmt is LogFormat.MOVIELENS:
+        raise InteractionsError("writing the MovieLens layout is not supported; use csv or tsv")
+    else:
+        delimiter = "\t" if fmt is LogFormat.TSV else ","
+        pacsv.write_csv(
+            table,
+            sink,
+            write_options=pacsv.WriteOptions(delimiter=delimiter, quoting_style="needed"),
+        )
+    return sink.getvalue()

@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+import gzip
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from reco_common.contracts import ActionType, UserAction
+from reco_common.interactions import (
+    InteractionsError,
+    LogFormat,
+    actions_table,
+    format_of,
+    read_interactions,
+    write_log,
+)
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_csv_with_header_rating_and_timestamp_is_sorted_by_time(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "log.csv", "user_id,item_id,rating,timestamp\n1,10,4,200\n\n2,11,3.5,100\n"
+    )
+    log = read_interactions(path)
+    assert log.table.column("user_id").to_pylist() == ["2", "1"]
+    assert log.table.column("item_id").to_pylist() == ["11", "10"]
+    assert log.weights().tolist() == [3.5, 4.0]
+    assert log.weights().dtype == np.float32
+    assert log.timestamps().tolist() == [100.0, 200.0]
+    assert log.sources[0].uri == Path(path).as_uri()
+    assert log.sources[0].rows == 2
+
+
+def test_tsv_without_weights_gets_action_weights_and_default_one(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "log.tsv",
+        "user_id\titem_id\taction\nu1\ti1\tpurchase\nu1\ti2\t\nu2\ti1\tCLICK\n",
+    )
+    log = read_interactions(path)
+    assert not log.has_timestamps
+    assert log.weights().tolist() == [8.0, 1.0, 2.0]
+    assert log.table.column("action").to_pylist() == ["purchase", None, "click"]
+    custom = read_interactions(path, action_weights={"purchase": 3.0, "click": 0.5})
+    assert custom.weights().tolist() == [3.0, 1.0, 0.5]
+
+
+def test_explicit_weight_overrides_the_action_weight(tmp_path: Path) -> None:
+    path = _write(tmp_path / "log.csv", "user_id,item_id,action,weight\nu,i,view,5\nu,j,cart,\n")
+    assert read_interactions(path).weights().tolist() == [5.0, 4.0]
+
+
+def test_movielens_u_data_headerless_layout(tmp_path: Path) -> None:
+    path = _write(tmp_path / "u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n")
+    log = read_interactions(path)
+    assert log.table.column("user_id").to_pylist() == ["196", "186"]
+    assert log.weights().tolist() == [3.0, 3.0]
+    assert log.timestamps().tolist() == [881250949.0, 891717742.0]
+
+
+def test_jsonl_accepts_int_ids_iso_and_millisecond_times(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "log.jsonl",
+        '{"user_id": 7, "item_id": "a", "ts": "2026-01-01T00:00:10Z", "action": "cart"}\n'
+        "\n"
+        '{"user_id": "u2", "item_id": 3, "timestamp": 1767225600000}\n'
+        '{"user_id": "u3", "item_id": "b", "ts": "2026-01-01T00:00:20", "weight": "2"}\n',
+    )
+    log = read_interactions(path)
+    start = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    assert log.timestamps().tolist() == [start, start + 10, start + 20]
+    assert log.table.column("user_id").to_pylist() == ["u2", "7", "u3"]
+    assert log.weights().tolist() == [1.0, 4.0, 2.0]
+
+
+def test_parquet_with_integer_ids_and_timestamp_type(tmp_path: Path) -> None:
+    path = tmp_path / "log.parquet"
+    when = [datetime(2026, 1, 2, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC)]
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array([1, 2], pa.int64()),
+                "item_id": pa.array(["x", "y"]),
+                "rating": pa.array([1, 2], pa.int32()),
+                "timestamp": pa.array(when, pa.timestamp("ms", tz="UTC")),
+            }
+        ),
+        path,
+    )
+    log = read_interactions(str(path))
+    assert log.table.column("user_id").to_pylist() == ["2", "1"]
+    assert log.timestamps().tolist() == [w.timestamp() for w in reversed(when)]
+
+
+def test_gzip_and_directory_reading_skips_private_names(tmp_path: Path) -> None:
+    (tmp_path / "a.csv.gz").write_bytes(gzip.compress(b"user_id,item_id\nu1,i1\n"))
+    _write(tmp_path / "b.csv", "user_id,item_id\nu2,i2\n")
+    (tmp_path / "_offsets").mkdir()
+    _write(tmp_path / "_offsets" / "c.csv", "garbage")
+    _write(tmp_path / "notes.json", "{}")
+    log = read_interactions(tmp_path.as_uri())
+    assert log.table.column("user_id").to_pylist() == ["u1", "u2"]
+    assert [s.uri.rsplit("/", 1)[1] for s in log.sources] == ["a.csv.gz", "b.csv"]
+
+
+def test_several_locations_concatenate_and_sort(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.csv", "user_id,item_id,timestamp\nu1,i1,30\n")
+    b = _write(tmp_path / "b.csv", "user_id,item_id,timestamp\nu2,i2,10\n")
+    log = read_interactions([a, b])
+    assert log.table.column("user_id").to_pylist() == ["u2", "u1"]
+    assert len(log) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("a.csv", "user_id,item_id\nu1,i1\nu2\n", "a.csv: line 3: expected 2 fields"),
+        ("a.csv", "user_id,item_id\nu1,i1\n\nu2,\n", "line 4, column 'item_id': empty id"),
+        ("a.csv", "user_id,item_id,weight\nu,i,1\nu,j,abc\n", "line 3, column 'weight': 'abc'"),
+        ("a.csv", "user_id,item_id,weight\nu,i,-1\n", "line 2, column 'weight': weight must"),
+        ("a.csv", "user_id,item_id,timestamp\nu,i,1\nu,i,noon\n", "line 3, column 'ts': 'noon'"),
+        ("a.csv", "user_id,item_id,timestamp\nu,i,1\nu,i,\n", "line 3, column 'ts': missing"),
+        ("a.csv", "user_id,item_id,action\nu,i,view\nu,i,buy\n", "line 3, column 'action'"),
+        ("a.csv", "user,item\nu,i\n", "line 1: no header naming 'user_id'"),
+        ("a.csv", "user_id,product\nu,i\n", "line 1: missing column 'item_id'"),
+        ("a.csv", "user_id,item_id\n", "no interactions"),
+        ("a.jsonl", '{"user_id": "u", "item_id": "i"}\n{"user_id": \n', "a.jsonl: line 2: invalid"),
+        ("a.jsonl", '{"user_id": "u", "item_id": "i"}\n[1]\n', "line 2: expected a JSON object"),
+        ("a.jsonl", '{"user_id": "u", "item_id": "i"}\n\n{"user_id": "u"}\n', "line 3, column"),
+        ("a.jsonl", '{"user_id": "u", "item_id": 1.5}\n', "line 1, column 'item_id'"),
+        ("a.jsonl", '{"user_id": "u", "item_id": "i", "weight": "x"}\n', "column 'weight'"),
+        ("a.jsonl", '{"user_id": "u"}\n', "line 1: missing field 'item_id'"),
+        ("a.xml", "<x/>", "unknown interaction file type"),
+        ("a.parquet", "not parquet", "not a readable Parquet file"),
+        ("a.csv.gz", "not gzip", "not a valid gzip file"),
+    ],
+)
+def test_malformed_input_names_file_line_and_column(
+    tmp_path: Path, name: str, text: str, message: str
+) -> None:
+    path = _write(tmp_path / name, text)
+    with pytest.raises(InteractionsError, match=message.replace("(", r"\(")) as err:
+        read_interactions(path)
+    assert name.split(".")[0] in str(err.value)
+
+
+def test_parquet_errors_name_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"user_id": ["u", None], "item_id": ["i", "j"]}), path)
+    with pytest.raises(InteractionsError, match=r"a.parquet: row 2, column 'user_id': missing id"):
+        read_interactions(str(path))
+    pq.write_table(pa.table({"user_id": [1.5], "item_id": ["i"]}), path)
+    with pytest.raises(InteractionsError, match="ids must be strings or integers"):
+        read_interactions(str(path))
+
+
+def test_missing_location_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(InteractionsError, match="no interaction files there"):
+        read_interactions(str(tmp_path / "nothing"))
+
+
+@pytest.mark.parametrize("fmt", [LogFormat.CSV, LogFormat.TSV, LogFormat.JSONL, LogFormat.PARQUET])
+def test_write_log_round_trips_every_format(tmp_path: Path, fmt: LogFormat) -> None:
+    actions = [
+        UserAction(
+            event_id=f"e{n}",
+            user_id=f"u{n % 2}",
+            item_id=f"i{n}",
+            action=ActionType.CART if n else ActionType.VIEW,
+            weight=2.5 if n == 2 else None,
+            ts=datetime(2026, 1, 1, 0, 0, n, 250_000, tzinfo=UTC),
+        )
+        for n in range(3)
+    ]
+    uri = write_log(actions_table(actions), str(tmp_path / f"log.{fmt.value}.gz"), fmt=fmt)
+    log = read_interactions(uri, fmt=fmt)
+    assert log.table.column("event_id").to_pylist() == ["e0", "e1", "e2"]
+    assert log.table.column("action").to_pylist() == ["view", "cart", "cart"]
+    assert log.weights().tolist() == [1.0, 4.0, 2.5]
+    assert log.timestamps().tolist() == pytest.approx([a.ts.timestamp() for a in actions])
+
+
+def test_take_keeps_sources(tmp_path: Path) -> None:
+    log = read_interactions(_write(tmp_path / "a.csv", "user_id,item_id\nu,i\nv,j\n"))
+    assert log.take(np.array([False, True])).table.column("user_id").to_pylist() == ["v"]
+    assert log.take(np.array([1, 0])).sources == log.sources
+
+
+def test_format_of_ignores_gz_and_case() -> None:
+    assert format_of("s3://b/x/LOG.CSV.gz") is LogFormat.CSV
+    assert format_of("ml-100k/u.data") is LogFormat.MOVIELENS
+    assert format_of("a.ndjson") is LogFormat.JSONL
