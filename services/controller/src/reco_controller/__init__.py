@@ -1,0 +1,1 @@
+"""reco-controller: rolls the worker Deployments to each newly published model."""

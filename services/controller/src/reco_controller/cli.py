@@ -1,0 +1,68 @@
+"""``reco-controller``: ``run`` the controller, or ``rollout`` one model artifact by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated
+
+import typer
+
+from reco_common.lifecycle import serve
+from reco_common.logging import configure_logging
+from reco_common.settings import ConfigurationError, load_settings
+from reco_controller import manifests
+from reco_controller.metrics import SERVICE
+from reco_controller.rollout import Decision
+from reco_controller.service import Controller, open_runtime
+from reco_controller.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+# Exit codes of `rollout`: 0 the workers run the model, 1 they do not (and why was logged).
+DONE = {Decision.ROLLED_OUT, Decision.DUPLICATE}
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings(Settings)
+    except ConfigurationError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    configure_logging(level=settings.log_level, json=settings.log_json, service=SERVICE)
+    return settings
+
+
+@app.command()
+def run() -> None:
+    """Consume model-published and roll the workers to each model (leader-elected)."""
+    settings = _settings()
+    asyncio.run(serve(Controller(settings=settings), grace_s=settings.controller.grace_s))
+
+
+@app.command()
+def rollout(
+    artifact_uri: Annotated[str, typer.Argument(help="the model artifact (s3://… or file://…)")],
+    force: Annotated[
+        bool, typer.Option("--force", help="roll out even if the quality gate refuses it")
+    ] = False,
+) -> None:
+    """Roll the model's workers to ARTIFACT_URI now, as if its model-published event arrived.
+
+    The model name, version and metrics come from the artifact's manifest. Rollout events are
+    published as usual. This does not take the leader lease: do not race a running controller
+    on the same model.
+    """
+    settings = _settings()
+    decision = asyncio.run(_rollout_once(settings, artifact_uri, force=force))
+    typer.echo(decision.value)
+    raise typer.Exit(0 if decision in DONE else 1)
+
+
+async def _rollout_once(settings: Settings, artifact_uri: str, *, force: bool) -> Decision:
+    event = manifests.published(
+        await manifests.read(artifact_uri, s3=settings.s3), uri=artifact_uri
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        runtime = await open_runtime(settings, stack)
+        return await runtime.rollouts.handle(event, force=force)

@@ -1,0 +1,196 @@
+"""The decision about one published model, carried out on its target and reported.
+
+For each ``model-published`` event: find the model's target; skip what is already done (the
+target already runs that URI, or rolled it back before, or serves a newer model); judge it
+with the quality gate (unless forced); then roll out, wait, and on failure go back to the
+previous model. Every step that changes something is published as a ``RolloutEvent``.
+
+Idempotency comes from the target's own state, not from memory: a redelivered event whose
+URI is already active and settled is a no-op; one whose rollout was interrupted (the leader
+died mid-way) is resumed and waited for.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from reco_common.contracts import ModelPublished, RolloutEvent, RolloutStatus
+from reco_controller.gate import GatePolicy, evaluate
+from reco_controller.metrics import ControllerMetrics
+from reco_controller.targets.base import (
+    ModelRecord,
+    RolloutTarget,
+    TargetError,
+    TargetResolver,
+    TargetState,
+)
+
+logger = logging.getLogger(__name__)
+
+Report = Callable[[RolloutEvent], Awaitable[None]]
+
+
+class Decision(enum.StrEnum):
+    ROLLED_OUT = "rolled_out"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"
+    ALREADY_FAILED = "already_failed"
+    STALE = "stale"
+    UNMANAGED = "unmanaged"
+
+
+@dataclass(frozen=True, slots=True)
+class _Policy:
+    report: Report
+    gate: GatePolicy
+    timeout_s: float
+    metrics: ControllerMetrics
+
+
+class Rollouts:
+    """Carries out the decision about each published model on its target."""
+
+    def __init__(
+        self,
+        *,
+        targets: TargetResolver,
+        report: Report,
+        gate: GatePolicy,
+        timeout_s: float,
+        metrics: ControllerMetrics,
+    ) -> None:
+        self._targets = targets
+        self._policy = _Policy(report=report, gate=gate, timeout_s=timeout_s, metrics=metrics)
+
+    async def handle(
+        self, event: ModelPublished, *, force: bool = False, published_at: float | None = None
+    ) -> Decision:
+        """Decide and act; ``published_at`` (epoch seconds) times the patch for the metrics."""
+        target = self._targets(event.model_name)
+        if target is None:
+            logger.warning("no target is configured for model %r: ignored", event.model_name)
+            return self._decided(Decision.UNMANAGED)
+        run = _Run(self._policy, target, event)
+        try:
+            decision = await run.decide_and_act(force=force, published_at=published_at)
+        except TargetError as exc:
+            logger.error("%s refused the rollout of %s: %s", target.description, event.version, exc)
+            await run.report(RolloutStatus.FAILED, str(exc))
+            decision = Decision.FAILED
+        return self._decided(decision)
+
+    def _decided(self, decision: Decision) -> Decision:
+        self._policy.metrics.decisions.labels(decision.value).inc()
+        return decision
+
+
+class _Run:
+    """One event on one target."""
+
+    def __init__(self, policy: _Policy, target: RolloutTarget, event: ModelPublished) -> None:
+        self._policy = policy
+        self._target = target
+        self._event = event
+        self._model = ModelRecord.of(event)
+
+    async def decide_and_act(self, *, force: bool, published_at: float | None) -> Decision:
+        state = await self._target.read()
+        active = state.active
+        if active is not None and active.uri == self._model.uri:
+            if state.settled:
+                logger.info("%s already runs %s: nothing to do", self._where, self._model.uri)
+                return Decision.DUPLICATE
+            logger.info("%s: resuming the unfinished rollout of %s", self._where, self._model.uri)
+            return await self._roll_out(state.previous, "resumed", published_at)
+        skipped = self._skipped(state, force=force)
+        if skipped is not None:
+            return skipped
+        verdict = evaluate(
+            self._event.metrics, active.metrics if active else None, self._policy.gate
+        )
+        if not verdict.passed and not force:
+            logger.warning(
+                "%s: %s rejected by the gate: %s", self._where, self._model.uri, verdict.reason
+            )
+            await self.report(RolloutStatus.REJECTED, verdict.reason)
+            return Decision.REJECTED
+        reason = (
+            verdict.reason if verdict.passed else f"forced by an operator; gate: {verdict.reason}"
+        )
+        return await self._roll_out(active, reason, published_at)
+
+    def _skipped(self, state: TargetState, *, force: bool) -> Decision | None:
+        if force:
+            return None
+        if state.failed_uri == self._model.uri:
+            logger.info("%s: %s was rolled back before: not retried", self._where, self._model.uri)
+            return Decision.ALREADY_FAILED
+        active = state.active
+        if (
+            active is not None
+            and active.created_at is not None
+            and self._event.created_at < active.created_at
+        ):
+            logger.info(
+                "%s: %s is older than the active %s: ignored",
+                self._where,
+                self._model.uri,
+                active.uri,
+            )
+            return Decision.STALE
+        return None
+
+    async def _roll_out(
+        self, previous: ModelRecord | None, reason: str, published_at: float | None
+    ) -> Decision:
+        await self.report(RolloutStatus.STARTED, reason)
+        await self._target.apply(model=self._model, previous=previous)
+        patched = time.monotonic()
+        if published_at is not None:
+            self._policy.metrics.patch_latency.observe(max(0.0, time.time() - published_at))
+        progress = await self._target.wait(timeout_s=self._policy.timeout_s)
+        self._policy.metrics.rollout_duration.observe(time.monotonic() - patched)
+        if progress.done:
+            await self.report(RolloutStatus.SUCCEEDED, progress.message)
+            return Decision.ROLLED_OUT
+        logger.error(
+            "%s: the rollout of %s failed: %s", self._where, self._model.uri, progress.message
+        )
+        await self.report(RolloutStatus.FAILED, progress.message)
+        await self._roll_back(previous)
+        return Decision.FAILED
+
+    async def _roll_back(self, previous: ModelRecord | None) -> None:
+        await self._target.revert(failed=self._model, previous=previous)
+        progress = await self._target.wait(timeout_s=self._policy.timeout_s)
+        back_to = previous.uri if previous else "no model"
+        if progress.done:
+            reason = f"back to {back_to}: {progress.message}"
+        else:
+            reason = f"back to {back_to}, not settled yet: {progress.message}"
+            logger.error("%s: %s", self._where, reason)
+        await self.report(RolloutStatus.ROLLED_BACK, reason)
+
+    async def report(self, status: RolloutStatus, reason: str) -> None:
+        event = RolloutEvent(
+            model_name=self._event.model_name,
+            version=self._event.version,
+            artifact_uri=self._event.artifact_uri,
+            status=status,
+            target=self._target.kind,
+            reason=reason,
+            at=datetime.now(UTC),
+        )
+        await self._policy.report(event)
+        self._policy.metrics.rollout_events.labels(status.value).inc()
+        logger.info("%s %s %s: %s", self._where, status.value, self._event.version, reason)
+
+    @property
+    def _where(self) -> str:
+        return self._target.description

@@ -1,0 +1,163 @@
+"""The controller role: connect, win the lease, consume ``model-published`` while leading.
+
+Only the leader is a member of the consumer group, so only it acts. When leadership is lost the
+batch in hand is abandoned uncommitted (the next leader gets it again and, the target's state
+being the memory, resumes rather than repeats); on SIGTERM the same happens and the lease is
+released, so that a follower takes over at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+from kubernetes_asyncio.client import ApiClient
+
+from reco_common.contracts import RolloutEvent
+from reco_common.kafka import ensure_topics, publish, start_producer
+from reco_controller.consumer import model_published_consumer
+from reco_controller.gate import GatePolicy
+from reco_controller.health import HealthServer
+from reco_controller.kube import api_client
+from reco_controller.leader import AlwaysLeader, LeaseElector
+from reco_controller.metrics import ControllerMetrics
+from reco_controller.rollout import Rollouts
+from reco_controller.settings import Settings, TargetKind
+from reco_controller.targets.base import TargetResolver
+from reco_controller.targets.kubernetes import KubernetesTargets
+from reco_controller.targets.local import LocalTargets, worker_http
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """The connected pieces; closed by the exit stack they were opened on."""
+
+    rollouts: Rollouts
+    producer: AIOKafkaProducer
+    kube: ApiClient | None
+
+
+async def open_runtime(settings: Settings, stack: contextlib.AsyncExitStack) -> Runtime:
+    """Connect to Kafka and to the target (Kubernetes API or workers) and build the rollouts."""
+    producer = await start_producer(settings.kafka)
+    stack.push_async_callback(producer.stop)
+    conf = settings.controller
+    kube: ApiClient | None = None
+    targets: TargetResolver
+    if conf.target is TargetKind.KUBERNETES:
+        kube = await api_client(kubeconfig=conf.kubeconfig)
+        stack.push_async_callback(kube.close)
+        targets = KubernetesTargets(api=kube, settings=conf)
+    else:
+        http = worker_http(conf)
+        stack.push_async_callback(http.aclose)
+        targets = LocalTargets(http=http, settings=conf, s3=settings.s3)
+    topic = settings.kafka.topics.rollout_events
+
+    async def report(event: RolloutEvent) -> None:
+        await publish(producer, topic, event.model_name, event)
+
+    rollouts = Rollouts(
+        targets=targets,
+        report=report,
+        gate=GatePolicy(
+            max_regression=conf.max_regression,
+            baseline_margin=conf.baseline_margin,
+            metrics=tuple(conf.gate_metrics),
+        ),
+        timeout_s=conf.rollout_timeout_s,
+        metrics=ControllerMetrics.create(),
+    )
+    return Runtime(rollouts=rollouts, producer=producer, kube=kube)
+
+
+class Controller:
+    """The ``reco-controller run`` role (see :func:`reco_common.lifecycle.serve`)."""
+
+    def __init__(self, *, settings: Settings) -> None:
+        self._settings = settings
+        self._metrics = ControllerMetrics.create()
+        self._stack = contextlib.AsyncExitStack()
+        self._stopping = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._ready = False
+        self._runtime: Runtime | None = None
+        self._elector: LeaseElector | AlwaysLeader = AlwaysLeader()
+
+    async def start(self) -> None:
+        conf = self._settings.controller
+        topics = self._settings.kafka.topics
+        try:
+            await ensure_topics(
+                self._settings.kafka, {topics.model_published: 1, topics.rollout_events: 1}
+            )
+            self._runtime = await open_runtime(self._settings, self._stack)
+            if self._runtime.kube is not None:
+                self._elector = LeaseElector(
+                    api=self._runtime.kube,
+                    name=conf.lease_name,
+                    namespace=conf.lease_ns,
+                    identity=conf.identity,
+                    lease_duration_s=conf.lease_duration_s,
+                    renew_deadline_s=conf.renew_deadline_s,
+                    retry_period_s=conf.retry_period_s,
+                )
+            health = HealthServer(
+                host=conf.health_host,
+                port=conf.health_port,
+                ready=lambda: self._ready,
+                leading=lambda: self._elector.leading,
+            )
+            await health.start()
+            self._stack.push_async_callback(health.stop)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self._ready = True
+        logger.info("controller %s started (target %s)", self._elector.identity, conf.target.value)
+
+    async def run(self) -> None:
+        try:
+            while await self._elector.acquire(self._stopping):
+                await self._lead()
+        finally:
+            await asyncio.shield(self._elector.release())
+            self._finished.set()
+
+    async def stop(self) -> None:
+        """Abandon the batch in hand (uncommitted), release the lease, close every connection."""
+        self._ready = False
+        self._stopping.set()
+        await self._finished.wait()
+        await self._stack.aclose()
+        logger.info("controller %s stopped", self._elector.identity)
+
+    async def _lead(self) -> None:
+        assert self._runtime is not None, "start() first"
+        self._metrics.leader.set(1)
+        self._metrics.leadership_changes.labels("acquired").inc()
+        consumer = model_published_consumer(
+            settings=self._settings.kafka,
+            group_id=self._settings.controller.group_id,
+            rollouts=self._runtime.rollouts,
+            producer=self._runtime.producer,
+        )
+        await consumer.start()
+        work = asyncio.create_task(consumer.run(self._stopping), name="consume")
+        hold = asyncio.create_task(self._elector.hold(self._stopping), name="hold-lease")
+        try:
+            await asyncio.wait({work, hold}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            work.cancel()
+            hold.cancel()
+            await asyncio.gather(work, hold, return_exceptions=True)
+            await asyncio.shield(consumer.stop())
+            self._metrics.leader.set(0)
+            self._metrics.leadership_changes.labels("released").inc()
+        if not work.cancelled() and work.exception() is not None:
+            raise work.exception()  # type: ignore[misc]

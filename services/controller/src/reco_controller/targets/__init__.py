@@ -1,0 +1,1 @@
+"""Rollout targets: ``kubernetes`` (worker Deployments) and ``local`` (worker processes)."""

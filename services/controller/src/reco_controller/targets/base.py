@@ -1,0 +1,109 @@
+"""What every rollout target offers the controller, and the records they exchange.
+
+A target moves the workers of one model to a model artifact and tells how that went: the
+``kubernetes`` target patches a worker Deployment, the ``local`` one calls the workers' model
+control endpoint. Both are driven the same way by :class:`reco_controller.rollout.Rollouts`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from reco_common.contracts import EvalMetrics, ModelPublished
+
+
+class TargetError(RuntimeError):
+    """A refusal that retrying cannot fix (forbidden, not found, invalid): reported, not retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    """A model as a target remembers it; only ``uri`` is always known."""
+
+    uri: str
+    version: str | None = None
+    metrics: EvalMetrics | None = None
+    created_at: datetime | None = None
+
+    @staticmethod
+    def of(event: ModelPublished) -> ModelRecord:
+        return ModelRecord(
+            uri=event.artifact_uri,
+            version=event.version,
+            metrics=event.metrics,
+            created_at=event.created_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TargetState:
+    """What the workers of one model run now.
+
+    ``settled``: every worker runs ``active`` (no rollout in flight). ``previous``: what ran
+    before ``active`` (to roll back an interrupted rollout). ``failed_uri``: the last model
+    that was rolled back, so that its redelivered event does not start a second attempt.
+    """
+
+    active: ModelRecord | None
+    previous: ModelRecord | None
+    failed_uri: str | None
+    settled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a rollout stands: ``done``, ``failed`` (for good) or still waiting; ``message`` says why."""
+
+    done: bool
+    failed: bool
+    message: str
+
+    @staticmethod
+    def complete(message: str) -> Progress:
+        return Progress(done=True, failed=False, message=message)
+
+    @staticmethod
+    def waiting(message: str) -> Progress:
+        return Progress(done=False, failed=False, message=message)
+
+    @staticmethod
+    def failure(message: str) -> Progress:
+        return Progress(done=False, failed=True, message=message)
+
+
+class RolloutTarget(Protocol):
+    """The workers of one model, wherever they run."""
+
+    @property
+    def kind(self) -> str:
+        """``kubernetes`` or ``local``: the ``target`` field of every rollout event."""
+        ...
+
+    @property
+    def description(self) -> str:
+        """Where exactly, for log lines (e.g. ``deployment reco/worker-shop``)."""
+        ...
+
+    async def read(self) -> TargetState:
+        """What the workers run now."""
+        ...
+
+    async def apply(self, *, model: ModelRecord, previous: ModelRecord | None) -> None:
+        """Start moving the workers to ``model``, remembering ``previous`` (idempotent)."""
+        ...
+
+    async def wait(self, *, timeout_s: float) -> Progress:
+        """Wait until the workers run what was applied, it failed, or ``timeout_s`` passed."""
+        ...
+
+    async def revert(self, *, failed: ModelRecord, previous: ModelRecord | None) -> None:
+        """Move the workers back to ``previous`` and remember ``failed`` as failed."""
+        ...
+
+
+class TargetResolver(Protocol):
+    """Finds the target serving a model; ``None`` when this controller does not manage it."""
+
+    def __call__(self, model_name: str) -> RolloutTarget | None: ...

@@ -1,0 +1,174 @@
+"""The ``local`` target: workers running as plain processes (docker-compose, the local demo).
+
+There is no Deployment to remember anything, so the workers' own report (``GET /v1/model``) is
+the truth about what runs, the artifact's manifest tells the active model's metrics, and what
+ran before and what failed are remembered by this process only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Final
+
+import httpx
+
+from reco_common.artifact import ArtifactError
+from reco_common.contracts import ContractError
+from reco_common.settings import S3Settings
+from reco_controller import manifests
+from reco_controller.settings import ControllerSettings
+from reco_controller.targets.base import ModelRecord, Progress, TargetError, TargetState
+from reco_controller.targets.worker_client import ModelControlClient, WorkerModel
+
+logger = logging.getLogger(__name__)
+
+# A worker that refuses our credentials or has no model-control endpoint: configuration.
+PERMANENT_STATUSES: Final = frozenset({401, 403, 404, 405})
+
+
+class LocalTarget:
+    """The worker processes serving one model."""
+
+    kind: Final = "local"
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        workers: Sequence[ModelControlClient],
+        s3: S3Settings,
+        poll_interval_s: float,
+    ) -> None:
+        self._model_name = model_name
+        self._workers = list(workers)
+        self._s3 = s3
+        self._poll_interval_s = poll_interval_s
+        self._previous: ModelRecord | None = None
+        self._failed_uri: str | None = None
+        self._applied: str | None = None
+        self._refusals: list[str] = []
+
+    @property
+    def description(self) -> str:
+        return f"{len(self._workers)} local workers of {self._model_name!r}"
+
+    async def read(self) -> TargetState:
+        reports = await self._reports()
+        first = reports[0]
+        return TargetState(
+            active=await self._describe(first.model_uri, first.version)
+            if first.model_uri
+            else None,
+            previous=self._previous,
+            failed_uri=self._failed_uri,
+            settled=len({r.model_uri for r in reports}) == 1,
+        )
+
+    async def apply(self, *, model: ModelRecord, previous: ModelRecord | None) -> None:
+        self._previous = previous
+        await self._load_everywhere(model.uri)
+
+    async def revert(self, *, failed: ModelRecord, previous: ModelRecord | None) -> None:
+        self._failed_uri = failed.uri
+        self._previous = None
+        if previous is None:
+            raise TargetError(f"{self.description}: no previous model to go back to")
+        await self._load_everywhere(previous.uri)
+
+    async def wait(self, *, timeout_s: float) -> Progress:
+        if self._refusals:
+            return Progress.failure("; ".join(self._refusals))
+        progress = Progress.waiting("not asked yet")
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    progress = self._progress(await self._reports())
+                    if progress.done:
+                        return progress
+                    await asyncio.sleep(self._poll_interval_s)
+        except TimeoutError:
+            return Progress.failure(f"not rolled out after {timeout_s:g} s: {progress.message}")
+
+    def _progress(self, reports: Sequence[WorkerModel]) -> Progress:
+        lagging = [r for r in reports if r.model_uri != self._applied]
+        if lagging:
+            return Progress.waiting(
+                f"{len(lagging)} of {len(reports)} workers not serving {self._applied} yet"
+            )
+        return Progress.complete(f"all {len(reports)} workers serve {self._applied}")
+
+    async def _load_everywhere(self, uri: str) -> None:
+        self._applied = uri
+        self._refusals = []
+        await asyncio.gather(*(self._load(worker, uri) for worker in self._workers))
+
+    async def _load(self, worker: ModelControlClient, uri: str) -> None:
+        try:
+            await worker.load(uri)
+        except httpx.HTTPStatusError as exc:
+            self._raise_if_permanent(worker, exc)
+            reason = (
+                f"{worker.url} refused {uri}: {exc.response.status_code} {exc.response.text[:300]}"
+            )
+            logger.warning("%s", reason)
+            self._refusals.append(reason)
+
+    async def _reports(self) -> list[WorkerModel]:
+        try:
+            return list(await asyncio.gather(*(w.current() for w in self._workers)))
+        except httpx.HTTPStatusError as exc:
+            self._raise_if_permanent(None, exc)
+            raise
+
+    def _raise_if_permanent(
+        self, worker: ModelControlClient | None, exc: httpx.HTTPStatusError
+    ) -> None:
+        if exc.response.status_code in PERMANENT_STATUSES:
+            where = worker.url if worker else exc.request.url
+            raise TargetError(
+                f"{where}: {exc.response.status_code} {exc.response.reason_phrase}"
+            ) from exc
+
+    async def _describe(self, uri: str, version: str | None) -> ModelRecord:
+        """The active model with the metrics of its manifest (without them when unreadable)."""
+        try:
+            manifest = await manifests.read(uri, s3=self._s3)
+        except (ArtifactError, ContractError, ValueError) as exc:
+            logger.warning("active model %s has no readable manifest: %s", uri, exc)
+            return ModelRecord(uri=uri, version=version)
+        return ModelRecord(
+            uri=uri,
+            version=manifest.version,
+            metrics=manifest.metrics,
+            created_at=manifest.created_at,
+        )
+
+
+class LocalTargets:
+    """Resolves a model name to its workers (``RECO_CONTROLLER_WORKER_URLS``)."""
+
+    def __init__(
+        self, *, http: httpx.AsyncClient, settings: ControllerSettings, s3: S3Settings
+    ) -> None:
+        self._targets = {
+            model: LocalTarget(
+                model_name=model,
+                workers=[ModelControlClient(http=http, base_url=str(url)) for url in urls],
+                s3=s3,
+                poll_interval_s=settings.poll_interval_s,
+            )
+            for model, urls in settings.worker_urls.items()
+        }
+
+    def __call__(self, model_name: str) -> LocalTarget | None:
+        return self._targets.get(model_name)
+
+
+def worker_http(settings: ControllerSettings) -> httpx.AsyncClient:
+    """One HTTP client for every worker, carrying the model-control bearer token."""
+    return httpx.AsyncClient(
+        headers={"Authorization": f"Bearer {settings.worker_token.get_secret_value()}"},
+        timeout=settings.worker_timeout_s,
+    )
