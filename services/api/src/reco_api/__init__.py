@@ -1,0 +1,1 @@
+"""reco-api: serves the precomputed recommendations from Redis over HTTP."""

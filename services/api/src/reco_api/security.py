@@ -1,0 +1,70 @@
+"""The optional guards: API keys (off unless keys are configured) and a per-client rate limit.
+
+Both are kept libraries: FastAPI's ``APIKeyHeader`` (so the key shows in the OpenAPI schema)
+and slowapi over ``limits``. A client is its API key when it sends one,
+else its address (behind a proxy, see ``RECO_API_FORWARDED_ALLOW_IPS``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Request, Security, params
+from fastapi.security import APIKeyHeader
+from pydantic import SecretStr
+from slowapi import Limiter
+from slowapi.util import get_remote_address
+
+from reco_api.errors import ApiError
+
+API_KEY_HEADER = "X-API-Key"
+
+Endpoint = Callable[..., Awaitable[Any]]
+
+_api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def api_key_guard(keys: list[SecretStr]) -> params.Depends:
+    """A router dependency that refuses requests without one of ``keys``."""
+    digests = [_digest(key.get_secret_value()) for key in keys]
+
+    async def require_api_key(
+        key: Annotated[str | None, Security(_api_key_header)],
+    ) -> None:
+        presented = _digest(key or "")
+        # Compare against every key, each in constant time: no timing hint about which is close.
+        matches = [hmac.compare_digest(presented, digest) for digest in digests]
+        if not any(matches):
+            raise ApiError(
+                status=401,
+                code="unauthorized",
+                message=f"a valid {API_KEY_HEADER} header is required",
+                headers={"WWW-Authenticate": API_KEY_HEADER},
+            )
+
+    return params.Depends(require_api_key)
+
+
+def _client_key(request: Request) -> str:
+    key = request.headers.get(API_KEY_HEADER)
+    return f"key:{_digest(key).hex()}" if key else f"ip:{get_remote_address(request)}"
+
+
+def rate_limited(endpoint: Endpoint, *, limit: str) -> Endpoint:
+    """``endpoint`` limited to ``limit`` (e.g. ``"100/second"``) per client, in process memory.
+
+    slowapi's route decorator rather than its ASGI middleware: the middleware finds the route
+    by scanning ``app.routes``, which in this FastAPI holds included routers, not their routes,
+    so it would treat every ``/v1`` route as unknown and exempt. The decorator needs the
+    endpoint to take ``request: Request``.
+    """
+    limiter = Limiter(key_func=_client_key, key_style="endpoint", storage_uri="memory://")
+    limited: Endpoint = limiter.limit(limit)(endpoint)
+    return limited

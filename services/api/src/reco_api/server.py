@@ -1,0 +1,118 @@
+"""The API process: uvicorn run programmatically, under our own SIGTERM handling.
+
+Shutdown sequence (driven by :func:`reco_common.lifecycle.serve`, bounded by
+``RECO_API_SHUTDOWN_TIMEOUT_S``):
+
+1. SIGTERM: ``draining`` is set, so ``/readyz`` answers 503 at once;
+2. the API keeps serving for ``RECO_API_DRAIN_S`` while the load balancer takes it out;
+3. uvicorn stops accepting, closes idle keep-alive connections and finishes the requests in
+   flight (for what remains of the bound, less one second);
+4. the Redis pool is closed and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import uvicorn
+from prometheus_client import REGISTRY, CollectorRegistry
+from uvicorn.loops.auto import auto_loop_factory
+
+from reco_api.app import create_app
+from reco_api.metrics import ApiMetrics
+from reco_api.settings import Settings
+from reco_api.store import ServedStore
+from reco_common.lifecycle import serve
+
+logger = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: :func:`serve` owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class ApiServer:
+    """The role object: ``start`` builds the app, ``run`` serves, ``stop`` drains and closes."""
+
+    def __init__(self, *, settings: Settings, registry: CollectorRegistry = REGISTRY) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._draining = asyncio.Event()
+        self._exited = asyncio.Event()
+        self._store: ServedStore | None = None
+        self._server: _Server | None = None
+
+    async def start(self) -> None:
+        api = self._settings.api
+        metrics = ApiMetrics.create(self._registry)
+        self._store = ServedStore.open(
+            self._settings.redis, timeout_s=api.redis_timeout_s, metrics=metrics
+        )
+        app = create_app(
+            settings=api,
+            store=self._store,
+            draining=self._draining,
+            metrics=metrics,
+            registry=self._registry,
+        )
+        config = uvicorn.Config(
+            app,
+            host=api.host,
+            port=api.port,
+            http="httptools",
+            lifespan="off",
+            log_config=None,
+            access_log=api.access_log,
+            server_header=False,
+            backlog=api.backlog,
+            limit_concurrency=api.limit_concurrency,
+            forwarded_allow_ips=api.forwarded_allow_ips,
+            timeout_graceful_shutdown=max(int(api.in_flight_timeout_s), 1),
+        )
+        self._server = _Server(config)
+
+    async def run(self) -> None:
+        assert self._server is not None, "start() first"
+        try:
+            await self._server.serve()
+        finally:
+            self._exited.set()
+        if not self._server.started:
+            raise RuntimeError("the HTTP server did not start (see the log above)")
+
+    async def stop(self) -> None:
+        """Idempotent: fail readiness, serve through the drain period, then let uvicorn finish."""
+        if self._draining.is_set():
+            await self._exited.wait()
+            return
+        self._draining.set()
+        try:
+            await self._drain()
+            if self._server is not None:
+                self._server.should_exit = True
+                await self._exited.wait()
+        finally:
+            if self._store is not None:
+                await asyncio.shield(self._store.close())
+        logger.info("stopped")
+
+    async def _drain(self) -> None:
+        drain_s = self._settings.api.drain_s
+        logger.info("not ready any more; serving for %.1f s while traffic moves away", drain_s)
+        with contextlib.suppress(TimeoutError):
+            # Returns early when uvicorn exited on its own: nothing is left to drain.
+            await asyncio.wait_for(self._exited.wait(), timeout=drain_s)
+
+
+def run(*, settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down within ``RECO_API_SHUTDOWN_TIMEOUT_S``."""
+    role = ApiServer(settings=settings)
+    with asyncio.Runner(loop_factory=auto_loop_factory(use_subprocess=False)) as runner:
+        runner.run(serve(role, grace_s=settings.api.shutdown_timeout_s))

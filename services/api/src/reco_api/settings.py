@@ -1,0 +1,93 @@
+"""The API's settings (``RECO_API_*``), composed with the shared ones.
+
+Documented in docs/api.md. A wrong value fails at start naming its variable
+(:func:`reco_common.settings.load_settings`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Self
+
+from limits import parse_many
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from reco_common.contracts import Identifier, ModelName
+from reco_common.settings import CommonSettings, Environment, refuse_placeholder
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+NonNegativeSeconds = Annotated[float, Field(ge=0)]
+
+# Time kept after uvicorn has finished the requests in flight: lifespan shutdown and closing
+# the Redis pool. The graceful-shutdown window given to uvicorn is what remains of the bound.
+CLOSE_RESERVE_S = 1.0
+
+
+class ApiSettings(BaseSettings):
+    """``RECO_API_*``: the listener, the request bounds, the guards and the shutdown timing."""
+
+    model_config = SettingsConfigDict(env_prefix="RECO_API_", extra="ignore")
+
+    host: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    default_model: ModelName = "default"
+
+    # request bounds
+    default_n: Annotated[int, Field(ge=1)] = 10
+    max_n: Annotated[int, Field(ge=1, le=1000)] = 100
+    max_offset: Annotated[int, Field(ge=0)] = 1000
+    max_exclude: Annotated[int, Field(ge=0, le=1000)] = 100
+
+    # Redis: a short timeout so that a hung server turns into a quick 503, never a hang
+    redis_timeout_s: PositiveSeconds = 0.25
+    static_fallback_items: list[Identifier] = []
+
+    # shutdown: SIGTERM → not ready at once → serve drain_s → finish in flight → close → exit
+    drain_s: NonNegativeSeconds = 10.0
+    shutdown_timeout_s: PositiveSeconds = 25.0
+
+    # guards
+    api_keys: list[SecretStr] = []
+    rate_limit: str | None = None
+    limit_concurrency: Annotated[int, Field(ge=1)] = 1000
+    backlog: Annotated[int, Field(ge=1)] = 2048
+    forwarded_allow_ips: str = "127.0.0.1"
+
+    access_log: bool = False
+    http_metrics: bool = True
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _parsable_limit(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_many(value)  # raises ValueError naming what it could not read
+        return value
+
+    @model_validator(mode="after")
+    def _defaults_within_bounds(self) -> Self:
+        if self.default_n > self.max_n:
+            raise ValueError("RECO_API_DEFAULT_N must not exceed RECO_API_MAX_N")
+        if self.shutdown_timeout_s < self.drain_s + CLOSE_RESERVE_S + 1.0:
+            raise ValueError(
+                "RECO_API_SHUTDOWN_TIMEOUT_S must leave at least 2 s after RECO_API_DRAIN_S "
+                "to finish the requests in flight and close Redis"
+            )
+        return self
+
+    @property
+    def in_flight_timeout_s(self) -> float:
+        """How long uvicorn may wait for the requests in flight once the drain is over."""
+        return self.shutdown_timeout_s - self.drain_s - CLOSE_RESERVE_S
+
+
+class Settings(CommonSettings):
+    """Everything the API process needs: the shared backends plus :class:`ApiSettings`."""
+
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @model_validator(mode="after")
+    def _no_placeholder_keys_outside_dev(self) -> Self:
+        if self.env is not Environment.DEV:
+            for key in self.api.api_keys:
+                refuse_placeholder("RECO_API_API_KEYS", key)
+        return self

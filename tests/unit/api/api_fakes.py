@@ -1,0 +1,82 @@
+"""Helpers for the API unit tests: a fake store at our own boundary and a client holder."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+
+import httpx
+from prometheus_client import CollectorRegistry
+
+from reco_api.store import StoreUnavailable
+from reco_common.contracts import ActiveModel, RecommendationList, encode
+from reco_common.redis_store import ServedView
+
+MODEL = "default"
+NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+
+
+def a_list(items: list[str], *, version: str = "v2") -> bytes:
+    scores = [float(len(items) - i) for i in range(len(items))]
+    return encode(
+        RecommendationList(model_version=version, computed_at=NOW, items=items, scores=scores)
+    )
+
+
+def an_active_model(popular: list[str], *, version: str = "v2") -> bytes:
+    return encode(
+        ActiveModel(
+            model_name=MODEL,
+            version=version,
+            artifact_uri=f"file:///models/{MODEL}/{version}",
+            activated_at=NOW,
+            popular_items=popular,
+            popular_scores=[0.5] * len(popular),
+        )
+    )
+
+
+class FakeStore:
+    """The :class:`reco_api.store.Store` boundary, holding raw values like Redis would."""
+
+    def __init__(self) -> None:
+        self.lists: dict[tuple[str, str], bytes] = {}
+        self.active: dict[str, bytes] = {}
+        self.down = False
+        self.bug: Exception | None = None
+        self.reads = 0
+
+    async def read(self, model_name: str, user_id: str) -> ServedView:
+        self.reads += 1
+        if self.down:
+            raise StoreUnavailable("connection refused")
+        if self.bug is not None:
+            raise self.bug
+        return ServedView(self.lists.get((model_name, user_id)), self.active.get(model_name))
+
+    async def ping(self) -> bool:
+        return not self.down
+
+
+class Api:
+    """A client on one app, with the app's store, draining flag and metrics registry."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        store: FakeStore,
+        draining: asyncio.Event,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.draining = draining
+        self.registry = registry
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+
+MakeApi = Callable[..., AbstractAsyncContextManager[Api]]

@@ -1,0 +1,135 @@
+"""The recommendations route: personalized, fallback, paging, exclusion, 404, 503, static list."""
+
+from __future__ import annotations
+
+import pytest
+from api_fakes import MODEL, Api, FakeStore, MakeApi, a_list
+
+from reco_api.recommendations import select
+
+URL = "/v1/users/{user}/recommendations"
+
+
+def item_ids(body: dict[str, object]) -> list[str]:
+    return [item["item_id"] for item in body["items"]]  # type: ignore[attr-defined]
+
+
+async def test_a_user_with_a_list_gets_it_with_scores_version_and_time(api: Api) -> None:
+    response = await api.client.get(URL.format(user="u1"), params={"n": 3})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "user_id": "u1",
+        "model": MODEL,
+        "model_version": "v2",
+        "computed_at": "2026-11-23T08:00:00Z",
+        "source": "personalized",
+        "items": [
+            {"item_id": "i1", "score": 5.0},
+            {"item_id": "i2", "score": 4.0},
+            {"item_id": "i3", "score": 3.0},
+        ],
+    }
+    assert api.sample("reco_api_fallbacks_total", reason="no_list") == 0
+
+
+async def test_a_user_without_a_list_gets_the_popular_fallback(api: Api) -> None:
+    body = (await api.client.get(URL.format(user="newcomer"))).json()
+    assert body["source"] == "fallback"
+    assert body["model_version"] == "v2"
+    assert item_ids(body) == ["p1", "p2", "p3", "p4"]
+    assert api.sample("reco_api_fallbacks_total", reason="no_list") == 1
+
+
+async def test_exclude_then_offset_then_n(api: Api) -> None:
+    params = {"exclude": ["i2", "i4", "unknown"], "offset": 1, "n": 2}
+    body = (await api.client.get(URL.format(user="u1"), params=params)).json()
+    assert item_ids(body) == ["i3", "i5"]
+
+
+async def test_paging_past_the_end_is_an_empty_list_not_an_error(api: Api) -> None:
+    response = await api.client.get(URL.format(user="u1"), params={"offset": 10})
+    assert response.status_code == 200
+    assert response.json()["items"] == []
+
+
+async def test_another_model_is_chosen_by_name(api: Api, store: FakeStore) -> None:
+    store.active["other"] = store.active[MODEL]
+    store.lists[("other", "u1")] = a_list(["o1"], version="v9")
+    body = (await api.client.get(URL.format(user="u1"), params={"model": "other"})).json()
+    assert (body["model"], body["model_version"], item_ids(body)) == ("other", "v9", ["o1"])
+
+
+async def test_the_default_model_is_configurable(make_api: MakeApi, store: FakeStore) -> None:
+    store.active["shop"] = store.active[MODEL]
+    async with make_api(default_model="shop") as api:
+        body = (await api.client.get(URL.format(user="u1"))).json()
+    assert (body["model"], body["source"]) == ("shop", "fallback")
+
+
+async def test_404_only_when_the_model_is_not_active(api: Api, store: FakeStore) -> None:
+    del store.active[MODEL]
+    response = await api.client.get(URL.format(user="u1"))
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+
+
+async def test_an_unreadable_list_falls_back_and_is_counted(api: Api, store: FakeStore) -> None:
+    store.lists[(MODEL, "u1")] = b'{"items": ["half'
+    body = (await api.client.get(URL.format(user="u1"))).json()
+    assert body["source"] == "fallback"
+    assert api.sample("reco_api_corrupt_values_total", kind="recommendations") == 1
+
+
+async def test_an_unreadable_model_record_is_a_500_in_the_error_shape(
+    api: Api, store: FakeStore
+) -> None:
+    store.active[MODEL] = b"[]"
+    response = await api.client.get(URL.format(user="newcomer"))
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "corrupt_model_record"
+    assert api.sample("reco_api_corrupt_values_total", kind="active_model") == 1
+
+
+async def test_redis_down_is_a_503_with_a_clear_body(api: Api, store: FakeStore) -> None:
+    store.down = True
+    response = await api.client.get(URL.format(user="u1"))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["error"] == {
+        "status": 503,
+        "code": "store_unavailable",
+        "message": "the recommendation store is unreachable; retry shortly",
+        "details": [],
+    }
+
+
+async def test_redis_down_serves_the_static_list_when_configured(
+    make_api: MakeApi, store: FakeStore
+) -> None:
+    store.down = True
+    async with make_api(static_fallback_items=["s1", "s2", "s3"]) as api:
+        response = await api.client.get(URL.format(user="u1"), params={"n": 2})
+        assert api.sample("reco_api_fallbacks_total", reason="store_unavailable") == 1
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["source"], body["model_version"], body["computed_at"]) == ("static", None, None)
+    assert body["items"] == [{"item_id": "s1", "score": None}, {"item_id": "s2", "score": None}]
+
+
+@pytest.mark.parametrize(
+    ("exclude", "offset", "n", "expected"),
+    [
+        (set(), 0, 2, ["a", "b"]),
+        ({"a"}, 0, 2, ["b", "c"]),
+        ({"b"}, 1, 5, ["c", "d"]),
+        ({"a", "b", "c", "d"}, 0, 3, []),
+        (set(), 3, 1, ["d"]),
+        (set(), 4, 1, []),
+    ],
+)
+def test_select(exclude: set[str], offset: int, n: int, expected: list[str]) -> None:
+    picked = select(
+        ["a", "b", "c", "d"], [4, 3, 2, 1], exclude=frozenset(exclude), offset=offset, n=n
+    )
+    assert [p["item_id"] for p in picked] == expected
