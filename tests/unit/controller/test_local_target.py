@@ -1,0 +1,171 @@
+"""The ``local`` target against fake workers (our own model-control endpoint, in memory)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from reco_common.artifact import ModelArrays, write_artifact
+from reco_common.contracts import EvalMetrics
+from reco_common.settings import S3Settings
+from reco_common.storage import FileStore
+from reco_controller.targets.base import ModelRecord, TargetError
+from reco_controller.targets.local import LocalTarget
+from reco_controller.targets.worker_client import ModelControlClient
+
+TOKEN = "t0ken"
+METRICS = EvalMetrics(model={"precision@10": 0.2}, baseline={"precision@10": 0.05})
+
+
+class FakeWorker:
+    """One worker's ``/v1/model``: loads on POST, after ``lag`` more GETs; may refuse."""
+
+    def __init__(self, uri: str | None, *, lag: int = 0, refuse: int | None = None) -> None:
+        self.uri = uri
+        self.lag = lag
+        self.refuse = refuse
+        self.pending: str | None = None
+        self.posts: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+            return httpx.Response(401, json={"detail": "bad token"})
+        if request.method == "POST":
+            uri = json.loads(request.content)["model_uri"]
+            self.posts.append(uri)
+            if self.refuse:
+                return httpx.Response(self.refuse, json={"detail": f"cannot load {uri}"})
+            self.pending = uri
+            return httpx.Response(202, json={"model_uri": uri})
+        if self.pending is not None:
+            if self.lag == 0:
+                self.uri, self.pending = self.pending, None
+            self.lag -= 1
+        version = self.uri.rsplit("/", 1)[-1] if self.uri else None
+        return httpx.Response(200, json={"version": version, "model_uri": self.uri})
+
+
+def _artifact(root: Path, version: str) -> str:
+    rng = np.random.default_rng(0)
+    arrays = ModelArrays(
+        item_ids=["i0", "i1"],
+        user_ids=["u0"],
+        item_factors=rng.normal(size=(2, 3)).astype(np.float32),
+        user_factors=rng.normal(size=(1, 3)).astype(np.float32),
+        popular_items=["i1"],
+        popular_scores=[1.0],
+    )
+    return write_artifact(
+        FileStore(root.as_uri()),
+        model_name="shop",
+        version=version,
+        arrays=arrays,
+        created_at=datetime(2026, 11, 1, tzinfo=UTC),
+        data_snapshot="snap",
+        params={},
+        metrics=METRICS,
+        library_versions={},
+    )
+
+
+async def _target(
+    workers: list[FakeWorker], token: str = TOKEN
+) -> tuple[LocalTarget, httpx.AsyncClient]:
+    by_host = {f"w{i}": w for i, w in enumerate(workers)}
+    client = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda r: by_host[r.url.host](r)),
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    target = LocalTarget(
+        model_name="shop",
+        workers=[ModelControlClient(http=client, base_url=f"http://{h}:8081/") for h in by_host],
+        s3=S3Settings(),
+        poll_interval_s=0.001,
+    )
+    return target, client
+
+
+async def test_the_active_model_is_read_from_the_workers_and_its_manifest(tmp_path: Path) -> None:
+    v1 = _artifact(tmp_path, "v1")
+    target, client = await _target([FakeWorker(v1), FakeWorker(v1)])
+    async with client:
+        state = await target.read()
+    assert state.settled
+    assert state.active == ModelRecord(
+        uri=v1, version="v1", metrics=METRICS, created_at=datetime(2026, 11, 1, tzinfo=UTC)
+    )
+
+
+async def test_an_unreadable_manifest_leaves_only_what_the_worker_says() -> None:
+    target, client = await _target([FakeWorker("file:///nowhere/v7")])
+    async with client:
+        state = await target.read()
+    assert state.active == ModelRecord(uri="file:///nowhere/v7", version="v7")
+
+
+async def test_workers_that_disagree_are_not_settled() -> None:
+    target, client = await _target([FakeWorker("file:///m/v1"), FakeWorker("file:///m/v2")])
+    async with client:
+        assert not (await target.read()).settled
+
+
+async def test_apply_loads_everywhere_and_waits_for_every_worker() -> None:
+    workers = [FakeWorker("file:///m/v1"), FakeWorker("file:///m/v1", lag=3)]
+    target, client = await _target(workers)
+    new = ModelRecord(uri="file:///m/v2", version="v2")
+    async with client:
+        await target.apply(model=new, previous=ModelRecord(uri="file:///m/v1"))
+        progress = await target.wait(timeout_s=5)
+        state = await target.read()
+    assert progress.done, progress.message
+    assert [w.posts for w in workers] == [["file:///m/v2"], ["file:///m/v2"]]
+    assert state.previous == ModelRecord(uri="file:///m/v1")
+
+
+async def test_a_worker_that_never_switches_times_out() -> None:
+    target, client = await _target([FakeWorker("file:///m/v1", lag=10**9)])
+    async with client:
+        await target.apply(model=ModelRecord(uri="file:///m/v2"), previous=None)
+        progress = await target.wait(timeout_s=0.05)
+    assert progress.failed
+    assert "1 of 1 workers not serving file:///m/v2" in progress.message
+
+
+async def test_a_refused_model_fails_and_revert_goes_back_everywhere() -> None:
+    workers = [FakeWorker("file:///m/v1"), FakeWorker("file:///m/v1", refuse=422)]
+    target, client = await _target(workers)
+    v1, v2 = ModelRecord(uri="file:///m/v1"), ModelRecord(uri="file:///m/v2")
+    async with client:
+        await target.apply(model=v2, previous=v1)
+        failed = await target.wait(timeout_s=5)
+        workers[1].refuse = None
+        await target.revert(failed=v2, previous=v1)
+        back = await target.wait(timeout_s=5)
+        state = await target.read()
+    assert failed.failed
+    assert "w1:8081/v1/model refused file:///m/v2: 422" in failed.message
+    assert back.done
+    assert state.failed_uri == v2.uri
+    assert state.active is not None
+    assert state.active.uri == v1.uri
+
+
+async def test_revert_without_a_previous_model_is_refused() -> None:
+    target, client = await _target([FakeWorker("file:///m/v2")])
+    async with client:
+        with pytest.raises(TargetError, match="no previous model"):
+            await target.revert(failed=ModelRecord(uri="file:///m/v2"), previous=None)
+
+
+async def test_a_wrong_token_is_a_permanent_error() -> None:
+    target, client = await _target([FakeWorker("file:///m/v1")], token="wrong")
+    async with client:
+        with pytest.raises(TargetError, match="401"):
+            await target.read()
+        with pytest.raises(TargetError, match="401"):
+            await target.apply(model=ModelRecord(uri="file:///m/v2"), previous=None)

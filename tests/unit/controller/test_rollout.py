@@ -1,0 +1,245 @@
+"""The decision about each published model, over a fake target (our own boundary)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from reco_common.contracts import EvalMetrics, ModelPublished, RolloutEvent, RolloutStatus
+from reco_controller.gate import GatePolicy
+from reco_controller.metrics import ControllerMetrics
+from reco_controller.rollout import Decision, Rollouts
+from reco_controller.targets.base import ModelRecord, Progress, TargetError, TargetState
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+GOOD = EvalMetrics(model={"precision@10": 0.2}, baseline={"precision@10": 0.05})
+BAD = EvalMetrics(model={"precision@10": 0.1}, baseline={"precision@10": 0.05})
+ACTIVE = ModelRecord(uri="s3://reco/models/shop/v1", version="v1", metrics=GOOD, created_at=T0)
+
+
+def _event(version: str = "v2", *, metrics: EvalMetrics = GOOD, age: int = 0) -> ModelPublished:
+    return ModelPublished(
+        model_name="shop",
+        version=version,
+        artifact_uri=f"s3://reco/models/shop/{version}",
+        created_at=T0 + timedelta(hours=1 - age),
+        metrics=metrics,
+    )
+
+
+@dataclass
+class FakeTarget:
+    """Workers in memory: ``apply``/``revert`` change the state, ``wait`` plays ``outcomes``."""
+
+    state: TargetState
+    outcomes: list[Progress] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    refuse: bool = False
+    kind: str = "kubernetes"
+    description: str = "fake workers"
+
+    async def read(self) -> TargetState:
+        return self.state
+
+    async def apply(self, *, model: ModelRecord, previous: ModelRecord | None) -> None:
+        if self.refuse:
+            raise TargetError("403 Forbidden: patch deployments")
+        self.calls.append(f"apply {model.version} after {previous.version if previous else None}")
+        self.state = TargetState(active=model, previous=previous, failed_uri=None, settled=False)
+
+    async def wait(self, *, timeout_s: float) -> Progress:
+        self.calls.append("wait")
+        return self.outcomes.pop(0)
+
+    async def revert(self, *, failed: ModelRecord, previous: ModelRecord | None) -> None:
+        self.calls.append(f"revert to {previous.version if previous else None}")
+        self.state = TargetState(
+            active=previous, previous=None, failed_uri=failed.uri, settled=False
+        )
+
+
+class NoTarget:
+    """A target that must not be touched."""
+
+    kind = "kubernetes"
+    description = "untouchable"
+
+    def __getattr__(self, name: str) -> Callable[..., object]:
+        raise AssertionError(f"{name} must not be called")
+
+
+@pytest.fixture
+def reported() -> list[RolloutEvent]:
+    return []
+
+
+def _rollouts(target: object, reported: list[RolloutEvent]) -> Rollouts:
+    async def report(event: RolloutEvent) -> None:
+        reported.append(event)
+
+    return Rollouts(
+        targets=lambda name: target if name == "shop" else None,  # type: ignore[return-value]
+        report=report,
+        gate=GatePolicy(max_regression=0.05, baseline_margin=0.0),
+        timeout_s=30,
+        metrics=ControllerMetrics.create(),
+    )
+
+
+def _settled(active: ModelRecord | None = ACTIVE, **changes: object) -> TargetState:
+    state = TargetState(active=active, previous=None, failed_uri=None, settled=True)
+    return replace(state, **changes)  # type: ignore[arg-type]
+
+
+def _statuses(reported: list[RolloutEvent]) -> list[str]:
+    return [e.status.value for e in reported]
+
+
+async def test_a_better_model_is_rolled_out_and_reported(reported: list[RolloutEvent]) -> None:
+    target = FakeTarget(_settled(), outcomes=[Progress.complete("2 replicas updated")])
+    decision = await _rollouts(target, reported).handle(_event())
+    assert decision is Decision.ROLLED_OUT
+    assert target.calls == ["apply v2 after v1", "wait"]
+    assert _statuses(reported) == ["started", "succeeded"]
+    started, succeeded = reported
+    assert started.reason.startswith("passed: precision@10 0.2 vs active 0.2")
+    assert succeeded.reason == "2 replicas updated"
+    assert {(e.model_name, e.version, e.target) for e in reported} == {("shop", "v2", "kubernetes")}
+
+
+async def test_the_first_model_has_no_previous_one(reported: list[RolloutEvent]) -> None:
+    target = FakeTarget(_settled(active=None), outcomes=[Progress.complete("ok")])
+    assert await _rollouts(target, reported).handle(_event()) is Decision.ROLLED_OUT
+    assert target.calls == ["apply v2 after None", "wait"]
+
+
+async def test_a_failed_rollout_goes_back_and_reports_both(reported: list[RolloutEvent]) -> None:
+    target = FakeTarget(
+        _settled(),
+        outcomes=[Progress.failure("exceeded its progress deadline"), Progress.complete("back")],
+    )
+    decision = await _rollouts(target, reported).handle(_event())
+    assert decision is Decision.FAILED
+    assert target.calls == ["apply v2 after v1", "wait", "revert to v1", "wait"]
+    assert _statuses(reported) == ["started", "failed", "rolled_back"]
+    assert reported[1].reason == "exceeded its progress deadline"
+    assert reported[2].reason == f"back to {ACTIVE.uri}: back"
+
+
+async def test_a_rollback_that_does_not_settle_is_still_reported(
+    reported: list[RolloutEvent],
+) -> None:
+    target = FakeTarget(
+        _settled(), outcomes=[Progress.failure("deadline"), Progress.failure("stuck too")]
+    )
+    assert await _rollouts(target, reported).handle(_event()) is Decision.FAILED
+    assert reported[-1].status is RolloutStatus.ROLLED_BACK
+    assert "not settled yet: stuck too" in reported[-1].reason
+
+
+async def test_a_model_below_the_gate_is_rejected_and_nothing_is_touched(
+    reported: list[RolloutEvent],
+) -> None:
+    target = FakeTarget(_settled())
+    decision = await _rollouts(target, reported).handle(_event(metrics=BAD))
+    assert decision is Decision.REJECTED
+    assert target.calls == []
+    assert _statuses(reported) == ["rejected"]
+    assert "50.0% below the active model's 0.2" in reported[0].reason
+
+
+async def test_an_operator_can_force_a_model_past_the_gate(reported: list[RolloutEvent]) -> None:
+    target = FakeTarget(_settled(), outcomes=[Progress.complete("ok")])
+    decision = await _rollouts(target, reported).handle(_event(metrics=BAD), force=True)
+    assert decision is Decision.ROLLED_OUT
+    assert reported[0].reason.startswith("forced by an operator; gate: precision@10 0.1 is 50.0%")
+
+
+async def test_a_duplicate_of_a_finished_rollout_does_nothing(
+    reported: list[RolloutEvent],
+) -> None:
+    event = _event()
+    target = FakeTarget(_settled(active=ModelRecord.of(event)))
+    assert await _rollouts(target, reported).handle(event) is Decision.DUPLICATE
+    assert target.calls == []
+    assert reported == []
+
+
+async def test_the_same_event_twice_rolls_out_once(reported: list[RolloutEvent]) -> None:
+    target = FakeTarget(_settled(), outcomes=[Progress.complete("ok")])
+    rollouts = _rollouts(target, reported)
+    assert await rollouts.handle(_event()) is Decision.ROLLED_OUT
+    target.state = replace(target.state, settled=True)  # the Deployment controller finished
+    assert await rollouts.handle(_event()) is Decision.DUPLICATE
+    assert target.calls == ["apply v2 after v1", "wait"]
+    assert _statuses(reported) == ["started", "succeeded"]
+
+
+async def test_an_interrupted_rollout_is_resumed_with_its_recorded_previous_model(
+    reported: list[RolloutEvent],
+) -> None:
+    event = _event(metrics=BAD)  # the gate was passed (or forced) before: not judged again
+    unsettled = TargetState(
+        active=ModelRecord.of(event), previous=ACTIVE, failed_uri=None, settled=False
+    )
+    target = FakeTarget(unsettled, outcomes=[Progress.failure("deadline"), Progress.complete("")])
+    assert await _rollouts(target, reported).handle(event) is Decision.FAILED
+    assert target.calls == ["apply v2 after v1", "wait", "revert to v1", "wait"]
+    assert reported[0].reason == "resumed"
+
+
+async def test_a_rolled_back_model_is_not_retried_when_redelivered(
+    reported: list[RolloutEvent],
+) -> None:
+    event = _event()
+    target = FakeTarget(_settled(failed_uri=event.artifact_uri))
+    assert await _rollouts(target, reported).handle(event) is Decision.ALREADY_FAILED
+    assert target.calls == []
+    assert reported == []
+
+
+async def test_an_older_model_than_the_active_one_is_ignored(
+    reported: list[RolloutEvent],
+) -> None:
+    target = FakeTarget(_settled())
+    assert await _rollouts(target, reported).handle(_event("v0", age=2)) is Decision.STALE
+    assert target.calls == []
+    assert reported == []
+
+
+async def test_force_overrides_staleness_and_a_previous_failure(
+    reported: list[RolloutEvent],
+) -> None:
+    event = _event("v0", age=2)
+    target = FakeTarget(_settled(failed_uri=event.artifact_uri), outcomes=[Progress.complete("ok")])
+    assert await _rollouts(target, reported).handle(event, force=True) is Decision.ROLLED_OUT
+
+
+async def test_a_model_without_a_target_is_ignored(reported: list[RolloutEvent]) -> None:
+    other = _event().model_copy(update={"model_name": "other"})
+    assert await _rollouts(NoTarget(), reported).handle(other) is Decision.UNMANAGED
+    assert reported == []
+
+
+async def test_a_permanent_refusal_is_reported_as_failed_not_retried(
+    reported: list[RolloutEvent],
+) -> None:
+    target = FakeTarget(_settled(), refuse=True)
+    assert await _rollouts(target, reported).handle(_event()) is Decision.FAILED
+    assert _statuses(reported) == ["started", "failed"]
+    assert "403 Forbidden" in reported[1].reason
+
+
+async def test_a_transient_error_propagates_so_the_batch_is_retried(
+    reported: list[RolloutEvent],
+) -> None:
+    class Unreachable(FakeTarget):
+        async def read(self) -> TargetState:
+            raise ConnectionError("API unreachable")
+
+    with pytest.raises(ConnectionError):
+        await _rollouts(Unreachable(_settled()), reported).handle(_event())
+    assert reported == []
