@@ -273,6 +273,15 @@ class ObjectLayout:
         return f"{ObjectLayout.MODELS}/{model_name}/{version}"
 
     @staticmethod
+    def published_marker(model_name: str, version: str) -> str:
+        """``models/<model_name>/<version>/published.json``: the event announcing the artifact.
+
+        Written by the trainer after the event was acknowledged, so that a re-run knows the
+        announcement went out; it is not part of the artifact (the manifest does not list it).
+        """
+        return f"{ObjectLayout.model_dir(model_name, version)}/published.json"
+
+    @staticmethod
     def snapshot_dir(topic: str, snapshot_id: str) -> str:
         """``snapshots/<topic>/<snapshot_id>``: an archived slice of a topic."""
         return f"{ObjectLayout.SNAPSHOTS}/{topic}/{snapshot_id}"

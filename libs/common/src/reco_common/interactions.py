@@ -426,9 +426,27 @@ def _timestamp_seconds(values: pa.Array) -> pa.Array:
 
 
 def _parse_jsonl(uri: str, data: bytes) -> _Raw:
-    lines: list[int] = []
+    lines, records = _json_objects(uri, data)
     raw = _Raw(uri, {}, lambda row: f"line {lines[row]}")
     values: dict[str, list[Any]] = {}
+    for seen, record in enumerate(records, 1):
+        for key, value in record.items():
+            values.setdefault(_canonical(key), [None] * (seen - 1)).append(value)
+        for column in values.values():
+            if len(column) < seen:
+                column.append(None)
+    for required in (USER_ID, ITEM_ID):
+        if lines and required not in values:
+            raise InteractionsError(f"{uri}: line {lines[0]}: missing field {required!r}")
+    for name, column in values.items():
+        raw.columns[name] = _convert_json(raw, name, column)
+    return raw
+
+
+def _json_objects(uri: str, data: bytes) -> tuple[list[int], list[dict[str, Any]]]:
+    """The JSON object on each non-blank line, with its 1-based line number."""
+    lines: list[int] = []
+    records: list[dict[str, Any]] = []
     for number, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue
@@ -439,17 +457,8 @@ def _parse_jsonl(uri: str, data: bytes) -> _Raw:
         if not isinstance(record, dict):
             raise InteractionsError(f"{uri}: line {number}: expected a JSON object per line")
         lines.append(number)
-        for key, value in record.items():
-            values.setdefault(_canonical(key), [None] * (len(lines) - 1)).append(value)
-        for column in values.values():
-            if len(column) < len(lines):
-                column.append(None)
-    for required in (USER_ID, ITEM_ID):
-        if lines and required not in values:
-            raise InteractionsError(f"{uri}: line {lines[0]}: missing field {required!r}")
-    for name, column in values.items():
-        raw.columns[name] = _convert_json(raw, name, column)
-    return raw
+        records.append(record)
+    return lines, records
 
 
 def _convert_json(raw: _Raw, name: str, column: list[Any]) -> pa.Array:
@@ -487,10 +496,7 @@ def _convert_json(raw: _Raw, name: str, column: list[Any]) -> pa.Array:
 
 
 def _parse_parquet(uri: str, data: bytes) -> _Raw:
-    try:
-        table = pq.read_table(pa.BufferReader(data))
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InteractionsError(f"{uri}: not a readable Parquet file: {exc}") from None
+    table = _parse_parquet_table(uri, data)
     raw = _Raw(uri, {}, lambda row: f"row {row + 1}")
     names = {_canonical(n): n for n in table.column_names}
     for required in (USER_ID, ITEM_ID):
@@ -575,6 +581,77 @@ def _concat(parts: list[pa.Table], uris: list[str]) -> pa.Table:
     return pa.concat_tables([t.select(order) for t in parts])
 
 
+# --------------------------------------------------------------------------- features
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """A feature table: ``id_column`` plus one string column per feature (null: none)."""
+
+    table: pa.Table
+    id_column: str
+    sources: tuple[LogSource, ...]
+
+
+def read_features(
+    location: str, *, id_column: str, s3: S3Settings | None = None, fmt: LogFormat | None = None
+) -> Features:
+    """Features (e.g. ``item_id``, ``category``) from CSV/TSV/JSONL/Parquet files.
+
+    Every column becomes a string column (empty text becomes null); ``id_column`` must be
+    present and non-empty on every row.
+    """
+    parts = []
+    sources = []
+    for uri, data in _fetch(location, s3=s3):
+        table = _feature_table(uri, data, fmt or format_of(uri), id_column)
+        parts.append(table)
+        sources.append(LogSource(uri=uri, sha256=_sha256(data), rows=table.num_rows))
+    table = pa.concat_tables(parts, promote_options="permissive")
+    if table.num_rows == 0:
+        raise InteractionsError(f"{location}: no feature rows")
+    return Features(table=table, id_column=id_column, sources=tuple(sources))
+
+
+def _feature_table(uri: str, data: bytes, fmt: LogFormat, id_column: str) -> pa.Table:
+    if fmt is LogFormat.PARQUET:
+        table = _parse_parquet_table(uri, data)
+        where: Callable[[int], str] = lambda row: f"row {row + 1}"  # noqa: E731
+    elif fmt is LogFormat.JSONL:
+        lines, records = _json_objects(uri, data)
+        table = pa.Table.from_pylist([{k: _text(v) for k, v in r.items()} for r in records])
+        where = lambda row: f"line {lines[row]}"  # noqa: E731
+    elif fmt in (LogFormat.CSV, LogFormat.TSV):
+        first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip("\r")
+        delimiter = "\t" if fmt is LogFormat.TSV or "\t" in first else ","
+        header = [h.strip().strip('"') for h in first.split(delimiter)]
+        table = _read_csv(uri, data, delimiter=delimiter, header=header, skip=1)
+        line_of = _LineIndex(data, skip=1)
+        where = lambda row: f"line {line_of(row)}"  # noqa: E731
+    else:
+        raise InteractionsError(f"{uri}: features must be CSV, TSV, JSONL or Parquet")
+    if id_column not in table.column_names:
+        raise InteractionsError(f"{uri}: missing column {id_column!r} in {table.column_names}")
+    columns = {}
+    for name in table.column_names:
+        text = pc.utf8_trim_whitespace(pc.cast(table.column(name), pa.string()))
+        columns[name] = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+    raw = _Raw(uri, {}, where)
+    _refuse_first(raw, id_column, pc.is_null(columns[id_column]), "missing id")
+    return pa.table(columns)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _parse_parquet_table(uri: str, data: bytes) -> pa.Table:
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InteractionsError(f"{uri}: not a readable Parquet file: {exc}") from None
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -607,7 +684,7 @@ def write_log(
     """
     uri = as_uri(location)
     fmt = fmt or format_of(uri)
-    data = _encode(table, fmt)
+    data = encode_log(table, fmt)
     if uri.endswith(".gz"):
         data = gzip.compress(data, mtime=0)
     parent, name = _split_uri(uri)
@@ -616,7 +693,8 @@ def write_log(
     return uri
 
 
-def _encode(table: pa.Table, fmt: LogFormat) -> bytes:
+def encode_log(table: pa.Table, fmt: LogFormat) -> bytes:
+    """The bytes of ``table`` as one ``fmt`` file (see :func:`write_log`)."""
     sink = io.BytesIO()
     if fmt is LogFormat.PARQUET:
         if TS in table.column_names:

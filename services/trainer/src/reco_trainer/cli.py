@@ -1,0 +1,303 @@
+"""The ``reco-trainer`` command line: ``train`` (files), ``run`` (the CronJob), ``synth`` (data).
+
+Every command builds :class:`~reco_trainer.settings.Settings` from the environment, lets its
+flags override them, and turns a failure into one clear error line and a non-zero exit code
+(2: bad input or configuration, 1: anything else) with nothing published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from reco_common.artifact import ArtifactError
+from reco_common.contracts import ActionType, describe_validation_error
+from reco_common.interactions import InteractionsError, LogFormat
+from reco_common.kafka import KafkaUnavailableError
+from reco_common.logging import configure_logging
+from reco_common.settings import ConfigurationError, load_settings
+from reco_common.storage import ObjectNotFoundError, open_store
+from reco_trainer import producing
+from reco_trainer.params import Loss, SplitKind, TrainParams, Weighting
+from reco_trainer.pipeline import Inputs, Job, Outcome, run_job
+from reco_trainer.settings import Settings
+from reco_trainer.snapshot import SnapshotError, archive_location, archive_topic
+
+logger = logging.getLogger(__name__)
+
+app = typer.Typer(
+    name="reco-trainer",
+    help="Train, evaluate, store and publish LightFM recommendation models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+EXIT_INPUT = 2
+EXIT_FAILURE = 1
+_INPUT_ERRORS = (
+    InteractionsError,
+    ConfigurationError,
+    ObjectNotFoundError,
+    FileNotFoundError,
+    ValueError,
+)
+_FAILURES = (ArtifactError, KafkaUnavailableError, SnapshotError, FloatingPointError, OSError)
+T = TypeVar("T")
+
+
+def _guarded(action: Callable[[], T]) -> T:
+    """Run ``action``; log a failure as one line and exit non-zero."""
+    try:
+        return action()
+    except ValidationError as exc:
+        logger.error("invalid parameters: %s", describe_validation_error(exc))
+        raise typer.Exit(EXIT_INPUT) from None
+    except _INPUT_ERRORS as exc:
+        logger.error("%s", exc)
+        raise typer.Exit(EXIT_INPUT) from None
+    except _FAILURES as exc:
+        logger.error("%s: %s", type(exc).__name__, exc)
+        raise typer.Exit(EXIT_FAILURE) from None
+    except Exception:
+        logger.exception("unexpected failure")
+        raise typer.Exit(EXIT_FAILURE) from None
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings(Settings)
+    except ConfigurationError as exc:
+        configure_logging(service="trainer")
+        logger.error("%s", exc)
+        raise typer.Exit(EXIT_INPUT) from None
+    configure_logging(level=settings.log_level, json=settings.log_json, service="trainer")
+    return settings
+
+
+def _action_weights(values: list[str]) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        if not sep or name.strip().lower() not in ActionType.__members__.values():
+            raise typer.BadParameter(
+                f"{value!r}: expected ACTION=WEIGHT with ACTION one of "
+                f"{', '.join(a.value for a in ActionType)}",
+                param_hint="--action-weight",
+            )
+        weights[name.strip().lower()] = float(number)
+    return weights
+
+
+@app.command()
+def train(
+    interactions: Annotated[
+        list[str],
+        typer.Option(
+            "--interactions", "-i", help="Interaction file, directory or URI (repeatable)."
+        ),
+    ],
+    test: Annotated[
+        str | None, typer.Option(help="Explicit held-out interactions instead of a split.")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option(help="Store root (file://… or s3://…) for models/.")
+    ] = None,
+    model_name: Annotated[str | None, typer.Option(help="Model name (default: settings).")] = None,
+    item_features: Annotated[str | None, typer.Option(help="item_id + feature columns.")] = None,
+    user_features: Annotated[str | None, typer.Option(help="user_id + feature columns.")] = None,
+    publish: Annotated[
+        bool | None, typer.Option("--publish/--no-publish", help="Announce on Kafka.")
+    ] = None,
+    metrics_out: Annotated[
+        Path | None, typer.Option(help="Write the evaluation JSON here (and a .png beside it).")
+    ] = None,
+    loss: Annotated[Loss | None, typer.Option(help="LightFM loss.")] = None,
+    components: Annotated[int | None, typer.Option(help="Latent dimensions.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    item_alpha: Annotated[float | None, typer.Option(help="L2 penalty on item features.")] = None,
+    user_alpha: Annotated[float | None, typer.Option(help="L2 penalty on user features.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Training threads.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    split: Annotated[SplitKind | None, typer.Option(help="Held-out split.")] = None,
+    test_fraction: Annotated[float | None, typer.Option(help="Share held out.")] = None,
+    validation_fraction: Annotated[
+        float | None, typer.Option(help="Share of training data for early stopping (0: off).")
+    ] = None,
+    patience: Annotated[int | None, typer.Option(help="Epochs without improvement.")] = None,
+    weighting: Annotated[
+        Weighting | None, typer.Option(help="Summed weights → sample weight.")
+    ] = None,
+    action_weight: Annotated[
+        list[str] | None, typer.Option(help="ACTION=WEIGHT, e.g. purchase=10 (repeatable).")
+    ] = None,
+    k: Annotated[list[int] | None, typer.Option("--k", help="Cut-offs (repeatable).")] = None,
+    early_stopping_metric: Annotated[
+        str | None, typer.Option(help="Validation metric to stop on, e.g. ndcg@10.")
+    ] = None,
+    eval_users: Annotated[int | None, typer.Option(help="Users sampled for evaluation.")] = None,
+    refit: Annotated[
+        bool | None,
+        typer.Option("--refit/--no-refit", help="Retrain on all data after evaluation."),
+    ] = None,
+) -> None:
+    """Train on interaction files, evaluate against popularity, store and publish the model."""
+    settings = _settings()
+    overrides: dict[str, Any] = {
+        "loss": loss,
+        "components": components,
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "item_alpha": item_alpha,
+        "user_alpha": user_alpha,
+        "threads": threads,
+        "seed": seed,
+        "split": split,
+        "test_fraction": test_fraction,
+        "validation_fraction": validation_fraction,
+        "patience": patience,
+        "weighting": weighting,
+        "ks": tuple(k) if k else None,
+        "early_stopping_metric": early_stopping_metric,
+        "eval_users": eval_users,
+        "refit": refit,
+    }
+
+    def job() -> Outcome:
+        params = _params(settings.trainer.params, overrides, action_weight or [])
+        do_publish = settings.trainer.publish if publish is None else publish
+        return run_job(
+            Job(
+                model_name=model_name or settings.trainer.model_name,
+                store_uri=output or settings.trainer.store_uri,
+                params=params,
+                s3=settings.s3,
+                kafka=settings.kafka if do_publish else None,
+                metrics_out=metrics_out or settings.trainer.metrics_out,
+            ),
+            Inputs(
+                interactions=interactions,
+                test=test,
+                item_features=item_features or settings.trainer.item_features,
+                user_features=user_features or settings.trainer.user_features,
+            ),
+        )
+
+    _summarise(_guarded(job))
+
+
+def _params(base: TrainParams, overrides: dict[str, Any], weights: list[str]) -> TrainParams:
+    values = base.model_dump()
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    if weights:
+        values["action_weights"] = {**values["action_weights"], **_action_weights(weights)}
+    return TrainParams.model_validate(values)
+
+
+@app.command()
+def run() -> None:
+    """The CronJob: archive the topic snapshot, train on all snapshots + base files, publish."""
+    settings = _settings()
+    trainer = settings.trainer
+
+    def job() -> Outcome:
+        store = open_store(trainer.store_uri, s3=settings.s3)
+        snapshot = asyncio.run(
+            archive_topic(
+                kafka=settings.kafka,
+                store=store,
+                group=trainer.snapshot_group,
+                timeout_s=trainer.snapshot_timeout_s,
+            )
+        )
+        archive = archive_location(store, snapshot.topic)
+        has_archive = bool(open_store(archive, s3=settings.s3).list())
+        locations = ([archive] if has_archive else []) + trainer.base_interactions
+        if not locations:
+            raise InteractionsError(
+                f"nothing to train on: {snapshot.topic} has no archived events and "
+                "RECO_TRAINER_BASE_INTERACTIONS is empty"
+            )
+        return run_job(
+            Job(
+                model_name=trainer.model_name,
+                store_uri=trainer.store_uri,
+                params=trainer.params,
+                s3=settings.s3,
+                kafka=settings.kafka if trainer.publish else None,
+                metrics_out=trainer.metrics_out,
+            ),
+            Inputs(
+                interactions=locations,
+                item_features=trainer.item_features,
+                user_features=trainer.user_features,
+                data_offsets=snapshot.data_offsets(),
+            ),
+        )
+
+    _summarise(_guarded(job))
+
+
+@app.command()
+def synth(
+    output: Annotated[
+        str | None, typer.Option(help="Directory or URI for interactions.<fmt> and items.<fmt>.")
+    ] = None,
+    to_kafka: Annotated[
+        bool, typer.Option("--to-kafka", help="Produce the events onto user-actions.")
+    ] = False,
+    interactions: Annotated[int, typer.Option(help="Number of interactions.")] = 100_000,
+    users: Annotated[int | None, typer.Option(help="Users (default: scales).")] = None,
+    items: Annotated[int | None, typer.Option(help="Items (default: scales).")] = None,
+    categories: Annotated[int, typer.Option(help="Item categories = taste clusters.")] = 20,
+    days: Annotated[float, typer.Option(help="Time span of the log.")] = 30.0,
+    drift: Annotated[float, typer.Option(help="Share of users whose taste moves.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    fmt: Annotated[LogFormat, typer.Option("--format", help="File format.")] = LogFormat.PARQUET,
+) -> None:
+    """Generate a synthetic shop (files and/or the user-actions topic), deterministic by seed."""
+    settings = _settings()
+    if output is None and not to_kafka:
+        logger.error("give --output DIR and/or --to-kafka")
+        raise typer.Exit(EXIT_INPUT)
+
+    def job() -> dict[str, str]:
+        return producing.synthesize(
+            settings=settings,
+            output=output,
+            to_kafka=to_kafka,
+            fmt=fmt,
+            interactions=interactions,
+            users=users,
+            items=items,
+            categories=categories,
+            days=days,
+            drift=drift,
+            seed=seed,
+        )
+
+    for name, where in _guarded(job).items():
+        typer.echo(f"{name}: {where}")
+
+
+def _summarise(outcome: Outcome) -> None:
+    console = Console()
+    table = Table(title=f"{outcome.model_name} {outcome.version}")
+    table.add_column("metric")
+    table.add_column("LightFM", justify="right")
+    table.add_column("popularity", justify="right")
+    for name, value in outcome.metrics.model.items():
+        table.add_row(name, f"{value:.4f}", f"{outcome.metrics.baseline.get(name, 0.0):.4f}")
+    console.print(table)
+    state = "trained" if outcome.trained else "already existed"
+    announced = "published" if outcome.published else "not published"
+    console.print(f"{outcome.artifact_uri} ({state}, {announced})")

@@ -1,0 +1,87 @@
+"""Training parameters: LightFM hyper-parameters, action weights, split and early stopping.
+
+One frozen model used by the CLI flags and by ``RECO_TRAINER_PARAMS__*``; everything in it
+except ``threads`` names the model (see :mod:`reco_trainer.versioning`).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, ActionType
+
+Positive = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+class Loss(enum.StrEnum):
+    WARP = "warp"
+    BPR = "bpr"
+    WARP_KOS = "warp-kos"
+    LOGISTIC = "logistic"
+
+
+class SplitKind(enum.StrEnum):
+    """``auto`` is temporal when every interaction has a timestamp, else random."""
+
+    AUTO = "auto"
+    TEMPORAL = "temporal"
+    RANDOM = "random"
+
+
+class Weighting(enum.StrEnum):
+    """How a user-item pair's summed action weights become LightFM's sample weight."""
+
+    LOG = "log"  # log1p(sum): a purchase counts more than a view, repeats saturate
+    LINEAR = "linear"  # the sum itself
+
+
+class TrainParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    loss: Loss = Loss.WARP
+    components: Annotated[int, Field(ge=1, le=512)] = 32
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 30
+    learning_rate: Positive = 0.05
+    item_alpha: Annotated[float, Field(ge=0)] = 0.0
+    user_alpha: Annotated[float, Field(ge=0)] = 0.0
+    max_sampled: Annotated[int, Field(ge=1)] = 10
+    threads: Annotated[int, Field(ge=1, le=256)] = 2
+    seed: int = 42
+    action_weights: dict[ActionType, Positive] = Field(
+        default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS)
+    )
+    weighting: Weighting = Weighting.LOG
+    split: SplitKind = SplitKind.AUTO
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    validation_fraction: Fraction = 0.1
+    patience: Annotated[int, Field(ge=1)] = 3
+    ks: tuple[int, ...] = (5, 10)
+    early_stopping_metric: str = "precision@10"
+    eval_users: Annotated[int, Field(ge=1)] | None = 20_000
+    validation_users: Annotated[int, Field(ge=1)] = 5_000
+    popular_items: Annotated[int, Field(ge=1, le=10_000)] = 100
+    refit: bool = False
+
+    @model_validator(mode="after")
+    def _metric_is_computed(self) -> Self:
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError("ks must hold positive cut-offs, e.g. 5,10")
+        known = {f"{m}@{k}" for m in ("precision", "recall", "ndcg") for k in self.ks} | {"auc"}
+        if self.early_stopping_metric not in known:
+            raise ValueError(
+                f"early_stopping_metric {self.early_stopping_metric!r} is not computed; "
+                f"choose one of {sorted(known)}"
+            )
+        return self
+
+    @property
+    def early_stopping(self) -> bool:
+        return self.validation_fraction > 0
+
+    def identity(self) -> dict[str, Any]:
+        """The parameters that determine the model (``threads`` changes speed, not the model)."""
+        return self.model_dump(mode="json", exclude={"threads"})

@@ -1,0 +1,411 @@
+"""One training job: logs → split → LightFM with early stopping → evaluation against popularity
+→ report → artifact (verified) → ``model-published``.
+
+The version is computed from the input contents and the parameters *before* training, so a
+job whose artifact already exists does not train again: it only announces the artifact when no
+announcement was recorded (a run that died in between). Nothing is announced unless the
+artifact was written and its checksums read back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from reco_common.artifact import Manifest, ModelArrays, write_artifact
+from reco_common.contracts import EvalMetrics, ObjectLayout
+from reco_common.interactions import (
+    ITEM_ID,
+    USER_ID,
+    Features,
+    Interactions,
+    LogSource,
+    read_features,
+    read_interactions,
+)
+from reco_common.settings import KafkaSettings, S3Settings
+from reco_common.storage import ObjectStore, open_store
+from reco_trainer import dataset, publishing
+from reco_trainer.dataset import Prepared, Vocab
+from reco_trainer.evaluation import (
+    EvalSet,
+    evaluate,
+    factor_scorer,
+    popularity_scorer,
+    popularity_scores,
+)
+from reco_trainer.params import TrainParams
+from reco_trainer.progress import EpochProgress, progress_for
+from reco_trainer.report import Report
+from reco_trainer.training import Factors, FitResult, fit, representations
+from reco_trainer.versioning import data_fingerprint, model_version
+
+logger = logging.getLogger(__name__)
+
+REPORT_JSON = "evaluation.json"
+REPORT_PNG = "evaluation.png"
+_LIBRARIES = ("rectools-lightfm", "numpy", "scipy", "pyarrow", "reco-trainer", "reco-common")
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What one job reads: interaction locations, an optional explicit test set and features."""
+
+    interactions: list[str]
+    test: str | None = None
+    item_features: str | None = None
+    user_features: str | None = None
+    data_offsets: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """Where the model goes and whether it is announced."""
+
+    model_name: str
+    store_uri: str
+    params: TrainParams
+    s3: S3Settings
+    kafka: KafkaSettings | None  # None: never publish (--no-publish)
+    metrics_out: Path | None = None
+    progress: Callable[[int], EpochProgress] = progress_for
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    model_name: str
+    version: str
+    artifact_uri: str
+    trained: bool
+    published: bool
+    metrics: EvalMetrics
+    report: Report | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Data:
+    log: Interactions
+    test: Interactions | None
+    item_features: Features | None
+    user_features: Features | None
+
+    @property
+    def sources(self) -> list[LogSource]:
+        found = list(self.log.sources) + list(self.test.sources if self.test else ())
+        for features in (self.item_features, self.user_features):
+            found += list(features.sources) if features else []
+        return found
+
+
+def run_job(job: Job, inputs: Inputs) -> Outcome:
+    """Train, evaluate, store and (unless disabled) announce one model; see the module doc."""
+    data = _read(job, inputs)
+    fingerprint = data_fingerprint(data.sources)
+    newest = float(data.log.timestamps().max()) if data.log.has_timestamps else None
+    version = model_version(data=fingerprint, params=job.params.identity(), newest_ts=newest)
+    store = open_store(job.store_uri, s3=job.s3)
+    existing = publishing.existing_manifest(store, job.model_name, version)
+    if existing is not None:
+        logger.info("model %s %s already exists: not training again", job.model_name, version)
+        published = _announce_once(job, store, existing)
+        return Outcome(
+            model_name=job.model_name,
+            version=version,
+            artifact_uri=store.uri(ObjectLayout.model_dir(job.model_name, version)),
+            trained=False,
+            published=published,
+            metrics=existing.metrics,
+        )
+    trained = _train(job, data, version=version, fingerprint=fingerprint)
+    uri = _store(
+        job,
+        store,
+        trained,
+        version=version,
+        fingerprint=fingerprint,
+        inputs=inputs,
+        sources=data.sources,
+    )
+    manifest = publishing.existing_manifest(store, job.model_name, version)
+    if manifest is None:
+        raise RuntimeError(f"{uri}: the manifest is missing right after writing it")
+    publishing.verify(store, manifest)
+    published = _announce_once(job, store, manifest)
+    return Outcome(
+        model_name=job.model_name,
+        version=version,
+        artifact_uri=uri,
+        trained=True,
+        published=published,
+        metrics=trained.report.metrics,
+        report=trained.report,
+    )
+
+
+def _read(job: Job, inputs: Inputs) -> _Data:
+    weights = {a.value: w for a, w in job.params.action_weights.items()}
+    log = read_interactions(inputs.interactions, action_weights=weights, s3=job.s3)
+    test = (
+        read_interactions(inputs.test, action_weights=weights, s3=job.s3) if inputs.test else None
+    )
+    items = (
+        read_features(inputs.item_features, id_column=ITEM_ID, s3=job.s3)
+        if inputs.item_features
+        else None
+    )
+    users = (
+        read_features(inputs.user_features, id_column=USER_ID, s3=job.s3)
+        if inputs.user_features
+        else None
+    )
+    logger.info(
+        "read %d interactions from %d files%s",
+        len(log),
+        len(log.sources),
+        f", {len(test)} test interactions" if test else "",
+    )
+    return _Data(log=log, test=test, item_features=items, user_features=users)
+
+
+@dataclass(frozen=True, slots=True)
+class _Trained:
+    arrays: ModelArrays
+    report: Report
+    result: FitResult
+
+
+def _train(job: Job, data: _Data, *, version: str, fingerprint: str) -> _Trained:
+    params = job.params
+    started = time.perf_counter()
+    kind = dataset.resolve_kind(data.log, params.split)
+    if data.test is not None:
+        train_log, test_log = data.log, data.test
+    else:
+        parts = dataset.split(data.log, kind=kind, fraction=params.test_fraction, seed=params.seed)
+        train_log, test_log = parts.train, parts.held_out
+    prepared = dataset.prepare(train_log, test_log, params, kind)
+    item_features = _features(prepared.items, data.item_features)
+    user_features = _features(prepared.users, data.user_features)
+    validation = (
+        EvalSet.build(
+            known=prepared.fit,
+            held_out=prepared.validation,
+            max_users=params.validation_users,
+            seed=params.seed,
+        )
+        if prepared.validation is not None
+        else None
+    )
+    result = fit(
+        dataset.lightfm_input(prepared.fit, params.weighting),
+        params=params,
+        item_features=item_features,
+        user_features=user_features,
+        validation=validation if validation is not None and validation.users.size else None,
+        progress=job.progress(params.epochs),
+    )
+    user_factors, item_factors = representations(result.model, item_features, user_features)
+    trained_s = time.perf_counter() - started
+    metrics, validation_baseline = _evaluate(
+        prepared, user_factors, item_factors, validation, params
+    )
+    evaluated_s = time.perf_counter() - started - trained_s
+    users, items = prepared.users, prepared.items
+    if params.refit:
+        users, items, user_factors, item_factors = _refit(job, data, result.best_epoch)
+    popular_items, popular_scores = _popular(data, params.popular_items)
+    arrays = ModelArrays(
+        item_ids=items.to_list(),
+        user_ids=users.to_list(),
+        item_factors=item_factors,
+        user_factors=user_factors,
+        popular_items=popular_items,
+        popular_scores=popular_scores,
+    )
+    report = Report(
+        model_name=job.model_name,
+        version=version,
+        data_snapshot=fingerprint,
+        metrics=metrics,
+        validation_baseline=validation_baseline,
+        history=result.history,
+        best_epoch=result.best_epoch,
+        details={
+            "split": prepared.split_kind.value,
+            "explicit_test": data.test is not None,
+            "interactions": len(data.log),
+            "users": len(prepared.users),
+            "items": len(prepared.items),
+            "fit_pairs": prepared.fit.nnz,
+            "epochs_run": result.epochs_run,
+            "refit": params.refit,
+            "seconds": {"train": round(trained_s, 3), "evaluate": round(evaluated_s, 3)},
+            "params": params.model_dump(mode="json"),
+        },
+    )
+    logger.info(
+        "%s %s: model %s vs popularity %s",
+        job.model_name,
+        version,
+        _brief(metrics.model),
+        _brief(metrics.baseline),
+    )
+    return _Trained(arrays=arrays, report=report, result=result)
+
+
+def _features(vocab: Vocab, features: Features | None) -> sp.csr_matrix | None:
+    if features is None:
+        return None
+    return dataset.feature_matrix(vocab, features.table, id_column=features.id_column)
+
+
+def _evaluate(
+    prepared: Prepared,
+    user_factors: Factors,
+    item_factors: Factors,
+    validation: EvalSet | None,
+    params: TrainParams,
+) -> tuple[EvalMetrics, dict[str, float]]:
+    test = EvalSet.build(
+        known=prepared.known_at_test,
+        held_out=prepared.test,
+        max_users=params.eval_users,
+        seed=params.seed,
+    )
+    if test.users.size == 0:
+        raise ValueError(
+            "the held-out split has no user with a new item known to the model: "
+            "nothing to evaluate (more data, or a larger --test-fraction)"
+        )
+    logger.info("evaluating on %d users, %d held-out pairs", test.users.size, test.n_pairs)
+    model = evaluate(factor_scorer(user_factors, item_factors), test, ks=params.ks)
+    baseline = evaluate(
+        popularity_scorer(popularity_scores(prepared.known_at_test)), test, ks=params.ks
+    )
+    validation_baseline = (
+        evaluate(popularity_scorer(popularity_scores(prepared.fit)), validation, ks=params.ks)
+        if validation is not None and validation.users.size
+        else {}
+    )
+    return EvalMetrics(model=model, baseline=baseline), validation_baseline
+
+
+def _refit(job: Job, data: _Data, epochs: int) -> tuple[Vocab, Vocab, Factors, Factors]:
+    """Train again on everything (train and held-out) for the kept number of epochs."""
+    log = data.log
+    everything = log if data.test is None else _concat(log, data.test)
+    users, items = Vocab.of(everything.user_ids()), Vocab.of(everything.item_ids())
+    item_features = _features(items, data.item_features)
+    user_features = _features(users, data.user_features)
+    logger.info("refit on all %d interactions for %d epochs", len(everything), epochs)
+    result = fit(
+        dataset.lightfm_input(dataset.matrix(everything, users, items), job.params.weighting),
+        params=job.params,
+        item_features=item_features,
+        user_features=user_features,
+        validation=None,
+        progress=job.progress(epochs),
+        epochs=max(epochs, 1),
+    )
+    user_factors, item_factors = representations(result.model, item_features, user_features)
+    return users, items, user_factors, item_factors
+
+
+def _concat(a: Interactions, b: Interactions) -> Interactions:
+    common = [c for c in a.table.column_names if c in b.table.column_names]
+    table = pa.concat_tables([a.table.select(common), b.table.select(common)])
+    return Interactions(table=table, sources=a.sources + b.sources)
+
+
+def _popular(data: _Data, n: int) -> tuple[list[str], list[float]]:
+    """The fallback list: items by summed weight over all the data, best first."""
+    log = data.log if data.test is None else _concat(data.log, data.test)
+    items = Vocab.of(log.item_ids())
+    scores = np.bincount(items.codes(log.item_ids()), weights=log.weights(), minlength=len(items))
+    order = np.lexsort((np.arange(len(items)), -scores))[:n]
+    ids = items.to_list()
+    return [ids[i] for i in order], [float(scores[i]) for i in order]
+
+
+def _store(
+    job: Job,
+    store: ObjectStore,
+    trained: _Trained,
+    *,
+    version: str,
+    fingerprint: str,
+    inputs: Inputs,
+    sources: list[LogSource],
+) -> str:
+    report = trained.report
+    metric = job.params.early_stopping_metric
+    png = report.png_bytes(metric=metric)
+    if job.metrics_out is not None:
+        job.metrics_out.parent.mkdir(parents=True, exist_ok=True)
+        job.metrics_out.write_bytes(report.json_bytes())
+        job.metrics_out.with_suffix(".png").write_bytes(png)
+        logger.info("evaluation report written to %s", job.metrics_out)
+    prefix = ObjectLayout.model_dir(job.model_name, version)
+    store.put_bytes(f"{prefix}/{REPORT_JSON}", report.json_bytes())
+    store.put_bytes(f"{prefix}/{REPORT_PNG}", png)
+    uri = write_artifact(
+        store,
+        model_name=job.model_name,
+        version=version,
+        arrays=trained.arrays,
+        created_at=datetime.now(UTC),
+        data_snapshot=fingerprint,
+        data_offsets=inputs.data_offsets,
+        params={
+            **job.params.identity(),
+            "threads": job.params.threads,
+            "best_epoch": trained.result.best_epoch,
+            "epochs_run": trained.result.epochs_run,
+            "inputs": [{"uri": s.uri, "sha256": s.sha256, "rows": s.rows} for s in sources],
+        },
+        metrics=report.metrics,
+        library_versions=library_versions(),
+    )
+    logger.info("artifact written to %s", uri)
+    return uri
+
+
+def _announce_once(job: Job, store: ObjectStore, manifest: Manifest) -> bool:
+    if job.kafka is None:
+        logger.info(
+            "publishing disabled: %s %s not announced", manifest.model_name, manifest.version
+        )
+        return False
+    if publishing.is_published(store, manifest.model_name, manifest.version):
+        logger.info(
+            "%s %s was already announced: nothing to publish", manifest.model_name, manifest.version
+        )
+        return False
+    publishing.verify(store, manifest)
+    asyncio.run(publishing.announce(store, publishing.event_for(store, manifest), kafka=job.kafka))
+    return True
+
+
+def library_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "unknown"
+    return found
+
+
+def _brief(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith("@10") or k == "auc")

@@ -1,0 +1,227 @@
+"""Archiving ``user-actions`` to object storage as bounded snapshots: the training data of record.
+
+Each run reads every partition from where the previous run stopped (recorded at
+``ObjectLayout.snapshot_offsets``) up to the end offsets taken at start, writes the events as
+one Parquet file under ``ObjectLayout.snapshot_dir``, checks it by reading its checksum back,
+and only then moves the recorded offsets. The snapshot id is derived from the start offsets:
+a run that died before recording its offsets is redone into the same object, never duplicated.
+Kafka retention can then expire without losing training data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaConnectionError
+
+from reco_common.contracts import ContractError, ObjectLayout, UserAction, decode, dumps, loads
+from reco_common.interactions import LogFormat, actions_table, encode_log
+from reco_common.kafka import KafkaUnavailableError
+from reco_common.settings import KafkaSettings
+from reco_common.storage import ObjectNotFoundError, ObjectStore
+
+logger = logging.getLogger(__name__)
+
+ACTIONS_FILE = "actions.parquet"
+RANGE_FILE = "_range.json"  # leading "_": not an interaction file for the readers
+_FETCH_RECORDS = 10_000
+
+
+class SnapshotError(RuntimeError):
+    """The topic could not be archived (timeout, or the checksum read back differs)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSnapshot:
+    """Where the archive of ``topic`` stands after this run."""
+
+    topic: str
+    offsets: dict[int, int]
+    archived_uri: str | None = None
+    records: int = 0
+    rejected: int = 0
+    lost: dict[int, int] = field(default_factory=dict)
+
+    def data_offsets(self) -> dict[str, int]:
+        """``{"<topic>:<partition>": next offset}`` for the manifest."""
+        return {f"{self.topic}:{p}": o for p, o in sorted(self.offsets.items())}
+
+
+@dataclass(slots=True)
+class _Range:
+    start: dict[TopicPartition, int]
+    end: dict[TopicPartition, int]
+    lost: dict[int, int]
+
+    @property
+    def empty(self) -> bool:
+        return all(self.start[tp] >= self.end[tp] for tp in self.end)
+
+
+async def archive_topic(
+    *, kafka: KafkaSettings, store: ObjectStore, group: str, timeout_s: float
+) -> TopicSnapshot:
+    """Archive what ``user-actions`` gained since the last run (bounded by the end at start)."""
+    topic = kafka.topics.user_actions
+    previous = _load_offsets(store, topic, group)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap,
+        client_id=f"{kafka.client_id}-trainer-snapshot",
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        request_timeout_ms=int(kafka.request_timeout_s * 1000) + 30_000,
+    )
+    try:
+        await consumer.start()
+    except KafkaConnectionError as exc:
+        await consumer.stop()
+        raise KafkaUnavailableError(
+            f"Kafka at RECO_KAFKA_BOOTSTRAP={kafka.bootstrap!r} is unreachable: {exc}"
+        ) from exc
+    try:
+        partitions = await _partitions(consumer, topic)
+        if not partitions:
+            logger.warning("topic %s does not exist: nothing to archive", topic)
+            return TopicSnapshot(topic=topic, offsets=previous)
+        bounds = await _range(consumer, topic, partitions, previous)
+        if bounds.empty:
+            logger.info("topic %s: nothing new since offsets %s", topic, previous)
+            return TopicSnapshot(topic=topic, offsets=previous, lost=bounds.lost)
+        actions, rejected = await _read(consumer, bounds, deadline=time.monotonic() + timeout_s)
+    finally:
+        await consumer.stop()
+    uri = _write(store, topic, bounds, actions, rejected) if actions else None
+    offsets = {tp.partition: end for tp, end in bounds.end.items()}
+    _store_offsets(store, topic, group, offsets)
+    logger.info(
+        "archived %s: %d events (%d rejected) up to offsets %s",
+        topic,
+        len(actions),
+        rejected,
+        offsets,
+    )
+    return TopicSnapshot(
+        topic=topic,
+        offsets=offsets,
+        archived_uri=uri,
+        records=len(actions),
+        rejected=rejected,
+        lost=bounds.lost,
+    )
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+    if topic not in await consumer.topics():
+        return []
+    return sorted(consumer.partitions_for_topic(topic) or [])
+
+
+async def _range(
+    consumer: AIOKafkaConsumer, topic: str, partitions: list[int], previous: dict[int, int]
+) -> _Range:
+    tps = [TopicPartition(topic, p) for p in partitions]
+    consumer.assign(tps)
+    begin = await consumer.beginning_offsets(tps)
+    end = await consumer.end_offsets(tps)
+    start: dict[TopicPartition, int] = {}
+    lost: dict[int, int] = {}
+    for tp in tps:
+        offset = previous.get(tp.partition, begin[tp])
+        if offset > end[tp]:
+            logger.warning(
+                "%s: recorded offset %d is past the end %d (topic recreated?): re-reading it",
+                tp,
+                offset,
+                end[tp],
+            )
+            offset = begin[tp]
+        if offset < begin[tp]:
+            lost[tp.partition] = begin[tp] - offset
+            logger.error(
+                "%s: %d events expired before they were archived (offsets %d..%d)",
+                tp,
+                begin[tp] - offset,
+                offset,
+                begin[tp],
+            )
+            offset = begin[tp]
+        start[tp] = offset
+    return _Range(start=start, end=end, lost=lost)
+
+
+async def _read(
+    consumer: AIOKafkaConsumer, bounds: _Range, *, deadline: float
+) -> tuple[list[UserAction], int]:
+    pending = {tp for tp in bounds.end if bounds.start[tp] < bounds.end[tp]}
+    for tp in pending:
+        consumer.seek(tp, bounds.start[tp])
+    consumer.pause(*(set(bounds.end) - pending))
+    actions: list[UserAction] = []
+    rejected = 0
+    while pending:
+        if time.monotonic() > deadline:
+            raise SnapshotError(
+                f"archiving {sorted(str(tp) for tp in pending)} did not finish in time "
+                "(RECO_TRAINER_SNAPSHOT_TIMEOUT_S)"
+            )
+        batches = await consumer.getmany(*pending, timeout_ms=500, max_records=_FETCH_RECORDS)
+        for tp, records in batches.items():
+            for record in records:
+                if record.offset >= bounds.end[tp]:
+                    continue
+                try:
+                    actions.append(decode(UserAction, record.value))
+                except ContractError as exc:
+                    rejected += 1
+                    logger.warning("%s@%d skipped: %s", tp, record.offset, exc.reason)
+        for tp in list(pending):
+            if await consumer.position(tp) >= bounds.end[tp]:
+                pending.discard(tp)
+                consumer.pause(tp)
+    return actions, rejected
+
+
+def snapshot_id(start: dict[int, int]) -> str:
+    """``<sum of start offsets, 12 digits>-<hash of the start offsets>``: sortable, stable."""
+    text = ",".join(f"{p}:{o}" for p, o in sorted(start.items()))
+    return f"{sum(start.values()):012d}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def _write(
+    store: ObjectStore, topic: str, bounds: _Range, actions: list[UserAction], rejected: int
+) -> str:
+    ident = snapshot_id({tp.partition: o for tp, o in bounds.start.items()})
+    prefix = ObjectLayout.snapshot_dir(topic, ident)
+    data = encode_log(actions_table(actions), LogFormat.PARQUET)
+    store.put_bytes(f"{prefix}/{ACTIONS_FILE}", data)
+    if store.sha256(f"{prefix}/{ACTIONS_FILE}") != hashlib.sha256(data).hexdigest():
+        raise SnapshotError(f"{store.uri(prefix)}/{ACTIONS_FILE}: checksum differs after upload")
+    ranges = {str(tp.partition): [bounds.start[tp], bounds.end[tp]] for tp in sorted(bounds.end)}
+    store.put_bytes(
+        f"{prefix}/{RANGE_FILE}",
+        dumps({"topic": topic, "offsets": ranges, "events": len(actions), "rejected": rejected}),
+    )
+    return store.uri(f"{prefix}/{ACTIONS_FILE}")
+
+
+def _load_offsets(store: ObjectStore, topic: str, group: str) -> dict[int, int]:
+    try:
+        doc = loads(store.get_bytes(ObjectLayout.snapshot_offsets(topic, group)))
+    except ObjectNotFoundError:
+        return {}
+    return {int(p): int(o) for p, o in doc["offsets"].items()}
+
+
+def _store_offsets(store: ObjectStore, topic: str, group: str, offsets: dict[int, int]) -> None:
+    doc = {"topic": topic, "offsets": {str(p): o for p, o in sorted(offsets.items())}}
+    store.put_bytes(ObjectLayout.snapshot_offsets(topic, group), dumps(doc))
+
+
+def archive_location(store: ObjectStore, topic: str) -> str:
+    """The URI below which every snapshot of ``topic`` lies (what training reads)."""
+    return store.uri(ObjectLayout.snapshot_dir(topic, "")).rstrip("/")

@@ -1,0 +1,147 @@
+"""Fitting LightFM epoch by epoch with early stopping, and extracting its representations.
+
+After each epoch the model is scored on the validation part (a seeded sample of its users);
+the best epoch's weights are kept, and training stops after ``patience`` epochs without
+improvement. The factors are read with ``get_*_representations`` (features folded in), as
+float32 ``[n, d + 1]`` with the bias as the last column: the artifact's serving format.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+from lightfm import LightFM
+
+from reco_trainer.dataset import LightfmInput
+from reco_trainer.evaluation import EvalSet, evaluate, factor_scorer
+from reco_trainer.params import TrainParams
+from reco_trainer.progress import EpochProgress
+
+logger = logging.getLogger(__name__)
+
+_STATE = ("item_embeddings", "item_biases", "user_embeddings", "user_biases")
+Factors = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    number: int
+    seconds: float
+    metrics: dict[str, float]
+
+
+@dataclass(slots=True)
+class FitResult:
+    model: LightFM
+    epochs_run: int
+    best_epoch: int
+    history: list[Epoch] = field(default_factory=list)
+
+
+def new_model(params: TrainParams) -> LightFM:
+    return LightFM(
+        no_components=params.components,
+        loss=params.loss.value,
+        learning_rate=params.learning_rate,
+        item_alpha=params.item_alpha,
+        user_alpha=params.user_alpha,
+        max_sampled=params.max_sampled,
+        random_state=params.seed,
+    )
+
+
+def fit(
+    data: LightfmInput,
+    *,
+    params: TrainParams,
+    item_features: sp.csr_matrix | None,
+    user_features: sp.csr_matrix | None,
+    validation: EvalSet | None,
+    progress: EpochProgress,
+    epochs: int | None = None,
+) -> FitResult:
+    """Train for ``epochs`` (default ``params.epochs``), stopping early on ``validation``."""
+    model = new_model(params)
+    total = epochs or params.epochs
+    result = FitResult(model=model, epochs_run=0, best_epoch=0)
+    best_value, best_state = -np.inf, None
+    with progress:
+        for number in range(1, total + 1):
+            started = time.perf_counter()
+            model.fit_partial(
+                data.interactions,
+                user_features=user_features,
+                item_features=item_features,
+                sample_weight=data.weights,
+                epochs=1,
+                num_threads=params.threads,
+            )
+            _check_finite(model, number)
+            metrics = {}
+            if validation is not None:
+                users, items = representations(model, item_features, user_features)
+                metrics = evaluate(factor_scorer(users, items), validation, ks=params.ks)
+            seconds = time.perf_counter() - started
+            result.history.append(Epoch(number, seconds, metrics))
+            result.epochs_run = number
+            progress.epoch(number, seconds, _shown(metrics, params.early_stopping_metric))
+            if validation is None:
+                result.best_epoch = number
+                continue
+            value = metrics[params.early_stopping_metric]
+            if value > best_value:
+                best_value, best_state, result.best_epoch = value, _snapshot(model), number
+            elif number - result.best_epoch >= params.patience:
+                logger.info(
+                    "early stop after epoch %d: %s peaked at %.4f in epoch %d",
+                    number,
+                    params.early_stopping_metric,
+                    best_value,
+                    result.best_epoch,
+                )
+                break
+    if best_state is not None:
+        _restore(model, best_state)
+    return result
+
+
+def _shown(metrics: dict[str, float], key: str) -> dict[str, float]:
+    return {key: metrics[key]} if key in metrics else {}
+
+
+def _snapshot(model: LightFM) -> dict[str, npt.NDArray[np.float32]]:
+    return {name: getattr(model, name).copy() for name in _STATE}
+
+
+def _restore(model: LightFM, state: dict[str, npt.NDArray[np.float32]]) -> None:
+    for name, value in state.items():
+        getattr(model, name)[...] = value
+
+
+def _check_finite(model: LightFM, epoch: int) -> None:
+    if not all(np.isfinite(getattr(model, name)).all() for name in _STATE):
+        raise FloatingPointError(
+            f"training diverged in epoch {epoch} (non-finite weights); "
+            "lower the learning rate or use --weighting log"
+        )
+
+
+def representations(
+    model: LightFM, item_features: sp.csr_matrix | None, user_features: sp.csr_matrix | None
+) -> tuple[Factors, Factors]:
+    """User and item factors as float32 ``[n, d + 1]``, bias last."""
+    user_bias, user_emb = model.get_user_representations(user_features)
+    item_bias, item_emb = model.get_item_representations(item_features)
+    return _with_bias(user_emb, user_bias), _with_bias(item_emb, item_bias)
+
+
+def _with_bias(embeddings: npt.NDArray[np.float32], biases: npt.NDArray[np.float32]) -> Factors:
+    out = np.empty((embeddings.shape[0], embeddings.shape[1] + 1), dtype=np.float32)
+    out[:, :-1] = embeddings
+    out[:, -1] = biases
+    return out
