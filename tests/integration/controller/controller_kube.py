@@ -1,0 +1,140 @@
+"""Helpers of the controller's integration tests: the control plane, the worker, the events."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from kubernetes_asyncio.client import ApiClient, AppsV1Api
+
+from reco_common.contracts import EvalMetrics, ModelPublished, RolloutEvent, decode
+from reco_controller.targets.base import ModelRecord
+from reco_controller.targets.deployment import ACTIVE, Deployment, record_annotations
+from reco_controller.targets.rollout_status import rollout_progress
+
+REPO = Path(__file__).resolve().parents[3]
+KUBE_SH = REPO / "scripts" / "kube.sh"
+RBAC = REPO / "deploy" / "k8s" / "base" / "controller"
+WORKER = "worker-shop"  # the Deployment that deploy/k8s/base/controller/role.yaml names
+MODEL = "shop"
+GOOD = EvalMetrics(model={"precision@10": 0.20}, baseline={"precision@10": 0.05})
+BETTER = EvalMetrics(model={"precision@10": 0.22}, baseline={"precision@10": 0.05})
+WORSE = EvalMetrics(model={"precision@10": 0.10}, baseline={"precision@10": 0.05})
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def uri(version: str) -> str:
+    return f"s3://reco/models/{MODEL}/{version}"
+
+
+def published(version: str, *, metrics: EvalMetrics = BETTER, hours: int = 1) -> ModelPublished:
+    return ModelPublished(
+        model_name=MODEL,
+        version=version,
+        artifact_uri=uri(version),
+        created_at=T0 + timedelta(hours=hours),
+        metrics=metrics,
+    )
+
+
+@dataclass(frozen=True)
+class Kube:
+    """The local control plane: its admin kubeconfig and kubectl."""
+
+    kubeconfig: Path
+    kubectl: Path
+
+    def run(self, *args: str, ok: tuple[int, ...] = (0,)) -> str:
+        done = subprocess.run(
+            [str(self.kubectl), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode in ok, f"kubectl {' '.join(args)}: {done.stderr}"
+        return done.stdout.strip()
+
+
+def worker_deployment(*, progress_deadline_s: int = 600) -> dict[str, Any]:
+    """The worker Deployment serving v1 (known metrics), two replicas on kwok's general node."""
+    active = ModelRecord(uri=uri("v1"), version="v1", metrics=GOOD, created_at=T0)
+    labels = {"app.kubernetes.io/name": WORKER}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": WORKER, "annotations": record_annotations(ACTIVE, active)},
+        "spec": {
+            "replicas": 2,
+            "progressDeadlineSeconds": progress_deadline_s,
+            "selector": {"matchLabels": labels},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": {"type": "kwok", "reco.dev/pool": "general"},
+                    "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists"}],
+                    "containers": [
+                        {
+                            "name": "worker",
+                            "image": "reco-worker:test",
+                            "env": [
+                                {"name": "RECO_LOG_JSON", "value": "true"},
+                                {"name": "MODEL_URI", "value": uri("v1")},
+                                {"name": "RECO_KAFKA_BOOTSTRAP", "value": "kafka:9092"},
+                            ],
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+async def read_worker(admin: ApiClient, namespace: str) -> Deployment:
+    found = await AppsV1Api(admin).read_namespaced_deployment(WORKER, namespace)
+    return Deployment.parse(admin.sanitize_for_serialization(found))
+
+
+async def settled(admin: ApiClient, namespace: str, *, timeout_s: float = 60) -> Deployment:
+    """The worker Deployment once its rollout is complete (bounded)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            deployment = await read_worker(admin, namespace)
+            if rollout_progress(deployment).done:
+                return deployment
+            await asyncio.sleep(0.2)
+
+
+def model_uri_of(deployment: Deployment) -> str | None:
+    return deployment.container("worker").env_value("MODEL_URI")
+
+
+class RolloutLog:
+    """Everything the controller published to ``rollout-events``, read as it arrives."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self._consumer = consumer
+        self.events: list[RolloutEvent] = []
+
+    def statuses(self, version: str) -> list[str]:
+        return [e.status.value for e in self.events if e.version == version]
+
+    async def until(self, done: Callable[[RolloutLog], bool], *, timeout_s: float = 60) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not done(self):
+                batches = await self._consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    self.events.extend(decode(RolloutEvent, r.value) for r in records)
+
+    async def reaches(self, version: str, status: str, *, timeout_s: float = 60) -> None:
+        await self.until(lambda log: status in log.statuses(version), timeout_s=timeout_s)

@@ -1,0 +1,136 @@
+"""A published model rolls the worker Deployment on the real control plane, or is refused."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from controller_kube import WORSE, RolloutLog, model_uri_of, published, read_worker, settled, uri
+from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoreV1Api
+
+from reco_common.contracts import ModelPublished
+from reco_controller.service import Controller
+from reco_controller.targets.deployment import ACTIVE, FAILED_URI, PREVIOUS, Deployment, annotation
+
+Send = Callable[[ModelPublished], Awaitable[None]]
+
+
+async def _replica_sets(admin: ApiClient, namespace: str) -> dict[str, int]:
+    """MODEL_URI of each ReplicaSet's pod template → its ready replicas."""
+    found = await AppsV1Api(admin).list_namespaced_replica_set(namespace)
+    return {
+        next(e.value for e in rs.spec.template.spec.containers[0].env if e.name == "MODEL_URI"): (
+            rs.status.ready_replicas or 0
+        )
+        for rs in found.items
+    }
+
+
+async def test_a_published_model_is_rolled_out(
+    admin: ApiClient,
+    namespace: str,
+    worker: Deployment,
+    controller: Controller,
+    send: Send,
+    rollout_log: RolloutLog,
+) -> None:
+    await send(published("v2"))
+    await rollout_log.reaches("v2", "succeeded")
+
+    assert rollout_log.statuses("v2") == ["started", "succeeded"]
+    after = await settled(admin, namespace)
+    assert model_uri_of(after) == uri("v2")
+    env = {e.name: e.value for e in after.container("worker").env}
+    assert env == {
+        "RECO_LOG_JSON": "true",
+        "MODEL_URI": uri("v2"),
+        "RECO_KAFKA_BOOTSTRAP": "kafka:9092",
+    }, "the other env vars are untouched"
+    notes = after.metadata.annotations
+    assert notes[annotation(ACTIVE, "version")] == "v2"
+    assert notes[annotation(PREVIOUS, "uri")] == uri("v1")
+    assert notes[annotation(PREVIOUS, "version")] == "v1"
+    assert after.metadata.generation == worker.metadata.generation + 1
+    assert await _replica_sets(admin, namespace) == {uri("v1"): 0, uri("v2"): 2}
+
+
+async def test_a_model_below_the_gate_is_rejected_and_the_deployment_untouched(
+    admin: ApiClient,
+    namespace: str,
+    worker: Deployment,
+    controller: Controller,
+    send: Send,
+    rollout_log: RolloutLog,
+) -> None:
+    await send(published("v2", metrics=WORSE))
+    await rollout_log.reaches("v2", "rejected")
+
+    assert rollout_log.statuses("v2") == ["rejected"]
+    assert "50.0% below the active model's 0.2" in rollout_log.events[-1].reason
+    after = await read_worker(admin, namespace)
+    assert after.metadata.generation == worker.metadata.generation
+    assert after.metadata.annotations == worker.metadata.annotations
+    assert model_uri_of(after) == uri("v1")
+
+
+async def test_the_same_event_twice_rolls_out_once(
+    admin: ApiClient,
+    namespace: str,
+    worker: Deployment,
+    controller: Controller,
+    send: Send,
+    rollout_log: RolloutLog,
+) -> None:
+    await send(published("v2"))
+    await rollout_log.reaches("v2", "succeeded")
+    await send(published("v2"))
+    # A later event on the same partition: once it is decided, the duplicate was consumed.
+    await send(published("v3", metrics=WORSE))
+    await rollout_log.reaches("v3", "rejected")
+
+    assert rollout_log.statuses("v2") == ["started", "succeeded"]
+    after = await read_worker(admin, namespace)
+    assert after.metadata.generation == worker.metadata.generation + 1
+    assert after.metadata.annotations["deployment.kubernetes.io/revision"] == "2"
+    assert model_uri_of(after) == uri("v2")
+
+
+@pytest.mark.parametrize("progress_deadline_s", [2])
+async def test_a_rollout_that_cannot_become_ready_is_rolled_back(
+    admin: ApiClient,
+    namespace: str,
+    worker: Deployment,
+    controller: Controller,
+    send: Send,
+    rollout_log: RolloutLog,
+) -> None:
+    # The namespace's pod quota is exhausted by the two running workers: no new pod can ever be
+    # created, so the new ReplicaSet never becomes ready and the progress deadline passes.
+    quota = {"metadata": {"name": "pods"}, "spec": {"hard": {"pods": "2"}}}
+    core = CoreV1Api(admin)
+    await core.create_namespaced_resource_quota(namespace, quota)
+    async with asyncio.timeout(30):
+        while not (await core.read_namespaced_resource_quota("pods", namespace)).status.hard:
+            await asyncio.sleep(0.1)
+
+    await send(published("v2"))
+    await rollout_log.reaches("v2", "rolled_back")
+
+    assert rollout_log.statuses("v2") == ["started", "failed", "rolled_back"]
+    failed, rolled_back = rollout_log.events[-2:]
+    assert "exceeded its progress deadline" in failed.reason
+    assert "exceeded quota" in failed.reason
+    assert rolled_back.reason.startswith(f"back to {uri('v1')}: ")
+    after = await settled(admin, namespace)
+    assert model_uri_of(after) == uri("v1")
+    notes = after.metadata.annotations
+    assert notes[annotation(ACTIVE, "version")] == "v1"
+    assert notes[FAILED_URI] == uri("v2")
+    assert (await _replica_sets(admin, namespace))[uri("v1")] == 2
+
+    # Redelivered (or published again), the failed model is not tried a second time.
+    await send(published("v2"))
+    await send(published("v3", metrics=WORSE))
+    await rollout_log.reaches("v3", "rejected")
+    assert rollout_log.statuses("v2") == ["started", "failed", "rolled_back"]
