@@ -1,0 +1,90 @@
+"""``reco-worker``: run the worker (no sub-command) or ``reco-worker replay`` to evaluate offline."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from reco_common.contracts import dumps
+from reco_common.interactions import read_interactions
+from reco_common.lifecycle import serve
+from reco_common.logging import configure_logging
+from reco_common.settings import ConfigurationError, load_settings
+from reco_worker.model_store import load_serving_model
+from reco_worker.replay import replay, summary
+from reco_worker.settings import WorkerSettings
+from reco_worker.worker import Worker
+
+app = typer.Typer(
+    add_completion=False,
+    help="Keep each user's recommendations in Redis fresh on every action.",
+)
+
+
+def _settings() -> WorkerSettings:
+    try:
+        settings = load_settings(WorkerSettings)
+    except ConfigurationError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    common = settings.common
+    configure_logging(level=common.log_level, json=common.log_json, service="worker")
+    return settings
+
+
+@app.callback(invoke_without_command=True)
+def run(ctx: typer.Context) -> None:
+    """Consume user-actions and write lists to Redis (settings: docs/worker.md)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = _settings()
+    asyncio.run(serve(Worker(settings=settings), grace_s=settings.grace_s))
+
+
+@app.command("replay")
+def replay_command(
+    model: Annotated[str, typer.Option(help="Model artifact URI (s3://, file:// or a path).")],
+    events: Annotated[str, typer.Option(help="Time-ordered event log (the trainer's formats).")],
+    output: Annotated[Path, typer.Option(help="Where to write the JSON report.")],
+    k: Annotated[int, typer.Option(min=1, max=1000, help="List length evaluated.")] = 10,
+    blend: Annotated[float | None, typer.Option(min=0, max=1)] = None,
+    half_life_s: Annotated[float | None, typer.Option(min=0.001)] = None,
+    history_len: Annotated[int | None, typer.Option(min=1, max=1000)] = None,
+) -> None:
+    """Replay EVENTS through the worker's scoring: static vs real-time vs popular lists."""
+    settings = _settings()
+    policy = settings.policy
+    policy = dataclasses.replace(
+        policy,
+        blend=policy.blend if blend is None else blend,
+        half_life_s=policy.half_life_s if half_life_s is None else half_life_s,
+    )
+    with tempfile.TemporaryDirectory(prefix="reco-replay-") as cache:
+        serving = load_serving_model(model, s3=settings.common.s3, cache_dir=Path(cache))
+    log = read_interactions(
+        events,
+        action_weights={str(a): w for a, w in policy.action_weights.items()},
+        s3=settings.common.s3,
+    )
+    report = replay(
+        serving,
+        log,
+        policy=policy,
+        history_len=history_len or settings.history_len,
+        k=k,
+    )
+    output.write_bytes(dumps(report))
+    typer.echo(summary(report))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""The batch handler: a fetched batch of user actions becomes updated histories and lists.
+
+Per batch: screen and coalesce the events per user, append them to the histories and read the
+histories back (one pipelined round trip), score every affected user at once (one matrix
+product, in a thread so the event loop keeps serving), and replace the lists (one pipelined
+round trip). The consumer commits only after this returns, so a crash anywhere redelivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+
+from reco_common.contracts import RecommendationList, RedisKeys, UserAction
+from reco_common.kafka import Delivery, Rejection
+from reco_common.redis_store import replace_lists
+from reco_worker.history import HistoryStore, effective_ts, encode_member
+from reco_worker.metrics import WorkerMetrics
+from reco_worker.scoring import Policy, Ranked, ServingModel, recommend
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class UserUpdate:
+    """One user's share of a batch: the history members to add and the newest event."""
+
+    last: UserAction
+    members: dict[bytes, float] = field(default_factory=dict)
+    event_times: list[float] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Coalesced:
+    updates: dict[str, UserUpdate]
+    rejections: list[Rejection]
+    clamped: int
+
+
+def coalesce(deliveries: Sequence[Delivery[UserAction]], *, max_future_skew_s: float) -> Coalesced:
+    """Group a batch by user in delivery order; refuse records whose key is not their user."""
+    updates: dict[str, UserUpdate] = {}
+    rejections: list[Rejection] = []
+    clamped = 0
+    for delivery in deliveries:
+        event, record = delivery.event, delivery.record
+        if record.key != event.user_id.encode():
+            rejections.append(Rejection(record, _key_mismatch(record.key, event.user_id)))
+            continue
+        ts = effective_ts(event, record_ts_ms=record.timestamp, max_future_skew_s=max_future_skew_s)
+        clamped += ts < event.ts.timestamp()
+        update = updates.setdefault(event.user_id, UserUpdate(last=event))
+        update.last = event
+        update.members[encode_member(event)] = ts
+        update.event_times.append(ts)
+        update.items.append(event.item_id)
+    return Coalesced(updates, rejections, clamped)
+
+
+def _key_mismatch(key: bytes | None, user_id: str) -> str:
+    shown = "no key" if key is None else f"key {key[:64]!r}"
+    return f"record has {shown} but user_id {user_id!r}: user-actions must be keyed by user id"
+
+
+class ActionHandler:
+    """The :class:`reco_common.kafka.EventConsumer` handler of ``user-actions``."""
+
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        keys: RedisKeys,
+        history: HistoryStore,
+        model: Callable[[], ServingModel],
+        policy: Policy,
+        max_future_skew_s: float,
+        metrics: WorkerMetrics,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._history = history
+        self._model = model
+        self._policy = policy
+        self._max_future_skew_s = max_future_skew_s
+        self._metrics = metrics
+
+    async def __call__(self, deliveries: Sequence[Delivery[UserAction]]) -> list[Rejection]:
+        batch = coalesce(deliveries, max_future_skew_s=self._max_future_skew_s)
+        self._metrics.clamped_timestamps.inc(batch.clamped)
+        if batch.updates:
+            await self._apply(batch.updates)
+        return batch.rejections
+
+    async def _apply(self, updates: dict[str, UserUpdate]) -> None:
+        model = self._model()  # one model per batch: a swap takes effect from the next batch
+        with self._stage("history"):
+            histories = await self._history.append_and_read(
+                {user_id: u.members for user_id, u in updates.items()}
+            )
+        with self._stage("score"):
+            started = time.perf_counter()
+            ranked = await asyncio.to_thread(
+                recommend, model, [(user, histories[user]) for user in updates], self._policy
+            )
+            self._metrics.recompute.observe(time.perf_counter() - started)
+        computed_at = datetime.now(UTC)
+        lists = {
+            user_id: _stamped(r, model, update.last, computed_at)
+            for (user_id, update), r in zip(updates.items(), ranked, strict=True)
+        }
+        with self._stage("write"):
+            await replace_lists(self._redis, self._keys, model.name, lists)
+        self._observe(model, updates, ranked)
+
+    def _observe(
+        self, model: ServingModel, updates: dict[str, UserUpdate], ranked: list[Ranked]
+    ) -> None:
+        written = time.time()
+        for update in updates.values():
+            for ts in update.event_times:
+                self._metrics.freshness.observe(max(0.0, written - ts))
+            self._metrics.actions.inc(len(update.event_times))
+            unknown = sum(item not in model.item_index for item in update.items)
+            self._metrics.unknown_items.inc(unknown)
+        for r in ranked:
+            self._metrics.lists.labels(r.source).inc()
+
+    @contextmanager
+    def _stage(self, stage: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception:
+            self._metrics.errors.labels(stage).inc()
+            raise
+
+
+def _stamped(
+    ranked: Ranked, model: ServingModel, trigger: UserAction, computed_at: datetime
+) -> RecommendationList:
+    return RecommendationList(
+        model_version=model.version,
+        computed_at=computed_at,
+        event_id=trigger.event_id,
+        event_ts=trigger.ts,
+        items=ranked.items,
+        scores=ranked.scores,
+    )

@@ -1,0 +1,86 @@
+"""The worker's Prometheus metrics (``reco_worker_*``), created once per process."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from reco_common.metrics import LATENCY_BUCKETS, ConsumerMetrics, metric_name
+
+SERVICE = "worker"
+# Freshness is the worker's headline figure: finer buckets where the goal (50 ms p99) lives.
+FRESHNESS_BUCKETS = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
+    0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerMetrics:
+    consumer: ConsumerMetrics
+    actions: Counter
+    lists: Counter
+    recompute: Histogram
+    freshness: Histogram
+    errors: Counter
+    clamped_timestamps: Counter
+    unknown_items: Counter
+    bad_history_members: Counter
+    model_loads: Counter
+    model_info: Gauge
+
+    @staticmethod
+    @functools.cache
+    def create() -> WorkerMetrics:
+        """The process-wide set (the default registry refuses duplicates)."""
+        return WorkerMetrics(
+            consumer=ConsumerMetrics.for_service(SERVICE),
+            actions=Counter(
+                metric_name(SERVICE, "actions_applied"),
+                "User actions applied to a history and a recomputed list",
+            ),
+            lists=Counter(
+                metric_name(SERVICE, "lists_written"),
+                "Recommendation lists written, by where the list came from",
+                ["source"],
+            ),
+            recompute=Histogram(
+                metric_name(SERVICE, "recompute", "seconds"),
+                "Time to score one batch of users (matrix product and top-N)",
+                buckets=LATENCY_BUCKETS,
+            ),
+            freshness=Histogram(
+                metric_name(SERVICE, "freshness", "seconds"),
+                "Event timestamp to the Redis write of the list it changed",
+                buckets=FRESHNESS_BUCKETS,
+            ),
+            errors=Counter(
+                metric_name(SERVICE, "errors"),
+                "Failures while handling a batch (the batch is retried), by stage",
+                ["stage"],
+            ),
+            clamped_timestamps=Counter(
+                metric_name(SERVICE, "clamped_timestamps"),
+                "Events dated too far in the future, clamped to their record timestamp",
+            ),
+            unknown_items=Counter(
+                metric_name(SERVICE, "unknown_items"),
+                "Actions on items the active model does not know (kept in history, not scored)",
+            ),
+            bad_history_members=Counter(
+                metric_name(SERVICE, "bad_history_members"),
+                "History entries in Redis that did not decode and were skipped",
+            ),
+            model_loads=Counter(
+                metric_name(SERVICE, "model_loads"),
+                "Model load attempts, by outcome",
+                ["outcome"],
+            ),
+            model_info=Gauge(
+                metric_name(SERVICE, "model_info"),
+                "1 for the model version in memory",
+                ["model", "version"],
+            ),
+        )

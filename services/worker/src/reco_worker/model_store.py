@@ -1,0 +1,221 @@
+"""The active model: loading and verifying artifacts, the atomic swap, and activation in Redis.
+
+A model is only ever swapped in whole: the artifact is downloaded, its checksums verified, its
+arrays checked and loaded into memory in a thread, the activation (popular fallback and active
+version) written to Redis, and only then does one reference assignment make it current. A load
+that fails at any step leaves the current model in place and is reported by :meth:`status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from redis.asyncio import Redis
+
+from reco_common.artifact import ArtifactError, load_artifact
+from reco_common.contracts import ActiveModel, RedisKeys
+from reco_common.redis_store import activate_model
+from reco_common.settings import S3Settings
+from reco_common.storage import as_uri, open_store
+from reco_worker.metrics import WorkerMetrics
+from reco_worker.scoring import ServingModel
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRefusedError(RuntimeError):
+    """A model that must not be served (missing, corrupt, or another model's name)."""
+
+
+def load_serving_model(uri: str, *, s3: S3Settings, cache_dir: Path) -> ServingModel:
+    """Download, verify and load the artifact at ``uri`` (blocking: call it in a thread).
+
+    The model keeps ``uri`` as given: it is how callers of ``/v1/model`` recognise it.
+    """
+    try:
+        loaded = load_artifact(open_store(as_uri(uri), s3=s3), cache_dir=cache_dir)
+    except (ArtifactError, OSError, ValueError) as exc:
+        raise ModelRefusedError(f"{uri}: {exc}") from exc
+    arrays, manifest = loaded.arrays, loaded.manifest
+    if not arrays.item_ids:
+        raise ModelRefusedError(f"{uri}: the model has no items")
+    if arrays.item_factors.shape[1] != manifest.dim + 1:
+        raise ModelRefusedError(f"{uri}: factors are not [n, dim + 1] for dim {manifest.dim}")
+    model = ServingModel(name=manifest.model_name, version=manifest.version, uri=uri, arrays=arrays)
+    if not (np.isfinite(model.items).all() and np.isfinite(model.users).all()):
+        raise ModelRefusedError(f"{uri}: factors contain NaN or infinity")
+    return model
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFailure:
+    uri: str
+    error: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    active: ServingModel | None
+    activated_at: datetime | None
+    loading: str | None
+    last_error: LoadFailure | None
+
+
+class ModelStore:
+    """Owns the model in memory; :attr:`loaded` is set once a model is current."""
+
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        keys: RedisKeys,
+        s3: S3Settings,
+        cache_dir: Path,
+        metrics: WorkerMetrics,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._s3 = s3
+        self._cache_dir = cache_dir
+        self._metrics = metrics
+        self._current: ServingModel | None = None
+        self._activated_at: datetime | None = None
+        self._last_error: LoadFailure | None = None
+        self._loading: tuple[str, asyncio.Task[None]] | None = None
+        self._queued: str | None = None
+        self._swap = asyncio.Lock()
+        self.loaded = asyncio.Event()
+
+    @property
+    def current(self) -> ServingModel:
+        if self._current is None:
+            raise RuntimeError("no model is loaded yet")
+        return self._current
+
+    def status(self) -> ModelStatus:
+        loading = self._queued or (self._loading[0] if self._loading else None)
+        return ModelStatus(self._current, self._activated_at, loading, self._last_error)
+
+    async def load(self, uri: str, *, first: bool = False) -> ServingModel:
+        """Load, verify, activate and swap in the model at ``uri``; raise if it is refused.
+
+        ``first``: only if no model is current yet (a model posted meanwhile wins).
+        """
+        try:
+            model = await asyncio.to_thread(
+                load_serving_model, uri, s3=self._s3, cache_dir=self._cache_dir
+            )
+            async with self._swap:
+                if first and self._current is not None:
+                    return self._current
+                self._check_name(model)
+                await self._activate(model)
+                self._swap_in(model)
+        except Exception as exc:
+            self._metrics.model_loads.labels("refused").inc()
+            self._last_error = LoadFailure(uri, str(exc), datetime.now(UTC))
+            raise
+        self._metrics.model_loads.labels("loaded").inc()
+        return model
+
+    def _check_name(self, model: ServingModel) -> None:
+        if self._current is not None and model.name != self._current.name:
+            raise ModelRefusedError(
+                f"{model.uri}: model {model.name!r} is not {self._current.name!r}; "
+                "a worker serves one model name (start another worker for it)"
+            )
+
+    async def _activate(self, model: ServingModel) -> None:
+        self._activated_at = datetime.now(UTC)
+        await activate_model(
+            self._redis,
+            self._keys,
+            ActiveModel(
+                model_name=model.name,
+                version=model.version,
+                artifact_uri=model.uri,
+                activated_at=self._activated_at,
+                popular_items=model.popular_items,
+                popular_scores=model.popular_scores,
+            ),
+        )
+
+    def _swap_in(self, model: ServingModel) -> None:
+        old, self._current = self._current, model
+        if old is not None:
+            self._metrics.model_info.remove(old.name, old.version)
+        self._metrics.model_info.labels(model.name, model.version).set(1)
+        self._last_error = None
+        self.loaded.set()
+        logger.info(
+            "serving model %s version %s (%d items) from %s",
+            model.name,
+            model.version,
+            model.n_items,
+            model.uri,
+        )
+
+    def request(self, uri: str) -> None:
+        """Load ``uri`` in the background; while a load runs, the latest request waits its turn."""
+        if self._loading is None:
+            self._start(uri, first=False)
+        else:
+            self._queued = uri
+
+    def _start(self, uri: str, *, first: bool) -> None:
+        task = asyncio.create_task(self._load_in_background(uri, first=first), name=f"load {uri}")
+        self._loading = (uri, task)
+
+    async def _load_in_background(self, uri: str, *, first: bool) -> None:
+        try:
+            await self.load(uri, first=first)
+        except Exception as exc:
+            if self._current is None:
+                logger.error("model %s refused, the worker stays not ready: %s", uri, exc)
+            else:
+                logger.error(
+                    "model %s refused, keeping version %s: %s", uri, self._current.version, exc
+                )
+        finally:
+            self._loading = None
+            queued, self._queued = self._queued, None
+            if queued is not None:
+                self._start(queued, first=False)
+
+    async def load_first(self, uri: str | None, *, stop: asyncio.Event, retry_max_s: float) -> bool:
+        """Load the configured model, retrying with backoff; ``False`` if stopped before.
+
+        Without ``uri`` (or while it keeps failing) a model posted to ``/v1/model`` also counts.
+        """
+        if uri is None:
+            logger.error("MODEL_URI is not set: not ready until a model is posted to /v1/model")
+        delay = 1.0
+        while not (self.loaded.is_set() or stop.is_set()):
+            if uri is not None and self._loading is None:
+                self._start(uri, first=True)
+            await _first_of(self.loaded, stop, timeout_s=delay)
+            delay = min(delay * 2, retry_max_s)
+        return self.loaded.is_set()
+
+    async def close(self) -> None:
+        self._queued = None
+        if self._loading is not None:
+            task = self._loading[1]
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def _first_of(*events: asyncio.Event, timeout_s: float) -> None:
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)

@@ -1,0 +1,74 @@
+"""The worker's typed settings: the shared backends plus ``RECO_WORKER_*`` (see docs/worker.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, ActionType
+from reco_common.settings import CommonSettings, Environment, refuse_placeholder
+from reco_worker.scoring import Policy
+
+Positive = Annotated[float, Field(gt=0)]
+
+
+class WorkerSettings(BaseSettings):
+    """``MODEL_URI`` (or ``RECO_WORKER_MODEL_URI``) and the ``RECO_WORKER_*`` variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECO_WORKER_",
+        extra="ignore",
+        populate_by_name=True,
+        protected_namespaces=(),
+    )
+
+    common: CommonSettings = Field(default_factory=CommonSettings)
+    model_uri: str | None = Field(
+        default=None, validation_alias=AliasChoices("MODEL_URI", "RECO_WORKER_MODEL_URI")
+    )
+    cache_dir: Path = Path("/tmp/reco-worker")
+    http_host: str = "0.0.0.0"
+    http_port: Annotated[int, Field(ge=0, le=65535)] = 8081
+    control_token: SecretStr = SecretStr("dev-token")
+    grace_s: Positive = 20.0
+    model_retry_max_s: Positive = 30.0
+
+    # Consumer
+    max_batch: Annotated[int, Field(ge=1, le=10_000)] = 500
+    fetch_max_wait_ms: Annotated[int, Field(ge=0, le=500)] = 5
+    user_actions_partitions: Annotated[int, Field(ge=1)] = 3
+
+    # History and timestamps
+    history_len: Annotated[int, Field(ge=1, le=1000)] = 50
+    history_ttl_s: Annotated[int, Field(ge=60)] = 30 * 24 * 3600
+    max_future_skew_s: Annotated[float, Field(ge=0)] = 300.0
+
+    # Real-time policy (defaults chosen with `reco-worker replay`, docs/worker.md)
+    top_n: Annotated[int, Field(ge=1, le=1000)] = 100
+    blend: Annotated[float, Field(ge=0, le=1)] = 0.5
+    half_life_s: Positive = 3600.0
+    action_weights: dict[ActionType, Positive] = Field(
+        default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS)
+    )
+
+    @model_validator(mode="after")
+    def _no_placeholder_token_outside_dev(self) -> Self:
+        if self.common.env is not Environment.DEV:
+            refuse_placeholder("RECO_WORKER_CONTROL_TOKEN", self.control_token)
+        return self
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(
+            blend=self.blend,
+            half_life_s=self.half_life_s,
+            action_weights={**DEFAULT_ACTION_WEIGHTS, **self.action_weights},
+            top_n=self.top_n,
+        )
+
+    def group_id(self, model_name: str) -> str:
+        """One consumer group per model name, namespaced like the topics."""
+        return f"{self.common.kafka.topic_prefix}worker-{model_name}"

@@ -1,0 +1,182 @@
+"""The worker role: wires Redis, the model, the Kafka consumer and the HTTP port together.
+
+``start`` connects (Redis client, DLQ producer) and opens the HTTP port; ``run`` loads the
+first model (retrying, not ready meanwhile), then consumes ``user-actions`` in the model's
+consumer group until stopped; ``stop`` stops fetching, lets the batch in hand finish, write and
+commit, leaves the group and closes everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from reco_common.contracts import Topics, UserAction
+from reco_common.kafka import EventConsumer, ensure_topics, start_producer
+from reco_common.redis_store import connect
+from reco_worker.consumer import ActionHandler
+from reco_worker.history import HistoryStore
+from reco_worker.http import HttpServer, create_app
+from reco_worker.metrics import WorkerMetrics
+from reco_worker.model_store import ModelStore
+from reco_worker.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+READINESS_PING_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Started:
+    """What ``start`` opened and ``stop`` closes."""
+
+    redis: Redis
+    producer: AIOKafkaProducer
+    models: ModelStore
+    http: HttpServer
+
+
+class Worker:
+    """One worker process (see the module docstring); use with ``reco_common.lifecycle.serve``."""
+
+    def __init__(self, *, settings: WorkerSettings) -> None:
+        self._settings = settings
+        self._metrics = WorkerMetrics.create()
+        self._stopping = asyncio.Event()
+        self._run_finished = asyncio.Event()
+        self._started: _Started | None = None
+        self._consumer: EventConsumer[UserAction] | None = None
+        self._consuming = False
+
+    @property
+    def started(self) -> _Started:
+        if self._started is None:
+            raise RuntimeError("the worker is not started")
+        return self._started
+
+    @property
+    def models(self) -> ModelStore:
+        return self.started.models
+
+    @property
+    def http_port(self) -> int:
+        return self.started.http.port
+
+    async def start(self) -> None:
+        common = self._settings.common
+        redis = connect(common.redis)
+        models = ModelStore(
+            redis=redis,
+            keys=common.redis.keys,
+            s3=common.s3,
+            cache_dir=self._settings.cache_dir,
+            metrics=self._metrics,
+        )
+        try:
+            producer = await start_producer(common.kafka)
+        except Exception:
+            await redis.aclose()
+            raise
+        app = create_app(
+            models=models,
+            token=self._settings.control_token,
+            checks={
+                "model": self._model_loaded,
+                "kafka": self._consumer_running,
+                "redis": self._redis_answers,
+            },
+        )
+        http = HttpServer(app, host=self._settings.http_host, port=self._settings.http_port)
+        self._started = _Started(redis=redis, producer=producer, models=models, http=http)
+        await http.start()
+
+    async def run(self) -> None:
+        try:
+            if await self.models.load_first(
+                self._settings.model_uri,
+                stop=self._stopping,
+                retry_max_s=self._settings.model_retry_max_s,
+            ):
+                await self._consume()
+        finally:
+            self._consuming = False
+            self._run_finished.set()
+
+    async def _consume(self) -> None:
+        settings, kafka = self._settings, self._settings.common.kafka
+        topic = kafka.topics.user_actions
+        await ensure_topics(kafka, {topic: settings.user_actions_partitions, Topics.dlq(topic): 1})
+        group = settings.group_id(self.models.current.name)
+        self._consumer = EventConsumer(
+            settings=kafka,
+            topic=topic,
+            group_id=group,
+            model=UserAction,
+            handler=self._handler(),
+            producer=self.started.producer,
+            metrics=self._metrics.consumer,
+            max_records=settings.max_batch,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        )
+        await self._consumer.start()
+        self._consuming = True
+        logger.info("consuming %s as group %s", topic, group)
+        await self._consumer.run(self._stopping)
+
+    def _handler(self) -> ActionHandler:
+        settings, keys, redis = self._settings, self._settings.common.redis.keys, self.started.redis
+        models = self.models
+        return ActionHandler(
+            redis=redis,
+            keys=keys,
+            history=HistoryStore(
+                redis,
+                keys,
+                max_len=settings.history_len,
+                ttl_s=settings.history_ttl_s,
+                bad_members=self._metrics.bad_history_members,
+            ),
+            model=lambda: models.current,
+            policy=settings.policy,
+            max_future_skew_s=settings.max_future_skew_s,
+            metrics=self._metrics,
+        )
+
+    async def stop(self) -> None:
+        """Stop fetching, let the batch in hand finish and commit, leave the group, close."""
+        self._stopping.set()
+        try:
+            await self._run_finished.wait()
+            if self._consumer is not None:
+                await self._consumer.stop()
+                logger.info("left the consumer group")
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        if self._started is None:
+            return
+        started = self._started
+        await started.models.close()
+        await started.http.stop()
+        await started.producer.stop()
+        await started.redis.aclose()
+
+    async def _model_loaded(self) -> bool:
+        return self.models.loaded.is_set()
+
+    async def _consumer_running(self) -> bool:
+        return self._consuming
+
+    async def _redis_answers(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.started.redis.ping(), READINESS_PING_TIMEOUT_S))
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._metrics.errors.labels("readiness").inc()
+            logger.warning("readiness: Redis does not answer: %s", exc)
+            return False

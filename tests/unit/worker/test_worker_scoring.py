@@ -1,0 +1,162 @@
+"""The real-time policy and top-N selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from worker_models import clustered_arrays, random_arrays
+
+from reco_common.contracts import ActionType
+from reco_worker.scoring import (
+    HistoryEntry,
+    Policy,
+    ServingModel,
+    Source,
+    TopSelector,
+    recent_vector,
+    recommend,
+)
+
+T0 = 1_800_000_000.0
+
+
+def entry(item: str, *, ts: float = T0, action: ActionType = ActionType.VIEW) -> HistoryEntry:
+    return HistoryEntry(event_id=f"e-{item}-{ts}", item_id=item, action=action, weight=None, ts=ts)
+
+
+def cluster_share(items: list[str], cluster: int) -> float:
+    return sum(i.startswith(f"i{cluster}-") for i in items) / len(items)
+
+
+def test_a_known_user_without_history_gets_the_trained_ranking(clustered: ServingModel) -> None:
+    (ranked,) = recommend(clustered, [("u0", [])], Policy(top_n=10))
+    assert ranked.source is Source.MODEL
+    assert cluster_share(ranked.items, 0) == 1.0
+    assert ranked.scores == sorted(ranked.scores, reverse=True)
+
+
+def test_a_new_action_moves_the_list_towards_what_was_just_done(clustered: ServingModel) -> None:
+    history = [entry("i2-0"), entry("i2-1")]
+    (before,) = recommend(clustered, [("u0", [])], Policy(top_n=20))
+    (after,) = recommend(clustered, [("u0", history)], Policy(top_n=20, blend=0.6))
+    assert after.source is Source.BLEND
+    assert cluster_share(before.items, 2) == 0.0
+    assert cluster_share(after.items, 2) > 0.5
+    assert not {"i2-0", "i2-1"} & set(after.items)
+
+
+def test_blend_zero_only_removes_what_was_seen(clustered: ServingModel) -> None:
+    (before,) = recommend(clustered, [("u0", [])], Policy(top_n=10))
+    (after,) = recommend(clustered, [("u0", [entry(before.items[0])])], Policy(top_n=10, blend=0))
+    assert after.source is Source.MODEL
+    assert before.items[0] not in after.items
+    assert after.items[:9] == before.items[1:10]
+
+
+def test_a_cold_start_user_is_served_from_recent_items(clustered: ServingModel) -> None:
+    (ranked,) = recommend(clustered, [("stranger", [entry("i3-4")])], Policy(top_n=10))
+    assert ranked.source is Source.RECENT
+    assert cluster_share(ranked.items, 3) == 1.0
+    assert "i3-4" not in ranked.items
+
+
+def test_without_usable_history_the_popular_items_are_served(clustered: ServingModel) -> None:
+    history = [entry("not-in-the-catalog"), entry(clustered.popular_items[0])]
+    (nothing,) = recommend(clustered, [("stranger", history[:1])], Policy(top_n=5))
+    assert nothing.source is Source.POPULAR
+    assert nothing.items == clustered.popular_items[:5]
+    (some,) = recommend(clustered, [("stranger", history)], Policy(top_n=5))
+    assert some.source is Source.RECENT
+
+
+def test_unknown_items_are_ignored_by_the_aggregate(clustered: ServingModel) -> None:
+    policy = Policy()
+    known = recent_vector(clustered, [entry("i1-0")], policy)
+    mixed = recent_vector(clustered, [entry("i1-0"), entry("nope", ts=T0 + 5)], policy)
+    assert known is not None
+    assert mixed is not None
+    np.testing.assert_allclose(known, mixed)
+
+
+def test_recent_and_heavier_actions_weigh_more(clustered: ServingModel) -> None:
+    policy = Policy(half_life_s=60.0, blend=1.0, top_n=10)
+    old_view_new_view = [entry("i1-0", ts=T0), entry("i2-0", ts=T0 + 600)]
+    (recent_wins,) = recommend(clustered, [("stranger", old_view_new_view)], policy)
+    assert cluster_share(recent_wins.items, 2) == 1.0
+    purchase_then_view = [
+        entry("i1-0", ts=T0, action=ActionType.PURCHASE),
+        entry("i2-0", ts=T0 + 10),
+    ]
+    (purchase_wins,) = recommend(clustered, [("stranger", purchase_then_view)], policy)
+    assert cluster_share(purchase_wins.items, 1) == 1.0
+
+
+def test_an_explicit_weight_overrides_the_action_weight() -> None:
+    policy = Policy(action_weights={a: 1.0 for a in ActionType})
+    plain = HistoryEntry("e1", "i", ActionType.VIEW, None, T0)
+    heavy = HistoryEntry("e2", "i", ActionType.VIEW, 7.5, T0)
+    assert policy.weight(plain) == 1.0
+    assert policy.weight(heavy) == 7.5
+
+
+def test_a_list_is_the_same_whatever_batch_it_was_scored_in() -> None:
+    model = ServingModel(
+        name="m",
+        version="v",
+        uri="file:///m",
+        arrays=random_arrays(n_items=3000, n_users=200, dim=16),
+    )
+    policy = Policy(top_n=50)
+    users = [(f"u{n}", [entry(f"i{n * 7}", ts=T0 + n)]) for n in range(120)]
+    batched = recommend(model, users, policy)
+    for n in (0, 1, 57, 119):
+        (alone,) = recommend(model, [users[n]], policy)
+        assert alone.items == batched[n].items
+        assert alone.scores == batched[n].scores
+
+
+@pytest.mark.parametrize("n", [1, 10, 100])
+def test_the_sampled_selection_equals_the_exact_one(n: int) -> None:
+    arrays = random_arrays(n_items=20_000, n_users=1, dim=8, seed=3)
+    items = arrays.item_factors
+    exact = TopSelector(items)
+    sampled = TopSelector(items, exact_max=0, sample_size=2048, block=3000)
+    rng = np.random.default_rng(1)
+    queries = np.concatenate([rng.standard_normal((40, 8)), np.ones((40, 1))], axis=1)
+    exclude = [np.sort(rng.choice(len(items), size=s, replace=False)) for s in range(0, 80, 2)]
+    for (rows_a, scores_a), (rows_b, scores_b) in zip(
+        exact.select(queries, exclude, n), sampled.select(queries, exclude, n), strict=True
+    ):
+        assert rows_a.tolist() == rows_b.tolist()
+        assert scores_a.tolist() == scores_b.tolist()
+    for (rows, _), excluded in zip(sampled.select(queries, exclude, n), exclude, strict=True):
+        assert not set(rows.tolist()) & set(excluded.tolist())
+
+
+def test_an_unlucky_sample_falls_back_to_an_exact_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    items = random_arrays(n_items=5000, n_users=1, dim=4, seed=5).item_factors
+    exact = TopSelector(items)
+    sampled = TopSelector(items, exact_max=0, sample_size=256, block=1000)
+    # A threshold no item reaches: what a sample full of the very best items would give.
+    monkeypatch.setattr(
+        TopSelector, "_thresholds", lambda self, q32, wanted: np.full(len(q32), np.inf)
+    )
+    queries = np.concatenate([np.eye(3, 4), np.ones((3, 1))], axis=1)
+    exclude = [np.arange(0, 30), np.arange(0), np.arange(4990, 5000)]
+    for (rows_a, scores_a), (rows_b, scores_b) in zip(
+        exact.select(queries, exclude, 20), sampled.select(queries, exclude, 20), strict=True
+    ):
+        assert rows_b.tolist() == rows_a.tolist()
+        assert scores_b.tolist() == scores_a.tolist()
+
+
+def test_a_list_is_never_longer_than_what_is_left(clustered: ServingModel) -> None:
+    seen = [entry(i) for i in clustered.item_ids[:95].tolist()]
+    (ranked,) = recommend(clustered, [("u0", seen)], Policy(top_n=100))
+    assert sorted(ranked.items) == sorted(clustered.item_ids[95:].tolist())
+
+
+def test_the_clustered_fixture_is_what_the_tests_assume() -> None:
+    arrays = clustered_arrays()
+    assert len(arrays.item_ids) == 100
+    assert arrays.item_factors.shape == (100, 9)

@@ -1,0 +1,46 @@
+"""The worker's settings: MODEL_URI, the control token outside dev, the policy."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from reco_common.contracts import ActionType
+from reco_worker.settings import WorkerSettings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MODEL_URI", "RECO_WORKER_MODEL_URI", "RECO_ENV", "RECO_WORKER_CONTROL_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("variable", ["MODEL_URI", "RECO_WORKER_MODEL_URI"])
+def test_the_model_uri_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "s3://reco/models/shop/v1")
+    assert WorkerSettings().model_uri == "s3://reco/models/shop/v1"
+
+
+def test_prod_refuses_the_placeholder_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECO_ENV", "prod")
+    monkeypatch.setenv("RECO_S3_SECRET_KEY", "a-real-s3-secret")
+    with pytest.raises(ValidationError, match="RECO_WORKER_CONTROL_TOKEN"):
+        WorkerSettings()
+    monkeypatch.setenv("RECO_WORKER_CONTROL_TOKEN", "a-real-token")
+    assert WorkerSettings().control_token.get_secret_value() == "a-real-token"
+
+
+def test_the_policy_follows_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECO_WORKER_BLEND", "0.25")
+    monkeypatch.setenv("RECO_WORKER_ACTION_WEIGHTS", '{"purchase": 20}')
+    policy = WorkerSettings().policy
+    assert policy.blend == 0.25
+    assert policy.action_weights[ActionType.PURCHASE] == 20
+    assert policy.action_weights[ActionType.VIEW] == 1.0
+
+
+def test_the_consumer_group_is_per_model_and_namespaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECO_KAFKA_TOPIC_PREFIX", "stg-")
+    assert WorkerSettings().group_id("shop") == "stg-worker-shop"

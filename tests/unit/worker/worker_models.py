@@ -1,0 +1,44 @@
+"""Small models with known structure, built in memory (no trainer needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reco_common.artifact import ModelArrays
+
+CLUSTERS = 4
+PER_CLUSTER = 25
+DIM = 8
+
+
+def clustered_arrays(*, seed: int = 0) -> ModelArrays:
+    """100 items in 4 clusters (``i<cluster>-<n>``); user ``u<c>`` likes cluster ``c``."""
+    rng = np.random.default_rng(seed)
+    centroids = np.eye(CLUSTERS, DIM) * 2.0
+    items = np.concatenate(
+        [centroids[c] + 0.1 * rng.standard_normal((PER_CLUSTER, DIM)) for c in range(CLUSTERS)]
+    )
+    bias = 0.01 * rng.standard_normal((len(items), 1))
+    users = np.concatenate([centroids, np.zeros((CLUSTERS, 1))], axis=1)
+    item_ids = [f"i{c}-{n}" for c in range(CLUSTERS) for n in range(PER_CLUSTER)]
+    popular = [f"i{c}-{n}" for n in range(PER_CLUSTER) for c in range(CLUSTERS)]
+    return ModelArrays(
+        item_ids=item_ids,
+        user_ids=[f"u{c}" for c in range(CLUSTERS)],
+        item_factors=np.concatenate([items, bias], axis=1).astype(np.float32),
+        user_factors=users.astype(np.float32),
+        popular_items=popular,
+        popular_scores=[float(len(popular) - r) for r in range(len(popular))],
+    )
+
+
+def random_arrays(*, n_items: int, n_users: int, dim: int, seed: int = 0) -> ModelArrays:
+    rng = np.random.default_rng(seed)
+    return ModelArrays(
+        item_ids=[f"i{n}" for n in range(n_items)],
+        user_ids=[f"u{n}" for n in range(n_users)],
+        item_factors=rng.standard_normal((n_items, dim + 1), dtype=np.float32),
+        user_factors=rng.standard_normal((n_users, dim + 1), dtype=np.float32),
+        popular_items=[f"i{n}" for n in range(min(n_items, 50))],
+        popular_scores=[float(50 - n) for n in range(min(n_items, 50))],
+    )
