@@ -23,31 +23,52 @@ METRICS = EvalMetrics(model={"precision@10": 0.2}, baseline={"precision@10": 0.0
 
 
 class FakeWorker:
-    """One worker's ``/v1/model``: loads on POST, after ``lag`` more GETs; may refuse."""
+    """One worker's ``/v1/model`` as reco_worker.http serves it: loads in the background.
 
-    def __init__(self, uri: str | None, *, lag: int = 0, refuse: int | None = None) -> None:
+    A POSTed model becomes active after ``lag`` more GETs, or, with ``broken``, is reported as
+    ``last_error`` instead; ``refuse`` answers the POST itself with that status.
+    """
+
+    def __init__(
+        self, uri: str | None, *, lag: int = 0, refuse: int | None = None, broken: bool = False
+    ) -> None:
         self.uri = uri
         self.lag = lag
         self.refuse = refuse
-        self.pending: str | None = None
+        self.broken = broken
+        self.loading: str | None = None
+        self.last_error: dict[str, str] | None = None
         self.posts: list[str] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.headers.get("authorization") != f"Bearer {TOKEN}":
-            return httpx.Response(401, json={"detail": "bad token"})
         if request.method == "POST":
+            if request.headers.get("authorization") != f"Bearer {TOKEN}":
+                return httpx.Response(401, json={"error": {"code": "unauthorized"}})
             uri = json.loads(request.content)["model_uri"]
             self.posts.append(uri)
             if self.refuse:
-                return httpx.Response(self.refuse, json={"detail": f"cannot load {uri}"})
-            self.pending = uri
-            return httpx.Response(202, json={"model_uri": uri})
-        if self.pending is not None:
+                return httpx.Response(self.refuse, json={"error": {"message": f"no {uri}"}})
+            self.loading = uri
+            return httpx.Response(202, json=self._state())
+        if self.loading is not None:
             if self.lag == 0:
-                self.uri, self.pending = self.pending, None
+                if self.broken:
+                    self.last_error = {"model_uri": self.loading, "error": "sha256 mismatch"}
+                else:
+                    self.uri, self.last_error = self.loading, None
+                self.loading = None
             self.lag -= 1
+        return httpx.Response(200, json=self._state())
+
+    def _state(self) -> dict[str, object]:
         version = self.uri.rsplit("/", 1)[-1] if self.uri else None
-        return httpx.Response(200, json={"version": version, "model_uri": self.uri})
+        return {
+            "model_name": "shop",
+            "version": version,
+            "model_uri": self.uri,
+            "loading": self.loading,
+            "last_error": self.last_error and {**self.last_error, "at": "2026-11-01T00:00:00Z"},
+        }
 
 
 def _artifact(root: Path, version: str) -> str:
@@ -155,6 +176,26 @@ async def test_a_refused_model_fails_and_revert_goes_back_everywhere() -> None:
     assert state.active.uri == v1.uri
 
 
+async def test_a_model_a_worker_cannot_load_fails_without_waiting_for_the_timeout() -> None:
+    workers = [FakeWorker("file:///m/v1"), FakeWorker("file:///m/v1", lag=2, broken=True)]
+    target, client = await _target(workers)
+    async with client:
+        await target.apply(model=ModelRecord(uri="file:///m/v2"), previous=None)
+        progress = await target.wait(timeout_s=60)
+    assert progress.failed
+    assert progress.message == "http://w1:8081/v1/model: sha256 mismatch"
+
+
+async def test_an_old_failure_of_the_same_model_does_not_count_while_it_is_retried() -> None:
+    worker = FakeWorker("file:///m/v1", lag=2)
+    worker.last_error = {"model_uri": "file:///m/v2", "error": "S3 was down"}
+    target, client = await _target([worker])
+    async with client:
+        await target.apply(model=ModelRecord(uri="file:///m/v2"), previous=None)
+        progress = await target.wait(timeout_s=60)
+    assert progress.done, progress.message
+
+
 async def test_revert_without_a_previous_model_is_refused() -> None:
     target, client = await _target([FakeWorker("file:///m/v2")])
     async with client:
@@ -165,7 +206,5 @@ async def test_revert_without_a_previous_model_is_refused() -> None:
 async def test_a_wrong_token_is_a_permanent_error() -> None:
     target, client = await _target([FakeWorker("file:///m/v1")], token="wrong")
     async with client:
-        with pytest.raises(TargetError, match="401"):
-            await target.read()
         with pytest.raises(TargetError, match="401"):
             await target.apply(model=ModelRecord(uri="file:///m/v2"), previous=None)

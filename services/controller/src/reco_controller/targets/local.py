@@ -85,13 +85,21 @@ class LocalTarget:
             async with asyncio.timeout(timeout_s):
                 while True:
                     progress = self._progress(await self._reports())
-                    if progress.done:
+                    if progress.done or progress.failed:
                         return progress
                     await asyncio.sleep(self._poll_interval_s)
         except TimeoutError:
             return Progress.failure(f"not rolled out after {timeout_s:g} s: {progress.message}")
 
     def _progress(self, reports: Sequence[WorkerModel]) -> Progress:
+        assert self._applied is not None, "apply() first"
+        refused = [
+            f"{worker.url}: {why}"
+            for worker, report in zip(self._workers, reports, strict=True)
+            if (why := report.refused(self._applied)) is not None
+        ]
+        if refused:
+            return Progress.failure("; ".join(refused))
         lagging = [r for r in reports if r.model_uri != self._applied]
         if lagging:
             return Progress.waiting(
