@@ -3,14 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
 
+import numpy as np
 import pytest
-from controller_kube import WORSE, RolloutLog, model_uri_of, published, read_worker, settled, uri
+from controller_kube import (
+    MODEL,
+    WORKER,
+    WORSE,
+    RolloutLog,
+    model_uri_of,
+    published,
+    read_worker,
+    settled,
+    uri,
+)
 from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoreV1Api
 
+from reco_common.artifact import ModelArrays, write_artifact
 from reco_common.contracts import ModelPublished
+from reco_common.storage import FileStore
 from reco_controller.service import Controller
+from reco_controller.settings import Settings
 from reco_controller.targets.deployment import ACTIVE, FAILED_URI, PREVIOUS, Deployment, annotation
 
 Send = Callable[[ModelPublished], Awaitable[None]]
@@ -134,3 +152,75 @@ async def test_a_rollout_that_cannot_become_ready_is_rolled_back(
     await send(published("v3", metrics=WORSE))
     await rollout_log.reaches("v3", "rejected")
     assert rollout_log.statuses("v2") == ["started", "failed", "rolled_back"]
+
+
+def _artifact(root: Path, version: str) -> str:
+    rng = np.random.default_rng(0)
+    arrays = ModelArrays(
+        item_ids=["i0", "i1"],
+        user_ids=["u0"],
+        item_factors=rng.normal(size=(2, 3)).astype(np.float32),
+        user_factors=rng.normal(size=(1, 3)).astype(np.float32),
+        popular_items=["i1"],
+        popular_scores=[1.0],
+    )
+    return write_artifact(
+        FileStore(root.as_uri()),
+        model_name=MODEL,
+        version=version,
+        arrays=arrays,
+        created_at=datetime.now(UTC),
+        data_snapshot="snap",
+        params={},
+        metrics=WORSE,
+        library_versions={},
+    )
+
+
+async def _cli(settings: Settings, *args: str) -> tuple[int, str]:
+    conf = settings.controller
+    env = {
+        **os.environ,
+        "RECO_KAFKA_TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "RECO_CONTROLLER_NAMESPACE": conf.namespace,
+        "RECO_CONTROLLER_DEPLOYMENTS": f'{{"{MODEL}": "{WORKER}"}}',
+        "RECO_CONTROLLER_KUBECONFIG": str(conf.kubeconfig),
+        "RECO_CONTROLLER_POLL_INTERVAL_S": "0.2",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "reco_controller",
+        "rollout",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(90):
+        output, _ = await proc.communicate()
+    return proc.returncode or 0, output.decode()
+
+
+async def test_an_operator_forces_a_rejected_model_with_the_cli(
+    admin: ApiClient,
+    namespace: str,
+    worker: Deployment,
+    settings: Settings,
+    rollout_log: RolloutLog,
+    tmp_path: Path,
+) -> None:
+    artifact = _artifact(tmp_path, "v9")
+
+    code, output = await _cli(settings, artifact)
+    assert code == 1, output
+    assert output.strip().endswith("rejected")
+    assert model_uri_of(await read_worker(admin, namespace)) == uri("v1")
+
+    code, output = await _cli(settings, artifact, "--force")
+    assert code == 0, output
+    assert output.strip().endswith("rolled_out")
+    assert model_uri_of(await settled(admin, namespace)) == artifact
+    await rollout_log.reaches("v9", "succeeded")
+    assert rollout_log.statuses("v9") == ["rejected", "started", "succeeded"]
+    assert rollout_log.events[-2].reason.startswith("forced by an operator; gate: precision@10")

@@ -17,7 +17,11 @@ from reco_controller.rollout import Decision
 from reco_controller.service import Controller, open_runtime
 from reco_controller.settings import Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Roll the workers to each published model (run), or to one artifact now (rollout).",
+)
 
 # Exit codes of `rollout`: 0 the workers run the model, 1 they do not (and why was logged).
 DONE = {Decision.ROLLED_OUT, Decision.DUPLICATE}

@@ -139,8 +139,6 @@ class Controller:
 
     async def _lead(self) -> None:
         assert self._runtime is not None, "start() first"
-        self._metrics.leader.set(1)
-        self._metrics.leadership_changes.labels("acquired").inc()
         consumer = model_published_consumer(
             settings=self._settings.kafka,
             group_id=self._settings.controller.group_id,
@@ -148,6 +146,8 @@ class Controller:
             producer=self._runtime.producer,
         )
         await consumer.start()
+        self._metrics.leader.set(1)
+        self._metrics.leadership_changes.labels("acquired").inc()
         work = asyncio.create_task(consumer.run(self._stopping), name="consume")
         hold = asyncio.create_task(self._elector.hold(self._stopping), name="hold-lease")
         try:
@@ -158,6 +158,6 @@ class Controller:
             await asyncio.gather(work, hold, return_exceptions=True)
             await asyncio.shield(consumer.stop())
             self._metrics.leader.set(0)
-            self._metrics.leadership_changes.labels("released").inc()
+            self._metrics.leadership_changes.labels("lost").inc()
         if not work.cancelled() and work.exception() is not None:
             raise work.exception()  # type: ignore[misc]
