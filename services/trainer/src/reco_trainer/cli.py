@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -50,7 +51,14 @@ _INPUT_ERRORS = (
     FileNotFoundError,
     ValueError,
 )
-_FAILURES = (ArtifactError, KafkaUnavailableError, SnapshotError, FloatingPointError, OSError)
+_FAILURES = (
+    ArtifactError,
+    KafkaUnavailableError,
+    SnapshotError,
+    BotoCoreError,
+    ClientError,
+    OSError,
+)
 T = TypeVar("T")
 
 
@@ -87,13 +95,18 @@ def _action_weights(values: list[str]) -> dict[str, float]:
     weights: dict[str, float] = {}
     for value in values:
         name, sep, number = value.partition("=")
-        if not sep or name.strip().lower() not in ActionType.__members__.values():
+        if not sep or name.strip().lower() not in set(ActionType):
             raise typer.BadParameter(
                 f"{value!r}: expected ACTION=WEIGHT with ACTION one of "
                 f"{', '.join(a.value for a in ActionType)}",
                 param_hint="--action-weight",
             )
-        weights[name.strip().lower()] = float(number)
+        try:
+            weights[name.strip().lower()] = float(number)
+        except ValueError:
+            raise typer.BadParameter(
+                f"{value!r}: the weight is not a number", param_hint="--action-weight"
+            ) from None
     return weights
 
 
@@ -172,8 +185,10 @@ def train(
         "refit": refit,
     }
 
+    weights = _action_weights(action_weight or [])
+
     def job() -> Outcome:
-        params = _params(settings.trainer.params, overrides, action_weight or [])
+        params = _params(settings.trainer.params, overrides, weights)
         do_publish = settings.trainer.publish if publish is None else publish
         return run_job(
             Job(
@@ -195,11 +210,10 @@ def train(
     _summarise(_guarded(job))
 
 
-def _params(base: TrainParams, overrides: dict[str, Any], weights: list[str]) -> TrainParams:
+def _params(base: TrainParams, overrides: dict[str, Any], weights: dict[str, float]) -> TrainParams:
     values = base.model_dump()
     values.update({key: value for key, value in overrides.items() if value is not None})
-    if weights:
-        values["action_weights"] = {**values["action_weights"], **_action_weights(weights)}
+    values["action_weights"] = {**values["action_weights"], **weights}
     return TrainParams.model_validate(values)
 
 

@@ -65,7 +65,10 @@ def fit(
     progress: EpochProgress,
     epochs: int | None = None,
 ) -> FitResult:
-    """Train for ``epochs`` (default ``params.epochs``), stopping early on ``validation``."""
+    """Train for ``epochs`` (default ``params.epochs``), stopping early on ``validation``.
+
+    LightFM itself raises ``ValueError`` when the weights stop being finite (divergence).
+    """
     model = new_model(params)
     total = epochs or params.epochs
     result = FitResult(model=model, epochs_run=0, best_epoch=0)
@@ -81,7 +84,6 @@ def fit(
                 epochs=1,
                 num_threads=params.threads,
             )
-            _check_finite(model, number)
             metrics = {}
             if validation is not None:
                 users, items = representations(model, item_features, user_features)
@@ -121,14 +123,6 @@ def _snapshot(model: LightFM) -> dict[str, npt.NDArray[np.float32]]:
 def _restore(model: LightFM, state: dict[str, npt.NDArray[np.float32]]) -> None:
     for name, value in state.items():
         getattr(model, name)[...] = value
-
-
-def _check_finite(model: LightFM, epoch: int) -> None:
-    if not all(np.isfinite(getattr(model, name)).all() for name in _STATE):
-        raise FloatingPointError(
-            f"training diverged in epoch {epoch} (non-finite weights); "
-            "lower the learning rate or use --weighting log"
-        )
 
 
 def representations(

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from reco_common.interactions import read_interactions
+from reco_trainer import dataset, training
+from reco_trainer.dataset import Vocab
+from reco_trainer.evaluation import EvalSet, Scorer, factor_scorer
+from reco_trainer.params import TrainParams, Weighting
+from reco_trainer.progress import LogProgress
+from reco_trainer.training import fit, representations
+
+
+@pytest.fixture
+def data(shop_files: dict[str, str]) -> dataset.LightfmInput:
+    log = read_interactions(shop_files["interactions"])
+    m = dataset.matrix(log, Vocab.of(log.user_ids()), Vocab.of(log.item_ids()))
+    return dataset.lightfm_input(m, Weighting.LOG)
+
+
+def _validation(data: dataset.LightfmInput) -> EvalSet:
+    m = data.interactions.tocsr()
+    return EvalSet.build(known=sp.csr_matrix(m.shape, dtype=np.float32), held_out=m)
+
+
+def test_factors_rank_items_like_lightfm_predict(
+    data: dataset.LightfmInput, tiny_params: TrainParams
+) -> None:
+    result = fit(
+        data,
+        params=tiny_params,
+        item_features=None,
+        user_features=None,
+        validation=None,
+        progress=LogProgress(tiny_params.epochs),
+    )
+    users, items = representations(result.model, None, None)
+    assert users.dtype == items.dtype == np.float32
+    assert users.shape[1] == items.shape[1] == tiny_params.components + 1
+    n_items = items.shape[0]
+    for user in (0, 7):
+        predicted = result.model.predict(np.full(n_items, user), np.arange(n_items))
+        served = factor_scorer(users, items)(np.array([user]))[0]
+        # LightFM adds the user's bias, a constant per user: the ranking is the same.
+        np.testing.assert_allclose(served + users[user, -1], predicted, rtol=1e-4, atol=1e-4)
+    assert result.epochs_run == result.best_epoch == tiny_params.epochs
+
+
+def test_early_stopping_keeps_the_best_epoch(
+    data: dataset.LightfmInput, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script: Iterator[float] = iter([0.1, 0.3, 0.2, 0.25, 0.9, 0.9])
+    seen: list[np.ndarray[Any, Any]] = []
+
+    def scripted(score: Scorer, validation: EvalSet, *, ks: tuple[int, ...]) -> dict[str, float]:
+        seen.append(score(np.arange(3)))
+        return {"precision@10": next(script)}
+
+    monkeypatch.setattr(training, "evaluate", scripted)
+    params = TrainParams(components=4, epochs=6, patience=2, threads=1)
+    result = fit(
+        data,
+        params=params,
+        item_features=None,
+        user_features=None,
+        validation=_validation(data),
+        progress=LogProgress(params.epochs),
+    )
+    assert result.epochs_run == 4
+    assert result.best_epoch == 2
+    assert [e.metrics["precision@10"] for e in result.history] == [0.1, 0.3, 0.2, 0.25]
+    users, items = representations(result.model, None, None)
+    np.testing.assert_allclose(factor_scorer(users, items)(np.arange(3)), seen[1], rtol=1e-6)
+
+
+def test_progress_lines_name_epoch_and_metric(
+    data: dataset.LightfmInput, caplog: pytest.LogCaptureFixture
+) -> None:
+    params = TrainParams(components=4, epochs=2, threads=1, validation_users=50)
+    with caplog.at_level(logging.INFO, logger="reco_trainer.progress"):
+        fit(
+            data,
+            params=params,
+            item_features=None,
+            user_features=None,
+            validation=_validation(data),
+            progress=LogProgress(params.epochs),
+        )
+    lines = [r.getMessage() for r in caplog.records if r.name == "reco_trainer.progress"]
+    assert len(lines) == 2
+    assert lines[0].startswith("epoch 1/2 ")
+    assert "precision@10=" in lines[1]
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_divergence_is_reported(data: dataset.LightfmInput) -> None:
+    params = TrainParams(components=4, epochs=2, threads=1, learning_rate=1e30)
+    with pytest.raises(ValueError, match="diverged"):
+        fit(
+            dataset.LightfmInput(data.interactions, data.weights * 1e30),
+            params=params,
+            item_features=None,
+            user_features=None,
+            validation=None,
+            progress=LogProgress(params.epochs),
+        )
