@@ -41,6 +41,8 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
+        # Prometheus is the metrics path; FastAPI's OpenTelemetry hooks would only cost time.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.recommendations = RecommendationService(
         store=store, settings=settings, metrics=metrics

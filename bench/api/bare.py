@@ -1,0 +1,58 @@
+"""The baseline: a bare Starlette endpoint doing the API's Redis read and building the same body.
+
+No validation, no dependency injection, no middleware, no error handling: what is left of the
+request path when everything but the work itself is stripped away. Served by the same uvicorn
+configuration as the API (httptools, uvloop, no access log). Reads its Redis from the same
+``RECO_REDIS_*`` settings.
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from reco_common.redis_store import connect, read_served
+from reco_common.settings import RedisSettings
+
+MODEL = "default"
+settings = RedisSettings()
+redis = connect(settings)
+
+
+async def recommendations(request: Request) -> Response:
+    user_id = request.path_params["user_id"]
+    n = int(request.query_params.get("n", "10"))
+    view = await read_served(redis, settings.keys, MODEL, user_id)
+    if view.active is None:
+        return Response(b"{}", 404, media_type="application/json")
+    if view.recommendations is not None:
+        stored, source = orjson.loads(view.recommendations), "personalized"
+        version, at, items, scores = (
+            stored["model_version"],
+            stored["computed_at"],
+            stored["items"],
+            stored["scores"],
+        )
+    else:
+        stored, source = orjson.loads(view.active), "fallback"
+        version, at, items, scores = (
+            stored["version"],
+            stored["activated_at"],
+            stored["popular_items"],
+            stored["popular_scores"],
+        )
+    body = {
+        "user_id": user_id,
+        "model": MODEL,
+        "model_version": version,
+        "computed_at": at,
+        "source": source,
+        "items": [{"item_id": i, "score": s} for i, s in zip(items[:n], scores[:n], strict=False)],
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+app = Starlette(routes=[Route("/v1/users/{user_id}/recommendations", recommendations)])
