@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError, UnknownTopicOrPartitionError
 
 from reco_common.contracts import ContractError, ObjectLayout, UserAction, decode, dumps, loads
 from reco_common.interactions import LogFormat, actions_table, encode_log
@@ -68,6 +69,10 @@ async def archive_topic(
     """Archive what ``user-actions`` gained since the last run (bounded by the end at start)."""
     topic = kafka.topics.user_actions
     previous = _load_offsets(store, topic, group)
+    partitions = await _partitions(kafka, topic)
+    if not partitions:
+        logger.warning("topic %s does not exist: nothing to archive", topic)
+        return TopicSnapshot(topic=topic, offsets=previous)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=kafka.bootstrap,
         client_id=f"{kafka.client_id}-trainer-snapshot",
@@ -80,14 +85,8 @@ async def archive_topic(
         await consumer.start()
     except KafkaConnectionError as exc:
         await consumer.stop()
-        raise KafkaUnavailableError(
-            f"Kafka at RECO_KAFKA_BOOTSTRAP={kafka.bootstrap!r} is unreachable: {exc}"
-        ) from exc
+        raise _unavailable(kafka, exc) from exc
     try:
-        partitions = await _partitions(consumer, topic)
-        if not partitions:
-            logger.warning("topic %s does not exist: nothing to archive", topic)
-            return TopicSnapshot(topic=topic, offsets=previous)
         bounds = await _range(consumer, topic, partitions, previous)
         if bounds.empty:
             logger.info("topic %s: nothing new since offsets %s", topic, previous)
@@ -115,10 +114,31 @@ async def archive_topic(
     )
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
-    if topic not in await consumer.topics():
+async def _partitions(kafka: KafkaSettings, topic: str) -> list[int]:
+    """The topic's partitions, ``[]`` when it does not exist (never created as a side effect)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap, client_id=kafka.client_id)
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        await admin.close()
+        raise _unavailable(kafka, exc) from exc
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described["error_code"] == UnknownTopicOrPartitionError.errno:
         return []
-    return sorted(consumer.partitions_for_topic(topic) or [])
+    if described["error_code"]:
+        raise SnapshotError(
+            f"{topic}: describing the topic failed (error {described['error_code']})"
+        )
+    return sorted(p["partition"] for p in described["partitions"])
+
+
+def _unavailable(kafka: KafkaSettings, exc: Exception) -> KafkaUnavailableError:
+    return KafkaUnavailableError(
+        f"Kafka at RECO_KAFKA_BOOTSTRAP={kafka.bootstrap!r} is unreachable: {exc}"
+    )
 
 
 async def _range(
