@@ -11,7 +11,9 @@ configured bounds (closure variables), which FastAPI must see evaluated, not as 
 
 import enum
 import logging
+from collections.abc import Iterable
 from datetime import datetime
+from itertools import islice
 from typing import Annotated, Any
 
 import orjson
@@ -28,12 +30,15 @@ from reco_common.contracts import Identifier, ModelName
 
 logger = logging.getLogger(__name__)
 
-UNAVAILABLE = ApiError(
-    status=503,
-    code="store_unavailable",
-    message="the recommendation store is unreachable; retry shortly",
-    headers={"Retry-After": "1"},
-)
+
+def _unavailable() -> ApiError:
+    # A new instance per raise: re-raising one instance would chain its tracebacks forever.
+    return ApiError(
+        status=503,
+        code="store_unavailable",
+        message="the recommendation store is unreachable; retry shortly",
+        headers={"Retry-After": "1"},
+    )
 
 
 class Source(enum.StrEnum):
@@ -72,16 +77,10 @@ def select(
     items: list[str], scores: list[Any], *, exclude: frozenset[str], offset: int, n: int
 ) -> list[dict[str, Any]]:
     """The ``n`` items after ``offset``, once the excluded ones are taken out."""
-    kept = zip(items, scores, strict=False)
+    pairs: Iterable[tuple[str, Any]] = zip(items, scores, strict=False)
     if exclude:
-        kept = ((item, score) for item, score in kept if item not in exclude)  # type: ignore[assignment]
-    picked = []
-    for position, (item, score) in enumerate(kept):
-        if position >= offset + n:
-            break
-        if position >= offset:
-            picked.append({"item_id": item, "score": score})
-    return picked
+        pairs = ((item, score) for item, score in pairs if item not in exclude)
+    return [{"item_id": item, "score": score} for item, score in islice(pairs, offset, offset + n)]
 
 
 class RecommendationService:
@@ -139,7 +138,7 @@ class RecommendationService:
         self, model: str, user_id: str, *, exclude: frozenset[str], offset: int, n: int
     ) -> dict[str, Any]:
         if not self._static:
-            raise UNAVAILABLE
+            raise _unavailable()
         self._metrics.fallbacks.labels("store_unavailable").inc()
         scores = [None] * len(self._static)
         return {
