@@ -1,0 +1,212 @@
+"""The worker on the real stack: events update lists; faults end in the state of one clean pass."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+from worker_stack import (
+    MODEL,
+    N_USERS,
+    committed_and_end,
+    fully_committed,
+    running,
+    until,
+    worker_process,
+)
+
+from reco_common.contracts import ActionType, RecommendationList, UserAction, decode, encode
+from reco_common.kafka import publish
+from reco_common.redis_store import read_active, read_list
+from reco_common.settings import KafkaSettings, RedisSettings
+from reco_worker.settings import WorkerSettings
+
+BASE = datetime(2026, 11, 1, tzinfo=UTC)
+ACTIONS = list(ActionType)
+
+
+def numbered(n: int) -> UserAction:
+    """Event ``n``: user ``n % N_USERS``, a deterministic item, action and time."""
+    return UserAction(
+        event_id=f"e{n}",
+        user_id=f"u{n % N_USERS}",
+        item_id=f"i{(n * 37) % 450}",  # i400..i449 are unknown to the model
+        action=ACTIONS[n % len(ACTIONS)],
+        ts=BASE + timedelta(seconds=n),
+    )
+
+
+async def produce(
+    producer: AIOKafkaProducer, topic: str, events: list[UserAction], *, chunk: int = 0
+) -> None:
+    """Send ``events`` keyed by user; with ``chunk``, a steady trickle of that many every 20 ms."""
+    step = chunk or len(events)
+    for start in range(0, len(events), step):
+        sends = [
+            await producer.send(topic, encode(e), key=e.user_id.encode())
+            for e in events[start : start + step]
+        ]
+        await asyncio.gather(*sends)
+        if chunk:
+            await asyncio.sleep(0.02)
+
+
+async def snapshot(redis: Redis, prefix: str) -> dict[str, Any]:
+    """Every list (without ``computed_at``) and every history under ``prefix``."""
+    state: dict[str, Any] = {}
+    async for key in redis.scan_iter(match=f"{prefix}:*"):
+        name = key.decode().removeprefix(prefix)
+        if ":rec:" in name:
+            value = decode(RecommendationList, await redis.get(key))
+            state[name] = value.model_dump(exclude={"computed_at"})
+        elif ":hist:" in name:
+            state[name] = await redis.zrange(key, 0, -1, withscores=True)
+    return state
+
+
+async def test_an_event_updates_the_users_list(
+    make_settings: Callable[..., WorkerSettings],
+    model_v1: str,
+    producer: AIOKafkaProducer,
+    redis: Redis,
+    redis_settings: RedisSettings,
+    kafka_settings: KafkaSettings,
+) -> None:
+    keys = redis_settings.keys
+    async with running(make_settings(model_v1)):
+        active = await read_active(redis, keys, MODEL)
+        assert active is not None
+        assert active.version == "v1"
+        assert active.popular_items[:3] == ["i0", "i1", "i2"]
+        event = UserAction(
+            event_id="first",
+            user_id="u0",
+            item_id="i7",
+            action=ActionType.CLICK,
+            ts=datetime.now(UTC),
+        )
+        await publish(producer, kafka_settings.topics.user_actions, "u0", event)
+
+        async def written() -> RecommendationList | None:
+            return await read_list(redis, keys, MODEL, "u0")
+
+        await until(written, what="u0's list")
+        listed = await written()
+        assert listed is not None
+        assert (listed.event_id, listed.event_ts, listed.model_version) == ("first", event.ts, "v1")
+        assert len(listed.items) == 20
+        assert "i7" not in listed.items
+        assert listed.scores == sorted(listed.scores, reverse=True)
+        assert await redis.zcard(keys.history("u0")) == 1
+
+
+async def test_restart_and_kill_end_in_the_state_of_one_clean_pass(
+    make_settings: Callable[..., WorkerSettings],
+    model_v1: str,
+    producer: AIOKafkaProducer,
+    redis: Redis,
+    kafka_settings: KafkaSettings,
+    redis_settings: RedisSettings,
+    tmp_path: Path,
+) -> None:
+    events = [numbered(n) for n in range(1200)]
+    last = {e.user_id: e.event_id for e in events}
+    clean_settings = make_settings(model_v1)
+    faulty_settings = make_settings(
+        model_v1,
+        common=clean_settings.common.model_copy(
+            update={
+                "kafka": kafka_settings.model_copy(
+                    update={"topic_prefix": kafka_settings.topic_prefix + "f-"}
+                ),
+                "redis": redis_settings.model_copy(
+                    update={"key_prefix": redis_settings.key_prefix + "f"}
+                ),
+            }
+        ),
+        max_batch=50,
+    )
+
+    async def lists_done(settings: WorkerSettings) -> bool:
+        keys = settings.common.redis.keys
+        values = await redis.mget([keys.recommendations(MODEL, u) for u in last])
+        done = [
+            v is not None and decode(RecommendationList, v).event_id == last[u]
+            for u, v in zip(last, values, strict=True)
+        ]
+        return all(done) and await fully_committed(settings)
+
+    async def lists_written(settings: WorkerSettings) -> int:
+        keys = settings.common.redis.keys
+        return sum(1 for v in await redis.mget([keys.recommendations(MODEL, u) for u in last]) if v)
+
+    # One clean pass.
+    async with running(clean_settings):
+        await produce(producer, clean_settings.common.kafka.topics.user_actions, events)
+        await until(lambda: lists_done(clean_settings), what="the clean pass")
+    clean = await snapshot(redis, redis_settings.key_prefix)
+
+    # The same events through a worker killed with SIGKILL mid-stream, then a consumer stopped
+    # mid-stream and restarted.
+    topic = faulty_settings.common.kafka.topics.user_actions
+    async with worker_process(faulty_settings, tmp_path / "killed.log") as process:
+        trickle = asyncio.create_task(produce(producer, topic, events[:800], chunk=50))
+        await until(lambda: _some(lists_written(faulty_settings)), what="the first lists")
+        process.kill()
+        await trickle
+    after_kill, end = await committed_and_end(faulty_settings)
+    assert after_kill < end == 800  # the kill left events to redeliver
+
+    async def progressed() -> bool:
+        return (await committed_and_end(faulty_settings))[0] > after_kill
+
+    async with running(faulty_settings):
+        trickle = asyncio.create_task(produce(producer, topic, events[800:1000], chunk=20))
+        await until(progressed, what="the restarted worker to commit")
+    await trickle
+    async with running(faulty_settings):
+        await produce(producer, topic, events[1000:])
+        await until(lambda: lists_done(faulty_settings), what="the faulty pass")
+    faulty = await snapshot(redis, faulty_settings.common.redis.key_prefix)
+
+    assert len(clean) == 2 * N_USERS
+    assert faulty == clean
+
+
+async def _some(count: Any) -> bool:
+    return await count >= 1
+
+
+async def test_sigterm_finishes_writes_and_commits_what_it_fetched(
+    make_settings: Callable[..., WorkerSettings],
+    model_v1: str,
+    producer: AIOKafkaProducer,
+    redis: Redis,
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(model_v1, max_batch=20)
+    keys = settings.common.redis.keys
+    events = [numbered(n) for n in range(400)]  # 10 per user: no history is trimmed
+
+    async def histories() -> int:
+        pipe = redis.pipeline(transaction=False)
+        for n in range(N_USERS):
+            pipe.zcard(keys.history(f"u{n}"))
+        return sum(await pipe.execute())
+
+    async with worker_process(settings, tmp_path / "worker.log") as process:
+        trickle = asyncio.create_task(
+            produce(producer, settings.common.kafka.topics.user_actions, events, chunk=10)
+        )
+        await until(lambda: _some(histories()), what="the first histories")
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=settings.grace_s + 10) == 0
+        await trickle
+    committed, _ = await committed_and_end(settings)
+    assert 0 < committed == await histories()
