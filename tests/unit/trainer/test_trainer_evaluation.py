@@ -132,3 +132,9 @@ def test_nothing_to_evaluate_is_an_error() -> None:
     data = EvalSet.build(known=_csr([[1]]), held_out=_csr([[1]]))
     with pytest.raises(ValueError, match="nothing to evaluate"):
         evaluate(_fixed([[1.0]]), data, ks=(1,))
+
+
+def test_auc_can_be_skipped() -> None:
+    data = EvalSet.build(known=_csr(KNOWN), held_out=_csr(HELD_OUT))
+    got = evaluate(_fixed(SCORES), data, ks=(1,), auc=False)
+    assert set(got) == {"precision@1", "recall@1", "ndcg@1"}

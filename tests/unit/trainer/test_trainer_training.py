@@ -58,7 +58,7 @@ def test_early_stopping_keeps_the_best_epoch(
     script: Iterator[float] = iter([0.1, 0.3, 0.2, 0.25, 0.9, 0.9])
     seen: list[np.ndarray[Any, Any]] = []
 
-    def scripted(score: Scorer, validation: EvalSet, *, ks: tuple[int, ...]) -> dict[str, float]:
+    def scripted(score: Scorer, validation: EvalSet, **_: object) -> dict[str, float]:
         seen.append(score(np.arange(3)))
         return {"precision@10": next(script)}
 

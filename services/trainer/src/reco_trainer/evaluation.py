@@ -54,32 +54,42 @@ class EvalSet:
         return int(self.relevant[self.users].nnz)
 
 
-def metric_names(ks: Sequence[int]) -> list[str]:
-    return [f"{m}@{k}" for k in ks for m in ("precision", "recall", "ndcg")] + ["auc"]
+def metric_names(ks: Sequence[int], *, auc: bool = True) -> list[str]:
+    return [f"{m}@{k}" for k in ks for m in ("precision", "recall", "ndcg")] + (
+        ["auc"] if auc else []
+    )
 
 
 def evaluate(
-    score: Scorer, data: EvalSet, *, ks: Sequence[int], batch_users: int = 1024
+    score: Scorer,
+    data: EvalSet,
+    *,
+    ks: Sequence[int],
+    auc: bool = True,
+    batch_users: int = 1024,
 ) -> dict[str, float]:
-    """The metrics of ``score`` on ``data`` (see the module docstring); empty data is an error."""
+    """The metrics of ``score`` on ``data`` (see the module docstring); empty data is an error.
+
+    ``auc=False`` skips the costliest metric (e.g. for the per-epoch validation).
+    """
     if data.users.size == 0:
         raise ValueError(
             "no user has a held-out item that is not already known: nothing to evaluate"
         )
-    totals = dict.fromkeys(metric_names(ks), 0.0)
+    totals = dict.fromkeys(metric_names(ks, auc=auc), 0.0)
     for start in range(0, data.users.size, batch_users):
         rows = data.users[start : start + batch_users]
         scores = np.array(score(rows), dtype=np.float32)
         known = data.known[rows]
         scores[known.nonzero()] = -np.inf
         relevant = data.relevant[rows].toarray() > 0
-        for name, value in _batch_metrics(scores, relevant, ks).items():
+        for name, value in _batch_metrics(scores, relevant, ks, auc=auc).items():
             totals[name] += value
     return {name: total / data.users.size for name, total in totals.items()}
 
 
 def _batch_metrics(
-    scores: Scores, relevant: npt.NDArray[np.bool_], ks: Sequence[int]
+    scores: Scores, relevant: npt.NDArray[np.bool_], ks: Sequence[int], *, auc: bool
 ) -> dict[str, float]:
     top = top_k(scores, max(ks))
     hits = np.take_along_axis(relevant, top, axis=1)
@@ -94,14 +104,16 @@ def _batch_metrics(
         out[f"recall@{k}"] = float((n_hits / n_relevant).sum())
         dcg = (h * discounts[: h.shape[1]]).sum(axis=1)
         out[f"ndcg@{k}"] = float((dcg / ideal[np.minimum(n_relevant, h.shape[1]) - 1]).sum())
-    out["auc"] = float(_auc(scores, relevant).sum())
+    if auc:
+        out["auc"] = float(_auc(scores, relevant).sum())
     return out
 
 
 def top_k(scores: Scores, k: int) -> npt.NDArray[np.int64]:
     """Per row, the indices of the ``k`` best scores, best first (ties: lower index first)."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    n = scores.shape[1]
+    k = min(k, n)
+    part = np.argpartition(scores, n - k, axis=1)[:, n - k :]
     values = np.take_along_axis(scores, part, axis=1)
     order = np.lexsort((part, -values), axis=-1)
     chosen: npt.NDArray[np.int64] = np.take_along_axis(part, order, axis=1).astype(np.int64)
@@ -111,23 +123,25 @@ def top_k(scores: Scores, k: int) -> npt.NDArray[np.int64]:
 def _auc(scores: Scores, relevant: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
     """Per-row AUC of the relevant items against the candidates that are not relevant.
 
-    Known items carry ``-inf`` and are never counted; a row without negatives scores 1.
+    Known items carry ``-inf`` and never count. For each relevant item every candidate scoring
+    above it counts 1 and every tie 1/2; the positives among them contribute exactly
+    ``n_pos² / 2`` in total (each pair once, each item against itself 1/2), which is taken off
+    instead of masking them out. A row without negatives scores 1.
     """
-    candidates = np.isfinite(scores)
     n_pos = relevant.sum(axis=1)
-    n_neg = (candidates & ~relevant).sum(axis=1)
+    n_neg = np.isfinite(scores).sum(axis=1) - n_pos
     rows, cols = np.nonzero(relevant)
+    positive_scores = scores[rows, cols]
     wrong = np.zeros(scores.shape[0], dtype=np.float64)
-    negative = candidates & ~relevant
     for start in range(0, rows.size, _AUC_CHUNK):
         r = rows[start : start + _AUC_CHUNK]
-        s = scores[r, cols[start : start + _AUC_CHUNK]][:, None]
+        s = positive_scores[start : start + _AUC_CHUNK, None]
         row_scores = scores[r]
-        neg = negative[r]
-        above = ((row_scores > s) & neg).sum(axis=1)
-        tied = ((row_scores == s) & neg).sum(axis=1)
+        above = np.count_nonzero(row_scores > s, axis=1)
+        tied = np.count_nonzero(row_scores == s, axis=1)
         np.add.at(wrong, r, above + 0.5 * tied)
-    pairs = n_pos * n_neg
+    wrong -= n_pos.astype(np.float64) ** 2 / 2
+    pairs = (n_pos * n_neg).astype(np.float64)
     auc = np.ones(scores.shape[0], dtype=np.float64)
     np.divide(pairs - wrong, pairs, out=auc, where=pairs > 0)
     return auc

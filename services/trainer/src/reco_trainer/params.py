@@ -61,8 +61,8 @@ class TrainParams(BaseModel):
     patience: Annotated[int, Field(ge=1)] = 3
     ks: tuple[int, ...] = (5, 10)
     early_stopping_metric: str = "precision@10"
-    eval_users: Annotated[int, Field(ge=1)] | None = 20_000
-    validation_users: Annotated[int, Field(ge=1)] = 5_000
+    eval_users: Annotated[int, Field(ge=1)] | None = 10_000
+    validation_users: Annotated[int, Field(ge=1)] = 2_000
     popular_items: Annotated[int, Field(ge=1, le=10_000)] = 100
     refit: bool = False
 

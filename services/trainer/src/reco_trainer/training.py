@@ -87,7 +87,12 @@ def fit(
             metrics = {}
             if validation is not None:
                 users, items = representations(model, item_features, user_features)
-                metrics = evaluate(factor_scorer(users, items), validation, ks=params.ks)
+                metrics = evaluate(
+                    factor_scorer(users, items),
+                    validation,
+                    ks=params.ks,
+                    auc=params.early_stopping_metric == "auc",
+                )
             seconds = time.perf_counter() - started
             result.history.append(Epoch(number, seconds, metrics))
             result.epochs_run = number
