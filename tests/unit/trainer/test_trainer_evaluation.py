@@ -94,22 +94,23 @@ def test_auc_against_a_brute_force_count() -> None:
     assert got == pytest.approx(float(np.mean(expected)))
 
 
-def test_top_k_breaks_ties_by_lower_index() -> None:
+def test_top_k_orders_best_first_and_ties_by_lower_index() -> None:
     scores = np.array([[1.0, 3.0, 3.0, 2.0, 3.0]], dtype=np.float32)
     assert top_k(scores, 4).tolist() == [[1, 2, 4, 3]]
+    assert top_k(scores, 2).tolist() in ([[1, 2]], [[1, 4]], [[2, 4]])
     assert top_k(scores, 10).shape == (1, 5)
 
 
 def test_popularity_baseline_ranks_by_summed_weight_for_everyone() -> None:
-    train = _csr([[1, 0, 4], [1, 2, 0], [0, 0, 1]])
+    train = _csr([[1, 0, 4], [2, 2, 0], [0, 0, 1]])
     popularity = popularity_scores(train)
-    assert popularity.tolist() == [2.0, 2.0, 5.0]
+    assert popularity.tolist() == [3.0, 2.0, 5.0]
     scores = popularity_scorer(popularity)(np.array([0, 2]))
-    assert scores.tolist() == [[2.0, 2.0, 5.0], [2.0, 2.0, 5.0]]
+    assert scores.tolist() == [[3.0, 2.0, 5.0], [3.0, 2.0, 5.0]]
     # user 0 knows items 0 and 2, so popularity recommends item 1 (held out): a hit at 1.
     data = EvalSet.build(known=train, held_out=_csr([[0, 1, 0], [0, 0, 1], [1, 0, 0]]))
     got = evaluate(popularity_scorer(popularity), data, ks=(1,))
-    # user 1 knows 0 and 1 → gets 2 (hit); user 2 knows 2 → gets 0 (hit).
+    # user 1 knows 0 and 1 → gets 2 (hit); user 2 knows 2 → gets 0, more popular than 1 (hit).
     assert got["precision@1"] == 1.0
 
 

@@ -110,7 +110,8 @@ def _batch_metrics(
 
 
 def top_k(scores: Scores, k: int) -> npt.NDArray[np.int64]:
-    """Per row, the indices of the ``k`` best scores, best first (ties: lower index first)."""
+    """Per row, the indices of the ``k`` best scores, best first, ties by lower index (which
+    of several items tied at the cut-off make it into the top ``k`` is unspecified)."""
     n = scores.shape[1]
     k = min(k, n)
     part = np.argpartition(scores, n - k, axis=1)[:, n - k :]
