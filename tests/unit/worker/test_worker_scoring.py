@@ -12,10 +12,10 @@ from reco_worker.scoring import (
     Policy,
     ServingModel,
     Source,
-    TopSelector,
     recent_vector,
     recommend,
 )
+from reco_worker.topn import Selection, TopSelector
 
 T0 = 1_800_000_000.0
 
@@ -115,39 +115,53 @@ def test_a_list_is_the_same_whatever_batch_it_was_scored_in() -> None:
         assert alone.scores == batched[n].scores
 
 
+def rows_of(selection: Selection) -> list[list[int]]:
+    return [r[:n].tolist() for r, n in zip(selection.items, selection.lengths(), strict=True)]
+
+
 @pytest.mark.parametrize("n", [1, 10, 100])
 def test_the_sampled_selection_equals_the_exact_one(n: int) -> None:
-    arrays = random_arrays(n_items=20_000, n_users=1, dim=8, seed=3)
-    items = arrays.item_factors
-    exact = TopSelector(items)
-    sampled = TopSelector(items, exact_max=0, sample_size=2048, block=3000)
+    items = random_arrays(n_items=20_000, n_users=1, dim=8, seed=3).item_factors
+    exact = TopSelector(items, exact_max=10**9)
+    sampled = TopSelector(items, exact_max=0, sample_size=2048, block_cells=40 * 3000)
     rng = np.random.default_rng(1)
     queries = np.concatenate([rng.standard_normal((40, 8)), np.ones((40, 1))], axis=1)
+    queries = queries.astype(np.float32)
     exclude = [np.sort(rng.choice(len(items), size=s, replace=False)) for s in range(0, 80, 2)]
-    for (rows_a, scores_a), (rows_b, scores_b) in zip(
-        exact.select(queries, exclude, n), sampled.select(queries, exclude, n), strict=True
-    ):
-        assert rows_a.tolist() == rows_b.tolist()
-        assert scores_a.tolist() == scores_b.tolist()
-    for (rows, _), excluded in zip(sampled.select(queries, exclude, n), exclude, strict=True):
-        assert not set(rows.tolist()) & set(excluded.tolist())
+    a, b = exact.select(queries, exclude, n), sampled.select(queries, exclude, n)
+    assert rows_of(a) == rows_of(b)
+    assert a.scores.tolist() == b.scores.tolist()
+    for rows, excluded in zip(rows_of(b), exclude, strict=True):
+        assert len(rows) == n
+        assert not set(rows) & set(excluded.tolist())
 
 
 def test_an_unlucky_sample_falls_back_to_an_exact_scan(monkeypatch: pytest.MonkeyPatch) -> None:
     items = random_arrays(n_items=5000, n_users=1, dim=4, seed=5).item_factors
-    exact = TopSelector(items)
-    sampled = TopSelector(items, exact_max=0, sample_size=256, block=1000)
+    exact = TopSelector(items, exact_max=10**9)
+    sampled = TopSelector(items, exact_max=0, sample_size=256, block_cells=3 * 1000)
     # A threshold no item reaches: what a sample full of the very best items would give.
-    monkeypatch.setattr(
-        TopSelector, "_thresholds", lambda self, q32, wanted: np.full(len(q32), np.inf)
-    )
-    queries = np.concatenate([np.eye(3, 4), np.ones((3, 1))], axis=1)
+    monkeypatch.setattr(TopSelector, "_thresholds", lambda self, q, wanted: np.full(len(q), np.inf))
+    queries = np.concatenate([np.eye(3, 4), np.ones((3, 1))], axis=1).astype(np.float32)
     exclude = [np.arange(0, 30), np.arange(0), np.arange(4990, 5000)]
-    for (rows_a, scores_a), (rows_b, scores_b) in zip(
-        exact.select(queries, exclude, 20), sampled.select(queries, exclude, 20), strict=True
-    ):
-        assert rows_b.tolist() == rows_a.tolist()
-        assert scores_b.tolist() == scores_a.tolist()
+    a, b = exact.select(queries, exclude, 20), sampled.select(queries, exclude, 20)
+    assert rows_of(b) == rows_of(a)
+    assert b.scores.tolist() == a.scores.tolist()
+
+
+@pytest.mark.parametrize("exact_max", [0, 10**9])
+def test_a_selection_does_not_depend_on_the_batch(exact_max: int) -> None:
+    items = random_arrays(n_items=6000, n_users=1, dim=16, seed=7).item_factors
+    selector = TopSelector(items, exact_max=exact_max, sample_size=1024)
+    rng = np.random.default_rng(2)
+    queries = np.concatenate([rng.standard_normal((97, 16)), np.ones((97, 1))], axis=1)
+    queries = queries.astype(np.float32)
+    exclude = [np.sort(rng.choice(len(items), size=5, replace=False)) for _ in range(97)]
+    whole = selector.select(queries, exclude, 30)
+    for start, stop in ((0, 1), (5, 6), (10, 42), (42, 97)):
+        part = selector.select(queries[start:stop], exclude[start:stop], 30)
+        assert part.items.tolist() == whole.items[start:stop].tolist()
+        assert part.scores.tolist() == whole.scores[start:stop].tolist()
 
 
 def test_a_list_is_never_longer_than_what_is_left(clustered: ServingModel) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from threadpoolctl import threadpool_limits
 
 from reco_common.contracts import dumps
 from reco_common.interactions import read_interactions
@@ -58,6 +59,7 @@ def replay_command(
 ) -> None:
     """Replay EVENTS through the worker's scoring: static vs real-time vs popular lists."""
     settings = _settings()
+    threadpool_limits(limits=settings.blas_threads)
     policy = settings.policy
     policy = dataclasses.replace(
         policy,

@@ -9,9 +9,7 @@ A user's query is ``[q, 1]`` against item rows ``[v, b]`` (LightFM's ranking, bi
 - no query at all, hence the model's popular items, when neither exists.
 
 Items the user interacted with (their bounded history) are excluded. A batch of users is scored
-with one float32 matrix product and ``argpartition``; the few surviving candidates are re-scored
-in float64 row by row, so a user's list does not depend on which other users shared the batch
-(BLAS rounding does): redelivery reproduces the same list bit for bit.
+at once by :class:`reco_worker.topn.TopSelector` (exact, and independent of the batch).
 """
 
 from __future__ import annotations
@@ -26,18 +24,9 @@ import numpy.typing as npt
 
 from reco_common.artifact import FloatMatrix, ModelArrays
 from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, ActionType
+from reco_worker.topn import Rows, Selection, TopSelector
 
-Rows = npt.NDArray[np.intp]
 Vector = npt.NDArray[np.float64]
-
-# Extra candidates kept from the float32 pass so that rounding cannot push a true top-N item out.
-MARGIN = 16
-# Catalogs up to this size are scored exactly; larger ones through a sampled threshold.
-EXACT_MAX_ITEMS = 65_536
-SAMPLE_SIZE = 16_384
-BLOCK_ITEMS = 16_384
-# Upper bound of float32 cells in one score matrix (64 MiB).
-MAX_CELLS = 1 << 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +82,8 @@ class ServingModel:
         self.items: FloatMatrix = np.array(arrays.item_factors, dtype=np.float32, order="C")
         self.users: FloatMatrix = np.array(arrays.user_factors, dtype=np.float32, order="C")
         self.item_ids = np.asarray(arrays.item_ids, dtype=object)
+        # One extra entry for the selection's padding (row ``n_items``), cut off before use.
+        self._padded_ids = np.append(self.item_ids, "")
         self.item_index = {item: row for row, item in enumerate(arrays.item_ids)}
         self.user_index = {user: row for row, user in enumerate(arrays.user_ids)}
         self.popular_items = list(arrays.popular_items)
@@ -121,9 +112,12 @@ class ServingModel:
         ]
         return Ranked([i for i, _ in pairs[:n]], [s for _, s in pairs[:n]], Source.POPULAR)
 
-    def select(
-        self, queries: npt.NDArray[np.float64], exclude: Sequence[Rows], n: int
-    ) -> list[tuple[Rows, Vector]]:
+    def ids_of(self, rows: Rows) -> npt.NDArray[np.object_]:
+        """Item ids of catalog rows; the selection's padding row maps to an empty id."""
+        ids: npt.NDArray[np.object_] = self._padded_ids[rows]
+        return ids
+
+    def select(self, queries: FloatMatrix, exclude: Sequence[Rows], n: int) -> Selection:
         """The top ``n`` rows and scores of each query ``[q, 1]``, ``exclude``d rows left out."""
         return self._selector.select(queries, exclude, n)
 
@@ -197,116 +191,11 @@ def recommend(
         excludes.append(model.known_rows(history))
         pending.append((i, source))
     if queries:
-        selected = model.select(np.stack(queries), excludes, policy.top_n)
-        for (i, source), (rows, scores) in zip(pending, selected, strict=True):
-            results[i] = Ranked(model.item_ids[rows].tolist(), scores.tolist(), source)
+        selected = model.select(np.stack(queries).astype(np.float32), excludes, policy.top_n)
+        items = model.ids_of(selected.items).tolist()
+        scores = selected.scores.tolist()
+        for (i, source), row_items, row_scores, length in zip(
+            pending, items, scores, selected.lengths().tolist(), strict=True
+        ):
+            results[i] = Ranked(row_items[:length], row_scores[:length], source)
     return [results[i] for i in range(len(users))]
-
-
-class TopSelector:
-    """Top-N by inner product over an item matrix: exact for small catalogs, sampled for large.
-
-    Large catalogs: a per-query threshold is taken from a fixed random sample of items so that,
-    with overwhelming probability, a few hundred items score above it; blocks of the catalog are
-    scored and only items above the threshold are kept. A query left with too few candidates is
-    scored in full, so the result is exact either way.
-    """
-
-    def __init__(
-        self,
-        items: FloatMatrix,
-        *,
-        exact_max: int = EXACT_MAX_ITEMS,
-        sample_size: int = SAMPLE_SIZE,
-        block: int = BLOCK_ITEMS,
-    ) -> None:
-        self._items = items
-        self._exact = len(items) <= exact_max
-        self._block = block
-        size = min(sample_size, len(items))
-        rng = np.random.default_rng(0)
-        self._sample = np.ascontiguousarray(
-            items[np.sort(rng.choice(len(items), size=size, replace=False))]
-        )
-
-    def select(
-        self, queries: npt.NDArray[np.float64], exclude: Sequence[Rows], n: int
-    ) -> list[tuple[Rows, Vector]]:
-        q32 = queries.astype(np.float32)
-        per_chunk = max(1, MAX_CELLS // (len(self._items) if self._exact else self._block))
-        out: list[tuple[Rows, Vector]] = []
-        for start in range(0, len(queries), per_chunk):
-            stop = start + per_chunk
-            chunk = q32[start:stop]
-            excl = exclude[start:stop]
-            if self._exact:
-                candidates = self._exact_candidates(chunk, excl, n)
-            else:
-                candidates = self._sampled_candidates(chunk, excl, n)
-            out.extend(
-                self._rescore(c, q, n) for c, q in zip(candidates, queries[start:stop], strict=True)
-            )
-        return out
-
-    def _exact_candidates(self, q32: FloatMatrix, exclude: Sequence[Rows], n: int) -> list[Rows]:
-        scores = q32 @ self._items.T
-        for row, rows in enumerate(exclude):
-            scores[row, rows] = -np.inf
-        return [_top_finite(s, n + MARGIN) for s in scores]
-
-    def _sampled_candidates(self, q32: FloatMatrix, exclude: Sequence[Rows], n: int) -> list[Rows]:
-        wanted = n + MARGIN + max((len(e) for e in exclude), default=0)
-        thresholds = self._thresholds(q32, wanted)
-        found: list[list[Rows]] = [[] for _ in range(len(q32))]
-        for start in range(0, len(self._items), self._block):
-            block = q32 @ self._items[start : start + self._block].T
-            hit_rows, hit_cols = np.nonzero(block >= thresholds[:, None])
-            splits = np.searchsorted(hit_rows, np.arange(1, len(q32)))
-            for row, cols in enumerate(np.split(hit_cols, splits)):
-                if len(cols):
-                    found[row].append(cols + start)
-        return [
-            self._finish_sampled(q, parts, rows, n)
-            for q, parts, rows in zip(q32, found, exclude, strict=True)
-        ]
-
-    def _thresholds(self, q32: FloatMatrix, wanted: int) -> npt.NDArray[np.float32]:
-        """A score that, per query, about ``4 * wanted`` items beat (the sample's j-th best)."""
-        sample = q32 @ self._sample.T
-        size = sample.shape[1]
-        rate = size / len(self._items)
-        mean = wanted * rate
-        j = min(size, math.ceil(mean + 4 * math.sqrt(mean) + 2))
-        return np.partition(sample, size - j, axis=1)[:, size - j]
-
-    def _finish_sampled(
-        self, q32: npt.NDArray[np.float32], parts: list[Rows], exclude: Rows, n: int
-    ) -> Rows:
-        candidates = np.concatenate(parts) if parts else np.empty(0, dtype=np.intp)
-        candidates = candidates[~np.isin(candidates, exclude)]
-        reachable = len(self._items) - len(exclude)
-        if len(candidates) < min(n + MARGIN, reachable):
-            scores = self._items @ q32
-            scores[exclude] = -np.inf
-            return _top_finite(scores, n + MARGIN)
-        scores = self._items[candidates] @ q32
-        keep = np.argpartition(scores, max(0, len(scores) - n - MARGIN))[-(n + MARGIN) :]
-        return candidates[keep]
-
-    def _rescore(self, candidates: Rows, query: Vector, n: int) -> tuple[Rows, Vector]:
-        """float64, one row at a time, in a canonical order: independent of the batch."""
-        rows = np.sort(candidates)
-        scores = (self._items[rows].astype(np.float64) * query).sum(axis=1)
-        order = np.lexsort((rows, -scores))[:n]
-        return rows[order], scores[order]
-
-
-def _top_finite(scores: npt.NDArray[np.float32], k: int) -> Rows:
-    """Indices of the ``k`` best finite scores (fewer when fewer are finite), unordered."""
-    top: Rows = (
-        np.argpartition(scores, len(scores) - k)[len(scores) - k :]
-        if k < len(scores)
-        else np.arange(len(scores))
-    )
-    finite: Rows = top[np.isfinite(scores[top])]
-    return finite

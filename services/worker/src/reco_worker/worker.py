@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from threadpoolctl import threadpool_limits
 
 from reco_common.contracts import Topics, UserAction
 from reco_common.kafka import EventConsumer, ensure_topics, start_producer
@@ -69,6 +70,7 @@ class Worker:
 
     async def start(self) -> None:
         common = self._settings.common
+        threadpool_limits(limits=self._settings.blas_threads)
         redis = connect(common.redis)
         models = ModelStore(
             redis=redis,
