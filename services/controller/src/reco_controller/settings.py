@@ -18,8 +18,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from reco_common.contracts import ModelName
 from reco_common.settings import CommonSettings, Environment, refuse_placeholder
 
-# EventConsumer lets a batch run for at most max_poll_interval (300 s) before the group
-# evicts the member; a rollout is waited for inside the batch, so it must end well before.
+# EventConsumer lets a batch run for at most max_poll_interval (300 s) before the group evicts
+# the member; a rollout is waited for inside the batch, so it must end before. (A failed rollout
+# and its rollback may together take longer: the commit then fails and the redelivered event is
+# recognised as already rolled back, so nothing is done twice.)
 MAX_ROLLOUT_TIMEOUT_S = 280.0
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
