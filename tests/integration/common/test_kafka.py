@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from reco_common.contracts import DlqHeader, Topics, UserAction, encode
 from reco_common.kafka import Delivery, EventConsumer, Rejection, RetryPolicy, ensure_topics
@@ -35,17 +36,23 @@ async def _produce(producer: AIOKafkaProducer, topic: str, values: list[bytes]) 
 class Recorder:
     """A handler that records what it saw and can be told to fail."""
 
-    def __init__(self, *, fail: bool = False, reject: set[str] | None = None) -> None:
+    def __init__(
+        self, *, fail: bool = False, reject: set[str] | None = None, stop_after: int = 0
+    ) -> None:
         self.seen: list[str] = []
         self.fail = fail
         self.reject = reject or set()
         self.calls = 0
+        self.stop_after = stop_after
+        self.enough = asyncio.Event()
 
     async def __call__(self, batch: Sequence[Delivery[UserAction]]) -> list[Rejection]:
         self.calls += 1
         if self.fail:
             raise ConnectionError("downstream unavailable")
         self.seen.extend(d.event.event_id for d in batch)
+        if self.stop_after and len(self.seen) >= self.stop_after:
+            self.enough.set()
         return [
             Rejection(d.record, "rejected by handler")
             for d in batch
@@ -84,18 +91,15 @@ async def _run_until(
         await task
 
 
-async def _committed(settings: KafkaSettings, group: str, topic: str, partitions: int) -> int:
-    probe = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await probe.start()
+async def _committed(settings: KafkaSettings, group: str) -> int:
+    """The sum of the group's committed offsets, as the broker reports them."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
     try:
-        total = 0
-        for p in range(partitions):
-            total += await probe.committed(TopicPartition(topic, p)) or 0
-        return total
+        offsets = await admin.list_consumer_group_offsets(group)
     finally:
-        await probe.stop()
+        await admin.close()
+    return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
 
 
 async def test_nothing_is_committed_before_processing_and_a_restart_loses_nothing(
@@ -111,13 +115,16 @@ async def test_nothing_is_committed_before_processing_and_a_restart_loses_nothin
     await consumer.start()
     await _run_until(consumer, lambda: failing.calls >= 4)
     await consumer.stop()
-    assert await _committed(kafka_settings, group, topic, 3) == 0
+    assert await _committed(kafka_settings, group) == 0
 
-    first = Recorder()
+    # The first consumer stops mid-stream, right after the batch that crossed half-way.
+    first = Recorder(stop_after=N_EVENTS // 2)
     consumer = _consumer(kafka_settings, producer, first, group)
     await consumer.start()
-    await _run_until(consumer, lambda: len(first.seen) >= N_EVENTS // 2)
+    async with asyncio.timeout(30):
+        await consumer.run(first.enough)
     await consumer.stop()
+    assert N_EVENTS // 2 <= len(first.seen) < N_EVENTS
 
     second = Recorder()
     consumer = _consumer(kafka_settings, producer, second, group)
@@ -126,7 +133,7 @@ async def test_nothing_is_committed_before_processing_and_a_restart_loses_nothin
         consumer, lambda: {*first.seen, *second.seen} >= {f"e{n}" for n in range(N_EVENTS)}
     )
     await consumer.stop()
-    assert await _committed(kafka_settings, group, topic, 3) == N_EVENTS
+    assert await _committed(kafka_settings, group) == N_EVENTS
     assert not set(first.seen) & set(second.seen), "a committed event was delivered again"
 
 

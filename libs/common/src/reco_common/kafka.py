@@ -192,9 +192,12 @@ class EventConsumer(Generic[T]):
         self._consumer.subscribe([self._topic], listener=_WaitForBatch(self._lock))
 
     async def stop(self) -> None:
-        """Leave the group; call after ``run`` returned (the batch in hand is committed)."""
-        async with self._lock:
-            await self._consumer.stop()
+        """Leave the group; call after ``run`` returned (the batch in hand is committed).
+
+        Not under the batch lock: leaving the group revokes the partitions, and the revocation
+        listener takes that lock itself.
+        """
+        await self._consumer.stop()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch, handle and commit batches until ``stop`` is set."""
@@ -301,9 +304,9 @@ class EventConsumer(Generic[T]):
 def _dlq_headers(rejection: Rejection) -> list[tuple[str, bytes]]:
     record = rejection.record
     return [
-        (DlqHeader.TOPIC, record.topic.encode()),
-        (DlqHeader.PARTITION, str(record.partition).encode()),
-        (DlqHeader.OFFSET, str(record.offset).encode()),
-        (DlqHeader.ERROR, rejection.reason.encode()[:4096]),
-        (DlqHeader.ERROR_TYPE, rejection.error_type.encode()),
+        (DlqHeader.TOPIC.value, record.topic.encode()),
+        (DlqHeader.PARTITION.value, str(record.partition).encode()),
+        (DlqHeader.OFFSET.value, str(record.offset).encode()),
+        (DlqHeader.ERROR.value, rejection.reason.encode()[:4096]),
+        (DlqHeader.ERROR_TYPE.value, rejection.error_type.encode()),
     ]
