@@ -1,0 +1,118 @@
+"""Services as real local processes: start with an environment, wait until ready, stop, kill.
+
+The demo and the end-to-end tests run every service through this harness, exactly as a
+container would run it: the console script, settings from the environment, logs to a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def console_script(name: str) -> str:
+    """The path of a workspace console script (``reco-worker``…) next to this interpreter."""
+    path = Path(sys.executable).with_name(name)
+    if not path.exists():
+        raise FileNotFoundError(f"{name} is not installed in {path.parent}: run `make install`")
+    return str(path)
+
+
+@dataclass
+class ServiceProcess:
+    """One service process; ``ready_url`` answers 200 once it serves."""
+
+    name: str
+    argv: list[str]
+    env: Mapping[str, str]
+    log_path: Path
+    ready_url: str | None = None
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self._proc.pid
+
+    def start(self) -> ServiceProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        env = {**os.environ, **self.env}
+        self._proc = subprocess.Popen(self.argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        logger.info("started %s (pid %d), log %s", self.name, self._proc.pid, self.log_path)
+        return self
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def wait_ready(self, *, timeout_s: float = 60.0) -> None:
+        """Poll ``ready_url`` until 200; fail naming the log when the process dies or times out."""
+        if self.ready_url is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.running():
+                raise RuntimeError(
+                    f"{self.name} exited ({self.returncode()}); see {self.log_path}:\n{self.tail()}"
+                )
+            try:
+                if httpx.get(self.ready_url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(
+            f"{self.name} not ready after {timeout_s:.0f} s; see {self.log_path}:\n{self.tail()}"
+        )
+
+    def terminate(self, *, timeout_s: float = 30.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code."""
+        if self._proc is None:
+            return 0
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s ignored SIGTERM for %.0f s: killing it", self.name, timeout_s)
+                self._proc.kill()
+                self._proc.wait(timeout=10)
+        return self.returncode()
+
+    def kill(self) -> None:
+        """``kill -9``: no chance to flush, commit or say goodbye."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+
+    def returncode(self) -> int:
+        code = None if self._proc is None else self._proc.poll()
+        return -1 if code is None else code
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
