@@ -3,26 +3,28 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
-from trainer_stack import produce, read_all, run_trainer
+from trainer_stack import read_all, run_trainer
 
 from reco_common.artifact import load_artifact
 from reco_common.contracts import ModelPublished, ObjectLayout, decode
 from reco_common.settings import KafkaSettings, S3Settings
 from reco_common.storage import S3Store, open_store
-from reco_common.synth import ShopConfig, generate, iter_actions, write_shop
+from reco_common.synth import ShopConfig, generate, write_shop
 
 
 async def test_cron_run_archives_trains_stores_verified_artifact_and_publishes_once(
     kafka_settings: KafkaSettings,
-    producer: AIOKafkaProducer,
     s3_root: str,
     s3_store: S3Store,
     s3_settings: S3Settings,
     tmp_path: Path,
 ) -> None:
-    shop = generate(ShopConfig(n_interactions=3_000, n_users=120, n_items=100, n_categories=5))
-    await produce(producer, kafka_settings, iter_actions(shop))
+    shop = ["--interactions", "3000", "--users", "120", "--items", "100", "--categories", "5"]
+    made = await asyncio.to_thread(
+        run_trainer, ["synth", "--to-kafka", *shop], kafka=kafka_settings, store_uri=s3_root
+    )
+    assert made.returncode == 0, made.stderr
+    assert f"3000 on {kafka_settings.topics.user_actions}" in made.stdout
 
     first = await asyncio.to_thread(run_trainer, ["run"], kafka=kafka_settings, store_uri=s3_root)
     assert first.returncode == 0, first.stderr

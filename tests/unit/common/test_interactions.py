@@ -15,6 +15,8 @@ from reco_common.interactions import (
     LogFormat,
     actions_table,
     format_of,
+    is_log_file,
+    read_features,
     read_interactions,
     write_log,
 )
@@ -197,3 +199,37 @@ def test_format_of_ignores_gz_and_case() -> None:
     assert format_of("s3://b/x/LOG.CSV.gz") is LogFormat.CSV
     assert format_of("ml-100k/u.data") is LogFormat.MOVIELENS
     assert format_of("a.ndjson") is LogFormat.JSONL
+
+
+def test_read_features_from_csv_and_jsonl(tmp_path: Path) -> None:
+    csv_path = _write(tmp_path / "items.csv", "item_id,category,brand\ni1,c1,b\ni2,,b\n")
+    features = read_features(csv_path, id_column="item_id")
+    assert features.table.column("category").to_pylist() == ["c1", None]
+    assert features.sources[0].rows == 2
+    jsonl = _write(
+        tmp_path / "users.jsonl", '{"user_id": 7, "segment": "a"}\n\n{"user_id": "u8"}\n'
+    )
+    users = read_features(jsonl, id_column="user_id")
+    assert users.table.column("user_id").to_pylist() == ["7", "u8"]
+    assert users.table.column("segment").to_pylist() == ["a", None]
+
+
+def test_read_features_names_the_bad_row(tmp_path: Path) -> None:
+    path = _write(tmp_path / "items.csv", "item_id,category\ni1,c1\n,c2\n")
+    with pytest.raises(InteractionsError, match=r"items\.csv: line 3, column 'item_id'"):
+        read_features(path, id_column="item_id")
+    with pytest.raises(InteractionsError, match="missing column 'item_id'"):
+        read_features(_write(tmp_path / "x.csv", "id,category\ni1,c1\n"), id_column="item_id")
+    with pytest.raises(InteractionsError, match=r"bad\.jsonl: line 2: invalid JSON"):
+        read_features(
+            _write(tmp_path / "bad.jsonl", '{"item_id": 1}\n{oops\n'), id_column="item_id"
+        )
+
+
+def test_is_log_file_skips_private_and_unknown_names() -> None:
+    assert is_log_file("abc/actions.parquet")
+    assert is_log_file("x.csv.gz")
+    assert not is_log_file("_offsets/trainer.json")
+    assert not is_log_file("000-ab/_range.json")
+    assert not is_log_file(".tmp-x.csv")
+    assert not is_log_file("notes.txt")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -7,13 +8,14 @@ from typing import Any
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from rich.console import Console
 
 from reco_common.interactions import read_interactions
 from reco_trainer import dataset, training
 from reco_trainer.dataset import Vocab
 from reco_trainer.evaluation import EvalSet, Scorer, factor_scorer
 from reco_trainer.params import TrainParams, Weighting
-from reco_trainer.progress import LogProgress
+from reco_trainer.progress import BarProgress, LogProgress
 from reco_trainer.training import fit, representations
 
 
@@ -110,3 +112,14 @@ def test_divergence_is_reported(data: dataset.LightfmInput) -> None:
             validation=None,
             progress=LogProgress(params.epochs),
         )
+
+
+def test_the_progress_bar_shows_epochs_and_the_metric() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    with BarProgress(3, console) as bar:
+        bar.epoch(1, 0.5, {"precision@10": 0.1234})
+        bar.epoch(2, 0.5, {"precision@10": 0.2345})
+    text = out.getvalue()
+    assert "2/3" in text
+    assert "precision@10=0.2345" in text

@@ -191,14 +191,15 @@ def _fetch(location: str, *, s3: S3Settings | None) -> Iterable[tuple[str, bytes
         yield uri, _decompress(uri, open_store(parent, s3=s3).get_bytes(name))
         return
     store = open_store(uri, s3=s3)
-    keys = [k for k in store.list() if _is_log_file(k)]
+    keys = [k for k in store.list() if is_log_file(k)]
     if not keys:
         raise InteractionsError(f"{uri}: no interaction files there")
     for key in keys:
         yield store.uri(key), _decompress(key, store.get_bytes(key))
 
 
-def _is_log_file(key: str) -> bool:
+def is_log_file(key: str) -> bool:
+    """Whether a directory read picks ``key`` up: a known suffix, no ``_``/``.`` component."""
     parts = PurePosixPath(key).parts
     if any(p.startswith(("_", ".")) for p in parts):
         return False

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from reco_common.artifact import ArtifactError
 from reco_common.contracts import ActionType, describe_validation_error
-from reco_common.interactions import InteractionsError, LogFormat
+from reco_common.interactions import InteractionsError, LogFormat, is_log_file
 from reco_common.kafka import KafkaUnavailableError
 from reco_common.logging import configure_logging
 from reco_common.settings import ConfigurationError, load_settings
@@ -234,8 +234,8 @@ def run() -> None:
             )
         )
         archive = archive_location(store, snapshot.topic)
-        has_archive = bool(open_store(archive, s3=settings.s3).list())
-        locations = ([archive] if has_archive else []) + trainer.base_interactions
+        archived = [k for k in open_store(archive, s3=settings.s3).list() if is_log_file(k)]
+        locations = ([archive] if archived else []) + trainer.base_interactions
         if not locations:
             raise InteractionsError(
                 f"nothing to train on: {snapshot.topic} has no archived events and "
