@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from urllib.parse import urlsplit
 
+import yaml
+from controller_kube import Kube
 from kubernetes_asyncio.client import ApiClient, CoordinationV1Api, V1Lease
 
+from reco_controller.kube import api_client
 from reco_controller.leader import LeaseElector
 
 LEASE = "reco-controller"
 
 
-def _elector(admin: ApiClient, namespace: str, identity: str) -> LeaseElector:
+def _elector(
+    admin: ApiClient, namespace: str, identity: str, *, lease_duration_s: float = 2
+) -> LeaseElector:
     return LeaseElector(
         api=admin,
         name=LEASE,
         namespace=namespace,
         identity=identity,
-        lease_duration_s=2,
+        lease_duration_s=lease_duration_s,
         renew_deadline_s=1.5,
         retry_period_s=0.2,
     )
@@ -104,3 +111,77 @@ async def test_holding_renews_so_no_other_candidate_gets_in(
     await a.release()
     async with asyncio.timeout(30):
         assert await b_acquires
+
+
+class CuttableProxy:
+    """A TCP proxy to the API server on 127.0.0.1 that can be cut, like a network partition."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream_port = upstream_port
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
+        self._writers |= {writer, up_writer}
+        pipes = [
+            asyncio.create_task(self._pipe(reader, up_writer)),
+            asyncio.create_task(self._pipe(up_reader, writer)),
+        ]
+        self._tasks.update(pipes)
+        await asyncio.gather(*pipes, return_exceptions=True)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+async def test_a_leader_cut_off_from_the_api_steps_down_before_anyone_takes_over(
+    admin: ApiClient, kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    config = yaml.safe_load(kube.kubeconfig.read_text())
+    server = urlsplit(config["clusters"][0]["cluster"]["server"])
+    proxy = CuttableProxy(server.port or 443)
+    await proxy.start()
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+    proxied = tmp_path / "proxied.kubeconfig"
+    proxied.write_text(yaml.safe_dump(config))
+    cut_off_api = await api_client(kubeconfig=proxied)
+    try:
+        # b may take over 3 s after a's last renewal, a must stop leading 1.5 s after it.
+        a = _elector(cut_off_api, namespace, "a", lease_duration_s=3)
+        b = _elector(admin, namespace, "b", lease_duration_s=3)
+        stop = asyncio.Event()
+        assert await a.acquire(stop)
+        holding = asyncio.create_task(a.hold(stop))
+        b_acquires = asyncio.create_task(b.acquire(stop))
+
+        await proxy.cut()
+        async with asyncio.timeout(30):
+            await holding
+        assert not a.leading
+        assert not b_acquires.done(), "a stepped down before b could take over"
+        async with asyncio.timeout(30):
+            assert await b_acquires
+        assert (await _lease(admin, namespace)).spec.holder_identity == "b"
+    finally:
+        await cut_off_api.close()

@@ -90,11 +90,18 @@ class LeaseElector:
         return False
 
     async def hold(self, stop: asyncio.Event) -> None:
-        """Renew the Lease until ``stop`` is set or leadership is lost (then return at once)."""
+        """Renew the Lease until ``stop`` is set or leadership is lost (then return at once).
+
+        Leadership ends at the latest ``renew_deadline`` after the last successful renewal,
+        whatever the API does meanwhile: no attempt and no pause runs past that deadline.
+        """
         loop = asyncio.get_running_loop()
         renewed_at = loop.time()
-        while not await _sleep_unless(stop, self._retry_period_s):
+        while True:
             deadline = renewed_at + self._renew_deadline_s
+            pause = min(self._retry_period_s, max(0.0, deadline - loop.time()))
+            if await _sleep_unless(stop, pause):
+                return
             try:
                 async with asyncio.timeout_at(deadline):
                     renewed = await self._attempt()
