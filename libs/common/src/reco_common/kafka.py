@@ -157,6 +157,7 @@ class EventConsumer(Generic[T]):
         metrics: ConsumerMetrics,
         max_records: int = 500,
         fetch_max_wait_ms: int = 5,
+        max_poll_interval_ms: int = 300_000,
         retry: RetryPolicy | None = None,
     ) -> None:
         self._settings = settings
@@ -175,7 +176,8 @@ class EventConsumer(Generic[T]):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=fetch_max_wait_ms,
-            max_poll_interval_ms=300_000,
+            # The longest a batch may take (a rollout waits minutes) before the group evicts us.
+            max_poll_interval_ms=max_poll_interval_ms,
             request_timeout_ms=int(settings.request_timeout_s * 1000) + 30_000,
         )
 
