@@ -32,7 +32,7 @@ KUBE_SRC="${SCRIPT_DIR}/kube"
 mod_version() { # <go.mod> <module path>
   awk -v m="$2" '($1 == m && $2 ~ /^v/) {print $2; exit} ($1 == "require" && $2 == m) {print $3; exit}' "$1"
 }
-K8S_VERSION="$(mod_version "${KUBE_SRC}/build/go.mod" k8s.io/kubernetes)"
+K8S_VERSION="$(mod_version "${KUBE_SRC}/build-k8s/go.mod" k8s.io/kubernetes)"
 ETCD_VERSION="$(mod_version "${KUBE_SRC}/build-etcd/go.mod" go.etcd.io/etcd/server/v3)"
 KWOK_VERSION="$(mod_version "${KUBE_SRC}/build-kwok/go.mod" sigs.k8s.io/kwok)"
 
@@ -105,11 +105,11 @@ k8s_ldflags() {
 
 build_k8s() {
   local stamp b
-  stamp="$(build_stamp "${KUBE_SRC}/build" "k8s ${K8S_VERSION}")"
+  stamp="$(build_stamp "${KUBE_SRC}/build-k8s" "k8s ${K8S_VERSION}")"
   if is_built k8s "${stamp}" "${K8S_BINARIES[@]}"; then log "kubernetes ${K8S_VERSION}: cached"; return; fi
   local ldflags; ldflags="$(k8s_ldflags)"
   for b in "${K8S_BINARIES[@]}"; do
-    go_build "${KUBE_SRC}/build" "${BIN_DIR}/${b}" "${ldflags}" "k8s.io/kubernetes/cmd/${b}"
+    go_build "${KUBE_SRC}/build-k8s" "${BIN_DIR}/${b}" "${ldflags}" "k8s.io/kubernetes/cmd/${b}"
   done
   echo "${stamp}" > "${BIN_DIR}/.stamp-k8s"
 }
