@@ -31,11 +31,15 @@ def connect(settings: RedisSettings, *, timeout_s: float | None = None) -> Redis
 async def replace_lists(
     redis: Redis, keys: RedisKeys, model_name: str, lists: Mapping[str, RecommendationList]
 ) -> None:
-    """Replace many users' lists in one pipelined round trip; each ``SET`` is atomic."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for user_id, value in lists.items():
-            pipe.set(keys.recommendations(model_name, user_id), encode(value))
-        await pipe.execute()
+    """Replace many users' lists with one ``MSET`` (atomic; one command however many lists).
+
+    One command rather than a pipeline of ``SET``: redis-py spends ~50 µs of CPU per command,
+    which showed up in the worker's batches of hundreds of users.
+    """
+    if lists:
+        await redis.mset(
+            {keys.recommendations(model_name, user): encode(value) for user, value in lists.items()}
+        )
 
 
 async def activate_model(redis: Redis, keys: RedisKeys, active: ActiveModel) -> None:

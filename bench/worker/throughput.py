@@ -1,0 +1,343 @@
+"""Worker benchmark: events/s per process and freshness at a steady rate, on the real stack.
+
+For each catalog size: a random model (64 dimensions + bias) is written to a local artifact
+store, one ``reco-worker`` process is started against the dev stack's Kafka and Redis, and
+
+1. *throughput*: a backlog of events is produced first, then drained; events/s is the slope of
+   the worker's own ``reco_worker_events_consumed_total`` while it drains (also per CPU second
+   of the worker process, which is steadier on a shared machine);
+2. *freshness*: events are produced at a steady rate (stamped when sent) for a while; p50/p99
+   of ``reco_worker_freshness_seconds`` (event time → Redis write) over that window, interpolated
+   inside the histogram's buckets like Prometheus' ``histogram_quantile``.
+
+Half of the events come from users the model knows, half from cold-start users; every user has
+a few items of history after the first events. Run (needs ``scripts/stack.sh up``):
+
+    uv run python bench/worker/throughput.py --items 10000 100000 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from reco_common.artifact import ModelArrays, write_artifact
+from reco_common.contracts import ActionType, EvalMetrics, Topics, UserAction, encode
+from reco_common.kafka import ensure_topics, start_producer
+from reco_common.settings import KafkaSettings
+from reco_common.storage import FileStore
+
+DIM = 64
+N_USERS = 100_000
+ACTIONS = list(ActionType)
+
+
+@dataclass
+class Result:
+    items: int
+    backlog_events: int
+    events_per_s: float
+    events_per_cpu_s: float
+    mean_batch: float
+    rate: int
+    sent: int
+    freshness_p50_ms: float
+    freshness_p99_ms: float
+    steady_mean_batch: float
+    steady_recompute_ms: float
+    steady_handler_share: float
+
+
+def build_model(root: Path, n_items: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    items = 0.1 * rng.standard_normal((n_items, DIM + 1), dtype=np.float32)
+    users = 0.1 * rng.standard_normal((N_USERS, DIM + 1), dtype=np.float32)
+    arrays = ModelArrays(
+        item_ids=[f"i{n}" for n in range(n_items)],
+        user_ids=[f"u{n}" for n in range(N_USERS)],
+        item_factors=items,
+        user_factors=users,
+        popular_items=[f"i{n}" for n in range(200)],
+        popular_scores=[float(200 - n) for n in range(200)],
+    )
+    return write_artifact(
+        FileStore(root.as_uri()),
+        model_name="bench",
+        version=f"n{n_items}",
+        arrays=arrays,
+        created_at=datetime.now(UTC),
+        data_snapshot="bench",
+        params={"dim": DIM},
+        metrics=EvalMetrics(model={}, baseline={}),
+        library_versions={},
+    )
+
+
+class Events:
+    """Random actions: users from twice the model's users (half cold), uniform items."""
+
+    def __init__(self, n_items: int, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+        self._n_items = n_items
+        self._n = 0
+
+    def next(self, count: int) -> list[UserAction]:
+        users = self._rng.integers(0, 2 * N_USERS, count)
+        items = self._rng.integers(0, self._n_items, count)
+        now = datetime.now(UTC)
+        out = []
+        for user, item in zip(users.tolist(), items.tolist(), strict=True):
+            self._n += 1
+            out.append(
+                UserAction(
+                    event_id=f"b{self._n}",
+                    user_id=f"u{user}",
+                    item_id=f"i{item}",
+                    action=ACTIONS[self._n % len(ACTIONS)],
+                    ts=now,
+                )
+            )
+        return out
+
+
+async def send(producer: AIOKafkaProducer, topic: str, events: list[UserAction]) -> None:
+    futures = [await producer.send(topic, encode(e), key=e.user_id.encode()) for e in events]
+    await asyncio.gather(*futures)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Scraper:
+    def __init__(self, port: int) -> None:
+        self._http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5)
+
+    async def ready(self) -> bool:
+        try:
+            return (await self._http.get("/readyz")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    async def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        text = (await self._http.get("/metrics")).text
+        out: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out.setdefault(sample.name, []).append((sample.labels, sample.value))
+        return out
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+
+def value(metrics: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
+    return sum(v for _, v in metrics.get(name, []))
+
+
+def buckets(
+    metrics: dict[str, list[tuple[dict[str, str], float]]], name: str
+) -> list[tuple[float, float]]:
+    pairs = [(float(labels["le"]), v) for labels, v in metrics.get(f"{name}_bucket", [])]
+    return sorted(pairs)
+
+
+def quantile(
+    q: float, before: list[tuple[float, float]], after: list[tuple[float, float]]
+) -> float:
+    """``histogram_quantile`` over the difference of two cumulative bucket snapshots."""
+    delta = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
+    total = delta[-1][1]
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    lower_le, lower_count = 0.0, 0.0
+    for le, count in delta:
+        if count >= rank:
+            if le == float("inf"):
+                return lower_le
+            width = count - lower_count
+            share = (rank - lower_count) / width if width else 0.0
+            return lower_le + (le - lower_le) * share
+        lower_le, lower_count = le, count
+    return lower_le
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def until(condition, *, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await condition():
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+async def run_one(n_items: int, args: argparse.Namespace, workdir: Path) -> list[Result]:
+    uri = build_model(workdir / "store", n_items, seed=n_items)
+    prefix = f"bench-{uuid.uuid4().hex[:8]}-"
+    kafka = KafkaSettings(topic_prefix=prefix)
+    topic = kafka.topics.user_actions
+    await ensure_topics(kafka, {topic: 3, Topics.dlq(topic): 1})
+    producer = await start_producer(kafka)
+    events = Events(n_items, seed=1)
+    backlog = args.backlog or (
+        30_000 if n_items <= 10_000 else 10_000 if n_items <= 100_000 else 3_000
+    )
+    for start in range(0, backlog, 1000):
+        await send(producer, topic, events.next(min(1000, backlog - start)))
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "MODEL_URI": uri,
+        "RECO_KAFKA_TOPIC_PREFIX": prefix,
+        "RECO_REDIS_KEY_PREFIX": prefix.rstrip("-"),
+        "RECO_WORKER_HTTP_HOST": "127.0.0.1",
+        "RECO_WORKER_HTTP_PORT": str(port),
+        "RECO_WORKER_CACHE_DIR": str(workdir / "cache"),
+        "RECO_WORKER_BLAS_THREADS": str(args.blas_threads),
+        "RECO_LOG_LEVEL": "WARNING",
+    }
+    command = Path(sys.executable).with_name("reco-worker")
+    log = (workdir / f"worker-{n_items}.log").open("wb")
+    process = await asyncio.create_subprocess_exec(str(command), env=env, stdout=log, stderr=log)
+    scraper = Scraper(port)
+    results: list[Result] = []
+    try:
+        await until(scraper.ready, timeout_s=300, what="the worker")
+        events_per_s, per_cpu, mean_batch = await drain(scraper, process.pid, backlog)
+        for rate in args.rates if n_items < 1_000_000 else args.rates_1m:
+            window = await steady(scraper, producer, topic, events, rate, args.duration)
+            results.append(
+                Result(n_items, backlog, events_per_s, per_cpu, mean_batch, rate, *window)
+            )
+            print(json.dumps(asdict(results[-1])), flush=True)
+    finally:
+        await scraper.close()
+        process.terminate()
+        await asyncio.wait_for(process.wait(), timeout=60)
+        await producer.stop()
+        log.close()
+    return results
+
+
+async def drain(scraper: Scraper, pid: int, backlog: int) -> tuple[float, float, float]:
+    """Events/s while the backlog drains, between the first and the last scrape with progress."""
+    samples: list[tuple[float, float, float]] = []
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline:
+        metrics = await scraper.metrics()
+        done = value(metrics, "reco_worker_events_consumed_total")
+        samples.append((time.monotonic(), done, cpu_seconds(pid)))
+        if done >= backlog:
+            break
+        await asyncio.sleep(0.25)
+    moving = [s for s in samples if 0 < s[1] < backlog] or samples
+    first, last = moving[0], samples[-1]
+    elapsed = last[0] - first[0]
+    events = last[1] - first[1]
+    cpu = last[2] - first[2]
+    batches = value(metrics, "reco_worker_batch_size_records_count")
+    return events / elapsed, events / cpu if cpu else float("nan"), backlog / max(batches, 1)
+
+
+async def steady(
+    scraper: Scraper,
+    producer: AIOKafkaProducer,
+    topic: str,
+    events: Events,
+    rate: int,
+    duration: float,
+) -> tuple[int, float, float, float, float, float]:
+    """Produce ``rate`` events/s for ``duration`` s; freshness quantiles over that window."""
+    first = await scraper.metrics()
+    before = buckets(first, "reco_worker_freshness_seconds")
+    consumed = value(first, "reco_worker_events_consumed_total")
+    sent = 0
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < duration:
+        due = int(elapsed * rate) - sent
+        if due > 0:
+            await send(producer, topic, events.next(due))
+            sent += due
+        await asyncio.sleep(0.01)
+
+    async def drained() -> bool:
+        metrics = await scraper.metrics()
+        return value(metrics, "reco_worker_events_consumed_total") >= consumed + sent
+
+    await until(drained, timeout_s=1800, what="the steady window to drain")
+    elapsed = time.monotonic() - started
+    last = await scraper.metrics()
+    after = buckets(last, "reco_worker_freshness_seconds")
+
+    def delta(name: str) -> float:
+        return value(last, name) - value(first, name)
+
+    batches = delta("reco_worker_batch_size_records_count")
+    recompute = delta("reco_worker_recompute_seconds_sum")
+    return (
+        sent,
+        quantile(0.5, before, after) * 1000,
+        quantile(0.99, before, after) * 1000,
+        delta("reco_worker_batch_size_records_sum") / max(batches, 1),
+        recompute / max(batches, 1) * 1000,
+        recompute / elapsed,
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--rates", type=int, nargs="+", default=[1000])
+    parser.add_argument("--rates-1m", type=int, nargs="+", default=[1000, 200])
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--backlog", type=int, default=0, help="default: by catalog size")
+    parser.add_argument("--blas-threads", type=int, default=1)
+    parser.add_argument("--output", type=Path, default=Path("var/bench/worker-throughput.json"))
+    args = parser.parse_args()
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="reco-bench-worker-") as tmp:
+        for n_items in args.items:
+            results.extend(await run_one(n_items, args, Path(tmp)))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    print(
+        "\n| items | events/s (backlog) | events/CPU-s | rate/s | freshness p50 ms | p99 ms "
+        "| batch at that rate | scoring ms/batch |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(
+            f"| {r.items:,} | {r.events_per_s:,.0f} | {r.events_per_cpu_s:,.0f} | {r.rate:,} "
+            f"| {r.freshness_p50_ms:.1f} | {r.freshness_p99_ms:.1f} | {r.steady_mean_batch:.1f} "
+            f"| {r.steady_recompute_ms:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
