@@ -33,7 +33,7 @@ lint: install ## Lint, format check, import contracts and type check
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
 	$(UV) run lint-imports
-	$(UV) run mypy libs/common/src services/trainer/src services/controller/src services/worker/src services/api/src
+	$(UV) run mypy libs/common/src services/trainer/src services/controller/src services/worker/src services/api/src tools/devkit/src
 
 .PHONY: test-unit
 test-unit: install ## Unit tests only (no network)
@@ -45,7 +45,7 @@ test: lint stack-up kube-up ## Lint, type check and every test tier against the 
 
 .PHONY: demo
 demo: install stack-up ## The whole loop on local processes: train, roll out, stream, serve
-	$(UV) run python -m reco_demo
+	$(UV) run python -m reco_devkit.demo $(DEMO_ARGS)
 
 .PHONY: bench
 bench: install stack-up ## Run every benchmark under bench/ and rewrite docs/benchmarks.md

@@ -2,6 +2,9 @@
 
 The demo and the end-to-end tests run every service through this harness, exactly as a
 container would run it: the console script, settings from the environment, logs to a file.
+A process gets the parent's environment without its ``RECO_*`` settings (and ``MODEL_URI``),
+plus the ones given: a run never picks up a setting by accident. Each one runs in its own
+session, so a Ctrl-C on the terminal reaches the demo alone, which then stops them in order.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,13 +44,14 @@ def console_script(name: str) -> str:
 
 @dataclass
 class ServiceProcess:
-    """One service process; ``ready_url`` answers 200 once it serves."""
+    """One service process; ``ready_url`` answers 200 once it serves, under ``base_url``."""
 
     name: str
     argv: list[str]
     env: Mapping[str, str]
     log_path: Path
     ready_url: str | None = None
+    base_url: str | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -58,8 +63,10 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        env = {**os.environ, **self.env}
-        self._proc = subprocess.Popen(self.argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        env = {k: v for k, v in os.environ.items() if not _is_setting(k)} | dict(self.env)
+        self._proc = subprocess.Popen(
+            self.argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         logger.info("started %s (pid %d), log %s", self.name, self._proc.pid, self.log_path)
         return self
@@ -67,9 +74,11 @@ class ServiceProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def wait_ready(self, *, timeout_s: float = 60.0) -> None:
-        """Poll ``ready_url`` until 200; fail naming the log when the process dies or times out."""
-        if self.ready_url is None:
+    def wait_ready(self, *, timeout_s: float = 60.0, url: str | None = None) -> None:
+        """Poll ``url`` (default ``ready_url``) until 200; fail naming the log when the process
+        dies or the bound passes."""
+        url = url or self.ready_url
+        if url is None:
             return
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -78,7 +87,7 @@ class ServiceProcess:
                     f"{self.name} exited ({self.returncode()}); see {self.log_path}:\n{self.tail()}"
                 )
             try:
-                if httpx.get(self.ready_url, timeout=1.0).status_code == 200:
+                if httpx.get(url, timeout=1.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -101,6 +110,19 @@ class ServiceProcess:
                 self._proc.wait(timeout=10)
         return self.returncode()
 
+    def wait(self, *, timeout_s: float) -> int:
+        """Wait for the process to end by itself (a job like ``reco-trainer run``); kill it after
+        ``timeout_s``. Returns the exit code."""
+        if self._proc is None:
+            raise RuntimeError(f"{self.name} is not started")
+        try:
+            return self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise TimeoutError(
+                f"{self.name} still running after {timeout_s:.0f} s: killed"
+            ) from None
+
     def kill(self) -> None:
         """``kill -9``: no chance to flush, commit or say goodbye."""
         if self._proc is not None and self._proc.poll() is None:
@@ -116,3 +138,17 @@ class ServiceProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+def stop_all(processes: Iterable[ServiceProcess], *, timeout_s: float = 30.0) -> dict[str, int]:
+    """SIGTERM every process at once and wait for all of them; their exit codes by name."""
+    running = list(processes)
+    if not running:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(running)) as pool:
+        codes = pool.map(lambda p: p.terminate(timeout_s=timeout_s), running)
+        return {p.name: code for p, code in zip(running, codes, strict=True)}
+
+
+def _is_setting(name: str) -> bool:
+    return name.startswith("RECO_") or name == "MODEL_URI"
