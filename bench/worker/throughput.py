@@ -260,6 +260,12 @@ async def drain(scraper: Scraper, pid: int, backlog: int) -> tuple[float, float,
     events = last[1] - first[1]
     cpu = last[2] - first[2]
     batches = value(metrics, "reco_worker_batch_size_records_count")
+    recompute = value(metrics, "reco_worker_recompute_seconds_sum")
+    print(
+        f"drain: {events:.0f} events in {elapsed:.1f} s, {batches:.0f} batches, "
+        f"scoring {recompute:.1f} s, worker CPU {cpu:.1f} s",
+        flush=True,
+    )
     return events / elapsed, events / cpu if cpu else float("nan"), backlog / max(batches, 1)
 
 

@@ -15,6 +15,7 @@ from worker_stack import (
     MODEL,
     N_USERS,
     committed_and_end,
+    dead_letters,
     fully_committed,
     running,
     until,
@@ -210,3 +211,49 @@ async def test_sigterm_finishes_writes_and_commits_what_it_fetched(
         await trickle
     committed, _ = await committed_and_end(settings)
     assert 0 < committed == await histories()
+
+
+async def test_bad_input_is_dead_lettered_or_handled_and_the_loop_goes_on(
+    make_settings: Callable[..., WorkerSettings],
+    model_v1: str,
+    producer: AIOKafkaProducer,
+    redis: Redis,
+    kafka_settings: KafkaSettings,
+    redis_settings: RedisSettings,
+) -> None:
+    topic = kafka_settings.topics.user_actions
+    keys = redis_settings.keys
+    now = datetime.now(UTC)
+    future = UserAction(
+        event_id="future",
+        user_id="u3",
+        item_id="i1",
+        action=ActionType.VIEW,
+        ts=now + timedelta(days=365),
+    )
+    unknown = UserAction(
+        event_id="unknown", user_id="u5", item_id="no-such-item", action=ActionType.CART, ts=now
+    )
+    wrong_key = UserAction(
+        event_id="wrong", user_id="u6", item_id="i2", action=ActionType.VIEW, ts=now
+    )
+    last = UserAction(event_id="last", user_id="u7", item_id="i3", action=ActionType.CLICK, ts=now)
+    async with running(make_settings(model_v1)):
+        await producer.send_and_wait(topic, b"not json", key=b"u1")
+        await producer.send_and_wait(topic, b'{"schema_version": 1, "user_id": "u2"}', key=b"u2")
+        await producer.send_and_wait(topic, encode(wrong_key), key=b"someone-else")
+        for event in (future, unknown, last):
+            await publish(producer, topic, event.user_id, event)
+        await until(
+            lambda: read_list(redis, keys, MODEL, "u7"), what="the valid event after bad ones"
+        )
+        dead = await dead_letters(kafka_settings, topic, count=3)
+    assert [d[0] for d in dead] == ["invalid", "invalid", "rejected"]
+    assert "keyed by user id" in dead[2][1]
+    assert await read_list(redis, keys, MODEL, "u6") is None
+    ((_, clamped),) = await redis.zrange(keys.history("u3"), 0, -1, withscores=True)
+    assert clamped < (now + timedelta(minutes=10)).timestamp()
+    unknown_list = await read_list(redis, keys, MODEL, "u5")
+    assert unknown_list is not None
+    assert unknown_list.items[:5] == ["i0", "i1", "i2", "i3", "i4"]  # cold start, no usable item
+    assert await redis.zcard(keys.history("u5")) == 1

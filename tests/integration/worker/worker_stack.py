@@ -19,7 +19,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from reco_common.artifact import ITEM_FACTORS, ModelArrays, write_artifact
-from reco_common.contracts import EvalMetrics
+from reco_common.contracts import DlqHeader, EvalMetrics, Topics
+from reco_common.settings import KafkaSettings
 from reco_common.storage import S3Store
 from reco_worker.settings import WorkerSettings
 from reco_worker.worker import Worker
@@ -165,3 +166,22 @@ async def fully_committed(settings: WorkerSettings) -> bool:
     """The worker's group has committed up to the end of every ``user-actions`` partition."""
     done, end = await committed_and_end(settings)
     return done == end
+
+
+async def dead_letters(kafka: KafkaSettings, topic: str, *, count: int) -> list[tuple[str, str]]:
+    """``(x-error-type, x-error)`` of the dead letters of ``topic``, sorted; waits for ``count``."""
+    consumer = AIOKafkaConsumer(
+        Topics.dlq(topic), bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    found: list[tuple[str, str]] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        while len(found) < count and asyncio.get_running_loop().time() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    headers = {k: v.decode() for k, v in record.headers}
+                    found.append((headers[DlqHeader.ERROR_TYPE], headers[DlqHeader.ERROR]))
+    finally:
+        await consumer.stop()
+    return sorted(found)
