@@ -101,8 +101,14 @@ async def publish(producer: AIOKafkaProducer, topic: str, key: str, event: BaseM
     await producer.send_and_wait(topic, encode(event), key=key.encode())
 
 
-async def ensure_topics(settings: KafkaSettings, topics: dict[str, int]) -> None:
-    """Create the named topics (name → partitions) when they do not exist yet."""
+async def ensure_topics(
+    settings: KafkaSettings, topics: dict[str, int], *, max_replication: int = 3
+) -> None:
+    """Create the named topics (name → partitions) when they do not exist yet.
+
+    Replicated on as many brokers as there are, up to ``max_replication``: one on a dev
+    broker, three on a production cluster.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=settings.client_id)
     try:
         await admin.start()
@@ -111,8 +117,10 @@ async def ensure_topics(settings: KafkaSettings, topics: dict[str, int]) -> None
         raise _unavailable(settings, exc) from exc
     try:
         existing = set(await admin.list_topics())
+        brokers = len((await admin.describe_cluster())["brokers"])
+        replication = max(1, min(max_replication, brokers))
         missing = [
-            NewTopic(name, num_partitions=n, replication_factor=1)
+            NewTopic(name, num_partitions=n, replication_factor=replication)
             for name, n in topics.items()
             if name not in existing
         ]
