@@ -147,13 +147,15 @@ class ModelTopics:
     async def start(self) -> None:
         topics = self._kafka.topics
         await ensure_topics(self._kafka, {topics.model_published: 1, topics.rollout_events: 1})
+        # "earliest" for the initial position: a default "latest" reset can race a seek.
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._kafka.bootstrap, enable_auto_commit=False
+            bootstrap_servers=self._kafka.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
         )
         await self._consumer.start()
         partitions = [TopicPartition(t, 0) for t in (topics.model_published, topics.rollout_events)]
         self._consumer.assign(partitions)
-        await self._consumer.seek_to_beginning(*partitions)
 
     async def stop(self) -> None:
         if self._consumer is not None:

@@ -110,6 +110,11 @@ class ServiceProcess:
                 self._proc.wait(timeout=10)
         return self.returncode()
 
+    def send_sigterm(self) -> None:
+        """SIGTERM and return at once (the graceful stop under test; ``wait`` for its end)."""
+        if self.running() and self._proc is not None:
+            self._proc.send_signal(signal.SIGTERM)
+
     def wait(self, *, timeout_s: float) -> int:
         """Wait for the process to end by itself (a job like ``reco-trainer run``); kill it after
         ``timeout_s``. Returns the exit code."""

@@ -27,7 +27,7 @@ from aiokafka.errors import KafkaError
 
 from reco_common.contracts import ActionType, UserAction, encode
 from reco_common.interactions import ACTION, ITEM_ID, USER_ID, write_log
-from reco_common.kafka import ensure_topics, start_producer
+from reco_common.kafka import KafkaUnavailableError, ensure_topics, start_producer
 from reco_common.settings import KafkaSettings
 from reco_common.synth import CATEGORY, ShopConfig, generate
 
@@ -195,15 +195,15 @@ class ActionSender:
                 raise TimeoutError(
                     f"{len(pending)} actions not acknowledged in {self._retry_for_s:g} s"
                 )
-            logger.warning("%d actions not acknowledged: sending them again", len(pending))
             await asyncio.sleep(delay)
             delay = min(delay * 2, SEND_RETRY_MAX_S)
+            await self._reconnect()
         self.sent += len(actions)
 
     async def _attempt(self, actions: list[UserAction]) -> list[UserAction]:
         """Send each action; return those that failed."""
         if self._producer is None:
-            raise RuntimeError("use ActionSender as an async context manager")
+            return actions
         futures: list[asyncio.Future[object] | None] = []
         for action in actions:
             try:
@@ -213,13 +213,28 @@ class ActionSender:
                     )
                 )
             except KafkaError as exc:
-                logger.debug("send of %s failed: %s", action.event_id, exc)
+                logger.warning("send of %s failed: %r", action.event_id, exc)
                 futures.append(None)
         results = await asyncio.gather(
             *(f for f in futures if f is not None), return_exceptions=True
         )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            logger.warning(
+                "%d actions not acknowledged (%r): sending them again", len(errors), errors[0]
+            )
         failures = iter(isinstance(r, BaseException) for r in results)
         return [a for a, f in zip(actions, futures, strict=True) if f is None or next(failures)]
+
+    async def _reconnect(self) -> None:
+        """A new producer: after a failed batch the idempotent one may refuse to go on."""
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        try:
+            self._producer = await start_producer(self._kafka)
+        except KafkaUnavailableError as exc:
+            logger.warning("Kafka still unavailable: %s", exc)
 
 
 async def stream(
