@@ -32,6 +32,7 @@ from reco_common.synth import ShopConfig, generate
 from reco_worker.model_store import load_serving_model
 from reco_worker.replay import replay
 from reco_worker.scoring import Policy
+from reco_worker.settings import WorkerSettings
 
 BLENDS = (0.0, 0.25, 0.5, 0.75, 1.0)
 HALF_LIVES = (300.0, 1800.0, 3600.0, 6 * 3600.0, 24 * 3600.0)
@@ -96,7 +97,14 @@ def tune(model_uri: str, tune_file: Path, args: argparse.Namespace) -> list[dict
 
 
 def evaluate(
-    model_uri: str, test_file: Path, out: Path, blend: float, half_life: float, k: int
+    model_uri: str,
+    test_file: Path,
+    out: Path,
+    blend: float,
+    half_life: float,
+    k: int,
+    *,
+    exclude_seen: bool = True,
 ) -> dict[str, Any]:
     command = [
         str(Path(sys.executable).with_name("reco-worker")),
@@ -113,6 +121,7 @@ def evaluate(
         str(blend),
         "--half-life-s",
         str(half_life),
+        "--exclude-seen" if exclude_seen else "--keep-seen",
     ]
     subprocess.run(command, check=True, timeout=3600)
     report: dict[str, Any] = json.loads(out.read_text())
@@ -165,20 +174,41 @@ def main() -> None:
             f"chosen on tune: blend {best['blend']}, half-life {best['half_life_s']:g} s",
             flush=True,
         )
-        report = evaluate(
-            model_uri, files["test"], root / "test.json", best["blend"], best["half_life_s"], args.k
-        )
+        shipped = WorkerSettings().policy
+        runs = {
+            "grid_best": (best["blend"], best["half_life_s"], True),
+            "defaults": (shipped.blend, shipped.half_life_s, True),
+            "defaults_keep_seen": (shipped.blend, shipped.half_life_s, False),
+        }
+        reports = {
+            name: evaluate(
+                model_uri,
+                files["test"],
+                root / f"{name}.json",
+                blend,
+                half_life,
+                args.k,
+                exclude_seen=exclude,
+            )
+            for name, (blend, half_life, exclude) in runs.items()
+        }
     result = {
         "shop": {"interactions": args.interactions, "drift": args.drift, "seed": args.seed},
         "users": int(np.unique(shop.log.column("user_id").to_numpy(zero_copy_only=False)).size),
         "items": shop.items.num_rows,
         "grid_on_tune": grid,
-        "chosen": {"blend": best["blend"], "half_life_s": best["half_life_s"]},
-        "test": report,
+        "chosen_on_tune": {"blend": best["blend"], "half_life_s": best["half_life_s"]},
+        "test": reports,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
-    print(table(report, args.k))
+    for name, report in reports.items():
+        policy = report["policy"]
+        print(
+            f"\n{name}: blend {policy['blend']}, half-life {policy['half_life_s']:g} s, "
+            f"exclude_seen {policy['exclude_seen']}"
+        )
+        print(table(report, args.k))
 
 
 if __name__ == "__main__":

@@ -174,3 +174,12 @@ def test_the_clustered_fixture_is_what_the_tests_assume() -> None:
     arrays = clustered_arrays()
     assert len(arrays.item_ids) == 100
     assert arrays.item_factors.shape == (100, 9)
+
+
+def test_seen_items_can_be_kept_for_repeat_purchases(clustered: ServingModel) -> None:
+    (before,) = recommend(clustered, [("u0", [])], Policy(top_n=10))
+    seen = [entry(before.items[0])]
+    (kept,) = recommend(clustered, [("u0", seen)], Policy(top_n=10, blend=0, exclude_seen=False))
+    assert kept.items == before.items
+    (popular,) = recommend(clustered, [("stranger", [entry("nope")])], Policy(exclude_seen=False))
+    assert popular.items[:3] == clustered.popular_items[:3]

@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_limits
 
 from reco_common.contracts import dumps
 from reco_common.interactions import read_interactions
+from reco_common.kafka import KafkaUnavailableError
 from reco_common.lifecycle import serve
 from reco_common.logging import configure_logging
 from reco_common.settings import ConfigurationError, load_settings
@@ -44,7 +45,11 @@ def run(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     settings = _settings()
-    asyncio.run(serve(Worker(settings=settings), grace_s=settings.grace_s))
+    try:
+        asyncio.run(serve(Worker(settings=settings), grace_s=settings.grace_s))
+    except KafkaUnavailableError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command("replay")
@@ -56,6 +61,9 @@ def replay_command(
     blend: Annotated[float | None, typer.Option(min=0, max=1)] = None,
     half_life_s: Annotated[float | None, typer.Option(min=0.001)] = None,
     history_len: Annotated[int | None, typer.Option(min=1, max=1000)] = None,
+    exclude_seen: Annotated[
+        bool | None, typer.Option("--exclude-seen/--keep-seen", help="Default: settings.")
+    ] = None,
 ) -> None:
     """Replay EVENTS through the worker's scoring: static vs real-time vs popular lists."""
     settings = _settings()
@@ -65,6 +73,7 @@ def replay_command(
         policy,
         blend=policy.blend if blend is None else blend,
         half_life_s=policy.half_life_s if half_life_s is None else half_life_s,
+        exclude_seen=policy.exclude_seen if exclude_seen is None else exclude_seen,
     )
     with tempfile.TemporaryDirectory(prefix="reco-replay-") as cache:
         serving = load_serving_model(model, s3=settings.common.s3, cache_dir=Path(cache))

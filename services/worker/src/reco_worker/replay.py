@@ -7,7 +7,8 @@ is checked for the event's item (hit-rate@k, ndcg@k) under three strategies:
 - ``static``: the list computed at model time (trained vector, popular items for unknown users),
   never updated;
 - ``realtime``: the worker's policy, recomputed after each of the user's events from their
-  bounded history (items already interacted with are excluded, as in the worker);
+  bounded history (items already interacted with are excluded, as in the worker, unless the
+  policy keeps them);
 - ``popular``: the model's popular items.
 
 Figures are reported over all events and over first-time events (the user's first interaction
@@ -18,6 +19,7 @@ broker timestamp to clamp future times against).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -82,12 +84,7 @@ def replay(
 ) -> dict[str, Any]:
     """Replay ``log`` (time-ordered) against ``model``; return the report (see module doc)."""
     started = time.perf_counter()
-    policy = Policy(
-        blend=policy.blend,
-        half_life_s=policy.half_life_s,
-        action_weights=policy.action_weights,
-        top_n=k,
-    )
+    policy = dataclasses.replace(policy, top_n=k)
     board = Scoreboard()
     state = _ReplayState(model, policy, history_len)
     popular = model.popular(exclude=set(), n=k).items
@@ -196,6 +193,7 @@ def _report(
             "half_life_s": policy.half_life_s,
             "action_weights": {str(a): w for a, w in policy.action_weights.items()},
             "history_len": history_len,
+            "exclude_seen": policy.exclude_seen,
         },
         "events": n_events,
         "users": len(users),

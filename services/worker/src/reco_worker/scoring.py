@@ -8,7 +8,8 @@ A user's query is ``[q, 1]`` against item rows ``[v, b]`` (LightFM's ranking, bi
 - ``q = h`` for a user the model does not know (cold start);
 - no query at all, hence the model's popular items, when neither exists.
 
-Items the user interacted with (their bounded history) are excluded. A batch of users is scored
+Items the user interacted with (their bounded history) are excluded unless the policy says
+otherwise (shops of repeat purchases). A batch of users is scored
 at once by :class:`reco_worker.topn.TopSelector` (exact, and independent of the batch).
 """
 
@@ -44,12 +45,13 @@ class HistoryEntry:
 class Policy:
     """The real-time policy's parameters (docs/worker.md explains how the defaults were chosen)."""
 
-    blend: float = 0.5
-    half_life_s: float = 3600.0
+    blend: float = 0.75
+    half_life_s: float = 1800.0
     action_weights: Mapping[ActionType, float] = field(
         default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS)
     )
     top_n: int = 100
+    exclude_seen: bool = True
 
     def weight(self, entry: HistoryEntry) -> float:
         return entry.weight if entry.weight is not None else self.action_weights[entry.action]
@@ -185,10 +187,11 @@ def recommend(
     for i, (user_id, history) in enumerate(users):
         query, source = build_query(model, user_id, history, policy)
         if query is None:
-            results[i] = model.popular(exclude={e.item_id for e in history}, n=policy.top_n)
+            seen = {e.item_id for e in history} if policy.exclude_seen else set()
+            results[i] = model.popular(exclude=seen, n=policy.top_n)
             continue
         queries.append(query)
-        excludes.append(model.known_rows(history))
+        excludes.append(model.known_rows(history if policy.exclude_seen else ()))
         pending.append((i, source))
     if queries:
         selected = model.select(np.stack(queries).astype(np.float32), excludes, policy.top_n)

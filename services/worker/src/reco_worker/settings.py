@@ -50,8 +50,9 @@ class WorkerSettings(BaseSettings):
 
     # Real-time policy (defaults chosen with `reco-worker replay`, docs/worker.md)
     top_n: Annotated[int, Field(ge=1, le=1000)] = 100
-    blend: Annotated[float, Field(ge=0, le=1)] = 0.5
-    half_life_s: Positive = 3600.0
+    exclude_seen: bool = True
+    blend: Annotated[float, Field(ge=0, le=1)] = 0.75
+    half_life_s: Positive = 1800.0
     action_weights: dict[ActionType, Positive] = Field(
         default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS)
     )
@@ -69,6 +70,7 @@ class WorkerSettings(BaseSettings):
             half_life_s=self.half_life_s,
             action_weights={**DEFAULT_ACTION_WEIGHTS, **self.action_weights},
             top_n=self.top_n,
+            exclude_seen=self.exclude_seen,
         )
 
     def group_id(self, model_name: str) -> str:
