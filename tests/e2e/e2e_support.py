@@ -98,6 +98,11 @@ async def start_workers(
     return list(await asyncio.gather(*(start(w) for w in workers)))
 
 
+def quick_api(space: RunSpace) -> ServiceProcess:
+    """The API without the drain a load balancer needs: these tests stop it when done."""
+    return services.api(space, drain_s="0", shutdown_timeout_s="5")
+
+
 # --------------------------------------------------------------------------- events
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_support import Launcher, now, start_workers, until
+from e2e_support import Launcher, now, quick_api, start_workers, until
 
 from reco_common.artifact import load_artifact
 from reco_common.contracts import ActionType, ModelPublished, UserAction
@@ -39,7 +39,8 @@ class Pipeline:
 
     async def listed(self, user_id: str) -> dict[str, Any] | None:
         async with httpx.AsyncClient() as http:
-            return await recommendations(http, self.api_url, user_id, n=10)
+            listed: dict[str, Any] | None = await recommendations(http, self.api_url, user_id)
+        return listed
 
     async def act(self, user_id: str, item_id: str, action: ActionType) -> UserAction:
         event = UserAction(
@@ -62,7 +63,7 @@ async def pipeline(stack: None, shop: ShopFiles, e2e_root: Path) -> AsyncIterato
         [worker] = await start_workers(launcher, space, 1, model_uri=None)
         _, api = await asyncio.gather(
             launcher.start(services.local_controller(space, [worker])),
-            launcher.start(services.api(space)),
+            launcher.start(quick_api(space)),
         )
         await topics.start()
         job = services.train(
