@@ -49,7 +49,7 @@ demo: install stack-up ## The whole loop on local processes: train, roll out, st
 
 .PHONY: bench
 bench: install stack-up ## Run every benchmark under bench/ and rewrite docs/benchmarks.md
-	$(UV) run python bench/run_all.py
+	$(UV) run python bench/run_all.py $(BENCH_ARGS)
 
 .PHONY: clean
 clean: ## Stop everything and remove local state (.stack, var)
