@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import sys
 import time
@@ -421,9 +422,14 @@ class Demo:
         return table
 
     def curl_hints(self) -> Iterator[str]:
+        """Requests worth trying once the run is over (the shopper, a newcomer, the probes)."""
         user = self.board.shopper.user_id if self.board.shopper else "u1"
-        yield f"curl -s '{self.api_url}/v1/users/{user}/recommendations?n=5'"
-        yield f"curl -s '{self.api_url}/v1/users/u1/recommendations?n=3&exclude=i1'"
+        listed = self.board.shopper_list or {"items": [{"item_id": "i1"}]}
+        top = listed["items"][0]["item_id"]
+        base = f"{self.api_url}/v1/users"
+        yield f"curl -s '{base}/{user}/recommendations?n=5'"
+        yield f"curl -s '{base}/{user}/recommendations?n=3&offset=2&exclude={top}'"
+        yield f"curl -s '{base}/newcomer/recommendations?n=3'    # no history: popular items"
         yield f"curl -s {self.api_url}/readyz"
         yield f"curl -s {self.api_url}/metrics | grep reco_api_http_requests_total"
 
@@ -445,7 +451,8 @@ def _describe(event: ModelPublished | RolloutEvent) -> str:
         p10 = event.metrics.model.get("precision@10", 0.0)
         base = event.metrics.baseline.get("precision@10", 0.0)
         return f"trainer published {event.version}: precision@10 {p10:.3f} vs popularity {base:.3f}"
-    reason = f": {_shorten(event.reason)}" if event.reason else ""
+    succeeded = event.status.value in ("started", "succeeded")
+    reason = f": {_shorten(event.reason)}" if event.reason and not succeeded else ""
     return f"controller: rollout of {event.version} {event.status.value} ({event.target}){reason}"
 
 
@@ -456,6 +463,12 @@ async def _main(options: Options, console: Console) -> int:
         level=logging.INFO,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    # Ctrl-C or SIGTERM cancels the run; the processes are stopped in ``finally`` either way
+    # (set explicitly: a shell may have started the demo with SIGINT ignored).
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
     try:
         await demo.run()
         console.print(demo.summary())
