@@ -33,8 +33,10 @@ MARGIN = 16
 # Catalogs up to this size are scored with one product and argpartition per chunk of queries.
 EXACT_MAX_ITEMS = 32_768
 SAMPLE_SIZE = 16_384
-# float32 cells in one block of scores: small enough to stay in the CPU caches.
-BLOCK_CELLS = 1 << 19
+# float32 cells in one block of scores (8 MiB): near cache-sized, yet few enough numpy calls per
+# batch that the scan seldom hands the GIL back and forth with the event loop.
+BLOCK_CELLS = 1 << 21
+MIN_BLOCK_ITEMS = 4096
 # float32 cells in one full score matrix on the exact path (32 MiB).
 EXACT_CELLS = 1 << 23
 
@@ -119,7 +121,7 @@ class TopSelector:
 
     def _scan(self, q: FloatMatrix, thresholds: Scores) -> tuple[Rows, Rows, Scores]:
         """``(query row, item row, score)`` of every score at or above its query's threshold."""
-        block = max(1, self._block_cells // len(q))
+        block = max(min(MIN_BLOCK_ITEMS, self._block_cells), self._block_cells // len(q))
         rows, cols, vals = [], [], []
         for start in range(0, self._n, block):
             scores = q @ self._items[start : start + block].T
