@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from reco_common.artifact import read_manifest
 from reco_common.contracts import ActionType, ModelPublished, RecommendationList, UserAction, decode
-from reco_common.kafka import ensure_topics, start_producer
+from reco_common.kafka import KafkaUnavailableError, ensure_topics, start_producer
 from reco_common.settings import CommonSettings
 from reco_common.storage import open_store
 from reco_devkit import services
@@ -255,10 +255,26 @@ def assert_every_event_sent(records: Sequence[Any], events: Sequence[UserAction]
     assert not missing, f"never reached the topic: {missing[:5]}"
 
 
+async def kafka_answers(space: RunSpace, *, timeout_s: float = 90.0) -> None:
+    """Wait until the broker answers (the shared stack may be restarting under another test)."""
+
+    async def answers() -> bool:
+        try:
+            await ensure_topics(
+                space.kafka, {space.kafka.topics.user_actions: USER_ACTIONS_PARTITIONS}
+            )
+        except KafkaUnavailableError:
+            return False
+        return True
+
+    await until(answers, what="Kafka to answer", timeout_s=timeout_s)
+
+
 async def clean_replay(
     space: RunSpace, records: Sequence[Any], models: Sequence[Model], *, redis: Redis, root: Path
 ) -> dict[str, dict[str, Any]]:
     """The state one clean worker per model reaches from ``records`` (the run's topic)."""
+    await kafka_answers(space)
     launcher = Launcher()
     try:
         replays = []

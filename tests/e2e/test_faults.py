@@ -1,7 +1,7 @@
 """Faults while user actions stream; each run ends in the state of a clean replay of its events.
 
 Each test has its own run (topic and key prefixes): two workers on model v1 (batches of at most
-50 events, so that a fault lands between many commits), 1,200 numbered events from 60 users
+50 events, so that a fault lands between many commits), 960 numbered events from 60 users
 (10 of them unknown to the model) streamed at a steady rate, one fault a third of the way in.
 Then: every record committed, each numbered event in its user's history, and the Redis state
 equal to the one a clean worker computes from the same topic (Jepsen's pattern).
@@ -47,8 +47,8 @@ from reco_devkit.services import RunSpace
 from reco_devkit.traffic import ActionSender, ShopFiles, stream
 
 STACK = Path(__file__).resolve().parents[2] / "scripts" / "stack.sh"
-N_EVENTS = 1200
-RATE = 120.0  # events/s: the stream lasts about 10 s
+N_EVENTS = 960
+RATE = 160.0  # events/s: the stream lasts about 6 s
 HISTORY_LEN = 50  # the worker's default; every user's events must fit
 FAULT_AT = N_EVENTS // 3
 SETTLE_S = 90.0
