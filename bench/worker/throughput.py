@@ -218,10 +218,10 @@ async def run_one(n_items: int, args: argparse.Namespace, workdir: Path) -> list
         "RECO_WORKER_HTTP_PORT": str(port),
         "RECO_WORKER_CACHE_DIR": str(workdir / "cache"),
         "RECO_WORKER_BLAS_THREADS": str(args.blas_threads),
-        "RECO_LOG_LEVEL": "WARNING",
+        "RECO_LOG_LEVEL": os.environ.get("RECO_LOG_LEVEL", "INFO"),
     }
     command = Path(sys.executable).with_name("reco-worker")
-    log = (workdir / f"worker-{n_items}.log").open("wb")
+    log = (args.output.parent / f"worker-{n_items}.log").open("wb")
     process = await asyncio.create_subprocess_exec(str(command), env=env, stdout=log, stderr=log)
     scraper = Scraper(port)
     results: list[Result] = []
@@ -253,7 +253,7 @@ async def drain(scraper: Scraper, pid: int, backlog: int) -> tuple[float, float,
         samples.append((time.monotonic(), done, cpu_seconds(pid)))
         if done >= backlog:
             break
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(1.0)  # Prometheus scrapes far less often; keep the probe light
     moving = [s for s in samples if 0 < s[1] < backlog] or samples
     first, last = moving[0], samples[-1]
     elapsed = last[0] - first[0]
@@ -261,6 +261,8 @@ async def drain(scraper: Scraper, pid: int, backlog: int) -> tuple[float, float,
     cpu = last[2] - first[2]
     batches = value(metrics, "reco_worker_batch_size_records_count")
     recompute = value(metrics, "reco_worker_recompute_seconds_sum")
+    per_batch = buckets(metrics, "reco_worker_recompute_seconds")
+    print(f"scoring time per batch, cumulative buckets: {per_batch}", flush=True)
     print(
         f"drain: {events:.0f} events in {elapsed:.1f} s, {batches:.0f} batches, "
         f"scoring {recompute:.1f} s, worker CPU {cpu:.1f} s",
@@ -326,6 +328,7 @@ async def main() -> None:
     parser.add_argument("--blas-threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=Path("var/bench/worker-throughput.json"))
     args = parser.parse_args()
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="reco-bench-worker-") as tmp:
         for n_items in args.items:

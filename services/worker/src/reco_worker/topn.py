@@ -16,6 +16,7 @@ Three stages, each vectorised over the whole batch (no Python loop per item or p
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from reco_common.artifact import FloatMatrix
 
 Rows = npt.NDArray[np.intp]
 Scores = npt.NDArray[np.float32]
+
+logger = logging.getLogger(__name__)
 
 # Extra candidates kept from the first pass so that rounding cannot push a true top-N item out.
 MARGIN = 16
@@ -107,7 +110,7 @@ class TopSelector:
         rows, cols, vals = rows[keep], cols[keep], vals[keep]
         short = np.flatnonzero(np.bincount(rows, minlength=len(q)) < self._reachable(exclude, k))
         if len(short):
-            rows, cols, vals = self._rescan(q, exclude, short, rows, cols, vals)
+            rows, cols, vals = self._rescan(q, exclude, short, k, (rows, cols, vals))
         return self._best_per_row(rows, cols, vals, len(q), k)
 
     def _thresholds(self, q: FloatMatrix, wanted: int) -> Scores:
@@ -142,20 +145,22 @@ class TopSelector:
         q: FloatMatrix,
         exclude: Sequence[Rows],
         short: Rows,
-        rows: Rows,
-        cols: Rows,
-        vals: Scores,
+        k: int,
+        found: tuple[Rows, Rows, Scores],
     ) -> tuple[Rows, Rows, Scores]:
-        """Queries whose threshold left too few candidates, scored over the whole catalog."""
+        """Queries whose threshold left too few candidates: their ``k`` best over the catalog."""
+        rows, cols, vals = found
+        logger.debug("%d of %d queries short of candidates: full scan", len(short), len(q))
         keep = ~np.isin(rows, short)
         all_rows, all_cols, all_vals = [rows[keep]], [cols[keep]], [vals[keep]]
         for row in short:
             scores = self._items @ q[row]
             scores[exclude[row]] = -np.inf
-            finite = np.flatnonzero(np.isfinite(scores))
-            all_rows.append(np.full(len(finite), row))
-            all_cols.append(finite)
-            all_vals.append(scores[finite])
+            top = np.argpartition(scores, self._n - k)[self._n - k :]
+            top = top[np.isfinite(scores[top])]
+            all_rows.append(np.full(len(top), row))
+            all_cols.append(top)
+            all_vals.append(scores[top])
         return np.concatenate(all_rows), np.concatenate(all_cols), np.concatenate(all_vals)
 
     def _best_per_row(self, rows: Rows, cols: Rows, vals: Scores, n_rows: int, k: int) -> Rows:
