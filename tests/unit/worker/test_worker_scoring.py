@@ -144,9 +144,19 @@ def test_an_unlucky_sample_falls_back_to_an_exact_scan(monkeypatch: pytest.Monke
     monkeypatch.setattr(TopSelector, "_thresholds", lambda self, q, wanted: np.full(len(q), np.inf))
     queries = np.concatenate([np.eye(3, 4), np.ones((3, 1))], axis=1).astype(np.float32)
     exclude = [np.arange(0, 30), np.arange(0), np.arange(4990, 5000)]
+    widths: list[int] = []
+    best_per_row = TopSelector._best_per_row
+
+    def spy(self: TopSelector, rows: np.ndarray, *args: object) -> object:
+        widths.append(int(np.bincount(rows).max()))
+        return best_per_row(self, rows, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(TopSelector, "_best_per_row", spy)
     a, b = exact.select(queries, exclude, 20), sampled.select(queries, exclude, 20)
     assert rows_of(b) == rows_of(a)
     assert b.scores.tolist() == a.scores.tolist()
+    # A full scan keeps its k best, not the whole catalog (that padded the batch to n_items).
+    assert widths == [20 + 16]
 
 
 @pytest.mark.parametrize("exact_max", [0, 10**9])
