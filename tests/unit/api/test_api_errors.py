@@ -43,7 +43,24 @@ async def test_each_parameter_is_bounded(api: Api, params: dict[str, Any], field
 
 async def test_a_user_id_too_long_is_refused(api: Api) -> None:
     response = await api.client.get(f"/v1/users/{'u' * 257}/recommendations")
-    assert_error_shape(response.json(), 422, "invalid_request")
+    body = response.json()
+    assert_error_shape(body, 422, "invalid_request")
+    assert body["error"]["details"][0]["field"] == "path.user_id"
+
+
+async def test_every_invalid_parameter_is_reported_at_once(api: Api) -> None:
+    response = await api.client.get(URL, params={"n": "x", "offset": -1, "model": "A B"})
+    fields = [detail["field"] for detail in response.json()["error"]["details"]]
+    assert sorted(fields) == ["query.model", "query.n", "query.offset"]
+    assert response.json()["error"]["message"].endswith("(and 2 more)")
+
+
+async def test_unknown_parameters_are_ignored_and_a_repeated_one_takes_its_last_value(
+    api: Api,
+) -> None:
+    response = await api.client.get(f"{URL}?n=1&n=2&colour=red&exclude=i1&exclude=i2")
+    assert response.status_code == 200
+    assert [item["item_id"] for item in response.json()["items"]] == ["i3", "i4"]
 
 
 async def test_bounds_follow_the_settings(make_api: MakeApi) -> None:

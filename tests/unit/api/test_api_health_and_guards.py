@@ -6,6 +6,7 @@ from api_fakes import Api, FakeStore, MakeApi
 from pydantic import SecretStr
 
 URL = "/v1/users/u1/recommendations"
+ROUTE = "/v1/users/{user_id}/recommendations"
 
 
 async def test_liveness_checks_nothing(api: Api, store: FakeStore) -> None:
@@ -85,6 +86,25 @@ async def test_metrics_cover_requests_and_fallbacks(api: Api) -> None:
     assert "# TYPE reco_api_redis_latency_seconds histogram" in text
     assert 'reco_api_fallbacks_total{reason="no_list"} 1.0' in text
     assert 'handler="/healthz"' not in text
+
+
+async def test_metrics_label_by_template_and_status_class_and_skip_made_up_paths(
+    make_api: MakeApi, store: FakeStore
+) -> None:
+    async with make_api(raise_app_exceptions=False) as api:
+        await api.client.post(URL)
+        await api.client.get(f"/nowhere/{'x' * 8}")
+        store.bug = RuntimeError("boom")
+        await api.client.get(URL)
+        text = (await api.client.get("/metrics")).text
+        not_allowed = api.sample(
+            "reco_api_http_requests_total", handler=ROUTE, method="POST", status="4xx"
+        )
+        failed = api.sample(
+            "reco_api_http_requests_total", handler=ROUTE, method="GET", status="5xx"
+        )
+    assert (not_allowed, failed) == (1, 1)
+    assert "nowhere" not in text
 
 
 async def test_per_request_metrics_can_be_switched_off(make_api: MakeApi) -> None:

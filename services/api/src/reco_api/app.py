@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import asyncio
 from importlib.metadata import version
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
 
 from reco_api.errors import install_error_handlers
 from reco_api.health import Readiness, health_router
 from reco_api.metrics import ApiMetrics, expose, measure_requests
-from reco_api.recommendations import RecommendationService, recommendations_router
-from reco_api.security import api_key_guard
+from reco_api.recommendations import (
+    RecommendationService,
+    documented_route,
+    recommendations_route,
+)
 from reco_api.settings import ApiSettings
 from reco_api.store import Store
 
@@ -44,15 +50,33 @@ def create_app(
         # Prometheus is the metrics path; FastAPI's OpenTelemetry hooks would only cost time.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.state.recommendations = RecommendationService(
-        store=store, settings=settings, metrics=metrics
-    )
+    service = RecommendationService(store=store, settings=settings, metrics=metrics)
     app.state.readiness = Readiness(store=store, draining=draining)
     install_error_handlers(app)
-    guards = [api_key_guard(settings.api_keys)] if settings.api_keys else []
-    app.include_router(recommendations_router(settings), dependencies=guards)
+    app.router.routes.append(recommendations_route(settings, service))
+    document(app, documented_route(settings))
     app.include_router(health_router())
     expose(app, registry=registry)
     if settings.http_metrics:
         measure_requests(app, registry=registry)
     return app
+
+
+def document(app: FastAPI, *routes: APIRoute) -> None:
+    """Add ``routes`` to the app's OpenAPI schema without mounting them.
+
+    For the routes served outside FastAPI's path operations for speed (see
+    :mod:`reco_api.recommendations`): FastAPI still writes their schema, from the same models.
+    """
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=[*routes, *app.routes],
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,7 +1,7 @@
 """The optional guards: API keys (off unless keys are configured) and a per-client rate limit.
 
-Both are kept libraries: FastAPI's ``APIKeyHeader`` (so the key shows in the OpenAPI schema)
-and slowapi over ``limits``. A client is its API key when it sends one,
+The key is checked in constant time against each configured key (FastAPI's ``APIKeyHeader``
+describes it in the OpenAPI schema); the limit is slowapi over ``limits``. A client is its API key when it sends one,
 else its address (behind a proxy, see ``RECO_API_FORWARDED_ALLOW_IPS``).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import Request, Security, params
 from fastapi.security import APIKeyHeader
@@ -31,16 +31,16 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def api_key_guard(keys: list[SecretStr]) -> params.Depends:
-    """A router dependency that refuses requests without one of ``keys``."""
-    digests = [_digest(key.get_secret_value()) for key in keys]
+class ApiKeys:
+    """The configured client keys; a request must present one in ``X-API-Key``."""
 
-    async def require_api_key(
-        key: Annotated[str | None, Security(_api_key_header)],
-    ) -> None:
-        presented = _digest(key or "")
+    def __init__(self, keys: list[SecretStr]) -> None:
+        self._digests = [_digest(key.get_secret_value()) for key in keys]
+
+    def check(self, request: Request) -> None:
+        presented = _digest(request.headers.get(API_KEY_HEADER) or "")
         # Compare against every key, each in constant time: no timing hint about which is close.
-        matches = [hmac.compare_digest(presented, digest) for digest in digests]
+        matches = [hmac.compare_digest(presented, digest) for digest in self._digests]
         if not any(matches):
             raise ApiError(
                 status=401,
@@ -49,7 +49,10 @@ def api_key_guard(keys: list[SecretStr]) -> params.Depends:
                 headers={"WWW-Authenticate": API_KEY_HEADER},
             )
 
-    return params.Depends(require_api_key)
+    @staticmethod
+    def documented() -> list[params.Depends]:
+        """The OpenAPI security scheme of the key (the check itself is :meth:`check`)."""
+        return [Security(_api_key_header)]
 
 
 def _client_key(request: Request) -> str:
@@ -60,10 +63,9 @@ def _client_key(request: Request) -> str:
 def rate_limited(endpoint: Endpoint, *, limit: str) -> Endpoint:
     """``endpoint`` limited to ``limit`` (e.g. ``"100/second"``) per client, in process memory.
 
-    slowapi's route decorator rather than its ASGI middleware: the middleware finds the route
-    by scanning ``app.routes``, which in this FastAPI holds included routers, not their routes,
-    so it would treat every ``/v1`` route as unknown and exempt. The decorator needs the
-    endpoint to take ``request: Request``.
+    slowapi's route decorator rather than its ASGI middleware: only the served route is
+    limited (never the probes or ``/metrics``), and no middleware runs on every request. The
+    decorator needs the endpoint to take ``request: Request``.
     """
     limiter = Limiter(key_func=_client_key, key_style="endpoint", storage_uri="memory://")
     limited: Endpoint = limiter.limit(limit)(endpoint)
