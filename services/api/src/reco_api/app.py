@@ -53,7 +53,8 @@ def create_app(
     service = RecommendationService(store=store, settings=settings, metrics=metrics)
     app.state.readiness = Readiness(store=store, draining=draining)
     install_error_handlers(app)
-    app.router.routes.append(recommendations_route(settings, service))
+    # First in the routing table: every request is matched against the routes in order.
+    app.router.routes.insert(0, recommendations_route(settings, service))
     document(app, documented_route(settings))
     app.include_router(health_router())
     expose(app, registry=registry)

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from itertools import islice
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import Path, Query, Request
@@ -197,7 +198,12 @@ def _bounded_fields(settings: ApiSettings) -> dict[str, Any]:
         "offset": (int, Field(0, ge=0, le=settings.max_offset, description="Items to skip")),
         "exclude": (
             list[Identifier],
-            Field([], max_length=settings.max_exclude, description="Item ids to leave out"),
+            Field(
+                default_factory=list,  # a list default would be deep-copied per request
+                json_schema_extra={"default": []},
+                max_length=settings.max_exclude,
+                description="Item ids to leave out",
+            ),
         ),
         "model": (ModelName, Field(settings.default_model, description="The model's name")),
     }
@@ -237,13 +243,17 @@ def parse_request(request: Request, model: type[RecommendationRequest]) -> Recom
     Like FastAPI: a repeated scalar takes its last value, ``exclude`` takes every value, and
     unknown parameters are ignored.
     """
-    query = request.query_params
     raw: dict[str, Any] = {"user_id": request.path_params["user_id"]}
-    for name in _SCALARS:
-        if name in query:
-            raw[name] = query[name]
-    if "exclude" in query:
-        raw["exclude"] = query.getlist("exclude")
+    exclude: list[str] = []
+    # Parsed as Starlette's request.query_params does, without building its multi-dict.
+    query = request.scope["query_string"].decode("latin-1")
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name == "exclude":
+            exclude.append(value)
+        elif name in _SCALARS:
+            raw[name] = value
+    if exclude:
+        raw["exclude"] = exclude
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
