@@ -1,4 +1,5 @@
-"""The platform's contracts, in one place: topics, event payloads, Redis keys, object layout.
+"""The platform's contracts, in one place: topics, event payloads, Redis keys, object layout,
+and the worker's model-control endpoint (the controller's ``local`` target calls it).
 
 Services import these names; none of them spells a topic, a key or an object path itself.
 Every event carries ``schema_version`` so that a consumer can refuse what it does not know,
@@ -255,6 +256,47 @@ class ActiveModel(BaseModel):
     activated_at: datetime
     popular_items: list[str]
     popular_scores: list[float]
+
+
+# --------------------------------------------------------------------------- worker model control
+
+MODEL_CONTROL_PATH: Final = "/v1/model"
+
+
+class ModelLoadRequest(BaseModel):
+    """``POST /v1/model``: load this artifact (the worker answers 202, or 200 if it serves it)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_uri: Annotated[str, Field(min_length=1, max_length=2048)]
+
+
+class ModelLoadFailure(BaseModel):
+    """A worker's last failed load: which artifact, why, when."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    model_uri: str
+    error: str
+    at: datetime
+
+
+class WorkerModelState(BaseModel):
+    """What ``GET`` and ``POST /v1/model`` answer; ``None`` before the first model.
+
+    Every field has a default, so that a reader tolerates a worker one version older or newer
+    during a rollout (unknown fields are ignored).
+    """
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    model_name: str | None = None
+    version: str | None = None
+    model_uri: str | None = None
+    n_items: int | None = None
+    activated_at: datetime | None = None
+    loading: str | None = None
+    last_error: ModelLoadFailure | None = None
 
 
 # --------------------------------------------------------------------------- object storage

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime
 from typing import Annotated, Any, Protocol
 
 import uvicorn
@@ -22,9 +21,15 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request,
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from reco_common.contracts import (
+    MODEL_CONTROL_PATH,
+    ModelLoadFailure,
+    ModelLoadRequest,
+    WorkerModelState,
+)
 from reco_worker.model_store import ModelStatus
 
 logger = logging.getLogger(__name__)
@@ -57,37 +62,9 @@ class Readiness(BaseModel):
     checks: dict[str, bool]
 
 
-class LoadErrorView(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-
-    model_uri: str
-    error: str
-    at: datetime
-
-
-class ModelState(BaseModel):
-    """What ``GET /v1/model`` and ``POST /v1/model`` answer (``None`` before the first model)."""
-
-    model_config = ConfigDict(protected_namespaces=())
-
-    model_name: str | None
-    version: str | None
-    model_uri: str | None
-    n_items: int | None
-    activated_at: datetime | None
-    loading: str | None
-    last_error: LoadErrorView | None
-
-
-class ModelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model_uri: Annotated[str, Field(min_length=1, max_length=2048)]
-
-
-def _state(status_: ModelStatus) -> ModelState:
+def _state(status_: ModelStatus) -> WorkerModelState:
     model, failure = status_.active, status_.last_error
-    return ModelState(
+    return WorkerModelState(
         model_name=model.name if model else None,
         version=model.version if model else None,
         model_uri=model.uri if model else None,
@@ -96,7 +73,7 @@ def _state(status_: ModelStatus) -> ModelState:
         loading=status_.loading,
         last_error=None
         if failure is None
-        else LoadErrorView(model_uri=failure.uri, error=failure.error, at=failure.at),
+        else ModelLoadFailure(model_uri=failure.uri, error=failure.error, at=failure.at),
     )
 
 
@@ -149,22 +126,24 @@ async def prometheus() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-model = APIRouter(prefix="/v1/model", tags=["model"])
+model = APIRouter(prefix=MODEL_CONTROL_PATH, tags=["model"])
 
 
-@model.get("", response_model=ModelState)
-async def get_model(models: Models) -> ModelState:
+@model.get("", response_model=WorkerModelState)
+async def get_model(models: Models) -> WorkerModelState:
     return _state(models.status())
 
 
 @model.post(
     "",
-    response_model=ModelState,
+    response_model=WorkerModelState,
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[Authorized],
-    responses={200: {"model": ModelState}, 401: {"model": ErrorResponse}},
+    responses={200: {"model": WorkerModelState}, 401: {"model": ErrorResponse}},
 )
-async def post_model(body: ModelRequest, models: Models, response: Response) -> ModelState:
+async def post_model(
+    body: ModelLoadRequest, models: Models, response: Response
+) -> WorkerModelState:
     """Load ``model_uri`` in the background (202), or nothing to do when it is served (200)."""
     current = models.status()
     if current.active is not None and current.active.uri == body.model_uri:

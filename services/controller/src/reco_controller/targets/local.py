@@ -15,12 +15,12 @@ from typing import Final
 import httpx
 
 from reco_common.artifact import ArtifactError
-from reco_common.contracts import ContractError
+from reco_common.contracts import ContractError, WorkerModelState
 from reco_common.settings import S3Settings
 from reco_controller import manifests
 from reco_controller.settings import ControllerSettings
 from reco_controller.targets.base import ModelRecord, Progress, TargetError, TargetState
-from reco_controller.targets.worker_client import ModelControlClient, WorkerModel
+from reco_controller.targets.worker_client import ModelControlClient, refused
 
 logger = logging.getLogger(__name__)
 
@@ -91,15 +91,15 @@ class LocalTarget:
         except TimeoutError:
             return Progress.failure(f"not rolled out after {timeout_s:g} s: {progress.message}")
 
-    def _progress(self, reports: Sequence[WorkerModel]) -> Progress:
+    def _progress(self, reports: Sequence[WorkerModelState]) -> Progress:
         assert self._applied is not None, "apply() first"
-        refused = [
+        failed = [
             f"{worker.url}: {why}"
             for worker, report in zip(self._workers, reports, strict=True)
-            if (why := report.refused(self._applied)) is not None
+            if (why := refused(report, self._applied)) is not None
         ]
-        if refused:
-            return Progress.failure("; ".join(refused))
+        if failed:
+            return Progress.failure("; ".join(failed))
         lagging = [r for r in reports if r.model_uri != self._applied]
         if lagging:
             return Progress.waiting(
@@ -123,7 +123,7 @@ class LocalTarget:
             logger.warning("%s", reason)
             self._refusals.append(reason)
 
-    async def _reports(self) -> list[WorkerModel]:
+    async def _reports(self) -> list[WorkerModelState]:
         try:
             return list(await asyncio.gather(*(w.current() for w in self._workers)))
         except httpx.HTTPStatusError as exc:
