@@ -3,10 +3,13 @@
 No validation, no dependency injection, no middleware, no error handling: what is left of the
 request path when everything but the work itself is stripped away. Served by the same uvicorn
 configuration as the API (httptools, uvloop, no access log). Reads its Redis from the same
-``RECO_REDIS_*`` settings.
+``RECO_REDIS_*`` settings. ``BENCH_GC_FREEZE=1`` freezes the startup heap as the API does.
 """
 
 from __future__ import annotations
+
+import gc
+import os
 
 import orjson
 from starlette.applications import Starlette
@@ -56,3 +59,8 @@ async def recommendations(request: Request) -> Response:
 
 
 app = Starlette(routes=[Route("/v1/users/{user_id}/recommendations", recommendations)])
+
+if os.environ.get("BENCH_GC_FREEZE") == "1":
+    # The same startup-heap freeze as reco_api.server, to show what the baseline gains from it.
+    gc.collect()
+    gc.freeze()
