@@ -306,6 +306,17 @@ def main() -> None:
     report(peaks, best, target, paced, args)
 
 
+def table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    """A Markdown table under its title, the first column left-aligned, the others right."""
+    print()
+    print(title)
+    print()
+    print("| " + " | ".join(header) + " |")
+    print("|---|" + "---:|" * (len(header) - 1))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def report(
     peaks: dict[str, list[Run]],
     best: dict[str, float],
@@ -313,38 +324,45 @@ def report(
     paced: dict[str, list[Run]],
     args: argparse.Namespace,
 ) -> None:
-    def median(runs: list[Run], field: str) -> float:
-        return statistics.median(getattr(r, field) for r in runs)
+    def median(runs: list[Run], field: str) -> str:
+        return f"{statistics.median(getattr(r, field) for r in runs):.2f}"
 
-    print()
-    print(
+    def errors(runs: list[Run]) -> str:
+        return str(sum(r.errors for r in runs))
+
+    table(
         f"Maximum throughput (wrk -t1 -c{args.connections} -d{args.duration}s, median of "
-        f"{args.rounds} interleaved rounds):"
+        f"{args.rounds} interleaved rounds):",
+        ["server", "requests/s", "vs bare", "p50 ms", "p99 ms", "errors"],
+        [
+            [
+                v,
+                f"{best[v]:.0f}",
+                f"{best[v] / best['bare']:.2f}",
+                median(runs, "p50_ms"),
+                median(runs, "p99_ms"),
+                errors(runs),
+            ]
+            for v, runs in peaks.items()
+        ],
     )
-    print()
-    print("| server | requests/s | vs bare | p50 ms | p99 ms | errors |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for variant, runs in peaks.items():
-        errors = sum(r.errors for r in runs)
-        print(
-            f"| {variant} | {best[variant]:.0f} | {best[variant] / best['bare']:.2f} | "
-            f"{median(runs, 'p50_ms'):.2f} | {median(runs, 'p99_ms'):.2f} | {errors} |"
-        )
-    print()
-    print(
+    table(
         f"At 70 % of the API's maximum ({target:.0f} requests/s offered by {args.connections} "
         f"wrk connections with exponential think time, {args.duration} s, median of "
-        f"{args.rounds} interleaved rounds):"
+        f"{args.rounds} interleaved rounds):",
+        ["server", "achieved requests/s", "p50 ms", "p99 ms", "worst p99 ms", "errors"],
+        [
+            [
+                v,
+                f"{statistics.median(r.rps for r in runs):.0f}",
+                median(runs, "p50_ms"),
+                median(runs, "p99_ms"),
+                f"{max(r.p99_ms for r in runs):.2f}",
+                errors(runs),
+            ]
+            for v, runs in paced.items()
+        ],
     )
-    print()
-    print("| server | achieved requests/s | p50 ms | p99 ms | worst p99 ms | errors |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for variant, runs in paced.items():
-        errors = sum(r.errors for r in runs)
-        print(
-            f"| {variant} | {median(runs, 'rps'):.0f} | {median(runs, 'p50_ms'):.2f} | "
-            f"{median(runs, 'p99_ms'):.2f} | {max(r.p99_ms for r in runs):.2f} | {errors} |"
-        )
     cost = 1 - best["api"] / best["api, no HTTP metrics"]
     print()
     print(f"HTTP metrics middleware: {cost * 100:.1f} % of the maximum throughput.")
