@@ -1,15 +1,29 @@
 # The front door: `make demo` runs the whole pipeline on local processes, `make test` proves it.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-UV ?= uv
 PYTEST_ARGS ?=
+PYTEST_PATHS ?= tests
+
+# The Makefile brings its own uv (pinned) so that a bare machine needs nothing but python3:
+# a venv under the cache holds it, and every recipe finds it (and uvx) first on PATH.
+UV_VERSION := 0.13.9
+RECO_CACHE_DIR ?= $(HOME)/.cache/reco
+RECO_TOOLS_DIR ?= $(RECO_CACHE_DIR)/tools
+UV_HOME := $(RECO_TOOLS_DIR)/uv-$(UV_VERSION)
+UV := $(UV_HOME)/bin/uv
+export PATH := $(UV_HOME)/bin:$(PATH)
 
 .PHONY: help
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: install
-install: ## Install the Python workspace from the lock (uv)
+.PHONY: bootstrap install
+bootstrap: $(UV) ## Install the pinned uv into the cache (needs only python3 and PyPI)
+
+$(UV):
+	scripts/bootstrap-uv.sh $(UV_VERSION) $(UV_HOME)
+
+install: $(UV) ## Install the Python workspace from the lock (uv)
 	$(UV) sync --locked --all-packages
 
 .PHONY: stack-up stack-down stack-status
@@ -41,7 +55,7 @@ test-unit: install ## Unit tests only (no network)
 
 .PHONY: test
 test: lint stack-up kube-up ## Lint, type check and every test tier against the real servers
-	$(UV) run pytest tests $(PYTEST_ARGS)
+	$(UV) run pytest $(PYTEST_PATHS) $(PYTEST_ARGS)
 
 .PHONY: demo
 demo: install stack-up ## The whole loop on local processes: train, roll out, stream, serve

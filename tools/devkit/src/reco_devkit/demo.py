@@ -17,21 +17,20 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import signal
 import socket
-import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import httpx
+import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -82,42 +81,6 @@ class Options:
     api_port: int
     plain: bool
     wait: bool
-
-
-def parse_options(argv: Sequence[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(
-        prog="python -m reco_devkit.demo",
-        description="Train, roll out, stream and serve on local processes (needs scripts/stack.sh up).",
-    )
-    parser.add_argument("--dir", type=Path, default=Path("var/demo"), help="run directories")
-    parser.add_argument(
-        "--duration", type=float, default=30.0, help="seconds of live traffic before retraining"
-    )
-    parser.add_argument(
-        "--after", type=float, default=10.0, help="seconds of traffic after the second rollout"
-    )
-    parser.add_argument("--rate", type=float, default=200.0, help="user actions per second")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes")
-    parser.add_argument("--interactions", type=int, default=50_000, help="size of the shop")
-    parser.add_argument("--seed", type=int, default=7, help="the shop's seed")
-    parser.add_argument("--api-port", type=int, default=8080, help="(a free one if taken)")
-    parser.add_argument("--plain", action="store_true", help="plain lines, no live view")
-    parser.add_argument(
-        "--no-wait", action="store_true", help="exit after the summary (leave nothing running)"
-    )
-    args = parser.parse_args(argv)
-    return Options(
-        directory=args.dir,
-        duration_s=args.duration,
-        after_s=args.after,
-        rate=args.rate,
-        workers=args.workers,
-        interactions=args.interactions,
-        seed=args.seed,
-        api_port=args.api_port,
-        plain=args.plain,
-        wait=not args.no_wait,
-    )
 
 
 def _port_or_free(port: int) -> int | None:
@@ -489,8 +452,42 @@ async def _main(options: Options, console: Console) -> int:
         demo.stop()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    options = parse_options(argv)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command(
+    help="Train, roll out, stream and serve on local processes (needs scripts/stack.sh up)."
+)
+def main(
+    directory: Annotated[Path, typer.Option("--dir", help="run directories")] = Path("var/demo"),
+    duration: Annotated[
+        float, typer.Option(help="seconds of live traffic before retraining", min=0)
+    ] = 30.0,
+    after: Annotated[
+        float, typer.Option(help="seconds of traffic after the second rollout", min=0)
+    ] = 10.0,
+    rate: Annotated[float, typer.Option(help="user actions per second", min=0.1)] = 200.0,
+    workers: Annotated[int, typer.Option(help="worker processes", min=1)] = 2,
+    interactions: Annotated[int, typer.Option(help="size of the shop", min=1000)] = 50_000,
+    seed: Annotated[int, typer.Option(help="the shop's seed")] = 7,
+    api_port: Annotated[int, typer.Option(help="(a free one if taken)")] = 8080,
+    plain: Annotated[bool, typer.Option("--plain", help="plain lines, no live view")] = False,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="exit after the summary (leave nothing running)")
+    ] = False,
+) -> None:
+    options = Options(
+        directory=directory,
+        duration_s=duration,
+        after_s=after,
+        rate=rate,
+        workers=workers,
+        interactions=interactions,
+        seed=seed,
+        api_port=api_port,
+        plain=plain,
+        wait=not no_wait,
+    )
     console = Console()
     if not console.is_terminal:  # a log or a pipe: lines, wide enough for the summary
         console = Console(width=120)
@@ -499,8 +496,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = asyncio.run(_main(options, console))
     except KeyboardInterrupt:
         code = 130
-    sys.exit(code)
+    raise typer.Exit(code)
 
 
 if __name__ == "__main__":
-    main()
+    app(prog_name="python -m reco_devkit.demo")
