@@ -1,6 +1,6 @@
 """The README's two commands from a clean clone, as a new user runs them: no uv on the PATH.
 
-The clone gets a fresh ``HOME`` and a PATH of the system directories only, so the Makefile must
+The clone gets the machine's environment (CA bundles and the like) with a fresh ``HOME`` and a PATH of the system directories only, so the Makefile must
 bootstrap its own pinned uv (into a fresh ``RECO_TOOLS_DIR``). The documented caches are reused
 so that nothing is downloaded twice: ``UV_CACHE_DIR`` and ``PIP_CACHE_DIR`` (Python packages),
 ``RECO_CACHE_DIR`` (Kafka jars, built servers) and ``RECO_STACK_DIR`` (the dev stack that already
@@ -22,6 +22,12 @@ REPO = Path(__file__).resolve().parents[2]
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+def _machine_environment() -> dict[str, str]:
+    """The machine's own settings (CA bundles, proxies, locale) without what this run added."""
+    ours = ("UV_", "VIRTUAL_ENV", "PYTEST_", "RECO_", "PYTHON")
+    return {k: v for k, v in os.environ.items() if not k.startswith(ours)}
+
+
 def _cache(variable: str, default: Path) -> str:
     return os.environ.get(variable) or str(default)
 
@@ -38,9 +44,9 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(checkout)], check=True, timeout=120)
     home = Path.home()
     env = {
+        **_machine_environment(),
         "HOME": str(root / "home"),
         "PATH": SYSTEM_PATH,
-        "LANG": "C.UTF-8",
         "UV_CACHE_DIR": _cache("UV_CACHE_DIR", home / ".cache" / "uv"),
         "PIP_CACHE_DIR": _cache("PIP_CACHE_DIR", home / ".cache" / "pip"),
         "RECO_CACHE_DIR": _cache("RECO_CACHE_DIR", home / ".cache" / "reco"),
