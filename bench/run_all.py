@@ -81,6 +81,7 @@ BENCHES = (
         quick=("--rounds", "1", "--duration", "3"),
     ),
     Bench("API", "bench/api/overhead.py", full=("--rounds", "5"), quick=("--rounds", "1")),
+    Bench("Contracts", "bench/codec/codec.py", full=("--rounds", "5"), quick=("--number", "2000")),
     Bench(
         "Controller",
         "bench/controller/rollout_latency.py",

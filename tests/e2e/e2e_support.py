@@ -19,10 +19,18 @@ from typing import Any, TypeVar
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from msgspec.structs import asdict
 from redis.asyncio import Redis
 
 from reco_common.artifact import read_manifest
-from reco_common.contracts import ActionType, ModelPublished, RecommendationList, UserAction, decode
+from reco_common.contracts import (
+    ActionType,
+    ModelPublished,
+    RecommendationList,
+    UserAction,
+    decode,
+    decode_history_member,
+)
 from reco_common.kafka import KafkaUnavailableError, ensure_topics, start_producer
 from reco_common.settings import CommonSettings
 from reco_common.storage import open_store
@@ -30,7 +38,6 @@ from reco_devkit import services
 from reco_devkit.procs import ServiceProcess, stop_all
 from reco_devkit.services import RunSpace
 from reco_devkit.traffic import USER_ACTIONS_PARTITIONS
-from reco_worker.history import decode_member
 from reco_worker.settings import WorkerSettings
 
 T = TypeVar("T")
@@ -197,7 +204,7 @@ async def snapshot(redis: Redis, prefix: str) -> dict[str, Any]:
         name = key.decode().removeprefix(prefix)
         if name.startswith(":rec:"):
             value = decode(RecommendationList, await redis.get(key))
-            state[name] = value.model_dump(exclude={"computed_at"})
+            state[name] = {k: v for k, v in asdict(value).items() if k != "computed_at"}
         elif name.startswith(":hist:"):
             state[name] = await redis.zrange(key, 0, -1, withscores=True)
     return state
@@ -318,5 +325,5 @@ def assert_every_event_applied(
     for user, ids in by_user.items():
         assert len(ids) <= history_len, "the test must keep every event in the bounded history"
         members = actual.get(f":hist:{user}", [])
-        seen = {decode_member(member, score).event_id for member, score in members}
+        seen = {decode_history_member(member, score).event_id for member, score in members}
         assert seen == ids, f"{user}: events {sorted(ids - seen)[:5]} lost"

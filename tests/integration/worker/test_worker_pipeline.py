@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from msgspec.structs import asdict
 from redis.asyncio import Redis
 from worker_stack import (
     MODEL,
@@ -65,7 +66,7 @@ async def snapshot(redis: Redis, prefix: str) -> dict[str, Any]:
         name = key.decode().removeprefix(prefix)
         if ":rec:" in name:
             value = decode(RecommendationList, await redis.get(key))
-            state[name] = value.model_dump(exclude={"computed_at"})
+            state[name] = {k: v for k, v in asdict(value).items() if k != "computed_at"}
         elif ":hist:" in name:
             state[name] = await redis.zrange(key, 0, -1, withscores=True)
     return state

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
+import orjson
 import pytest
 
 from reco_common.contracts import (
@@ -13,8 +14,12 @@ from reco_common.contracts import (
     Topics,
     UserAction,
     decode,
+    decode_history_member,
     encode,
+    encode_history_member,
 )
+
+NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
 
 def _action(**overrides: object) -> dict[str, object]:
@@ -30,7 +35,7 @@ def _action(**overrides: object) -> dict[str, object]:
 
 
 def test_user_action_round_trips_through_the_one_serializer() -> None:
-    event = UserAction.model_validate(_action(weight=2.5))
+    event = decode(UserAction, orjson.dumps(_action(weight=2.5)))
     again = decode(UserAction, encode(event))
     assert again == event
     assert again.action is ActionType.CLICK
@@ -51,8 +56,6 @@ def test_user_action_round_trips_through_the_one_serializer() -> None:
     ],
 )
 def test_invalid_actions_name_the_field(overrides: dict[str, object], field: str) -> None:
-    import orjson
-
     with pytest.raises(ContractError) as caught:
         decode(UserAction, orjson.dumps(_action(**overrides)))
     assert caught.value.reason.startswith(field)
@@ -70,16 +73,10 @@ def test_model_published_rejects_bad_model_names() -> None:
         "version": "v1",
         "artifact_uri": "s3://reco/models/x/v1",
         "created_at": "2026-01-31T12:00:00Z",
-        "metrics": EvalMetrics(model={"precision@10": 0.1}, baseline={}).model_dump(),
+        "metrics": {"model": {"precision@10": 0.1}, "baseline": {}},
     }
     with pytest.raises(ContractError, match="model_name"):
-        decode(ModelPublished, encode_raw(payload))
-
-
-def encode_raw(payload: dict[str, object]) -> bytes:
-    import orjson
-
-    return orjson.dumps(payload)
+        decode(ModelPublished, orjson.dumps(payload))
 
 
 def test_names_come_from_the_contract_with_an_isolating_prefix() -> None:
@@ -90,3 +87,55 @@ def test_names_come_from_the_contract_with_an_isolating_prefix() -> None:
     assert keys.recommendations("m", "u") == "p:rec:m:u"
     assert keys.active_model("m") == "p:active:m"
     assert keys.history("u") == "p:hist:u"
+
+
+def test_event_times_are_kept_in_utc_and_must_be_aware() -> None:
+    event = decode(UserAction, orjson.dumps(_action(ts="2026-01-31T14:00:00+02:00")))
+    assert event.ts.tzinfo is UTC
+    assert event.ts == datetime(2026, 1, 31, 12, tzinfo=UTC)
+    local = datetime(2026, 1, 31, 14, tzinfo=timezone(timedelta(hours=2)))
+    assert _built(ts=local).ts.tzinfo is UTC
+    with pytest.raises(ValueError, match="timezone"):
+        _built(ts=datetime(2026, 1, 31, 12))
+
+
+def test_numpy_metrics_encode_as_plain_numbers() -> None:
+    import numpy as np
+
+    metrics = EvalMetrics(model={"precision@10": np.float32(0.25)}, baseline={})  # type: ignore[dict-item]
+    assert decode(EvalMetrics, encode(metrics)).model == {"precision@10": 0.25}
+
+
+def _built(*, ts: datetime, weight: float | None = None, n: int = 1) -> UserAction:
+    return UserAction(
+        event_id=f"e{n}",
+        user_id="u1",
+        item_id=f"i{n}",
+        action=ActionType.CLICK,
+        weight=weight,
+        ts=ts,
+    )
+
+
+@pytest.mark.parametrize("weight", [None, 2.5, 1e6, 0.001])
+def test_a_member_round_trips(weight: float | None) -> None:
+    event = _built(ts=NOW, weight=weight, n=7)
+    entry = decode_history_member(encode_history_member(event), 123.5)
+    assert (entry.event_id, entry.item_id, entry.action, entry.weight, entry.ts) == (
+        "e7",
+        "i7",
+        ActionType.CLICK,
+        weight,
+        123.5,
+    )
+
+
+def test_the_same_event_always_encodes_to_the_same_member() -> None:
+    assert encode_history_member(_built(ts=NOW, n=1)) == encode_history_member(_built(ts=NOW, n=1))
+    assert encode_history_member(_built(ts=NOW, n=1)) != encode_history_member(_built(ts=NOW, n=2))
+
+
+@pytest.mark.parametrize("member", [b"", b"2\te\ti\tview\t", b"1\te\ti\tview", b"1\te\ti\tjump\t"])
+def test_a_foreign_member_is_refused(member: bytes) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - the message depends on what is wrong
+        decode_history_member(member, 0.0)

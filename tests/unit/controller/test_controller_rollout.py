@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from reco_common.contracts import EvalMetrics, ModelPublished, RolloutEvent, RolloutStatus
@@ -219,7 +220,7 @@ async def test_force_overrides_staleness_and_a_previous_failure(
 
 
 async def test_a_model_without_a_target_is_ignored(reported: list[RolloutEvent]) -> None:
-    other = _event().model_copy(update={"model_name": "other"})
+    other = msgspec.structs.replace(_event(), model_name="other")
     assert await _rollouts(NoTarget(), reported).handle(other) is Decision.UNMANAGED
     assert reported == []
 

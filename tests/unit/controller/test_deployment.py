@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from reco_common.contracts import EvalMetrics
+from reco_common.contracts import EvalMetrics, decode
 from reco_controller.targets.base import ModelRecord, TargetError
 from reco_controller.targets.deployment import (
     ACTIVE,
@@ -48,7 +48,7 @@ def test_rollout_patch_sets_only_model_uri_and_records_both_models() -> None:
     assert notes[annotation(PREVIOUS, "uri")] == V1.uri
     assert notes[annotation(PREVIOUS, "version")] == "v1"
     assert notes[annotation(PREVIOUS, "created-at")] == "2026-11-01T00:00:00+00:00"
-    assert EvalMetrics.model_validate_json(notes[annotation(PREVIOUS, "metrics")]) == METRICS
+    assert decode(EvalMetrics, notes[annotation(PREVIOUS, "metrics")]) == METRICS
     assert FAILED_URI not in notes
 
 

@@ -1,16 +1,15 @@
-"""History member encoding, the timestamp rule, and coalescing a batch per user."""
+"""The timestamp rule, and coalescing a batch per user."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from aiokafka import ConsumerRecord
 
 from reco_common.contracts import ActionType, UserAction, encode
 from reco_common.kafka import Delivery
 from reco_worker.consumer import coalesce
-from reco_worker.history import decode_member, effective_ts, encode_member
+from reco_worker.history import effective_ts
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
@@ -46,30 +45,6 @@ def delivery(
         headers=(),
     )
     return Delivery(record, event)
-
-
-@pytest.mark.parametrize("weight", [None, 2.5, 1e6, 0.001])
-def test_a_member_round_trips(weight: float | None) -> None:
-    event = action(7, weight=weight)
-    entry = decode_member(encode_member(event), 123.5)
-    assert (entry.event_id, entry.item_id, entry.action, entry.weight, entry.ts) == (
-        "e7",
-        "i7",
-        ActionType.CLICK,
-        weight,
-        123.5,
-    )
-
-
-def test_the_same_event_always_encodes_to_the_same_member() -> None:
-    assert encode_member(action(1)) == encode_member(action(1))
-    assert encode_member(action(1)) != encode_member(action(2))
-
-
-@pytest.mark.parametrize("member", [b"", b"2\te\ti\tview\t", b"1\te\ti\tview", b"1\te\ti\tjump\t"])
-def test_a_foreign_member_is_refused(member: bytes) -> None:
-    with pytest.raises(ValueError):  # noqa: PT011 - the message depends on what is wrong
-        decode_member(member, 0.0)
 
 
 def test_a_future_timestamp_is_clamped_to_the_record_time() -> None:

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from worker_models import clustered_arrays, random_arrays
 
-from reco_common.contracts import ActionType
+from reco_common.contracts import ActionType, HistoryEntry
 from reco_worker.scoring import (
-    HistoryEntry,
     Policy,
     ServingModel,
     Source,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict
+from msgspec import Struct, field
 
 from reco_common.contracts import EvalMetrics, ObjectLayout, decode, dumps, encode, loads
 from reco_common.storage import ObjectStore, file_sha256
@@ -45,24 +45,20 @@ class ArtifactError(RuntimeError):
     """A model artifact that is missing, incomplete or does not match its checksums."""
 
 
-class FileEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class FileEntry(Struct, frozen=True, forbid_unknown_fields=True):
     sha256: str
     bytes: int
 
 
-class Manifest(BaseModel):
+class Manifest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``manifest.json``: everything needed to trust, reproduce and compare a model."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
     format: int = ARTIFACT_FORMAT
     model_name: str
     version: str
     created_at: datetime
     data_snapshot: str
-    data_offsets: dict[str, int] = {}
+    data_offsets: dict[str, int] = field(default_factory=dict)
     params: dict[str, Any]
     metrics: EvalMetrics
     library_versions: dict[str, str]

@@ -1,29 +1,48 @@
-"""The platform's contracts, in one place: topics, event payloads, Redis keys, object layout,
-and the worker's model-control endpoint (the controller's ``local`` target calls it).
+"""The platform's contracts, in one place: topics, event payloads, Redis keys and values, object
+layout, and the worker's model-control endpoint (the controller's ``local`` target calls it).
 
 Services import these names; none of them spells a topic, a key or an object path itself.
-Every event carries ``schema_version`` so that a consumer can refuse what it does not know,
-and every payload goes through :func:`encode` / :func:`decode`, the one serializer.
+Every event carries ``schema_version`` so that a consumer can refuse what it does not know.
+Every value on Kafka and in Redis is a ``msgspec.Struct`` and goes through :func:`encode` /
+:func:`decode`, the one codec, on the writing and the reading side alike: msgspec decodes JSON
+straight into the typed struct, validating as it goes, faster than ``orjson.loads`` into a dict
+(bench/codec/codec.py, docs/benchmarks.md). Building a struct in Python does not validate it
+(only the timestamp rule below runs): what crosses a process boundary is validated on decode.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Annotated, Any, Final, Literal, TypeVar
 
+import msgspec
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from msgspec import Meta, Struct
+from msgspec.structs import force_setattr
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION: Final = 1
 DLQ_SUFFIX: Final = ".dlq"
 
-# Identifiers are opaque strings; bounded so that a key or a header can never explode.
-Identifier = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\s]+$")]
-ModelName = Annotated[
-    str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+# Identifiers are opaque strings; bounded so that a key or a header can never explode. Each
+# alias carries the rule for msgspec (contract values) and for pydantic (settings, API queries).
+_IDENTIFIER: Final = r"^[^\s]+$"
+_MODEL_NAME: Final = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+Identifier = Annotated[
+    str,
+    Field(min_length=1, max_length=256, pattern=_IDENTIFIER),
+    Meta(min_length=1, max_length=256, pattern=_IDENTIFIER),
 ]
+ModelName = Annotated[
+    str,
+    Field(min_length=1, max_length=63, pattern=_MODEL_NAME),
+    Meta(min_length=1, max_length=63, pattern=_MODEL_NAME),
+]
+Uri = Annotated[str, Meta(min_length=1, max_length=2048)]
 
 
 class ContractError(ValueError):
@@ -77,9 +96,7 @@ class DlqHeader(enum.StrEnum):
 # --------------------------------------------------------------------------- events
 
 
-class _Event(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
-
+class _Event(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     schema_version: Literal[1] = SCHEMA_VERSION
 
 
@@ -99,46 +116,52 @@ DEFAULT_ACTION_WEIGHTS: Final[dict[ActionType, float]] = {
     ActionType.PURCHASE: 8.0,
 }
 
+# An event's own timestamps must carry a timezone; they are kept in UTC.
+AwareDatetime = Annotated[datetime, Meta(tz=True)]
 
-def _aware(value: datetime) -> datetime:
+
+def _in_utc(struct: Struct, name: str) -> None:
+    """The timestamp rule, on decode and on construction: aware, then converted to UTC."""
+    value: datetime = getattr(struct, name)
     if value.tzinfo is None:
-        raise ValueError("timestamp must carry a timezone (e.g. 2026-01-31T12:00:00Z)")
-    return value.astimezone(UTC)
+        raise ValueError(f"{name}: timestamp must carry a timezone (e.g. 2026-01-31T12:00:00Z)")
+    if value.tzinfo is not UTC:
+        force_setattr(struct, name, value.astimezone(UTC))
 
 
-class UserAction(_Event):
+class UserAction(_Event, frozen=True, kw_only=True):
     """One shopper action. ``weight`` overrides the action type's configured weight."""
 
     event_id: Identifier
     user_id: Identifier
     item_id: Identifier
     action: ActionType
-    weight: float | None = Field(default=None, gt=0, le=1e6)
-    ts: datetime
+    weight: Annotated[float, Meta(gt=0, le=1e6)] | None = None
+    ts: AwareDatetime
 
-    _check_ts = field_validator("ts")(_aware)
+    def __post_init__(self) -> None:
+        _in_utc(self, "ts")
 
 
-class EvalMetrics(BaseModel):
+class EvalMetrics(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Evaluation figures of one recommender on the held-out split (e.g. ``precision@10``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: dict[str, float]
     baseline: dict[str, float]
 
 
-class ModelPublished(_Event):
+class ModelPublished(_Event, frozen=True, kw_only=True):
     """A model artifact was written, verified, and may be rolled out."""
 
     model_name: ModelName
     version: Identifier
-    artifact_uri: Annotated[str, Field(min_length=1, max_length=2048)]
-    created_at: datetime
+    artifact_uri: Uri
+    created_at: AwareDatetime
     metrics: EvalMetrics
     data_snapshot: str = ""
 
-    _check_created_at = field_validator("created_at")(_aware)
+    def __post_init__(self) -> None:
+        _in_utc(self, "created_at")
 
 
 class RolloutStatus(enum.StrEnum):
@@ -149,7 +172,7 @@ class RolloutStatus(enum.StrEnum):
     ROLLED_BACK = "rolled_back"
 
 
-class RolloutEvent(_Event):
+class RolloutEvent(_Event, frozen=True, kw_only=True):
     """The controller's account of one rollout decision or step."""
 
     model_name: ModelName
@@ -158,33 +181,71 @@ class RolloutEvent(_Event):
     status: RolloutStatus
     target: str
     reason: str = ""
-    at: datetime
+    at: AwareDatetime
 
-    _check_at = field_validator("at")(_aware)
-
-
-# --------------------------------------------------------------------------- serializer
-
-E = TypeVar("E", bound=BaseModel)
+    def __post_init__(self) -> None:
+        _in_utc(self, "at")
 
 
-def encode(event: BaseModel) -> bytes:
-    """Serialize a contract model to compact JSON bytes."""
-    return event.__pydantic_serializer__.to_json(event)
+# --------------------------------------------------------------------------- codec
+
+S = TypeVar("S", bound=Struct)
 
 
-def decode(model: type[E], data: bytes | str | None) -> E:
+def _plain_number(value: Any) -> Any:
+    """A numpy scalar (a metric computed with numpy) as the Python number it holds."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        return item()
+    raise NotImplementedError(f"{type(value).__name__} is not part of a contract")
+
+
+_encoder: Final = msgspec.json.Encoder(enc_hook=_plain_number)
+
+
+def encode(value: Struct) -> bytes:
+    """Serialize a contract value to compact JSON bytes."""
+    return _encoder.encode(value)
+
+
+@cache
+def _decoder(model: type[S]) -> msgspec.json.Decoder[S]:
+    return msgspec.json.Decoder(model)
+
+
+def decode(model: type[S], data: bytes | str | None) -> S:
     """Parse and validate ``data`` as ``model``; raise :class:`ContractError` naming the field."""
     if data is None:
         raise ContractError("empty message: no value")
+    decoder: msgspec.json.Decoder[S] = _decoder(model)  # one per contract type, built once
     try:
-        return model.model_validate_json(data)
-    except ValidationError as exc:
-        raise ContractError(describe_validation_error(exc)) from None
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise ContractError(_describe(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise ContractError(f"<payload>: {exc}") from None
+
+
+# msgspec's messages end with the JSON path (" - at `$.metrics.model`"); an unknown or missing
+# field is named inside the message instead.
+_AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_NAMED_FIELD = re.compile(r"(?:unknown|required) field `(?P<name>[^`]+)`")
+
+
+def _describe(message: str) -> str:
+    """``field: why``, the shape pydantic's errors had (and :func:`describe_validation_error`)."""
+    at = _AT.search(message)
+    path = at["path"] if at else ""
+    why = message[: at.start()] if at else message
+    named = _NAMED_FIELD.search(why)
+    if named:
+        path = f"{path}.{named['name']}" if path else named["name"]
+    return f"{path or '<payload>'}: {why}"
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """One line per problem: ``field: why`` (the first three, then a count)."""
+    """A pydantic error (settings, parameters) as one line per problem: ``field: why``
+    (the first three, then a count)."""
     parts = []
     for err in exc.errors()[:3]:
         where = ".".join(str(p) for p in err["loc"]) or "<payload>"
@@ -196,7 +257,7 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def dumps(value: Any) -> bytes:
-    """The serializer for non-event values stored by the platform (Redis lists, manifests)."""
+    """The serializer for untyped files the platform writes (id lists, offsets, reports)."""
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
@@ -232,10 +293,8 @@ class RedisKeys:
         return f"{self.prefix}:popular:{model_name}:{version}"
 
 
-class RecommendationList(BaseModel):
+class RecommendationList(Struct, kw_only=True, forbid_unknown_fields=True):
     """The value of a ``rec`` key: a user's top-N, stamped with where it came from."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model_version: str
     computed_at: datetime
@@ -245,10 +304,9 @@ class RecommendationList(BaseModel):
     scores: list[float]
 
 
-class ActiveModel(BaseModel):
-    """The value of an ``active`` key: the version workers serve and its popular fallback."""
-
-    model_config = ConfigDict(extra="forbid")
+class ActiveModel(Struct, kw_only=True, forbid_unknown_fields=True):
+    """The value of an ``active`` (and a ``popular``) key: the version workers serve and its
+    popular fallback."""
 
     model_name: str
     version: str
@@ -256,6 +314,49 @@ class ActiveModel(BaseModel):
     activated_at: datetime
     popular_items: list[str]
     popular_scores: list[float]
+
+
+# A ``hist`` member is one event as ``1<TAB>event_id<TAB>item_id<TAB>action<TAB>weight``, its
+# score the effective event time. Identifiers never contain white space, so the tab is
+# unambiguous; ``weight`` is empty when the event has none (the configured action weight applies
+# at scoring time). Not JSON: Redis compares members byte for byte, and the same event must
+# always give the same bytes so that a redelivered event changes nothing in the sorted set.
+HISTORY_MEMBER_FORMAT: Final = "1"
+_TAB: Final = "\t"
+
+
+def encode_history_member(action: UserAction) -> bytes:
+    """The ``hist`` sorted-set member of ``action``."""
+    weight = "" if action.weight is None else repr(float(action.weight))
+    fields = (HISTORY_MEMBER_FORMAT, action.event_id, action.item_id, action.action.value, weight)
+    return _TAB.join(fields).encode()
+
+
+def decode_history_member(member: bytes, ts: float) -> HistoryEntry:
+    """Parse a member written by :func:`encode_history_member`; ``ValueError`` for anything else."""
+    fields = member.decode().split(_TAB)
+    if len(fields) != 5 or fields[0] != HISTORY_MEMBER_FORMAT:
+        raise ValueError(f"not a history member of format {HISTORY_MEMBER_FORMAT}: {member[:80]!r}")
+    _, event_id, item_id, action, weight = fields
+    return HistoryEntry(
+        event_id=event_id,
+        item_id=item_id,
+        action=ActionType(action),
+        weight=float(weight) if weight else None,
+        ts=ts,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One remembered action (a decoded ``hist`` member): ``ts`` is its score, the effective
+    event time in epoch seconds."""
+
+    event_id: str
+    item_id: str
+    action: ActionType
+    weight: float | None
+    ts: float
 
 
 # --------------------------------------------------------------------------- worker model control

@@ -27,7 +27,7 @@ from aiokafka.errors import (
     KafkaError,
     TopicAlreadyExistsError,
 )
-from pydantic import BaseModel
+from msgspec import Struct
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from reco_common.contracts import ContractError, DlqHeader, Topics, decode, encode
@@ -36,7 +36,7 @@ from reco_common.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T", bound=BaseModel)
+T = TypeVar("T", bound=Struct)
 
 
 class KafkaUnavailableError(RuntimeError):
@@ -96,7 +96,7 @@ async def start_producer(settings: KafkaSettings, *, linger_ms: int = 2) -> AIOK
     return producer
 
 
-async def publish(producer: AIOKafkaProducer, topic: str, key: str, event: BaseModel) -> None:
+async def publish(producer: AIOKafkaProducer, topic: str, key: str, event: Struct) -> None:
     """Send one contract event and wait until the brokers acknowledged it."""
     await producer.send_and_wait(topic, encode(event), key=key.encode())
 

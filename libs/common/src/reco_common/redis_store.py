@@ -1,8 +1,10 @@
-"""Redis on ``redis.asyncio``: the served lists and the active-model record, as the API reads them.
+"""Redis on ``redis.asyncio``: the served lists and the active-model record, written by the
+worker and read by the API, both through the contract's codec.
 
 A user's list is one JSON value under one key, so replacing it is a single atomic ``SET``: a
 reader sees the old list or the new one, never a partial or empty one. The API's read is one
-round trip (``MGET`` of the user's list and the model's active record with its fallback).
+round trip (``MGET`` of the user's list and the model's active record with its fallback), whose
+two values are decoded separately: a corrupt list falls back, a corrupt model record does not.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from reco_common.contracts import ActiveModel, RecommendationList, RedisKeys, decode, encode
+from reco_common.contracts import ActiveModel, RecommendationList, RedisKeys, S, decode, encode
 from reco_common.settings import RedisSettings
 
 
@@ -53,10 +55,21 @@ async def activate_model(redis: Redis, keys: RedisKeys, active: ActiveModel) -> 
 
 @dataclass(frozen=True, slots=True)
 class ServedView:
-    """What the API needs for one request, read in one round trip (raw JSON, decoded lazily)."""
+    """What the API needs for one request, read in one round trip; each value is decoded on
+    its own, raising :class:`reco_common.contracts.ContractError` when it is corrupt."""
 
     recommendations: bytes | str | None
     active: bytes | str | None
+
+    def recommendation_list(self) -> RecommendationList | None:
+        return _decoded(RecommendationList, self.recommendations)
+
+    def active_model(self) -> ActiveModel | None:
+        return _decoded(ActiveModel, self.active)
+
+
+def _decoded(model: type[S], raw: bytes | str | None) -> S | None:
+    return None if raw is None else decode(model, raw)
 
 
 async def read_served(redis: Redis, keys: RedisKeys, model_name: str, user_id: str) -> ServedView:
@@ -67,12 +80,10 @@ async def read_served(redis: Redis, keys: RedisKeys, model_name: str, user_id: s
 
 
 async def read_active(redis: Redis, keys: RedisKeys, model_name: str) -> ActiveModel | None:
-    raw = await redis.get(keys.active_model(model_name))
-    return None if raw is None else decode(ActiveModel, raw)
+    return _decoded(ActiveModel, await redis.get(keys.active_model(model_name)))
 
 
 async def read_list(
     redis: Redis, keys: RedisKeys, model_name: str, user_id: str
 ) -> RecommendationList | None:
-    raw = await redis.get(keys.recommendations(model_name, user_id))
-    return None if raw is None else decode(RecommendationList, raw)
+    return _decoded(RecommendationList, await redis.get(keys.recommendations(model_name, user_id)))

@@ -18,10 +18,15 @@ from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
-from reco_common.contracts import RecommendationList, RedisKeys, UserAction
+from reco_common.contracts import (
+    RecommendationList,
+    RedisKeys,
+    UserAction,
+    encode_history_member,
+)
 from reco_common.kafka import Delivery, Rejection
 from reco_common.redis_store import replace_lists
-from reco_worker.history import HistoryStore, effective_ts, encode_member
+from reco_worker.history import HistoryStore, effective_ts
 from reco_worker.metrics import WorkerMetrics
 from reco_worker.scoring import Policy, Ranked, ServingModel, recommend
 
@@ -59,7 +64,7 @@ def coalesce(deliveries: Sequence[Delivery[UserAction]], *, max_future_skew_s: f
         clamped += ts < event.ts.timestamp()
         update = updates.setdefault(event.user_id, UserUpdate(last=event))
         update.last = event
-        update.members[encode_member(event)] = ts
+        update.members[encode_history_member(event)] = ts
         update.event_times.append(ts)
         update.items.append(event.item_id)
     return Coalesced(updates, rejections, clamped)

@@ -1,9 +1,8 @@
-"""A user's recent actions in Redis: member encoding, the timestamp rule, pipelined update + read.
+"""A user's recent actions in Redis: the timestamp rule, and the update + read in one round trip.
 
-``hist:{user}`` is a sorted set scored by the effective event time (epoch seconds). A member
-encodes one event as ``1<TAB>event_id<TAB>item_id<TAB>action<TAB>weight`` (identifiers never
-contain white space, so the tab is unambiguous; ``weight`` is empty when the event has none and
-the configured action weight applies at scoring time). Consequences:
+``hist:{user}`` is a sorted set scored by the effective event time (epoch seconds); a member
+encodes one event (``reco_common.contracts.encode_history_member``, the same bytes for the same
+event). Consequences:
 
 - a redelivered event adds the same member with the same score: nothing changes;
 - trimming keeps the newest ``history_len`` members by (time, member), which does not depend on
@@ -23,41 +22,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Final
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
-from reco_common.contracts import ActionType, RedisKeys, UserAction
-from reco_worker.scoring import HistoryEntry
+from reco_common.contracts import HistoryEntry, RedisKeys, UserAction, decode_history_member
 
 logger = logging.getLogger(__name__)
-
-MEMBER_FORMAT: Final = "1"
-_SEP: Final = "\t"
-
-
-def encode_member(action: UserAction) -> bytes:
-    """The sorted-set member of ``action``: the same event always gives the same bytes."""
-    weight = "" if action.weight is None else repr(float(action.weight))
-    return _SEP.join(
-        (MEMBER_FORMAT, action.event_id, action.item_id, action.action.value, weight)
-    ).encode()
-
-
-def decode_member(member: bytes, ts: float) -> HistoryEntry:
-    """Parse a member written by :func:`encode_member`; raise ``ValueError`` for anything else."""
-    fields = member.decode().split(_SEP)
-    if len(fields) != 5 or fields[0] != MEMBER_FORMAT:
-        raise ValueError(f"not a history member of format {MEMBER_FORMAT}: {member[:80]!r}")
-    _, event_id, item_id, action, weight = fields
-    return HistoryEntry(
-        event_id=event_id,
-        item_id=item_id,
-        action=ActionType(action),
-        weight=float(weight) if weight else None,
-        ts=ts,
-    )
 
 
 def effective_ts(action: UserAction, *, record_ts_ms: int, max_future_skew_s: float) -> float:
@@ -129,7 +100,7 @@ class HistoryStore:
         for line in reply.split(b"\n") if reply else ():
             member, _, ts = line.rpartition(b"\t")
             try:
-                entries.append(decode_member(member, float(ts)))
+                entries.append(decode_history_member(member, float(ts)))
             except ValueError as exc:
                 self._bad_members.inc()
                 logger.warning("history of %s: skipping a foreign member: %s", user_id, exc)

@@ -28,9 +28,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reco_common.contracts import ActionType
+from reco_common.contracts import ActionType, HistoryEntry
 from reco_common.interactions import ACTION, EVENT_ID, Interactions
-from reco_worker.scoring import HistoryEntry, Policy, ServingModel, recommend
+from reco_worker.scoring import Policy, ServingModel, recommend
 
 logger = logging.getLogger(__name__)
 

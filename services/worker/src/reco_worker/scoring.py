@@ -24,21 +24,10 @@ import numpy as np
 import numpy.typing as npt
 
 from reco_common.artifact import FloatMatrix, ModelArrays
-from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, ActionType
+from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, ActionType, HistoryEntry
 from reco_worker.topn import Rows, Selection, TopSelector
 
 Vector = npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    """One remembered action: ``ts`` is the effective event time in epoch seconds."""
-
-    event_id: str
-    item_id: str
-    action: ActionType
-    weight: float | None
-    ts: float
 
 
 @dataclass(frozen=True, slots=True)
