@@ -36,7 +36,14 @@ from aiokafka import AIOKafkaConsumer
 from kubernetes_asyncio import watch
 from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoreV1Api, V1Namespace, V1ObjectMeta
 
-from reco_common.contracts import EvalMetrics, ModelPublished, RolloutEvent, RolloutStatus, decode
+from reco_common.contracts import (
+    MODEL_URI_ENV,
+    EvalMetrics,
+    ModelPublished,
+    RolloutEvent,
+    RolloutStatus,
+    decode,
+)
 from reco_common.kafka import ensure_topics, publish, start_producer
 from reco_common.settings import KafkaSettings
 from reco_controller.kube import api_client
@@ -75,7 +82,7 @@ def _worker(replicas: int) -> dict[str, object]:
                         {
                             "name": "worker",
                             "image": "reco-worker:bench",
-                            "env": [{"name": "MODEL_URI", "value": _uri(0)}],
+                            "env": [{"name": MODEL_URI_ENV, "value": _uri(0)}],
                         }
                     ],
                 },
@@ -160,7 +167,7 @@ async def bench(*, kubeconfig: Path, rounds: int, replicas: int) -> None:
     namespace = f"bench-controller-{run_id}"
     kafka = KafkaSettings(topic_prefix=f"bench-{run_id}-", client_id=f"bench-{run_id}")
     topics = kafka.topics
-    await ensure_topics(kafka, {topics.model_published: 1, topics.rollout_events: 1})
+    await ensure_topics(kafka, topics.model_published, topics.rollout_events)
     api = await api_client(kubeconfig=kubeconfig)
     core, apps = CoreV1Api(api), AppsV1Api(api)
     await core.create_namespace(V1Namespace(metadata=V1ObjectMeta(name=namespace)))

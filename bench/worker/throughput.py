@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from reco_common.artifact import ModelArrays, write_artifact
-from reco_common.contracts import ActionType, EvalMetrics, Topics, UserAction, encode
+from reco_common.contracts import MODEL_URI_ENV, ActionType, EvalMetrics, Topics, UserAction, encode
 from reco_common.kafka import ensure_topics, start_producer
 from reco_common.settings import KafkaSettings
 from reco_common.storage import FileStore
@@ -199,7 +199,7 @@ async def run_one(n_items: int, args: argparse.Namespace, workdir: Path) -> list
     prefix = f"bench-{uuid.uuid4().hex[:8]}-"
     kafka = KafkaSettings(topic_prefix=prefix)
     topic = kafka.topics.user_actions
-    await ensure_topics(kafka, {topic: 3, Topics.dlq(topic): 1})
+    await ensure_topics(kafka, topic, Topics.dlq(topic))
     producer = await start_producer(kafka)
     events = Events(n_items, seed=1)
     backlog = args.backlog or (
@@ -211,7 +211,7 @@ async def run_one(n_items: int, args: argparse.Namespace, workdir: Path) -> list
     port = free_port()
     env = {
         **os.environ,
-        "MODEL_URI": uri,
+        MODEL_URI_ENV: uri,
         "RECO_KAFKA_TOPIC_PREFIX": prefix,
         "RECO_REDIS_KEY_PREFIX": prefix.rstrip("-"),
         "RECO_WORKER_HTTP_HOST": "127.0.0.1",

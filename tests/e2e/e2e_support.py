@@ -37,7 +37,6 @@ from reco_common.storage import open_store
 from reco_devkit import services
 from reco_devkit.procs import ServiceProcess, stop_all
 from reco_devkit.services import RunSpace
-from reco_devkit.traffic import USER_ACTIONS_PARTITIONS
 from reco_worker.settings import WorkerSettings
 
 T = TypeVar("T")
@@ -57,15 +56,7 @@ class Model:
 
     def published(self) -> ModelPublished:
         """The event the trainer sent (or would send) for this artifact."""
-        manifest = read_manifest(open_store(self.uri))
-        return ModelPublished(
-            model_name=manifest.model_name,
-            version=manifest.version,
-            artifact_uri=self.uri,
-            created_at=manifest.created_at,
-            metrics=manifest.metrics,
-            data_snapshot=manifest.data_snapshot,
-        )
+        return read_manifest(open_store(self.uri)).published(artifact_uri=self.uri)
 
 
 # --------------------------------------------------------------------------- processes
@@ -167,7 +158,7 @@ async def progress(space: RunSpace) -> tuple[int, int]:
     """Offsets the workers committed on ``user-actions`` and the topic's end, summed."""
     kafka = space.kafka
     topic = kafka.topics.user_actions
-    partitions = [TopicPartition(topic, p) for p in range(USER_ACTIONS_PARTITIONS)]
+    partitions = [TopicPartition(topic, p) for p in range(kafka.topics.partitions(topic))]
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap)
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
     await consumer.start()
@@ -214,7 +205,7 @@ async def topic_records(space: RunSpace) -> list[Any]:
     """Every record of the run's ``user-actions``, partition by partition, in offset order."""
     kafka = space.kafka
     topic = kafka.topics.user_actions
-    partitions = [TopicPartition(topic, p) for p in range(USER_ACTIONS_PARTITIONS)]
+    partitions = [TopicPartition(topic, p) for p in range(kafka.topics.partitions(topic))]
     consumer = AIOKafkaConsumer(
         bootstrap_servers=kafka.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
@@ -241,7 +232,7 @@ async def copy_topic(records: Sequence[Any], target: RunSpace) -> None:
     """``records`` onto the target run's ``user-actions``: same keys, values and timestamps,
     hence the same partitions, in the same order within each partition."""
     kafka = target.kafka
-    await ensure_topics(kafka, {kafka.topics.user_actions: USER_ACTIONS_PARTITIONS})
+    await ensure_topics(kafka, kafka.topics.user_actions)
     producer = await start_producer(kafka)
     try:
         sends = [
@@ -267,9 +258,7 @@ async def kafka_answers(space: RunSpace, *, timeout_s: float = 90.0) -> None:
 
     async def answers() -> bool:
         try:
-            await ensure_topics(
-                space.kafka, {space.kafka.topics.user_actions: USER_ACTIONS_PARTITIONS}
-            )
+            await ensure_topics(space.kafka, space.kafka.topics.user_actions)
         except KafkaUnavailableError:
             return False
         return True

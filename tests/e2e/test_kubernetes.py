@@ -20,7 +20,7 @@ import pytest
 from e2e_support import Launcher, Model, now, quick_api, start_workers, until
 from redis.asyncio import Redis
 
-from reco_common.contracts import ActionType, UserAction
+from reco_common.contracts import MODEL_URI_ENV, ActionType, UserAction
 from reco_common.kafka import publish, start_producer
 from reco_devkit import services
 from reco_devkit.observe import ModelTopics, recommendations
@@ -111,7 +111,7 @@ def worker_deployment(model_uri: str) -> dict[str, Any]:
                         {
                             "name": CONTAINER,
                             "image": "reco-worker:e2e",
-                            "env": [{"name": "MODEL_URI", "value": model_uri}],
+                            "env": [{"name": MODEL_URI_ENV, "value": model_uri}],
                         }
                     ],
                 },
@@ -124,7 +124,7 @@ def model_uri_of(deployment: dict[str, Any]) -> str:
     [container] = [
         c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == CONTAINER
     ]
-    [value] = [e["value"] for e in container["env"] if e["name"] == "MODEL_URI"]
+    [value] = [e["value"] for e in container["env"] if e["name"] == MODEL_URI_ENV]
     uri: str = value
     return uri
 

@@ -106,7 +106,7 @@ async def test_nothing_is_committed_before_processing_and_a_restart_loses_nothin
     kafka_settings: KafkaSettings, producer: AIOKafkaProducer, unique: str
 ) -> None:
     topic = kafka_settings.topics.user_actions
-    await ensure_topics(kafka_settings, {topic: 3})
+    await ensure_topics(kafka_settings, topic)
     await _produce(producer, topic, [encode(_action(n)) for n in range(N_EVENTS)])
     group = f"g{unique}"
 
@@ -141,7 +141,8 @@ async def test_bad_records_are_dead_lettered_with_their_reason_and_consumption_g
     kafka_settings: KafkaSettings, producer: AIOKafkaProducer, unique: str
 ) -> None:
     topic = kafka_settings.topics.user_actions
-    await ensure_topics(kafka_settings, {topic: 1, Topics.dlq(topic): 1})
+    # One partition, so that the records keep their order (offsets 0-3 of partition 0).
+    await ensure_topics(kafka_settings, topic, Topics.dlq(topic), partitions={topic: 1})
     values = [encode(_action(0)), b"{not json", encode(_action(2)), encode(_action(3))]
     await _produce(producer, topic, values)
 

@@ -147,7 +147,7 @@ async def controller(settings: Settings, worker: Deployment) -> AsyncIterator[Co
 @pytest.fixture
 async def rollout_log(kafka_settings: KafkaSettings) -> AsyncIterator[RolloutLog]:
     topics = kafka_settings.topics
-    await ensure_topics(kafka_settings, {topics.model_published: 1, topics.rollout_events: 1})
+    await ensure_topics(kafka_settings, topics.model_published, topics.rollout_events)
     consumer = AIOKafkaConsumer(
         topics.rollout_events,
         bootstrap_servers=kafka_settings.bootstrap,

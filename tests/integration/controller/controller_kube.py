@@ -13,7 +13,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from kubernetes_asyncio.client import ApiClient, AppsV1Api
 
-from reco_common.contracts import EvalMetrics, ModelPublished, RolloutEvent, decode
+from reco_common.contracts import MODEL_URI_ENV, EvalMetrics, ModelPublished, RolloutEvent, decode
 from reco_controller.targets.base import ModelRecord
 from reco_controller.targets.deployment import ACTIVE, Deployment, record_annotations
 from reco_controller.targets.rollout_status import rollout_progress
@@ -89,7 +89,7 @@ def worker_deployment(*, progress_deadline_s: int = 600) -> dict[str, Any]:
                             "image": "reco-worker:test",
                             "env": [
                                 {"name": "RECO_LOG_JSON", "value": "true"},
-                                {"name": "MODEL_URI", "value": uri("v1")},
+                                {"name": MODEL_URI_ENV, "value": uri("v1")},
                                 {"name": "RECO_KAFKA_BOOTSTRAP", "value": "kafka:9092"},
                             ],
                         }
@@ -116,7 +116,7 @@ async def settled(admin: ApiClient, namespace: str, *, timeout_s: float = 60) ->
 
 
 def model_uri_of(deployment: Deployment) -> str | None:
-    return deployment.container("worker").env_value("MODEL_URI")
+    return deployment.container("worker").env_value(MODEL_URI_ENV)
 
 
 class RolloutLog:

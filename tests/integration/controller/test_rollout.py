@@ -25,7 +25,7 @@ from controller_kube import (
 from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoreV1Api
 
 from reco_common.artifact import ModelArrays, write_artifact
-from reco_common.contracts import ModelPublished
+from reco_common.contracts import MODEL_URI_ENV, ModelPublished
 from reco_common.storage import FileStore
 from reco_controller.service import Controller
 from reco_controller.settings import Settings
@@ -38,7 +38,7 @@ async def _replica_sets(admin: ApiClient, namespace: str) -> dict[str, int]:
     """MODEL_URI of each ReplicaSet's pod template → its ready replicas."""
     found = await AppsV1Api(admin).list_namespaced_replica_set(namespace)
     return {
-        next(e.value for e in rs.spec.template.spec.containers[0].env if e.name == "MODEL_URI"): (
+        next(e.value for e in rs.spec.template.spec.containers[0].env if e.name == MODEL_URI_ENV): (
             rs.status.ready_replicas or 0
         )
         for rs in found.items
@@ -62,7 +62,7 @@ async def test_a_published_model_is_rolled_out(
     env = {e.name: e.value for e in after.container("worker").env}
     assert env == {
         "RECO_LOG_JSON": "true",
-        "MODEL_URI": uri("v2"),
+        MODEL_URI_ENV: uri("v2"),
         "RECO_KAFKA_BOOTSTRAP": "kafka:9092",
     }, "the other env vars are untouched"
     notes = after.metadata.annotations

@@ -21,7 +21,7 @@ from deploy_kube import Kube
 from deploy_manifests import Manifest, kustomize, wrapper
 
 from reco_common.artifact import ModelArrays, write_artifact
-from reco_common.contracts import EvalMetrics, ModelPublished, RolloutEvent, decode
+from reco_common.contracts import MODEL_URI_ENV, EvalMetrics, ModelPublished, RolloutEvent, decode
 from reco_common.kafka import ensure_topics, publish
 from reco_common.settings import KafkaSettings
 from reco_common.storage import S3Store
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.kube
 
 MODEL = "shop"
 WORKER = "worker-shop"
-MODEL_URI_FIELD = 'k:{"name":"MODEL_URI"}'
+MODEL_URI_FIELD = f'k:{{"name":"{MODEL_URI_ENV}"}}'
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def _controller_env(deployed: Deployed) -> dict[str, str]:
 @pytest.fixture
 async def rollout_events(kafka_settings: KafkaSettings) -> AsyncIterator[AIOKafkaConsumer]:
     topics = kafka_settings.topics
-    await ensure_topics(kafka_settings, {topics.model_published: 1, topics.rollout_events: 1})
+    await ensure_topics(kafka_settings, topics.model_published, topics.rollout_events)
     consumer = AIOKafkaConsumer(
         topics.rollout_events,
         bootstrap_servers=kafka_settings.bootstrap,
@@ -196,7 +196,7 @@ def _model_uri(deployment: dict[str, Any]) -> str | None:
         c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "worker"
     ]
     return next(
-        (v.get("value") for v in container.get("env", []) if v["name"] == "MODEL_URI"), None
+        (v.get("value") for v in container.get("env", []) if v["name"] == MODEL_URI_ENV), None
     )
 
 

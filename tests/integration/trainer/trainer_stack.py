@@ -17,7 +17,6 @@ from reco_common.contracts import UserAction, encode
 from reco_common.kafka import ensure_topics
 from reco_common.settings import KafkaSettings
 
-USER_ACTIONS_PARTITIONS = 3
 TINY_PARAMS = {
     "RECO_TRAINER_PARAMS__COMPONENTS": "8",
     "RECO_TRAINER_PARAMS__EPOCHS": "3",
@@ -30,7 +29,7 @@ async def produce(
     producer: AIOKafkaProducer, kafka: KafkaSettings, actions: Iterable[UserAction]
 ) -> int:
     topic = kafka.topics.user_actions
-    await ensure_topics(kafka, {topic: USER_ACTIONS_PARTITIONS})
+    await ensure_topics(kafka, topic)
     sends = [await producer.send(topic, encode(a), key=a.user_id.encode()) for a in actions]
     await asyncio.gather(*sends)
     return len(sends)

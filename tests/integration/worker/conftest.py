@@ -36,7 +36,6 @@ def make_settings(
             "control_token": TOKEN,
             "top_n": 20,
             "history_len": 30,
-            "user_actions_partitions": 3,
         }
         return WorkerSettings(**(values | overrides))
 

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from reco_common.artifact import ITEM_FACTORS, ModelArrays, write_artifact
-from reco_common.contracts import DlqHeader, EvalMetrics, Topics
+from reco_common.contracts import MODEL_URI_ENV, DlqHeader, EvalMetrics, Topics
 from reco_common.settings import KafkaSettings
 from reco_common.storage import S3Store
 from reco_worker.settings import WorkerSettings
@@ -113,7 +113,7 @@ def subprocess_env(settings: WorkerSettings) -> dict[str, str]:
     common = settings.common
     return {
         **os.environ,
-        "MODEL_URI": settings.model_uri or "",
+        MODEL_URI_ENV: settings.model_uri or "",
         "RECO_KAFKA_BOOTSTRAP": common.kafka.bootstrap,
         "RECO_KAFKA_TOPIC_PREFIX": common.kafka.topic_prefix,
         "RECO_REDIS_URL": common.redis.url,
@@ -147,7 +147,7 @@ async def committed_and_end(settings: WorkerSettings) -> tuple[int, int]:
     """Offsets the worker's group committed on ``user-actions``, and the topic's end, summed."""
     kafka = settings.common.kafka
     topic = kafka.topics.user_actions
-    partitions = [TopicPartition(topic, p) for p in range(settings.user_actions_partitions)]
+    partitions = [TopicPartition(topic, p) for p in range(kafka.topics.partitions(topic))]
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap)
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
     await consumer.start()

@@ -10,6 +10,7 @@ from reco_common.contracts import (
     ContractError,
     EvalMetrics,
     ModelPublished,
+    ObjectLayout,
     RedisKeys,
     Topics,
     UserAction,
@@ -139,3 +140,22 @@ def test_the_same_event_always_encodes_to_the_same_member() -> None:
 def test_a_foreign_member_is_refused(member: bytes) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - the message depends on what is wrong
         decode_history_member(member, 0.0)
+
+
+def test_each_topic_is_created_with_the_partition_count_of_the_contract() -> None:
+    topics = Topics("t1-")
+    assert topics.partitions(topics.user_actions) == 3
+    assert topics.partitions(topics.model_published) == 1
+    assert topics.partitions(topics.rollout_events) == 1
+    assert topics.partitions(Topics.dlq(topics.user_actions)) == 1
+    for foreign in ("t1-clicks", "user-actions"):  # not ours, or not under this prefix
+        with pytest.raises(ValueError, match="not a topic of the contract"):
+            topics.partitions(foreign)
+
+
+def test_object_names_come_from_the_layout() -> None:
+    assert ObjectLayout.report("shop", "v1", ObjectLayout.REPORT_JSON) == (
+        "models/shop/v1/evaluation.json"
+    )
+    assert ObjectLayout.snapshot_actions("ua", "s1") == "snapshots/ua/s1/actions.parquet"
+    assert ObjectLayout.snapshot_range("ua", "s1") == "snapshots/ua/s1/_range.json"

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from reco_common.contracts import MODEL_URI_ENV
+
 MODEL_URI = "s3://reco/models/shop/v1"
 
 BASE: dict[str, Any] = {
@@ -30,7 +32,7 @@ BASE: dict[str, Any] = {
                         "image": "reco-worker:1",
                         "env": [
                             {"name": "RECO_KAFKA_BOOTSTRAP", "value": "kafka:9092"},
-                            {"name": "MODEL_URI", "value": MODEL_URI},
+                            {"name": MODEL_URI_ENV, "value": MODEL_URI},
                         ],
                     },
                     {"name": "sidecar", "image": "sidecar:1"},

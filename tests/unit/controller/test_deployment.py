@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from reco_common.contracts import EvalMetrics, decode
+from reco_common.contracts import MODEL_URI_ENV, EvalMetrics, decode
 from reco_controller.targets.base import ModelRecord, TargetError
 from reco_controller.targets.deployment import (
     ACTIVE,
@@ -40,8 +40,8 @@ def _env(patch: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_rollout_patch_sets_only_model_uri_and_records_both_models() -> None:
-    patch = rollout_patch(container="worker", env_name="MODEL_URI", model=V2, previous=V1)
-    assert _env(patch) == [{"name": "MODEL_URI", "value": V2.uri, "valueFrom": None}]
+    patch = rollout_patch(container="worker", env_name=MODEL_URI_ENV, model=V2, previous=V1)
+    assert _env(patch) == [{"name": MODEL_URI_ENV, "value": V2.uri, "valueFrom": None}]
     notes = patch["metadata"]["annotations"]
     assert notes[annotation(ACTIVE, "version")] == "v2"
     assert notes[annotation(ACTIVE, "created-at")] is None  # unknown: the key is removed
@@ -53,8 +53,8 @@ def test_rollout_patch_sets_only_model_uri_and_records_both_models() -> None:
 
 
 def test_revert_patch_restores_the_previous_model_and_remembers_the_failed_one() -> None:
-    patch = revert_patch(container="worker", env_name="MODEL_URI", failed=V2, previous=V1)
-    assert _env(patch) == [{"name": "MODEL_URI", "value": V1.uri, "valueFrom": None}]
+    patch = revert_patch(container="worker", env_name=MODEL_URI_ENV, failed=V2, previous=V1)
+    assert _env(patch) == [{"name": MODEL_URI_ENV, "value": V1.uri, "valueFrom": None}]
     notes = patch["metadata"]["annotations"]
     assert notes[annotation(ACTIVE, "version")] == "v1"
     assert notes[annotation(PREVIOUS, "uri")] is None
@@ -62,28 +62,28 @@ def test_revert_patch_restores_the_previous_model_and_remembers_the_failed_one()
 
 
 def test_revert_without_a_previous_model_removes_the_env_var() -> None:
-    patch = revert_patch(container="worker", env_name="MODEL_URI", failed=V2, previous=None)
-    assert _env(patch) == [{"name": "MODEL_URI", "$patch": "delete"}]
+    patch = revert_patch(container="worker", env_name=MODEL_URI_ENV, failed=V2, previous=None)
+    assert _env(patch) == [{"name": MODEL_URI_ENV, "$patch": "delete"}]
 
 
 def test_annotations_written_by_a_patch_read_back_as_the_same_records(
     deployment: Factory,
 ) -> None:
-    notes = rollout_patch(container="worker", env_name="MODEL_URI", model=V1, previous=V2)[
+    notes = rollout_patch(container="worker", env_name=MODEL_URI_ENV, model=V1, previous=V2)[
         "metadata"
     ]["annotations"]
     data = deployment(annotations={k: v for k, v in notes.items() if v is not None})
     d = Deployment.parse(data)
-    uri = d.container("worker").env_value("MODEL_URI")
+    uri = d.container("worker").env_value(MODEL_URI_ENV)
     assert d.record(ACTIVE, uri) == V1
     assert d.record(PREVIOUS, d.metadata.annotations[annotation(PREVIOUS, "uri")]) == V2
 
 
 def test_a_deployment_without_annotations_knows_only_the_uri(deployment: Factory) -> None:
     d = Deployment.parse(deployment())
-    uri = d.container("worker").env_value("MODEL_URI")
+    uri = d.container("worker").env_value(MODEL_URI_ENV)
     assert d.record(ACTIVE, uri) == ModelRecord(uri="s3://reco/models/shop/v1")
-    assert d.record(ACTIVE, d.container("sidecar").env_value("MODEL_URI")) is None
+    assert d.record(ACTIVE, d.container("sidecar").env_value(MODEL_URI_ENV)) is None
 
 
 def test_unreadable_annotations_are_ignored_not_fatal(deployment: Factory) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from deploy_manifests import kubectl
 
+from reco_common.contracts import MODEL_URI_ENV
 from reco_common.settings import load_settings
 
 LoadSettings = Callable[[type[Any], Mapping[str, str]], Any]
@@ -27,7 +28,7 @@ def settings_from(monkeypatch: pytest.MonkeyPatch) -> LoadSettings:
     def load(cls: type[Any], env: Mapping[str, str]) -> Any:
         with monkeypatch.context() as patch:
             for name in list(os.environ):
-                if name.startswith("RECO_") or name == "MODEL_URI":
+                if name.startswith("RECO_") or name == MODEL_URI_ENV:
                     patch.delenv(name)
             for name, value in env.items():
                 patch.setenv(name, value)

@@ -29,6 +29,7 @@ from deploy_manifests import (
 )
 
 from reco_api.settings import Settings as ApiSettings
+from reco_common.contracts import MODEL_URI_ENV
 from reco_controller.settings import Settings as ControllerSettings
 from reco_trainer.cli import app as trainer_cli
 from reco_trainer.settings import Settings as TrainerSettings
@@ -192,10 +193,10 @@ def test_the_controller_owns_model_uri(docs: tuple[Manifest, ...]) -> None:
     worker = one(docs, "Deployment", "worker-shop")
     for c in pod_spec(worker)["containers"]:
         names = {v["name"] for v in c.get("env", [])}
-        assert not {"MODEL_URI", "RECO_WORKER_MODEL_URI"} & names
-        assert all("MODEL_URI" not in json.dumps(src) for src in c.get("envFrom", []))
+        assert not {MODEL_URI_ENV, "RECO_WORKER_MODEL_URI"} & names
+        assert all(MODEL_URI_ENV not in json.dumps(src) for src in c.get("envFrom", []))
     for config in find(docs, "ConfigMap"):
-        assert "MODEL_URI" not in config.get("data", {})
+        assert MODEL_URI_ENV not in config.get("data", {})
     assert not any(k.startswith("reco.dev/") for k in worker["metadata"].get("annotations", {}))
 
 

@@ -13,7 +13,7 @@ from reco_common.settings import KafkaSettings, S3Settings
 from reco_common.storage import open_store
 from reco_trainer import publishing
 from reco_trainer.params import TrainParams
-from reco_trainer.pipeline import REPORT_JSON, REPORT_PNG, Inputs, Job, run_job
+from reco_trainer.pipeline import Inputs, Job, run_job
 from reco_trainer.progress import LogProgress
 
 
@@ -97,8 +97,8 @@ def test_train_writes_a_loadable_artifact_and_report(
     assert '"baseline"' in report
     assert metrics_out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
     store = open_store(outcome.artifact_uri)
-    assert store.exists(REPORT_JSON)
-    assert store.exists(REPORT_PNG)
+    assert store.exists(ObjectLayout.REPORT_JSON)
+    assert store.exists(ObjectLayout.REPORT_PNG)
 
 
 def test_same_data_and_params_is_a_no_op_other_params_a_new_version(

@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from reco_common.contracts import ActionType
+from reco_common.contracts import MODEL_URI_ENV, ActionType
 from reco_worker.settings import WorkerSettings
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("MODEL_URI", "RECO_WORKER_MODEL_URI", "RECO_ENV", "RECO_WORKER_CONTROL_TOKEN"):
+    for name in (MODEL_URI_ENV, "RECO_WORKER_MODEL_URI", "RECO_ENV", "RECO_WORKER_CONTROL_TOKEN"):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.mark.parametrize("variable", ["MODEL_URI", "RECO_WORKER_MODEL_URI"])
+@pytest.mark.parametrize("variable", [MODEL_URI_ENV, "RECO_WORKER_MODEL_URI"])
 def test_the_model_uri_comes_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:

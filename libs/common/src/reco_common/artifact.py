@@ -26,7 +26,15 @@ import numpy as np
 import numpy.typing as npt
 from msgspec import Struct, field
 
-from reco_common.contracts import EvalMetrics, ObjectLayout, decode, dumps, encode, loads
+from reco_common.contracts import (
+    EvalMetrics,
+    ModelPublished,
+    ObjectLayout,
+    decode,
+    dumps,
+    encode,
+    loads,
+)
 from reco_common.storage import ObjectStore, file_sha256
 
 logger = logging.getLogger(__name__)
@@ -66,6 +74,18 @@ class Manifest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     n_items: int
     dim: int
     files: dict[str, FileEntry]
+
+    def published(self, *, artifact_uri: str) -> ModelPublished:
+        """The ``model-published`` event announcing this artifact (stored at ``artifact_uri``):
+        what the trainer sends, and what the controller's ``rollout`` command acts on."""
+        return ModelPublished(
+            model_name=self.model_name,
+            version=self.version,
+            artifact_uri=artifact_uri,
+            created_at=self.created_at,
+            metrics=self.metrics,
+            data_snapshot=self.data_snapshot,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -56,6 +57,16 @@ class ContractError(ValueError):
 # --------------------------------------------------------------------------- topics
 
 
+_USER_ACTIONS: Final = "user-actions"
+_MODEL_PUBLISHED: Final = "model-published"
+_ROLLOUT_EVENTS: Final = "rollout-events"
+
+# How many partitions each topic is created with, by whichever process needs it first
+# (reco_common.kafka.ensure_topics). user-actions: the worker's unit of parallelism (a
+# consumer group spreads the partitions over the replicas). A dead-letter topic has 1.
+PARTITIONS: Final[Mapping[str, int]] = {_USER_ACTIONS: 3, _MODEL_PUBLISHED: 1, _ROLLOUT_EVENTS: 1}
+
+
 @dataclass(frozen=True, slots=True)
 class Topics:
     """Kafka topic names. ``prefix`` isolates environments and tests on one cluster."""
@@ -65,22 +76,31 @@ class Topics:
     @property
     def user_actions(self) -> str:
         """User actions, keyed by user id so that one user's events stay in order."""
-        return f"{self.prefix}user-actions"
+        return f"{self.prefix}{_USER_ACTIONS}"
 
     @property
     def model_published(self) -> str:
         """A verified model artifact is available, keyed by model name."""
-        return f"{self.prefix}model-published"
+        return f"{self.prefix}{_MODEL_PUBLISHED}"
 
     @property
     def rollout_events(self) -> str:
         """What the controller did about a published model, keyed by model name."""
-        return f"{self.prefix}rollout-events"
+        return f"{self.prefix}{_ROLLOUT_EVENTS}"
 
     @staticmethod
     def dlq(topic: str) -> str:
         """The dead-letter topic of ``topic``."""
         return f"{topic}{DLQ_SUFFIX}"
+
+    def partitions(self, topic: str) -> int:
+        """The partition count of ``topic`` (one of these names, or its dead-letter topic)."""
+        if topic.endswith(DLQ_SUFFIX):
+            return 1
+        base = topic.removeprefix(self.prefix)
+        if not topic.startswith(self.prefix) or base not in PARTITIONS:
+            raise ValueError(f"{topic!r} is not a topic of the contract (prefix {self.prefix!r})")
+        return PARTITIONS[base]
 
 
 class DlqHeader(enum.StrEnum):
@@ -362,6 +382,9 @@ class HistoryEntry:
 # --------------------------------------------------------------------------- worker model control
 
 MODEL_CONTROL_PATH: Final = "/v1/model"
+# The worker's environment variable naming the model it loads at start: the controller's
+# ``kubernetes`` target patches it into the worker Deployment (the source of truth of a rollout).
+MODEL_URI_ENV: Final = "MODEL_URI"
 
 
 class ModelLoadRequest(BaseModel):
@@ -409,6 +432,12 @@ class ObjectLayout:
     MODELS: Final = "models"
     SNAPSHOTS: Final = "snapshots"
     MANIFEST: Final = "manifest.json"
+    # Inside a model directory, beside the artifact (not listed in its manifest).
+    REPORT_JSON: Final = "evaluation.json"
+    REPORT_PNG: Final = "evaluation.png"
+    # Inside a snapshot directory; the leading "_" keeps the range out of interaction reads.
+    SNAPSHOT_ACTIONS: Final = "actions.parquet"
+    SNAPSHOT_RANGE: Final = "_range.json"
 
     @staticmethod
     def model_dir(model_name: str, version: str) -> str:
@@ -425,9 +454,25 @@ class ObjectLayout:
         return f"{ObjectLayout.model_dir(model_name, version)}/published.json"
 
     @staticmethod
+    def report(model_name: str, version: str, name: str) -> str:
+        """``models/<model_name>/<version>/<name>``: the trainer's evaluation report
+        (:attr:`REPORT_JSON`) or its plot (:attr:`REPORT_PNG`)."""
+        return f"{ObjectLayout.model_dir(model_name, version)}/{name}"
+
+    @staticmethod
     def snapshot_dir(topic: str, snapshot_id: str) -> str:
         """``snapshots/<topic>/<snapshot_id>``: an archived slice of a topic."""
         return f"{ObjectLayout.SNAPSHOTS}/{topic}/{snapshot_id}"
+
+    @staticmethod
+    def snapshot_actions(topic: str, snapshot_id: str) -> str:
+        """``snapshots/<topic>/<snapshot_id>/actions.parquet``: the slice's events."""
+        return f"{ObjectLayout.snapshot_dir(topic, snapshot_id)}/{ObjectLayout.SNAPSHOT_ACTIONS}"
+
+    @staticmethod
+    def snapshot_range(topic: str, snapshot_id: str) -> str:
+        """``snapshots/<topic>/<snapshot_id>/_range.json``: the offset ranges it holds."""
+        return f"{ObjectLayout.snapshot_dir(topic, snapshot_id)}/{ObjectLayout.SNAPSHOT_RANGE}"
 
     @staticmethod
     def snapshot_offsets(topic: str, group: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -102,13 +102,20 @@ async def publish(producer: AIOKafkaProducer, topic: str, key: str, event: Struc
 
 
 async def ensure_topics(
-    settings: KafkaSettings, topics: dict[str, int], *, max_replication: int = 3
+    settings: KafkaSettings,
+    *names: str,
+    partitions: Mapping[str, int] | None = None,
+    max_replication: int = 3,
 ) -> None:
-    """Create the named topics (name → partitions) when they do not exist yet.
+    """Create the named topics of the contract when they do not exist yet, each with its
+    partition count (:meth:`Topics.partitions`, or ``partitions[name]`` when given).
 
-    Replicated on as many brokers as there are, up to ``max_replication``: one on a dev
+    Every process that needs a topic calls this, so whichever starts first creates it the same
+    way. Replicated on as many brokers as there are, up to ``max_replication``: one on a dev
     broker, three on a production cluster.
     """
+    given = partitions or {}
+    counts = {name: given.get(name) or settings.topics.partitions(name) for name in names}
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=settings.client_id)
     try:
         await admin.start()
@@ -121,7 +128,7 @@ async def ensure_topics(
         replication = max(1, min(max_replication, brokers))
         missing = [
             NewTopic(name, num_partitions=n, replication_factor=replication)
-            for name, n in topics.items()
+            for name, n in counts.items()
             if name not in existing
         ]
         if missing:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from reco_common.artifact import Manifest, read_manifest
-from reco_common.contracts import ModelPublished
 from reco_common.settings import S3Settings
 from reco_common.storage import open_store
 
@@ -13,15 +12,3 @@ from reco_common.storage import open_store
 async def read(uri: str, *, s3: S3Settings) -> Manifest:
     """The manifest of the artifact at ``uri`` (``ArtifactError`` when it is not a model)."""
     return await asyncio.to_thread(lambda: read_manifest(open_store(uri, s3=s3)))
-
-
-def published(manifest: Manifest, *, uri: str) -> ModelPublished:
-    """The ``model-published`` event the trainer sent (or would have sent) for this artifact."""
-    return ModelPublished(
-        model_name=manifest.model_name,
-        version=manifest.version,
-        artifact_uri=uri,
-        created_at=manifest.created_at,
-        metrics=manifest.metrics,
-        data_snapshot=manifest.data_snapshot,
-    )

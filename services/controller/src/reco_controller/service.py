@@ -93,9 +93,7 @@ class Controller:
         conf = self._settings.controller
         topics = self._settings.kafka.topics
         try:
-            await ensure_topics(
-                self._settings.kafka, {topics.model_published: 1, topics.rollout_events: 1}
-            )
+            await ensure_topics(self._settings.kafka, topics.model_published, topics.rollout_events)
             self._runtime = await open_runtime(self._settings, self._stack)
             if self._runtime.kube is not None:
                 self._elector = LeaseElector(

@@ -15,7 +15,7 @@ from typing import Annotated, Self
 from pydantic import AnyHttpUrl, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from reco_common.contracts import ModelName
+from reco_common.contracts import MODEL_URI_ENV, ModelName
 from reco_common.settings import CommonSettings, Environment, refuse_placeholder
 
 # EventConsumer lets a batch run for at most max_poll_interval (300 s) before the group evicts
@@ -50,7 +50,7 @@ class ControllerSettings(BaseSettings):
     namespace: Annotated[str, Field(min_length=1)] = "default"
     deployments: dict[ModelName, Annotated[str, Field(min_length=1)]] = {}
     container: Annotated[str, Field(min_length=1)] = "worker"
-    model_uri_env: Annotated[str, Field(min_length=1)] = "MODEL_URI"
+    model_uri_env: Annotated[str, Field(min_length=1)] = MODEL_URI_ENV
     kubeconfig: Path | None = None
     poll_interval_s: PositiveSeconds = 0.5
 

@@ -53,8 +53,6 @@ from reco_trainer.versioning import data_fingerprint, model_version
 
 logger = logging.getLogger(__name__)
 
-REPORT_JSON = "evaluation.json"
-REPORT_PNG = "evaluation.png"
 _LIBRARIES = ("rectools-lightfm", "numpy", "scipy", "pyarrow", "reco-trainer", "reco-common")
 
 
@@ -355,9 +353,11 @@ def _store(
         job.metrics_out.write_bytes(report.json_bytes())
         job.metrics_out.with_suffix(".png").write_bytes(png)
         logger.info("evaluation report written to %s", job.metrics_out)
-    prefix = ObjectLayout.model_dir(job.model_name, version)
-    store.put_bytes(f"{prefix}/{REPORT_JSON}", report.json_bytes())
-    store.put_bytes(f"{prefix}/{REPORT_PNG}", png)
+    for name, body in (
+        (ObjectLayout.REPORT_JSON, report.json_bytes()),
+        (ObjectLayout.REPORT_PNG, png),
+    ):
+        store.put_bytes(ObjectLayout.report(job.model_name, version, name), body)
     uri = write_artifact(
         store,
         model_name=job.model_name,

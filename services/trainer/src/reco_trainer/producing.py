@@ -13,7 +13,6 @@ from reco_common.synth import Shop, ShopConfig, generate, iter_actions, write_sh
 
 logger = logging.getLogger(__name__)
 
-USER_ACTIONS_PARTITIONS = 3  # docs/architecture.md: the topic's default partition count
 _IN_FLIGHT = 5_000
 
 
@@ -61,7 +60,7 @@ def synthesize(
 async def produce(shop: Shop, *, kafka: KafkaSettings) -> int:
     """Send every action, keyed by user, waiting for acknowledgements in bounded windows."""
     topic = kafka.topics.user_actions
-    await ensure_topics(kafka, {topic: USER_ACTIONS_PARTITIONS})
+    await ensure_topics(kafka, topic)
     producer = await start_producer(kafka, linger_ms=20)
     sent = 0
     try:

@@ -44,14 +44,8 @@ def is_published(store: ObjectStore, model_name: str, version: str) -> bool:
 
 
 def event_for(store: ObjectStore, manifest: Manifest) -> ModelPublished:
-    return ModelPublished(
-        model_name=manifest.model_name,
-        version=manifest.version,
-        artifact_uri=store.uri(ObjectLayout.model_dir(manifest.model_name, manifest.version)),
-        created_at=manifest.created_at,
-        metrics=manifest.metrics,
-        data_snapshot=manifest.data_snapshot,
-    )
+    uri = store.uri(ObjectLayout.model_dir(manifest.model_name, manifest.version))
+    return manifest.published(artifact_uri=uri)
 
 
 async def announce(store: ObjectStore, event: ModelPublished, *, kafka: KafkaSettings) -> None:

@@ -27,8 +27,6 @@ from reco_common.storage import ObjectNotFoundError, ObjectStore
 
 logger = logging.getLogger(__name__)
 
-ACTIONS_FILE = "actions.parquet"
-RANGE_FILE = "_range.json"  # leading "_": not an interaction file for the readers
 _FETCH_RECORDS = 10_000
 
 
@@ -216,17 +214,17 @@ def _write(
     store: ObjectStore, topic: str, bounds: _Range, actions: list[UserAction], rejected: int
 ) -> str:
     ident = snapshot_id({tp.partition: o for tp, o in bounds.start.items()})
-    prefix = ObjectLayout.snapshot_dir(topic, ident)
+    key = ObjectLayout.snapshot_actions(topic, ident)
     data = encode_log(actions_table(actions), LogFormat.PARQUET)
-    store.put_bytes(f"{prefix}/{ACTIONS_FILE}", data)
-    if store.sha256(f"{prefix}/{ACTIONS_FILE}") != hashlib.sha256(data).hexdigest():
-        raise SnapshotError(f"{store.uri(prefix)}/{ACTIONS_FILE}: checksum differs after upload")
+    store.put_bytes(key, data)
+    if store.sha256(key) != hashlib.sha256(data).hexdigest():
+        raise SnapshotError(f"{store.uri(key)}: checksum differs after upload")
     ranges = {str(tp.partition): [bounds.start[tp], bounds.end[tp]] for tp in sorted(bounds.end)}
     store.put_bytes(
-        f"{prefix}/{RANGE_FILE}",
+        ObjectLayout.snapshot_range(topic, ident),
         dumps({"topic": topic, "offsets": ranges, "events": len(actions), "rejected": rejected}),
     )
-    return store.uri(f"{prefix}/{ACTIONS_FILE}")
+    return store.uri(key)
 
 
 def _load_offsets(store: ObjectStore, topic: str, group: str) -> dict[int, int]:

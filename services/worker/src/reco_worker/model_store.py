@@ -18,7 +18,7 @@ import numpy as np
 from redis.asyncio import Redis
 
 from reco_common.artifact import ArtifactError, load_artifact
-from reco_common.contracts import ActiveModel, RedisKeys
+from reco_common.contracts import MODEL_CONTROL_PATH, MODEL_URI_ENV, ActiveModel, RedisKeys
 from reco_common.redis_store import activate_model
 from reco_common.settings import S3Settings
 from reco_common.storage import as_uri, open_store
@@ -194,7 +194,11 @@ class ModelStore:
         Without ``uri`` (or while it keeps failing) a model posted to ``/v1/model`` also counts.
         """
         if uri is None:
-            logger.error("MODEL_URI is not set: not ready until a model is posted to /v1/model")
+            logger.error(
+                "%s is not set: not ready until a model is posted to %s",
+                MODEL_URI_ENV,
+                MODEL_CONTROL_PATH,
+            )
         delay = 1.0
         while not (self.loaded.is_set() or stop.is_set()):
             if uri is not None and self._loading is None:

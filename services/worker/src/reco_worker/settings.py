@@ -8,7 +8,7 @@ from typing import Annotated, Self
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, ActionType
+from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, MODEL_URI_ENV, ActionType
 from reco_common.settings import CommonSettings, Environment, refuse_placeholder
 from reco_worker.scoring import Policy
 
@@ -27,7 +27,7 @@ class WorkerSettings(BaseSettings):
 
     common: CommonSettings = Field(default_factory=CommonSettings)
     model_uri: str | None = Field(
-        default=None, validation_alias=AliasChoices("MODEL_URI", "RECO_WORKER_MODEL_URI")
+        default=None, validation_alias=AliasChoices(MODEL_URI_ENV, "RECO_WORKER_MODEL_URI")
     )
     cache_dir: Path = Path("/tmp/reco-worker")
     http_host: str = "0.0.0.0"
@@ -41,7 +41,6 @@ class WorkerSettings(BaseSettings):
     # Consumer
     max_batch: Annotated[int, Field(ge=1, le=10_000)] = 500
     fetch_max_wait_ms: Annotated[int, Field(ge=0, le=500)] = 5
-    user_actions_partitions: Annotated[int, Field(ge=1)] = 3
 
     # History and timestamps
     history_len: Annotated[int, Field(ge=1, le=1000)] = 50

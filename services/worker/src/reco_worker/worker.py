@@ -112,7 +112,7 @@ class Worker:
     async def _consume(self) -> None:
         settings, kafka = self._settings, self._settings.common.kafka
         topic = kafka.topics.user_actions
-        await ensure_topics(kafka, {topic: settings.user_actions_partitions, Topics.dlq(topic): 1})
+        await ensure_topics(kafka, topic, Topics.dlq(topic))
         group = settings.group_id(self.models.current.name)
         self._consumer = EventConsumer(
             settings=kafka,

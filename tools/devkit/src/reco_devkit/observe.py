@@ -146,7 +146,7 @@ class ModelTopics:
 
     async def start(self) -> None:
         topics = self._kafka.topics
-        await ensure_topics(self._kafka, {topics.model_published: 1, topics.rollout_events: 1})
+        await ensure_topics(self._kafka, topics.model_published, topics.rollout_events)
         # "earliest" for the initial position: a default "latest" reset can race a seek.
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._kafka.bootstrap,

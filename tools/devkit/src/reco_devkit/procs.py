@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from reco_common.contracts import MODEL_URI_ENV
+
 logger = logging.getLogger(__name__)
 
 
@@ -156,4 +158,4 @@ def stop_all(processes: Iterable[ServiceProcess], *, timeout_s: float = 30.0) ->
 
 
 def _is_setting(name: str) -> bool:
-    return name.startswith("RECO_") or name == "MODEL_URI"
+    return name.startswith("RECO_") or name == MODEL_URI_ENV

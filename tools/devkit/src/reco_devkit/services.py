@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from reco_common.contracts import MODEL_URI_ENV
 from reco_common.settings import CommonSettings, KafkaSettings, RedisSettings
 from reco_devkit.procs import ServiceProcess, console_script, free_port
 
@@ -112,7 +113,7 @@ def worker(
         "RECO_WORKER_CONTROL_TOKEN": CONTROL_TOKEN,
     }
     if model_uri is not None:
-        env["MODEL_URI"] = model_uri
+        env[MODEL_URI_ENV] = model_uri
     return ServiceProcess(
         name=f"worker-{index}",
         argv=[console_script("reco-worker")],

@@ -33,7 +33,6 @@ from reco_common.synth import CATEGORY, ShopConfig, generate
 
 logger = logging.getLogger(__name__)
 
-USER_ACTIONS_PARTITIONS: Final = 3  # docs/architecture.md: the topic's default partition count
 SEND_RETRY_MAX_S: Final = 2.0
 # The shopper's funnel on each new item: intent grows, so the list moves visibly.
 SHOPPER_FUNNEL: Final = (ActionType.VIEW, ActionType.CLICK, ActionType.CART, ActionType.PURCHASE)
@@ -172,7 +171,7 @@ class ActionSender:
         return topic
 
     async def __aenter__(self) -> Self:
-        await ensure_topics(self._kafka, {self.topic: USER_ACTIONS_PARTITIONS})
+        await ensure_topics(self._kafka, self.topic)
         self._producer = await start_producer(self._kafka)
         return self
 
