@@ -229,7 +229,11 @@ async def stop_when_not_ready(base_url: str, stop: asyncio.Event, *, timeout_s: 
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(base_url=base_url, timeout=2) as client:
         while time.monotonic() < deadline:
-            if (await _request(client, "/readyz")).status != 200:
+            try:
+                ready = (await client.get("/readyz")).status_code == 200
+            except httpx.HTTPError:
+                ready = False
+            if not ready:
                 stop.set()
                 return
             await asyncio.sleep(0.02)

@@ -58,7 +58,7 @@ async def test_sigterm_drains_with_no_failed_request_and_exits_0_within_the_boun
     exit_code = await asyncio.to_thread(api.proc.wait, SHUTDOWN_TIMEOUT_S + EXIT_SLACK_S)
 
     assert [o for o in load.outcomes if o.status != 200] == []
-    assert (ready.status_code, ready.json()["error"]["code"]) == (503, "draining")
+    assert (ready.status_code, ready.json()["checks"]["not_draining"]) == (503, False)
     assert served.status_code == 200, "still serving during the drain"
     assert exit_code == 0
     with pytest.raises(httpx.ConnectError):
@@ -93,7 +93,7 @@ async def test_redis_outage_answers_503_then_recovers_by_itself(
 
     assert {o.status for o in load.outcomes} == {200, 503}, "only answers, no hang or reset"
     assert {o.code for o in load.outcomes if o.status == 503} == {"store_unavailable"}
-    assert (not_ready.status_code, not_ready.json()["error"]["code"]) == (503, "store_unavailable")
+    assert (not_ready.status_code, not_ready.json()["checks"]["redis"]) == (503, False)
     assert ready.status_code == 200
     assert api.proc.poll() is None
     assert api.log.read_text().count("Redis unavailable") >= 1

@@ -18,7 +18,10 @@ async def test_liveness_checks_nothing(api: Api, store: FakeStore) -> None:
 
 async def test_ready_when_redis_answers(api: Api) -> None:
     response = await api.client.get("/readyz")
-    assert (response.status_code, response.json()) == (200, {"status": "ready"})
+    assert (response.status_code, response.json()) == (
+        200,
+        {"ready": True, "checks": {"redis": True, "not_draining": True}},
+    )
 
 
 async def test_not_ready_while_redis_is_down_and_ready_again_after(
@@ -27,7 +30,7 @@ async def test_not_ready_while_redis_is_down_and_ready_again_after(
     store.down = True
     response = await api.client.get("/readyz")
     assert response.status_code == 503
-    assert response.json()["error"]["code"] == "store_unavailable"
+    assert response.json()["checks"]["redis"] is False
     store.down = False
     assert (await api.client.get("/readyz")).status_code == 200
 
@@ -36,7 +39,7 @@ async def test_not_ready_once_draining_but_still_serving(api: Api) -> None:
     api.draining.set()
     response = await api.client.get("/readyz")
     assert response.status_code == 503
-    assert response.json()["error"]["code"] == "draining"
+    assert response.json()["checks"]["not_draining"] is False
     assert (await api.client.get(URL)).status_code == 200
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
@@ -11,6 +11,7 @@ import pytest
 from pydantic import SecretStr
 from worker_models import random_arrays
 
+from reco_common.ops import Readiness
 from reco_worker.http import create_app
 from reco_worker.metrics import WorkerMetrics
 from reco_worker.model_store import LoadFailure, ModelStatus
@@ -40,10 +41,13 @@ class Checks:
     def __init__(self) -> None:
         self.results = {"model": True, "kafka": True, "redis": True}
 
-    def as_checks(self) -> dict[str, object]:
-        return {name: self._check(name) for name in self.results}
+    def as_readiness(self) -> Readiness:
+        readiness = Readiness()
+        for name in self.results:
+            readiness.add(name, self._check(name))
+        return readiness
 
-    def _check(self, name: str) -> object:
+    def _check(self, name: str) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
             return self.results[name]
 
@@ -63,7 +67,7 @@ def checks() -> Checks:
 
 @asynccontextmanager
 async def serving(models: FakeModels, checks: Checks) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(models=models, token=SecretStr(TOKEN), checks=checks.as_checks())  # type: ignore[arg-type]
+    app = create_app(models=models, token=SecretStr(TOKEN), readiness=checks.as_readiness())
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://worker") as client:
         yield client
@@ -169,4 +173,6 @@ async def test_a_bad_request_gets_the_error_shape(
 async def test_an_unknown_path_gets_the_error_shape(client: httpx.AsyncClient) -> None:
     reply = await client.get("/nope")
     assert reply.status_code == 404
-    assert reply.json() == {"error": {"code": "not_found", "message": "Not Found"}}
+    assert reply.json() == {
+        "error": {"status": 404, "code": "not_found", "message": "Not Found", "details": []}
+    }

@@ -2,14 +2,17 @@
 
 A role has ``start()`` (connect, fail fast), ``run()`` (until done or stopped) and ``stop()``
 (idempotent: stop taking work, finish the work in hand, commit, close). :func:`serve` wires
-SIGTERM/SIGINT to ``stop()`` and bounds it by the grace period.
+SIGTERM/SIGINT to ``stop()`` and bounds it by the grace period. This module owns the signals:
+uvicorn runs under :class:`reco_common.ops.Server`, which installs none of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import Iterator
 from typing import Protocol
 
 logger = logging.getLogger(__name__)
@@ -23,11 +26,20 @@ class Role(Protocol):
     async def stop(self) -> None: ...
 
 
-def stop_on_signals(event: asyncio.Event) -> None:
-    """Set ``event`` on SIGTERM or SIGINT (call from inside the running loop)."""
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def stop_on_signals(event: asyncio.Event) -> Iterator[None]:
+    """Set ``event`` on SIGTERM or SIGINT while inside (enter from the running loop)."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in SIGNALS:
         loop.add_signal_handler(sig, _on_signal, sig, event)
+    try:
+        yield
+    finally:
+        for sig in SIGNALS:
+            loop.remove_signal_handler(sig)
 
 
 def _on_signal(sig: signal.Signals, event: asyncio.Event) -> None:
@@ -38,8 +50,12 @@ def _on_signal(sig: signal.Signals, event: asyncio.Event) -> None:
 async def serve(role: Role, *, grace_s: float) -> None:
     """Start ``role``, run it until it returns or a signal arrives, then stop it within ``grace_s``."""
     stopping = asyncio.Event()
-    stop_on_signals(stopping)
-    await role.start()
+    with stop_on_signals(stopping):
+        await role.start()
+        await _run_until_stopped(role, stopping, grace_s=grace_s)
+
+
+async def _run_until_stopped(role: Role, stopping: asyncio.Event, *, grace_s: float) -> None:
     run = asyncio.create_task(role.run(), name="role.run")
     signalled = asyncio.create_task(stopping.wait(), name="signal")
     try:

@@ -1,6 +1,8 @@
-"""Assembles the FastAPI application from its routers, error handlers and middleware.
+"""Assembles the FastAPI application: the recommendations route, the shared ops surface and shell.
 
-The only middleware is the HTTP metrics' (pure ASGI). The app holds no globals: the store, the draining flag and the
+``/healthz``, ``/readyz``, ``/metrics`` and the JSON error shape are :mod:`reco_common.ops`';
+the API registers its readiness checks (Redis answers, not draining). The only middleware is
+the HTTP metrics' (pure ASGI). The app holds no globals: the store, the draining flag and the
 metrics registry are passed in, so tests and benchmarks build as many apps as they need.
 """
 
@@ -15,9 +17,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
 
-from reco_api.errors import install_error_handlers
-from reco_api.health import Readiness, health_router
-from reco_api.metrics import ApiMetrics, expose, measure_requests
+from reco_api.errors import install_rate_limit_handler
+from reco_api.metrics import ApiMetrics, measure_requests
 from reco_api.recommendations import (
     RecommendationService,
     documented_route,
@@ -25,6 +26,7 @@ from reco_api.recommendations import (
 )
 from reco_api.settings import ApiSettings
 from reco_api.store import Store
+from reco_common.ops import Readiness, install_ops
 
 DESCRIPTION = """Serves each user's precomputed recommendations from Redis.
 
@@ -51,16 +53,27 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     service = RecommendationService(store=store, settings=settings, metrics=metrics)
-    app.state.readiness = Readiness(store=store, draining=draining)
-    install_error_handlers(app)
+    install_ops(app, readiness=readiness(store=store, draining=draining), registry=registry)
+    install_rate_limit_handler(app)
     # First in the routing table: every request is matched against the routes in order.
     app.router.routes.insert(0, recommendations_route(settings, service))
     document(app, documented_route(settings))
-    app.include_router(health_router())
-    expose(app, registry=registry)
     if settings.http_metrics:
         measure_requests(app, registry=registry)
     return app
+
+
+def readiness(*, store: Store, draining: asyncio.Event) -> Readiness:
+    """Ready while Redis answers ``PING`` and SIGTERM has not come: the server sets ``draining``
+    first thing, so that the load balancer stops sending traffic while the API keeps serving."""
+
+    async def not_draining() -> bool:
+        return not draining.is_set()
+
+    checks = Readiness()
+    checks.add("redis", store.ping)
+    checks.add("not_draining", not_draining)
+    return checks
 
 
 def document(app: FastAPI, *routes: APIRoute) -> None:

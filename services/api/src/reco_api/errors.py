@@ -1,120 +1,18 @@
-"""One JSON error shape for every 4xx and 5xx the API sends, and the handlers that produce it.
+"""The API's additions to the shared error shape (:mod:`reco_common.http_errors`).
 
-``{"error": {"status": 422, "code": "invalid_request", "message": "...", "details": [...]}}``:
-FastAPI's validation errors, Starlette's 404/405, the rate limiter's 429, our own errors and
-unexpected exceptions all answer in this shape, never with a stack trace.
+The rate limiter's 429 answers in the shape too, and :data:`ERROR_RESPONSES` documents the
+statuses the recommendations route can answer with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from http import HTTPStatus
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel
 from slowapi.errors import RateLimitExceeded
-from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-JSON = "application/json"
-
-
-class ErrorDetail(BaseModel):
-    """One invalid field: where it is (``query.n``), why, and pydantic's error type."""
-
-    field: str
-    message: str
-    type: str
-
-
-class ErrorBody(BaseModel):
-    status: int
-    code: str
-    message: str
-    details: list[ErrorDetail] = []
-
-
-class ErrorResponse(BaseModel):
-    """The body of every 4xx and 5xx response."""
-
-    error: ErrorBody
-
-
-class ApiError(Exception):
-    """An error the API answers on purpose, with its status, a stable code and a message."""
-
-    def __init__(
-        self,
-        *,
-        status: int,
-        code: str,
-        message: str,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
-
-
-def error_response(
-    *,
-    status: int,
-    code: str,
-    message: str,
-    details: Sequence[Mapping[str, str]] = (),
-    headers: Mapping[str, str] | None = None,
-) -> Response:
-    body = {"status": status, "code": code, "message": message, "details": list(details)}
-    return Response(orjson.dumps({"error": body}), status, headers, media_type=JSON)
-
-
-def _code_for(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
-    except ValueError:
-        return "error"
-
-
-async def _api_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_response(
-        status=exc.status, code=exc.code, message=exc.message, headers=exc.headers
-    )
-
-
-async def _http_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return error_response(
-        status=exc.status_code,
-        code=_code_for(exc.status_code),
-        message=str(exc.detail),
-        headers=exc.headers,
-    )
-
-
-def _field(loc: Sequence[Any]) -> str:
-    return ".".join(str(part) for part in loc) or "request"
-
-
-async def _validation_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    details = [
-        {"field": _field(err["loc"]), "message": err["msg"], "type": err["type"]}
-        for err in exc.errors()
-    ]
-    first = details[0] if details else {"field": "request", "message": "invalid"}
-    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
-    return error_response(
-        status=422,
-        code="invalid_request",
-        message=f"{first['field']}: {first['message']}{more}",
-        details=details,
-    )
+from reco_common.http_errors import ErrorResponse, error_response
 
 
 async def _rate_limited(_: Request, exc: Exception) -> Response:
@@ -127,19 +25,9 @@ async def _rate_limited(_: Request, exc: Exception) -> Response:
     )
 
 
-async def _unexpected(_: Request, exc: Exception) -> Response:
-    # Starlette re-raises after this response is sent, so uvicorn logs the traceback once and
-    # the metrics middleware counts the 5xx; the client sees no trace.
-    return error_response(status=500, code="internal_error", message="internal server error")
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Route every error the app can raise to the one JSON shape."""
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+def install_rate_limit_handler(app: FastAPI) -> None:
+    """Answer slowapi's refusals in the one JSON shape (the others: ``install_ops``)."""
     app.add_exception_handler(RateLimitExceeded, _rate_limited)
-    app.add_exception_handler(Exception, _unexpected)
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -1,11 +1,10 @@
-"""The API's Prometheus metrics: HTTP requests, Redis, fallbacks; ``/metrics`` by the instrumentator.
+"""The API's Prometheus metrics: HTTP requests, Redis, fallbacks (``/metrics``: reco_common.ops).
 
-Every name follows ``reco_api_<name>_<unit>``. prometheus-fastapi-instrumentator serves
-``/metrics``. The per-request HTTP metrics (a counter and one latency histogram, with the
-instrumentator's names and labels) come from :class:`MeasureRequests`, a pure ASGI middleware of
-our own: the instrumentator's middleware builds a ``Request`` and a ``Response``, matches the
-route a second time and gathers async hooks on every request, which cost 49 µs of CPU per
-request and 24 % of the API's maximum throughput (bench/api/overhead.py and run.py,
+Every name follows ``reco_api_<name>_<unit>``. The per-request HTTP metrics (a counter and one
+latency histogram, with prometheus-fastapi-instrumentator's names and labels) come from
+:class:`MeasureRequests`, a pure ASGI middleware of our own: the instrumentator's middleware
+builds a ``Request`` and a ``Response``, matches the route a second time and gathers async hooks
+on every request, which cost 49 µs of CPU per request and 24 % of the API's maximum throughput (bench/api/overhead.py and run.py,
 docs/benchmarks.md). Ours reads the route Starlette already matched (``scope["route"]``) and
 caches the labelled children.
 """
@@ -17,7 +16,6 @@ from time import perf_counter
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reco_common.metrics import metric_name
@@ -67,11 +65,6 @@ class ApiMetrics:
                 registry=registry,
             ),
         )
-
-
-def expose(app: FastAPI, *, registry: CollectorRegistry) -> None:
-    """Serve ``/metrics`` from ``registry`` (kept out of the OpenAPI schema)."""
-    Instrumentator(registry=registry).expose(app, include_in_schema=False)
 
 
 @dataclass(frozen=True, slots=True)

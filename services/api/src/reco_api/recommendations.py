@@ -34,7 +34,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
-from reco_api.errors import ERROR_RESPONSES, JSON, ApiError
+from reco_api.errors import ERROR_RESPONSES
 from reco_api.metrics import ApiMetrics
 from reco_api.security import ApiKeys, Endpoint, rate_limited
 from reco_api.settings import ApiSettings
@@ -46,14 +46,15 @@ from reco_common.contracts import (
     ModelName,
     RecommendationList,
 )
+from reco_common.http_errors import JSON, HttpError
 from reco_common.redis_store import ServedView
 
 logger = logging.getLogger(__name__)
 
 
-def _unavailable() -> ApiError:
+def _unavailable() -> HttpError:
     # A new instance per raise: re-raising one instance would chain its tracebacks forever.
-    return ApiError(
+    return HttpError(
         status=503,
         code="store_unavailable",
         message="the recommendation store is unreachable; retry shortly",
@@ -61,8 +62,8 @@ def _unavailable() -> ApiError:
     )
 
 
-def _not_found(model: str) -> ApiError:
-    return ApiError(status=404, code="model_not_found", message=f"no active model {model!r}")
+def _not_found(model: str) -> HttpError:
+    return HttpError(status=404, code="model_not_found", message=f"no active model {model!r}")
 
 
 class Source(enum.StrEnum):
@@ -166,7 +167,7 @@ class RecommendationService:
             active = view.active_model()
         except ContractError as exc:
             self._corrupt("active_model", model, None, exc)
-            raise ApiError(
+            raise HttpError(
                 status=500, code="corrupt_model_record", message="the model record is unreadable"
             ) from None
         if active is None:

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from slowapi import Limiter
 from slowapi.util import get_remote_address
 
-from reco_api.errors import ApiError
+from reco_common.http_errors import HttpError
 
 API_KEY_HEADER = "X-API-Key"
 
@@ -42,7 +42,7 @@ class ApiKeys:
         # Compare against every key, each in constant time: no timing hint about which is close.
         matches = [hmac.compare_digest(presented, digest) for digest in self._digests]
         if not any(matches):
-            raise ApiError(
+            raise HttpError(
                 status=401,
                 code="unauthorized",
                 message=f"a valid {API_KEY_HEADER} header is required",

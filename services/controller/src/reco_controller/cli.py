@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 
 from reco_common.lifecycle import serve
-from reco_common.logging import configure_logging
-from reco_common.settings import ConfigurationError, load_settings
+from reco_common.service import load_service_settings
 from reco_controller import manifests
 from reco_controller.metrics import SERVICE
 from reco_controller.rollout import Decision
@@ -27,20 +26,10 @@ app = typer.Typer(
 DONE = {Decision.ROLLED_OUT, Decision.DUPLICATE}
 
 
-def _settings() -> Settings:
-    try:
-        settings = load_settings(Settings)
-    except ConfigurationError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
-    configure_logging(level=settings.log_level, json=settings.log_json, service=SERVICE)
-    return settings
-
-
 @app.command()
 def run() -> None:
     """Consume model-published and roll the workers to each model (leader-elected)."""
-    settings = _settings()
+    settings = load_service_settings(Settings, service=SERVICE)
     asyncio.run(serve(Controller(settings=settings), grace_s=settings.controller.grace_s))
 
 
@@ -57,7 +46,7 @@ def rollout(
     published as usual. This does not take the leader lease: do not race a running controller
     on the same model.
     """
-    settings = _settings()
+    settings = load_service_settings(Settings, service=SERVICE)
     decision = asyncio.run(_rollout_once(settings, artifact_uri, force=force))
     typer.echo(decision.value)
     raise typer.Exit(0 if decision in DONE else 1)

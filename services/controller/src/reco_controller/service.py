@@ -18,9 +18,9 @@ from kubernetes_asyncio.client import ApiClient
 
 from reco_common.contracts import RolloutEvent
 from reco_common.kafka import ensure_topics, publish, start_producer
+from reco_common.ops import OpsServer, Readiness, ops_app
 from reco_controller.consumer import model_published_consumer
 from reco_controller.gate import GatePolicy
-from reco_controller.health import HealthServer
 from reco_controller.kube import api_client
 from reco_controller.leader import AlwaysLeader, LeaseElector
 from reco_controller.metrics import ControllerMetrics
@@ -85,7 +85,7 @@ class Controller:
         self._stack = contextlib.AsyncExitStack()
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
-        self._ready = False
+        self._connected = asyncio.Event()
         self._runtime: Runtime | None = None
         self._elector: LeaseElector | AlwaysLeader = AlwaysLeader()
 
@@ -105,18 +105,17 @@ class Controller:
                     renew_deadline_s=conf.renew_deadline_s,
                     retry_period_s=conf.retry_period_s,
                 )
-            health = HealthServer(
+            ops = OpsServer(
+                ops_app(title="reco-controller", readiness=self._readiness()),
                 host=conf.health_host,
                 port=conf.health_port,
-                ready=lambda: self._ready,
-                leading=lambda: self._elector.leading,
             )
-            await health.start()
-            self._stack.push_async_callback(health.stop)
+            await ops.start()
+            self._stack.push_async_callback(ops.stop)
         except BaseException:
             await self._stack.aclose()
             raise
-        self._ready = True
+        self._connected.set()
         logger.info("controller %s started (target %s)", self._elector.identity, conf.target.value)
 
     async def run(self) -> None:
@@ -129,11 +128,23 @@ class Controller:
 
     async def stop(self) -> None:
         """Abandon the batch in hand (uncommitted), release the lease, close every connection."""
-        self._ready = False
+        self._connected.clear()
         self._stopping.set()
         await self._finished.wait()
         await self._stack.aclose()
         logger.info("controller %s stopped", self._elector.identity)
+
+    def _readiness(self) -> Readiness:
+        """Ready once connected to Kafka and the target, leader or not: a follower is ready to
+        take over. Leadership is reported beside it, without gating readiness."""
+
+        async def leading() -> bool:
+            return self._elector.leading
+
+        readiness = Readiness()
+        readiness.add("connected", self._connected)
+        readiness.add("leader", leading, required=False)
+        return readiness
 
     async def _lead(self) -> None:
         assert self._runtime is not None, "start() first"

@@ -23,8 +23,8 @@ from reco_common.artifact import ArtifactError
 from reco_common.contracts import ActionType, describe_validation_error
 from reco_common.interactions import InteractionsError, LogFormat, is_log_file
 from reco_common.kafka import KafkaUnavailableError
-from reco_common.logging import configure_logging
-from reco_common.settings import ConfigurationError, load_settings
+from reco_common.service import load_service_settings
+from reco_common.settings import ConfigurationError
 from reco_common.storage import ObjectNotFoundError, open_store
 from reco_trainer import producing
 from reco_trainer.params import Loss, SplitKind, TrainParams, Weighting
@@ -78,17 +78,6 @@ def _guarded(action: Callable[[], T]) -> T:
     except Exception:
         logger.exception("unexpected failure")
         raise typer.Exit(EXIT_FAILURE) from None
-
-
-def _settings() -> Settings:
-    try:
-        settings = load_settings(Settings)
-    except ConfigurationError as exc:
-        configure_logging(service="trainer")
-        logger.error("%s", exc)
-        raise typer.Exit(EXIT_INPUT) from None
-    configure_logging(level=settings.log_level, json=settings.log_json, service="trainer")
-    return settings
 
 
 def _action_weights(values: list[str]) -> dict[str, float]:
@@ -164,7 +153,7 @@ def train(
     ] = None,
 ) -> None:
     """Train on interaction files, evaluate against popularity, store and publish the model."""
-    settings = _settings()
+    settings = load_service_settings(Settings, service="trainer")
     overrides: dict[str, Any] = {
         "loss": loss,
         "components": components,
@@ -220,7 +209,7 @@ def _params(base: TrainParams, overrides: dict[str, Any], weights: dict[str, flo
 @app.command()
 def run() -> None:
     """The CronJob: archive the topic snapshot, train on all snapshots + base files, publish."""
-    settings = _settings()
+    settings = load_service_settings(Settings, service="trainer")
     trainer = settings.trainer
 
     def job() -> Outcome:
@@ -279,7 +268,7 @@ def synth(
     fmt: Annotated[LogFormat, typer.Option("--format", help="File format.")] = LogFormat.PARQUET,
 ) -> None:
     """Generate a synthetic shop (files and/or the user-actions topic), deterministic by seed."""
-    settings = _settings()
+    settings = load_service_settings(Settings, service="trainer")
     if output is None and not to_kafka:
         logger.error("give --output DIR and/or --to-kafka")
         raise typer.Exit(EXIT_INPUT)

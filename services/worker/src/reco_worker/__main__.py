@@ -15,8 +15,7 @@ from reco_common.contracts import dumps
 from reco_common.interactions import read_interactions
 from reco_common.kafka import KafkaUnavailableError
 from reco_common.lifecycle import serve
-from reco_common.logging import configure_logging
-from reco_common.settings import ConfigurationError, load_settings
+from reco_common.service import load_service_settings
 from reco_worker.model_store import load_serving_model
 from reco_worker.replay import replay, summary
 from reco_worker.settings import WorkerSettings
@@ -29,14 +28,7 @@ app = typer.Typer(
 
 
 def _settings() -> WorkerSettings:
-    try:
-        settings = load_settings(WorkerSettings)
-    except ConfigurationError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
-    common = settings.common
-    configure_logging(level=common.log_level, json=common.log_json, service="worker")
-    return settings
+    return load_service_settings(WorkerSettings, service="worker", shared=lambda s: s.common)
 
 
 @app.callback(invoke_without_command=True)

@@ -19,10 +19,11 @@ from threadpoolctl import threadpool_limits
 
 from reco_common.contracts import Topics, UserAction
 from reco_common.kafka import EventConsumer, ensure_topics, start_producer
+from reco_common.ops import OpsServer, Readiness
 from reco_common.redis_store import connect
 from reco_worker.consumer import ActionHandler
 from reco_worker.history import HistoryStore
-from reco_worker.http import HttpServer, create_app
+from reco_worker.http import create_app
 from reco_worker.metrics import WorkerMetrics
 from reco_worker.model_store import ModelStore
 from reco_worker.settings import WorkerSettings
@@ -39,7 +40,7 @@ class _Started:
     redis: Redis
     producer: AIOKafkaProducer
     models: ModelStore
-    http: HttpServer
+    http: OpsServer
 
 
 class Worker:
@@ -52,7 +53,7 @@ class Worker:
         self._run_finished = asyncio.Event()
         self._started: _Started | None = None
         self._consumer: EventConsumer[UserAction] | None = None
-        self._consuming = False
+        self._consuming = asyncio.Event()
 
     @property
     def started(self) -> _Started:
@@ -84,16 +85,12 @@ class Worker:
         except Exception:
             await redis.aclose()
             raise
-        app = create_app(
-            models=models,
-            token=self._settings.control_token,
-            checks={
-                "model": self._model_loaded,
-                "kafka": self._consumer_running,
-                "redis": self._redis_answers,
-            },
-        )
-        http = HttpServer(app, host=self._settings.http_host, port=self._settings.http_port)
+        readiness = Readiness()
+        readiness.add("model", models.loaded)
+        readiness.add("kafka", self._consuming)
+        readiness.add("redis", self._redis_answers)
+        app = create_app(models=models, token=self._settings.control_token, readiness=readiness)
+        http = OpsServer(app, host=self._settings.http_host, port=self._settings.http_port)
         self._started = _Started(redis=redis, producer=producer, models=models, http=http)
         await http.start()
 
@@ -106,7 +103,7 @@ class Worker:
             ):
                 await self._consume()
         finally:
-            self._consuming = False
+            self._consuming.clear()
             self._run_finished.set()
 
     async def _consume(self) -> None:
@@ -126,7 +123,7 @@ class Worker:
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
         await self._consumer.start()
-        self._consuming = True
+        self._consuming.set()
         logger.info("consuming %s as group %s", topic, group)
         await self._consumer.run(self._stopping)
 
@@ -168,12 +165,6 @@ class Worker:
         await started.http.stop()
         await started.producer.stop()
         await started.redis.aclose()
-
-    async def _model_loaded(self) -> bool:
-        return self.models.loaded.is_set()
-
-    async def _consumer_running(self) -> bool:
-        return self._consuming
 
     async def _redis_answers(self) -> bool:
         try:
