@@ -40,7 +40,7 @@ from reco_common.artifact import ModelArrays, write_artifact
 from reco_common.contracts import MODEL_URI_ENV, ActionType, EvalMetrics, Topics, UserAction, encode
 from reco_common.kafka import ensure_topics, start_producer
 from reco_common.settings import KafkaSettings
-from reco_common.storage import FileStore
+from reco_common.storage import open_store
 
 DIM = 64
 N_USERS = 100_000
@@ -76,7 +76,7 @@ def build_model(root: Path, n_items: int, seed: int) -> str:
         popular_scores=[float(200 - n) for n in range(200)],
     )
     return write_artifact(
-        FileStore(root.as_uri()),
+        open_store(root.as_uri()),
         model_name="bench",
         version=f"n{n_items}",
         arrays=arrays,

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from reco_common.kafka import start_producer
 from reco_common.redis_store import connect
 from reco_common.settings import KafkaSettings, RedisSettings, S3Settings
-from reco_common.storage import S3Store
+from reco_common.storage import ObjectStore, open_store
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "scripts" / "stack.sh"
@@ -58,8 +58,8 @@ def s3_root(s3_settings: S3Settings, unique: str) -> str:
 
 
 @pytest.fixture
-def s3_store(s3_root: str, s3_settings: S3Settings) -> S3Store:
-    return S3Store(s3_root, s3_settings)
+def s3_store(s3_root: str, s3_settings: S3Settings) -> ObjectStore:
+    return open_store(s3_root, s3=s3_settings)
 
 
 @pytest.fixture

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from reco_common.storage import FileStore, ObjectNotFoundError, ObjectStore, S3Store, open_store
+from reco_common.settings import S3Settings
+from reco_common.storage import ObjectNotFoundError, ObjectStore, file_sha256, open_store
 
 
 @pytest.fixture(params=["s3", "file"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "file":
-        return FileStore((tmp_path / "root").as_uri())
-    s3_store: S3Store = request.getfixturevalue("s3_store")
+        return open_store((tmp_path / "root").as_uri())
+    s3_store: ObjectStore = request.getfixturevalue("s3_store")
     return s3_store
 
 
@@ -40,16 +41,25 @@ def test_missing_objects_raise_not_found(store: ObjectStore) -> None:
 def test_files_round_trip_with_their_checksum(store: ObjectStore, tmp_path: Path) -> None:
     source = tmp_path / "big.bin"
     source.write_bytes(bytes(range(256)) * 40_000)  # ~10 MB: multipart on S3
-    store.upload_file("blobs/big.bin", source)
+    sent = store.upload_file("blobs/big.bin", source)
     target = tmp_path / "back.bin"
-    store.download_file("blobs/big.bin", target)
+    received = store.download_file("blobs/big.bin", target)
     assert target.read_bytes() == source.read_bytes()
-    from reco_common.storage import file_sha256
+    assert sent == received == store.sha256("blobs/big.bin") == file_sha256(source)
+    assert store.put_bytes("small", b"abc") == store.sha256("small")
+    assert not list(tmp_path.glob(".tmp-*"))
 
-    assert store.sha256("blobs/big.bin") == file_sha256(source)
+
+def test_keys_stay_below_the_root(store: ObjectStore) -> None:
+    store.put_bytes("a/../b.txt", b"b")
+    assert store.list() == ["b.txt"]
+    with pytest.raises(ValueError, match="escapes the store root"):
+        store.put_bytes("../outside", b"x")
 
 
-def test_uris_name_the_object_and_reopen_the_same_store(store: ObjectStore, s3_settings) -> None:  # type: ignore[no-untyped-def]
+def test_uris_name_the_object_and_reopen_the_same_store(
+    store: ObjectStore, s3_settings: S3Settings
+) -> None:
     store.put_bytes("x/y.txt", b"hello")
     reopened = open_store(store.uri("x"), s3=s3_settings)
     assert reopened.get_bytes("y.txt") == b"hello"

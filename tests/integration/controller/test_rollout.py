@@ -26,7 +26,7 @@ from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoreV1Api
 
 from reco_common.artifact import ModelArrays, write_artifact
 from reco_common.contracts import MODEL_URI_ENV, ModelPublished
-from reco_common.storage import FileStore
+from reco_common.storage import open_store
 from reco_controller.service import Controller
 from reco_controller.settings import Settings
 from reco_controller.targets.deployment import ACTIVE, FAILED_URI, PREVIOUS, Deployment, annotation
@@ -165,7 +165,7 @@ def _artifact(root: Path, version: str) -> str:
         popular_scores=[1.0],
     )
     return write_artifact(
-        FileStore(root.as_uri()),
+        open_store(root.as_uri()),
         model_name=MODEL,
         version=version,
         arrays=arrays,

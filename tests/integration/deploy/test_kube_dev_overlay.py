@@ -24,7 +24,7 @@ from reco_common.artifact import ModelArrays, write_artifact
 from reco_common.contracts import MODEL_URI_ENV, EvalMetrics, ModelPublished, RolloutEvent, decode
 from reco_common.kafka import ensure_topics, publish
 from reco_common.settings import KafkaSettings
-from reco_common.storage import S3Store
+from reco_common.storage import ObjectStore
 from reco_devkit.procs import ServiceProcess, console_script, free_port
 
 pytestmark = pytest.mark.kube
@@ -157,7 +157,7 @@ async def rollout_events(kafka_settings: KafkaSettings) -> AsyncIterator[AIOKafk
         await consumer.stop()
 
 
-def _tiny_artifact(store: S3Store, version: str) -> tuple[str, EvalMetrics]:
+def _tiny_artifact(store: ObjectStore, version: str) -> tuple[str, EvalMetrics]:
     rng = np.random.default_rng(7)
     metrics = EvalMetrics(model={"precision@10": 0.2}, baseline={"precision@10": 0.05})
     arrays = ModelArrays(
@@ -218,7 +218,7 @@ async def test_the_controller_rolls_the_worker_and_apply_keeps_the_model(
     rollout_events: AIOKafkaConsumer,
     producer: AIOKafkaProducer,
     kafka_settings: KafkaSettings,
-    s3_store: S3Store,
+    s3_store: ObjectStore,
 ) -> None:
     ns = deployed.namespace
     kube.wait_workloads_ready(ns)

@@ -14,7 +14,7 @@ import yaml
 from deploy_manifests import REPO, pod_spec, rendered
 
 from reco_common.settings import S3Settings
-from reco_common.storage import S3Store
+from reco_common.storage import open_store
 from reco_devkit.procs import ServiceProcess, free_port
 
 CACHE = Path(os.environ.get("RECO_CACHE_DIR", Path.home() / ".cache" / "reco"))
@@ -69,7 +69,7 @@ def test_a_directory_made_before_start_is_a_usable_bucket(versitygw: tuple[str, 
     settings = S3Settings(
         endpoint_url=endpoint, access_key="bucket-test", secret_key="bucket-test-secret"
     )
-    store = S3Store(f"s3://{bucket}/models", settings)
+    store = open_store(f"s3://{bucket}/models", s3=settings)
     store.put_bytes("shop/v1/manifest.json", b"{}")
     assert store.get_bytes("shop/v1/manifest.json") == b"{}"
     assert store.list("shop/") == ["shop/v1/manifest.json"]

@@ -8,14 +8,14 @@ from trainer_stack import read_all, run_trainer
 from reco_common.artifact import load_artifact
 from reco_common.contracts import ModelPublished, ObjectLayout, decode
 from reco_common.settings import KafkaSettings, S3Settings
-from reco_common.storage import S3Store, open_store
+from reco_common.storage import ObjectStore, open_store
 from reco_common.synth import ShopConfig, generate, write_shop
 
 
 async def test_cron_run_archives_trains_stores_verified_artifact_and_publishes_once(
     kafka_settings: KafkaSettings,
     s3_root: str,
-    s3_store: S3Store,
+    s3_store: ObjectStore,
     s3_settings: S3Settings,
     tmp_path: Path,
 ) -> None:
@@ -56,7 +56,7 @@ async def test_cron_run_archives_trains_stores_verified_artifact_and_publishes_o
 
 
 async def test_cron_run_without_data_fails_and_publishes_nothing(
-    kafka_settings: KafkaSettings, s3_root: str, s3_store: S3Store
+    kafka_settings: KafkaSettings, s3_root: str, s3_store: ObjectStore
 ) -> None:
     result = await asyncio.to_thread(run_trainer, ["run"], kafka=kafka_settings, store_uri=s3_root)
     assert result.returncode == 2
@@ -66,7 +66,7 @@ async def test_cron_run_without_data_fails_and_publishes_nothing(
 
 
 async def test_train_from_s3_files_to_s3_output_with_kafka_publish(
-    kafka_settings: KafkaSettings, s3_root: str, s3_store: S3Store, s3_settings: S3Settings
+    kafka_settings: KafkaSettings, s3_root: str, s3_store: ObjectStore, s3_settings: S3Settings
 ) -> None:
     shop = generate(ShopConfig(n_interactions=2_000, n_users=100, n_items=80, seed=3))
     uris = write_shop(shop, f"{s3_root}/input", s3=s3_settings)

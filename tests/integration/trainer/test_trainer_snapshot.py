@@ -8,7 +8,7 @@ from trainer_stack import produce
 from reco_common.contracts import ActionType, ObjectLayout, UserAction, loads
 from reco_common.interactions import read_interactions
 from reco_common.settings import KafkaSettings, S3Settings
-from reco_common.storage import S3Store
+from reco_common.storage import ObjectStore
 from reco_trainer.snapshot import archive_location, archive_topic
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -30,7 +30,7 @@ def _actions(first: int, count: int) -> list[UserAction]:
 async def test_snapshots_are_bounded_archived_and_resume_where_they_stopped(
     kafka_settings: KafkaSettings,
     producer: AIOKafkaProducer,
-    s3_store: S3Store,
+    s3_store: ObjectStore,
     s3_settings: S3Settings,
 ) -> None:
     topic = kafka_settings.topics.user_actions
@@ -66,7 +66,7 @@ async def test_snapshots_are_bounded_archived_and_resume_where_they_stopped(
 
 
 async def test_a_missing_topic_archives_nothing(
-    kafka_settings: KafkaSettings, s3_store: S3Store
+    kafka_settings: KafkaSettings, s3_store: ObjectStore
 ) -> None:
     snapshot = await archive_topic(
         kafka=kafka_settings, store=s3_store, group="trainer", timeout_s=30

@@ -10,12 +10,12 @@ import pytest
 from worker_stack import TOKEN, publish
 
 from reco_common.settings import CommonSettings, KafkaSettings, RedisSettings, S3Settings
-from reco_common.storage import S3Store
+from reco_common.storage import ObjectStore
 from reco_worker.settings import WorkerSettings
 
 
 @pytest.fixture
-def model_v1(s3_store: S3Store) -> str:
+def model_v1(s3_store: ObjectStore) -> str:
     return publish(s3_store, "v1", seed=1)
 
 

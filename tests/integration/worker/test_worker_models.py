@@ -15,7 +15,7 @@ from reco_common.contracts import ActionType, RecommendationList, UserAction, de
 from reco_common.kafka import publish as publish_event
 from reco_common.redis_store import read_active, read_list
 from reco_common.settings import KafkaSettings, RedisSettings
-from reco_common.storage import S3Store
+from reco_common.storage import ObjectStore
 from reco_worker.settings import WorkerSettings
 
 TROUBLE = (
@@ -49,7 +49,7 @@ def action(n: int, *, tag: str = "e") -> UserAction:
 async def test_a_hot_swap_under_load_completes_without_errors(
     make_settings: Callable[..., WorkerSettings],
     model_v1: str,
-    s3_store: S3Store,
+    s3_store: ObjectStore,
     producer: AIOKafkaProducer,
     redis: Redis,
     kafka_settings: KafkaSettings,
@@ -106,7 +106,7 @@ async def test_a_hot_swap_under_load_completes_without_errors(
 async def test_a_corrupt_model_is_refused_and_the_old_one_kept(
     make_settings: Callable[..., WorkerSettings],
     model_v1: str,
-    s3_store: S3Store,
+    s3_store: ObjectStore,
     producer: AIOKafkaProducer,
     redis: Redis,
     kafka_settings: KafkaSettings,
@@ -144,7 +144,7 @@ async def test_a_corrupt_model_is_refused_and_the_old_one_kept(
 async def test_a_worker_started_on_a_corrupt_model_stays_not_ready(
     make_settings: Callable[..., WorkerSettings],
     model_v1: str,
-    s3_store: S3Store,
+    s3_store: ObjectStore,
     redis: Redis,
     redis_settings: RedisSettings,
 ) -> None:

@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from reco_common.artifact import ITEM_FACTORS, ModelArrays, write_artifact
 from reco_common.contracts import MODEL_URI_ENV, DlqHeader, EvalMetrics, Topics
 from reco_common.settings import KafkaSettings
-from reco_common.storage import S3Store
+from reco_common.storage import ObjectStore
 from reco_worker.settings import WorkerSettings
 from reco_worker.worker import Worker
 
@@ -46,7 +46,7 @@ def arrays(*, seed: int) -> ModelArrays:
     )
 
 
-def publish(store: S3Store, version: str, *, seed: int = 0, model_name: str = MODEL) -> str:
+def publish(store: ObjectStore, version: str, *, seed: int = 0, model_name: str = MODEL) -> str:
     return write_artifact(
         store,
         model_name=model_name,
@@ -60,7 +60,7 @@ def publish(store: S3Store, version: str, *, seed: int = 0, model_name: str = MO
     )
 
 
-def corrupt(store: S3Store, uri: str) -> None:
+def corrupt(store: ObjectStore, uri: str) -> None:
     """Replace one file of a published artifact: its checksum no longer matches."""
     prefix = uri.removeprefix(store.root_uri + "/")
     store.put_bytes(f"{prefix}/{ITEM_FACTORS}", b"\x93NUMPY not really")

@@ -14,7 +14,7 @@ from reco_common.artifact import (
     write_artifact,
 )
 from reco_common.contracts import EvalMetrics
-from reco_common.storage import FileStore, open_store
+from reco_common.storage import ObjectStore, open_store
 
 
 def _arrays(n_users: int = 3, n_items: int = 5, dim: int = 4) -> ModelArrays:
@@ -29,7 +29,7 @@ def _arrays(n_users: int = 3, n_items: int = 5, dim: int = 4) -> ModelArrays:
     )
 
 
-def _write(store: FileStore, version: str = "v1") -> str:
+def _write(store: ObjectStore, version: str = "v1") -> str:
     return write_artifact(
         store,
         model_name="shop",
@@ -44,7 +44,7 @@ def _write(store: FileStore, version: str = "v1") -> str:
 
 
 def test_artifact_round_trip_verifies_and_memory_maps(tmp_path: Path) -> None:
-    uri = _write(FileStore((tmp_path / "store").as_uri()))
+    uri = _write(open_store((tmp_path / "store").as_uri()))
     loaded = load_artifact(open_store(uri), cache_dir=tmp_path / "cache")
     assert loaded.manifest.n_items == 5
     assert loaded.manifest.dim == 4
@@ -54,14 +54,14 @@ def test_artifact_round_trip_verifies_and_memory_maps(tmp_path: Path) -> None:
 
 
 def test_artifacts_are_immutable(tmp_path: Path) -> None:
-    store = FileStore((tmp_path / "store").as_uri())
+    store = open_store((tmp_path / "store").as_uri())
     _write(store)
     with pytest.raises(ArtifactError, match="immutable"):
         _write(store)
 
 
 def test_a_corrupt_file_is_refused(tmp_path: Path) -> None:
-    uri = _write(FileStore((tmp_path / "store").as_uri()))
+    uri = _write(open_store((tmp_path / "store").as_uri()))
     damaged = tmp_path / "store" / "models" / "shop" / "v1" / ITEM_FACTORS
     damaged.write_bytes(damaged.read_bytes()[:-4] + b"\0\0\0\1")
     with pytest.raises(ArtifactError, match="sha256"):

@@ -13,7 +13,7 @@ import pytest
 from reco_common.artifact import ModelArrays, write_artifact
 from reco_common.contracts import EvalMetrics
 from reco_common.settings import S3Settings
-from reco_common.storage import FileStore
+from reco_common.storage import open_store
 from reco_controller.targets.base import ModelRecord, TargetError
 from reco_controller.targets.local import LocalTarget
 from reco_controller.targets.worker_client import ModelControlClient
@@ -82,7 +82,7 @@ def _artifact(root: Path, version: str) -> str:
         popular_scores=[1.0],
     )
     return write_artifact(
-        FileStore(root.as_uri()),
+        open_store(root.as_uri()),
         model_name="shop",
         version=version,
         arrays=arrays,

@@ -12,13 +12,13 @@ from worker_models import random_arrays
 from reco_common.artifact import ITEM_FACTORS, ModelArrays, write_artifact
 from reco_common.contracts import EvalMetrics
 from reco_common.settings import S3Settings
-from reco_common.storage import FileStore
+from reco_common.storage import open_store
 from reco_worker.model_store import ModelRefusedError, load_serving_model
 
 
 def publish(root: Path, arrays: ModelArrays, *, version: str = "v1") -> str:
     return write_artifact(
-        FileStore(root.as_uri()),
+        open_store(root.as_uri()),
         model_name="shop",
         version=version,
         arrays=arrays,

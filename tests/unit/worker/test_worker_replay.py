@@ -13,7 +13,7 @@ from worker_models import clustered_arrays
 from reco_common.artifact import write_artifact
 from reco_common.contracts import EvalMetrics
 from reco_common.interactions import Interactions
-from reco_common.storage import FileStore
+from reco_common.storage import open_store
 from reco_worker.__main__ import app
 from reco_worker.replay import replay, summary
 from reco_worker.scoring import Policy, ServingModel
@@ -72,7 +72,7 @@ def test_repeats_count_only_in_all_events(clustered: ServingModel) -> None:
 
 def test_the_command_writes_a_report(tmp_path: Path) -> None:
     uri = write_artifact(
-        FileStore((tmp_path / "store").as_uri()),
+        open_store((tmp_path / "store").as_uri()),
         model_name="shop",
         version="v1",
         arrays=clustered_arrays(),

@@ -15,8 +15,8 @@ Arrays load with ``np.load(mmap_mode="r")`` so a large catalog is paged in, not 
 
 from __future__ import annotations
 
+import io
 import logging
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -123,21 +123,18 @@ class LoadedModel:
 def write_artifact(
     store: ObjectStore, *, model_name: str, version: str, arrays: ModelArrays, **manifest: Any
 ) -> str:
-    """Upload ``arrays`` under ``models/<name>/<version>/``, verify, then write the manifest.
+    """Upload ``arrays`` under ``models/<name>/<version>/`` (hashed while written), read every
+    file's checksum back once, then write the manifest.
 
     Returns the artifact URI. An artifact that already has a manifest is never overwritten.
     """
     prefix = ObjectLayout.model_dir(model_name, version)
     if store.exists(f"{prefix}/{ObjectLayout.MANIFEST}"):
         raise ArtifactError(f"{store.uri(prefix)} already exists; artifacts are immutable")
-    with tempfile.TemporaryDirectory(prefix="reco-artifact-") as tmp:
-        files = _write_local(Path(tmp), arrays)
-        for name, path in files.items():
-            store.upload_file(f"{prefix}/{name}", path)
-        entries = {
-            name: FileEntry(sha256=file_sha256(p), bytes=p.stat().st_size)
-            for name, p in files.items()
-        }
+    entries = {
+        name: FileEntry(sha256=store.put_bytes(f"{prefix}/{name}", data), bytes=len(data))
+        for name, data in _encode_files(arrays).items()
+    }
     for name, entry in entries.items():
         if store.sha256(f"{prefix}/{name}") != entry.sha256:
             raise ArtifactError(f"{store.uri(prefix)}/{name}: checksum differs after upload")
@@ -154,22 +151,20 @@ def write_artifact(
     return store.uri(prefix)
 
 
-def _write_local(directory: Path, arrays: ModelArrays) -> dict[str, Path]:
-    files = {
-        ITEM_FACTORS: directory / ITEM_FACTORS,
-        USER_FACTORS: directory / USER_FACTORS,
-        ITEM_IDS: directory / ITEM_IDS,
-        USER_IDS: directory / USER_IDS,
-        POPULAR: directory / POPULAR,
+def _encode_files(arrays: ModelArrays) -> dict[str, bytes]:
+    return {
+        ITEM_FACTORS: _npy(arrays.item_factors),
+        USER_FACTORS: _npy(arrays.user_factors),
+        ITEM_IDS: dumps(arrays.item_ids),
+        USER_IDS: dumps(arrays.user_ids),
+        POPULAR: dumps({"items": arrays.popular_items, "scores": arrays.popular_scores}),
     }
-    np.save(files[ITEM_FACTORS], np.ascontiguousarray(arrays.item_factors))
-    np.save(files[USER_FACTORS], np.ascontiguousarray(arrays.user_factors))
-    files[ITEM_IDS].write_bytes(dumps(arrays.item_ids))
-    files[USER_IDS].write_bytes(dumps(arrays.user_ids))
-    files[POPULAR].write_bytes(
-        dumps({"items": arrays.popular_items, "scores": arrays.popular_scores})
-    )
-    return files
+
+
+def _npy(matrix: FloatMatrix) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(matrix), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def read_manifest(store: ObjectStore) -> Manifest:
@@ -191,9 +186,9 @@ def load_artifact(store: ObjectStore, *, cache_dir: Path) -> LoadedModel:
     local.mkdir(parents=True, exist_ok=True)
     for name, entry in manifest.files.items():
         path = local / name
-        if not (path.is_file() and file_sha256(path) == entry.sha256):
-            store.download_file(name, path)
-        if file_sha256(path) != entry.sha256:
+        if path.is_file() and file_sha256(path) == entry.sha256:
+            continue
+        if store.download_file(name, path) != entry.sha256:
             raise ArtifactError(f"{store.uri(name)}: sha256 does not match the manifest")
     popular = loads((local / POPULAR).read_bytes())
     arrays = ModelArrays(

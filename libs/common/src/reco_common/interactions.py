@@ -194,8 +194,9 @@ def _fetch(location: str, *, s3: S3Settings | None) -> Iterable[tuple[str, bytes
     """``(uri, bytes)`` of the file at ``location``, or of every supported file below it."""
     uri = as_uri(location).rstrip("/")
     parent, name = _split_uri(uri)
-    if name and open_store(parent, s3=s3).exists(name):
-        yield uri, _decompress(uri, open_store(parent, s3=s3).get_bytes(name))
+    folder = open_store(parent, s3=s3)
+    if name and folder.exists(name):
+        yield uri, _decompress(uri, folder.get_bytes(name))
         return
     store = open_store(uri, s3=s3)
     keys = [k for k in store.list() if is_log_file(k)]

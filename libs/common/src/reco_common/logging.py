@@ -28,4 +28,3 @@ def configure_logging(*, level: str = "INFO", json: bool = False, service: str) 
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiokafka").setLevel(max(root.level, logging.WARNING))
-    logging.getLogger("botocore").setLevel(max(root.level, logging.WARNING))

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -55,8 +54,6 @@ _FAILURES = (
     ArtifactError,
     KafkaUnavailableError,
     SnapshotError,
-    BotoCoreError,
-    ClientError,
     OSError,
 )
 T = TypeVar("T")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from redis.asyncio import Redis
+from tenacity import AsyncRetrying, retry_if_result, wait_exponential
 
 from reco_common.artifact import ArtifactError, load_artifact
 from reco_common.contracts import MODEL_CONTROL_PATH, MODEL_URI_ENV, ActiveModel, RedisKeys
@@ -199,12 +200,18 @@ class ModelStore:
                 MODEL_URI_ENV,
                 MODEL_CONTROL_PATH,
             )
-        delay = 1.0
-        while not (self.loaded.is_set() or stop.is_set()):
-            if uri is not None and self._loading is None:
+
+        async def settled() -> bool:
+            if uri is not None and self._loading is None and not self.loaded.is_set():
                 self._start(uri, first=True)
-            await _first_of(self.loaded, stop, timeout_s=delay)
-            delay = min(delay * 2, retry_max_s)
+            return self.loaded.is_set() or stop.is_set()
+
+        retrying = AsyncRetrying(
+            wait=wait_exponential(multiplier=1, max=retry_max_s),
+            retry=retry_if_result(lambda done: not done),
+            sleep=lambda seconds: _first_of(self.loaded, stop, timeout_s=seconds),
+        )
+        await retrying(settled)
         return self.loaded.is_set()
 
     async def close(self) -> None:
