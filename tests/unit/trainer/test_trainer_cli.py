@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from reco_common.contracts import ObjectLayout
 from reco_common.storage import open_store
 from reco_trainer.cli import EXIT_INPUT, app
 
@@ -63,7 +64,9 @@ def test_train_on_files_prints_both_recommenders(
     assert set(doc["model"]) == set(doc["baseline"])
     assert "precision@3" in doc["model"]
     assert doc["params"]["action_weights"]["purchase"] == 20.0
-    assert [k for k in open_store(store_uri).list("models/exp-1/") if k.endswith("manifest.json")]
+    assert [
+        k for k in open_store(store_uri).list("models/exp-1/") if k.endswith(ObjectLayout.MANIFEST)
+    ]
 
 
 def test_params_from_the_environment(

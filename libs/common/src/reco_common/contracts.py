@@ -3,8 +3,8 @@ layout, and the worker's model-control endpoint (the controller's ``local`` targ
 
 Services import these names; none of them spells a topic, a key or an object path itself.
 Every event carries ``schema_version`` so that a consumer can refuse what it does not know.
-Every value on Kafka and in Redis is a ``msgspec.Struct`` and goes through :func:`encode` /
-:func:`decode`, the one codec, on the writing and the reading side alike: msgspec decodes JSON
+Every value on Kafka, in Redis and on the model-control endpoint is a ``msgspec.Struct`` and
+goes through :func:`encode` / :func:`decode`, the one codec, on the writing and the reading side alike: msgspec decodes JSON
 straight into the typed struct, validating as it goes, faster than ``orjson.loads`` into a dict
 (bench/codec/codec.py, docs/benchmarks.md). Building a struct in Python does not validate it
 (only the timestamp rule below runs): what crosses a process boundary is validated on decode.
@@ -24,7 +24,7 @@ import msgspec
 import orjson
 from msgspec import Meta, Struct
 from msgspec.structs import force_setattr
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 SCHEMA_VERSION: Final = 1
 DLQ_SUFFIX: Final = ".dlq"
@@ -387,32 +387,26 @@ MODEL_CONTROL_PATH: Final = "/v1/model"
 MODEL_URI_ENV: Final = "MODEL_URI"
 
 
-class ModelLoadRequest(BaseModel):
+class ModelLoadRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``POST /v1/model``: load this artifact (the worker answers 202, or 200 if it serves it)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model_uri: Annotated[str, Field(min_length=1, max_length=2048)]
+    model_uri: Uri
 
 
-class ModelLoadFailure(BaseModel):
+class ModelLoadFailure(Struct, frozen=True, kw_only=True):
     """A worker's last failed load: which artifact, why, when."""
-
-    model_config = ConfigDict(frozen=True, protected_namespaces=())
 
     model_uri: str
     error: str
     at: datetime
 
 
-class WorkerModelState(BaseModel):
+class WorkerModelState(Struct, frozen=True, kw_only=True):
     """What ``GET`` and ``POST /v1/model`` answer; ``None`` before the first model.
 
     Every field has a default, so that a reader tolerates a worker one version older or newer
     during a rollout (unknown fields are ignored).
     """
-
-    model_config = ConfigDict(frozen=True, protected_namespaces=())
 
     model_name: str | None = None
     version: str | None = None

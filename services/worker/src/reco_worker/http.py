@@ -16,13 +16,17 @@ import secrets
 from typing import Annotated, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from pydantic import SecretStr
 
 from reco_common.contracts import (
     MODEL_CONTROL_PATH,
+    ContractError,
     ModelLoadFailure,
     ModelLoadRequest,
     WorkerModelState,
+    decode,
+    encode,
 )
 from reco_common.http_errors import ErrorResponse
 from reco_common.ops import Readiness, ops_app
@@ -84,29 +88,40 @@ Authorized = Depends(_authorized)
 model = APIRouter(prefix=MODEL_CONTROL_PATH, tags=["model"])
 
 
-@model.get("", response_model=WorkerModelState)
-async def get_model(models: Models) -> WorkerModelState:
-    return _state(models.status())
+@model.get("")
+async def get_model(models: Models) -> Response:
+    return _reply(_state(models.status()))
 
 
 @model.post(
     "",
-    response_model=WorkerModelState,
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[Authorized],
-    responses={200: {"model": WorkerModelState}, 401: {"model": ErrorResponse}},
+    responses={200: {"description": "Already served"}, 401: {"model": ErrorResponse}},
 )
-async def post_model(
-    body: ModelLoadRequest, models: Models, response: Response
-) -> WorkerModelState:
+async def post_model(request: Request, models: Models) -> Response:
     """Load ``model_uri`` in the background (202), or nothing to do when it is served (200)."""
+    body = await _load_request(request)
     current = models.status()
     if current.active is not None and current.active.uri == body.model_uri:
-        response.status_code = status.HTTP_200_OK
-        return _state(current)
+        return _reply(_state(current))
     models.request(body.model_uri)
     logger.info("model %s requested over HTTP", body.model_uri)
-    return _state(models.status())
+    return _reply(_state(models.status()), status.HTTP_202_ACCEPTED)
+
+
+async def _load_request(request: Request) -> ModelLoadRequest:
+    """The body, decoded with the contract's codec; a 422 naming the field when it is not one."""
+    try:
+        return decode(ModelLoadRequest, await request.body())
+    except ContractError as exc:
+        error = {"type": "contract", "loc": ("body",), "msg": exc.reason, "input": None}
+        raise RequestValidationError([error]) from None
+
+
+def _reply(state: WorkerModelState, status_code: int = status.HTTP_200_OK) -> Response:
+    """A model-control answer, encoded with the contract's codec."""
+    return Response(encode(state), status_code=status_code, media_type="application/json")
 
 
 # --------------------------------------------------------------------------- app

@@ -9,9 +9,15 @@ the background (202), or nothing to do (200). The payloads are in ``reco_common.
 from __future__ import annotations
 
 import httpx
-from pydantic import ValidationError
 
-from reco_common.contracts import MODEL_CONTROL_PATH, ModelLoadRequest, WorkerModelState
+from reco_common.contracts import (
+    MODEL_CONTROL_PATH,
+    ContractError,
+    ModelLoadRequest,
+    WorkerModelState,
+    decode,
+    encode,
+)
 
 
 def refused(state: WorkerModelState, uri: str) -> str | None:
@@ -39,12 +45,14 @@ class ModelControlClient:
         response = await self._http.get(self._url)
         response.raise_for_status()
         try:
-            return WorkerModelState.model_validate_json(response.content)
-        except ValidationError as exc:
-            raise WorkerReplyError(f"GET {self._url}: unexpected reply: {exc}") from None
+            return decode(WorkerModelState, response.content)
+        except ContractError as exc:
+            raise WorkerReplyError(f"GET {self._url}: unexpected reply: {exc.reason}") from None
 
     async def load(self, model_uri: str) -> None:
         """Ask the worker to load ``model_uri``; raises ``httpx.HTTPStatusError`` if refused."""
         request = ModelLoadRequest(model_uri=model_uri)
-        response = await self._http.post(self._url, json=request.model_dump())
+        response = await self._http.post(
+            self._url, content=encode(request), headers={"Content-Type": "application/json"}
+        )
         response.raise_for_status()
