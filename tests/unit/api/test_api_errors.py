@@ -113,3 +113,12 @@ async def test_the_openapi_schema_documents_the_route_and_the_error_shape(api: A
     docs = await api.client.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+
+
+async def test_the_docs_page_loads_swagger_ui_from_the_api_itself(api: Api) -> None:
+    page = (await api.client.get("/docs")).text
+    assert '"/docs/assets/swagger-ui-bundle.js"' in page
+    assert '"/docs/assets/swagger-ui.css"' in page
+    script = await api.client.get("/docs/assets/swagger-ui-bundle.js")
+    assert script.status_code == 200
+    assert "SwaggerUIBundle" in script.text

@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
 
+from reco_api.docs import serve_docs
 from reco_api.errors import install_rate_limit_handler
 from reco_api.metrics import ApiMetrics, measure_requests
 from reco_api.recommendations import (
@@ -46,7 +47,7 @@ def create_app(
         title="reco API",
         version=version("reco-api"),
         description=DESCRIPTION,
-        docs_url="/docs",
+        docs_url=None,  # served by reco_api.docs, without a CDN
         redoc_url=None,
         openapi_url="/openapi.json",
         # Prometheus is the metrics path; FastAPI's OpenTelemetry hooks would only cost time.
@@ -58,6 +59,7 @@ def create_app(
     # First in the routing table: every request is matched against the routes in order.
     app.router.routes.insert(0, recommendations_route(settings, service))
     document(app, documented_route(settings))
+    serve_docs(app)
     if settings.http_metrics:
         measure_requests(app, registry=registry)
     return app
