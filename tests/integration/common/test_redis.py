@@ -1,4 +1,4 @@
-"""A reader never sees a partial or empty list while the worker replaces it."""
+"""A reader never sees a partial or empty list while the worker replaces it; stale writes lose."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
-from reco_common.contracts import RecommendationList, RedisKeys
-from reco_common.redis_store import read_list, replace_lists
+from reco_common.contracts import RecommendationList, RedisKeys, encode
+from reco_common.redis_store import FencedLists, FencedWrite, Position, read_list, replace_lists
 
 LIST_LENGTH = 100
 ROUNDS = 300
@@ -47,3 +47,25 @@ async def test_concurrent_readers_see_whole_lists_only(redis: Redis, unique: str
     final = await read_list(redis, keys, "shop", "u1")
     assert final is not None
     assert final.model_version == f"v{ROUNDS - 1}"
+
+
+async def test_a_fenced_list_is_replaced_only_from_a_newer_position(
+    redis: Redis, unique: str
+) -> None:
+    keys = RedisKeys(f"t{unique}")
+    lists = FencedLists(redis, keys)
+
+    async def write(generation: int, partition: int, offset: int) -> int:
+        value = encode(_list(generation))
+        return await lists.replace("shop", {"u1": FencedWrite(value, Position(partition, offset))})
+
+    async def stored() -> str | None:
+        value = await read_list(redis, keys, "shop", "u1")
+        return None if value is None else value.model_version
+
+    assert await write(1, partition=0, offset=10) == 0
+    assert (await write(2, partition=0, offset=9), await stored()) == (1, "v1")  # stale
+    assert (await write(3, partition=0, offset=10), await stored()) == (1, "v1")  # same position
+    assert (await write(4, partition=0, offset=11), await stored()) == (0, "v4")
+    # Positions are compared within a partition (a user moved by new partitions starts anew).
+    assert (await write(5, partition=1, offset=0), await stored()) == (0, "v5")

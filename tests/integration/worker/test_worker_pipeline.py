@@ -4,72 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from msgspec.structs import asdict
 from redis.asyncio import Redis
 from worker_stack import (
     MODEL,
     N_USERS,
+    all_applied,
     committed_and_end,
     dead_letters,
-    fully_committed,
+    namespaced,
+    numbered,
+    produce,
     running,
+    snapshot,
     until,
     worker_process,
 )
 
-from reco_common.contracts import ActionType, RecommendationList, UserAction, decode, encode
+from reco_common.contracts import ActionType, RecommendationList, UserAction, encode
 from reco_common.kafka import publish
 from reco_common.redis_store import read_active, read_list
 from reco_common.settings import KafkaSettings, RedisSettings
 from reco_worker.settings import WorkerSettings
-
-BASE = datetime(2026, 11, 1, tzinfo=UTC)
-ACTIONS = list(ActionType)
-
-
-def numbered(n: int) -> UserAction:
-    """Event ``n``: user ``n % N_USERS``, a deterministic item, action and time."""
-    return UserAction(
-        event_id=f"e{n}",
-        user_id=f"u{n % N_USERS}",
-        item_id=f"i{(n * 37) % 450}",  # i400..i449 are unknown to the model
-        action=ACTIONS[n % len(ACTIONS)],
-        ts=BASE + timedelta(seconds=n),
-    )
-
-
-async def produce(
-    producer: AIOKafkaProducer, topic: str, events: list[UserAction], *, chunk: int = 0
-) -> None:
-    """Send ``events`` keyed by user; with ``chunk``, a steady trickle of that many every 20 ms."""
-    step = chunk or len(events)
-    for start in range(0, len(events), step):
-        sends = [
-            await producer.send(topic, encode(e), key=e.user_id.encode())
-            for e in events[start : start + step]
-        ]
-        await asyncio.gather(*sends)
-        if chunk:
-            await asyncio.sleep(0.02)
-
-
-async def snapshot(redis: Redis, prefix: str) -> dict[str, Any]:
-    """Every list (without ``computed_at``) and every history under ``prefix``."""
-    state: dict[str, Any] = {}
-    async for key in redis.scan_iter(match=f"{prefix}:*"):
-        name = key.decode().removeprefix(prefix)
-        if ":rec:" in name:
-            value = decode(RecommendationList, await redis.get(key))
-            state[name] = {k: v for k, v in asdict(value).items() if k != "computed_at"}
-        elif ":hist:" in name:
-            state[name] = await redis.zrange(key, 0, -1, withscores=True)
-    return state
 
 
 async def test_an_event_updates_the_users_list(
@@ -118,35 +79,18 @@ async def test_restart_and_kill_end_in_the_state_of_one_clean_pass(
     tmp_path: Path,
 ) -> None:
     events = [numbered(n) for n in range(1200)]
-    last = {e.user_id: e.event_id for e in events}
+    users = {e.user_id for e in events}
     clean_settings = make_settings(model_v1)
-    faulty_settings = make_settings(
-        model_v1,
-        common=clean_settings.common.model_copy(
-            update={
-                "kafka": kafka_settings.model_copy(
-                    update={"topic_prefix": kafka_settings.topic_prefix + "f-"}
-                ),
-                "redis": redis_settings.model_copy(
-                    update={"key_prefix": redis_settings.key_prefix + "f"}
-                ),
-            }
-        ),
-        max_batch=50,
-    )
+    faulty_settings = namespaced(clean_settings, "f", max_batch=50)
 
-    async def lists_done(settings: WorkerSettings) -> bool:
-        keys = settings.common.redis.keys
-        values = await redis.mget([keys.recommendations(MODEL, u) for u in last])
-        done = [
-            v is not None and decode(RecommendationList, v).event_id == last[u]
-            for u, v in zip(last, values, strict=True)
-        ]
-        return all(done) and await fully_committed(settings)
+    def lists_done(settings: WorkerSettings) -> Awaitable[bool]:
+        return all_applied(redis, settings, events)
 
     async def lists_written(settings: WorkerSettings) -> int:
         keys = settings.common.redis.keys
-        return sum(1 for v in await redis.mget([keys.recommendations(MODEL, u) for u in last]) if v)
+        return sum(
+            1 for v in await redis.mget([keys.recommendations(MODEL, u) for u in users]) if v
+        )
 
     # One clean pass.
     async with running(clean_settings):

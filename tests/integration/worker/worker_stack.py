@@ -4,22 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from asyncio.subprocess import Process
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from msgspec.structs import asdict
+from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
 
 from reco_common.artifact import ITEM_FACTORS, ModelArrays, write_artifact
-from reco_common.contracts import MODEL_URI_ENV, DlqHeader, EvalMetrics, Topics
+from reco_common.contracts import (
+    MODEL_URI_ENV,
+    ActionType,
+    DlqHeader,
+    EvalMetrics,
+    RecommendationList,
+    Topics,
+    UserAction,
+    decode,
+    encode,
+)
 from reco_common.settings import KafkaSettings
 from reco_common.storage import ObjectStore
 from reco_worker.settings import WorkerSettings
@@ -32,6 +47,49 @@ DIM = 16
 WAIT_S = 60.0
 TOKEN = "integration-token"
 POLL_S = 0.1
+
+
+BASE = datetime(2026, 11, 1, tzinfo=UTC)
+ACTIONS = list(ActionType)
+
+
+def numbered(n: int) -> UserAction:
+    """Event ``n``: user ``n % N_USERS``, a deterministic item, action and time."""
+    return UserAction(
+        event_id=f"e{n}",
+        user_id=f"u{n % N_USERS}",
+        item_id=f"i{(n * 37) % 450}",  # i400..i449 are unknown to the model
+        action=ACTIONS[n % len(ACTIONS)],
+        ts=BASE + timedelta(seconds=n),
+    )
+
+
+async def produce(
+    producer: AIOKafkaProducer, topic: str, events: list[UserAction], *, chunk: int = 0
+) -> None:
+    """Send ``events`` keyed by user; with ``chunk``, a steady trickle of that many every 20 ms."""
+    step = chunk or len(events)
+    for start in range(0, len(events), step):
+        sends = [
+            await producer.send(topic, encode(e), key=e.user_id.encode())
+            for e in events[start : start + step]
+        ]
+        await asyncio.gather(*sends)
+        if chunk:
+            await asyncio.sleep(0.02)
+
+
+async def snapshot(redis: Redis, prefix: str) -> dict[str, Any]:
+    """Every list (without ``computed_at``) and every history under ``prefix``."""
+    state: dict[str, Any] = {}
+    async for key in redis.scan_iter(match=f"{prefix}:*"):
+        name = key.decode().removeprefix(prefix)
+        if ":rec:" in name:
+            value = decode(RecommendationList, await redis.get(key))
+            state[name] = {k: v for k, v in asdict(value).items() if k != "computed_at"}
+        elif ":hist:" in name:
+            state[name] = await redis.zrange(key, 0, -1, withscores=True)
+    return state
 
 
 def arrays(*, seed: int) -> ModelArrays:
@@ -109,6 +167,17 @@ async def until(condition: Callable[[], object], *, what: str, timeout_s: float 
     pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
+def namespaced(settings: WorkerSettings, suffix: str, **overrides: Any) -> WorkerSettings:
+    """``settings`` on their own topics and keys (``suffix`` added to both prefixes)."""
+    common = settings.common
+    kafka = common.kafka.model_copy(
+        update={"topic_prefix": f"{common.kafka.topic_prefix}{suffix}-"}
+    )
+    redis = common.redis.model_copy(update={"key_prefix": common.redis.key_prefix + suffix})
+    update = {"common": common.model_copy(update={"kafka": kafka, "redis": redis}), **overrides}
+    return settings.model_copy(update=update)
+
+
 def subprocess_env(settings: WorkerSettings) -> dict[str, str]:
     common = settings.common
     return {
@@ -120,10 +189,12 @@ def subprocess_env(settings: WorkerSettings) -> dict[str, str]:
         "RECO_REDIS_KEY_PREFIX": common.redis.key_prefix,
         "RECO_WORKER_CACHE_DIR": str(settings.cache_dir),
         "RECO_WORKER_HTTP_HOST": "127.0.0.1",
-        "RECO_WORKER_HTTP_PORT": "0",
+        "RECO_WORKER_HTTP_PORT": str(settings.http_port),
         "RECO_WORKER_TOP_N": str(settings.top_n),
         "RECO_WORKER_HISTORY_LEN": str(settings.history_len),
         "RECO_WORKER_MAX_BATCH": str(settings.max_batch),
+        "RECO_WORKER_BATCH_TIMEOUT_S": str(settings.batch_timeout_s),
+        "RECO_WORKER_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
     }
 
 
@@ -168,6 +239,18 @@ async def fully_committed(settings: WorkerSettings) -> bool:
     return done == end
 
 
+async def all_applied(redis: Redis, settings: WorkerSettings, events: list[UserAction]) -> bool:
+    """Each user's list was computed after their last event, and every event was committed."""
+    last = {e.user_id: e.event_id for e in events}
+    keys = settings.common.redis.keys
+    values = await redis.mget([keys.recommendations(MODEL, u) for u in last])
+    done = [
+        v is not None and decode(RecommendationList, v).event_id == last[u]
+        for u, v in zip(last, values, strict=True)
+    ]
+    return all(done) and await fully_committed(settings)
+
+
 async def dead_letters(kafka: KafkaSettings, topic: str, *, count: int) -> list[tuple[str, str]]:
     """``(x-error-type, x-error)`` of the dead letters of ``topic``, sorted; waits for ``count``."""
     consumer = AIOKafkaConsumer(
@@ -185,3 +268,71 @@ async def dead_letters(kafka: KafkaSettings, topic: str, *, count: int) -> list[
     finally:
         await consumer.stop()
     return sorted(found)
+
+
+class HoldingProxy:
+    """A TCP proxy in front of Redis that can hold what a client sends until released.
+
+    While held, requests stay in the proxy (``held`` counts their bytes): the client is stuck in
+    the middle of whatever Redis call it made, and the request reaches Redis only on release.
+    """
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self._upstream = upstream
+        self._open = asyncio.Event()
+        self._open.set()
+        self._server: asyncio.Server | None = None
+        self.held = 0
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def hold(self) -> None:
+        self.held = 0
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        try:
+            await asyncio.gather(
+                self._pipe(reader, up_writer, gated=True), self._pipe(up_reader, writer)
+            )
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            up_writer.close()
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, gated: bool = False
+    ) -> None:
+        while chunk := await reader.read(65536):
+            if gated and not self._open.is_set():
+                self.held += len(chunk)
+                await self._open.wait()
+            writer.write(chunk)
+            await writer.drain()
+        writer.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def metric(http: httpx.AsyncClient, name: str) -> float:
+    """The value of an unlabelled metric on a worker's ``/metrics``."""
+    for family in text_string_to_metric_families((await http.get("/metrics")).text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    return 0.0

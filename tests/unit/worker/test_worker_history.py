@@ -8,6 +8,7 @@ from aiokafka import ConsumerRecord
 
 from reco_common.contracts import ActionType, UserAction, encode
 from reco_common.kafka import Delivery
+from reco_common.redis_store import Position
 from reco_worker.consumer import coalesce
 from reco_worker.history import effective_ts
 
@@ -80,6 +81,9 @@ def test_a_batch_coalesces_per_user_keeping_the_newest_event() -> None:
     assert len(batch.updates["a"].members) == 3
     assert batch.updates["b"].last.event_id == "e2"
     assert batch.rejections == []
+    # Each user's writes are fenced by the log position of their newest event.
+    assert batch.updates["a"].position == Position(partition=0, offset=3)
+    assert batch.updates["b"].position == Position(partition=0, offset=1)
 
 
 def test_a_redelivered_event_in_the_same_batch_adds_one_member() -> None:

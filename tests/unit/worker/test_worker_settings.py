@@ -44,3 +44,13 @@ def test_the_policy_follows_the_settings(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_the_consumer_group_is_per_model_and_namespaced(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECO_KAFKA_TOPIC_PREFIX", "stg-")
     assert WorkerSettings().group_id("shop") == "stg-worker-shop"
+
+
+def test_the_group_waits_for_a_bounded_batch_and_evicts_a_silent_member_sooner() -> None:
+    config = WorkerSettings(
+        batch_timeout_s=20, session_timeout_s=9
+    ).group_timeouts.consumer_config()
+    assert config["session_timeout_ms"] == 9000
+    assert config["heartbeat_interval_ms"] == 3000
+    # A healthy batch ends (or is cancelled) before the group gives its partitions away.
+    assert config["rebalance_timeout_ms"] == config["max_poll_interval_ms"] > 20_000

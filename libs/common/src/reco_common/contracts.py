@@ -295,7 +295,9 @@ class RedisKeys:
     - ``{p}:rec:{model}:{user}`` the user's current list (one JSON value, replaced atomically);
     - ``{p}:hist:{user}`` recent actions, a sorted set scored by event time (member = event);
     - ``{p}:active:{model}`` the active model version with its popular list (the fallback);
-    - ``{p}:popular:{model}:{version}`` the popular list of every version that was active.
+    - ``{p}:popular:{model}:{version}`` the popular list of every version that was active;
+    - ``{p}:fence:{user}`` a hash of the log positions the user's history and lists were written
+      at (see ``reco_common.redis_store``): a write from an older position is refused.
     """
 
     prefix: str = "reco"
@@ -311,6 +313,9 @@ class RedisKeys:
 
     def popular(self, model_name: str, version: str) -> str:
         return f"{self.prefix}:popular:{model_name}:{version}"
+
+    def fence(self, user_id: str) -> str:
+        return f"{self.prefix}:fence:{user_id}"
 
 
 class RecommendationList(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -7,7 +7,9 @@ The consumer owns the delivery guarantees every service relies on:
   original topic/partition/offset and the reason as headers; consumption continues;
 - a handler failure (e.g. Redis down) is retried a bounded number of times, then the batch is
   sought back and fetched again: nothing is committed that was not processed;
-- on a rebalance, revocation waits for the batch in hand to finish and commit.
+- on a rebalance, revocation waits for the batch in hand to finish and commit;
+- a batch can be bounded in time (:class:`GroupTimeouts`), so that a healthy batch always ends
+  before the group gives its partitions to another member.
 """
 
 from __future__ import annotations
@@ -70,6 +72,37 @@ class RetryPolicy:
     attempts: int = 5
     initial_wait_s: float = 0.05
     max_wait_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class GroupTimeouts:
+    """How long one batch may take, and how soon the group notices a silent member.
+
+    ``batch_s`` bounds a batch, retries included (the attempt in progress is cancelled, the batch
+    sought back). The group waits that long plus ``margin_s`` for the batch in hand when it
+    rebalances (rebalance timeout and max poll interval), so a healthy batch commits before its
+    partitions move. A member silent for ``session_s`` (paused, partitioned, stalled) is evicted
+    and its partitions reassigned; what it writes afterwards must be fenced by the store (see
+    ``reco_common.redis_store``), and its commit fails. ``batch_s=None`` leaves batches unbounded
+    and allows five minutes between polls (the controller waits for a rollout inside a batch).
+    """
+
+    batch_s: float | None = None
+    session_s: float = 10.0
+    heartbeat_s: float = 3.0
+    margin_s: float = 5.0
+
+    @property
+    def poll_interval_ms(self) -> int:
+        return 300_000 if self.batch_s is None else int((self.batch_s + self.margin_s) * 1000)
+
+    def consumer_config(self) -> dict[str, int]:
+        return {
+            "session_timeout_ms": int(self.session_s * 1000),
+            "heartbeat_interval_ms": int(self.heartbeat_s * 1000),
+            "max_poll_interval_ms": self.poll_interval_ms,
+            "rebalance_timeout_ms": max(self.poll_interval_ms, int(self.session_s * 1000)),
+        }
 
 
 def _unavailable(settings: KafkaSettings, exc: Exception) -> KafkaUnavailableError:
@@ -172,8 +205,8 @@ class EventConsumer(Generic[T]):
         metrics: ConsumerMetrics,
         max_records: int = 500,
         fetch_max_wait_ms: int = 5,
-        max_poll_interval_ms: int = 300_000,
         retry: RetryPolicy | None = None,
+        timeouts: GroupTimeouts | None = None,
     ) -> None:
         self._settings = settings
         self._topic = topic
@@ -183,6 +216,7 @@ class EventConsumer(Generic[T]):
         self._metrics = metrics
         self._max_records = max_records
         self._retry = retry or RetryPolicy()
+        self._timeouts = timeouts or GroupTimeouts()
         self._lock = asyncio.Lock()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap,
@@ -191,8 +225,7 @@ class EventConsumer(Generic[T]):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=fetch_max_wait_ms,
-            # The longest a batch may take (a rollout waits minutes) before the group evicts us.
-            max_poll_interval_ms=max_poll_interval_ms,
+            **self._timeouts.consumer_config(),
             request_timeout_ms=int(settings.request_timeout_s * 1000) + 30_000,
         )
 
@@ -233,18 +266,8 @@ class EventConsumer(Generic[T]):
         self._metrics.batch_size.observe(len(records))
         deliveries, rejections = self._decode(records)
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self._retry.attempts),
-                wait=wait_exponential(
-                    multiplier=self._retry.initial_wait_s, max=self._retry.max_wait_s
-                ),
-                retry=retry_if_exception_type(Exception),
-                before_sleep=self._log_retry,
-                reraise=True,
-            ):
-                with attempt:
-                    handler_rejections = await self._handler(deliveries) if deliveries else []
-                    await self._dead_letter([*rejections, *handler_rejections])
+            async with asyncio.timeout(self._timeouts.batch_s):
+                await self._handle_with_retries(deliveries, rejections)
         except Exception:
             logger.exception("batch of %d records failed; seeking back to refetch it", len(records))
             self._metrics.batch_failures.inc()
@@ -253,6 +276,22 @@ class EventConsumer(Generic[T]):
         await self._commit(batches)
         self._metrics.events.inc(len(records))
         self._record_lag(batches)
+
+    async def _handle_with_retries(
+        self, deliveries: list[Delivery[T]], rejections: list[Rejection]
+    ) -> None:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(self._retry.attempts),
+            wait=wait_exponential(
+                multiplier=self._retry.initial_wait_s, max=self._retry.max_wait_s
+            ),
+            retry=retry_if_exception_type(Exception),
+            before_sleep=self._log_retry,
+            reraise=True,
+        ):
+            with attempt:
+                handler_rejections = await self._handler(deliveries) if deliveries else []
+                await self._dead_letter([*rejections, *handler_rejections])
 
     def _decode(
         self, records: list[ConsumerRecord[bytes, bytes]]

@@ -1,9 +1,11 @@
 """The batch handler: a fetched batch of user actions becomes updated histories and lists.
 
 Per batch: screen and coalesce the events per user, append them to the histories and read the
-histories back (one pipelined round trip), score every affected user at once (one matrix
-product, in a thread so the event loop keeps serving), and replace the lists (one pipelined
-round trip). The consumer commits only after this returns, so a crash anywhere redelivers.
+histories back (one round trip), score every affected user at once (one matrix product, in a
+thread so the event loop keeps serving), and replace the lists (one round trip). Both writes carry
+each user's newest log position and are fenced (``reco_common.redis_store``): a worker that lost
+its partitions mid-batch cannot overwrite what the new owner wrote. The consumer commits only
+after this returns, so a crash anywhere redelivers.
 """
 
 from __future__ import annotations
@@ -16,17 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from redis.asyncio import Redis
-
-from reco_common.contracts import (
-    RecommendationList,
-    RedisKeys,
-    UserAction,
-    encode_history_member,
-)
+from reco_common.contracts import RecommendationList, UserAction, encode, encode_history_member
 from reco_common.kafka import Delivery, Rejection
-from reco_common.redis_store import replace_lists
-from reco_worker.history import HistoryStore, effective_ts
+from reco_common.redis_store import FencedLists, FencedWrite, Position
+from reco_worker.history import Addition, HistoryStore, effective_ts
 from reco_worker.metrics import WorkerMetrics
 from reco_worker.scoring import Policy, Ranked, ServingModel, recommend
 
@@ -35,9 +30,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class UserUpdate:
-    """One user's share of a batch: the history members to add and the newest event."""
+    """One user's share of a batch: the history members to add, the newest event and where it is."""
 
     last: UserAction
+    position: Position
     members: dict[bytes, float] = field(default_factory=dict)
     event_times: list[float] = field(default_factory=list)
     items: list[str] = field(default_factory=list)
@@ -62,8 +58,9 @@ def coalesce(deliveries: Sequence[Delivery[UserAction]], *, max_future_skew_s: f
             continue
         ts = effective_ts(event, record_ts_ms=record.timestamp, max_future_skew_s=max_future_skew_s)
         clamped += ts < event.ts.timestamp()
-        update = updates.setdefault(event.user_id, UserUpdate(last=event))
-        update.last = event
+        position = Position(record.partition, record.offset)
+        update = updates.setdefault(event.user_id, UserUpdate(last=event, position=position))
+        update.last, update.position = event, position
         update.members[encode_history_member(event)] = ts
         update.event_times.append(ts)
         update.items.append(event.item_id)
@@ -81,16 +78,14 @@ class ActionHandler:
     def __init__(
         self,
         *,
-        redis: Redis,
-        keys: RedisKeys,
+        lists: FencedLists,
         history: HistoryStore,
         model: Callable[[], ServingModel],
         policy: Policy,
         max_future_skew_s: float,
         metrics: WorkerMetrics,
     ) -> None:
-        self._redis = redis
-        self._keys = keys
+        self._lists = lists
         self._history = history
         self._model = model
         self._policy = policy
@@ -108,7 +103,7 @@ class ActionHandler:
         model = self._model()  # one model per batch: a swap takes effect from the next batch
         with self._stage("history"):
             histories = await self._history.append_and_read(
-                {user_id: u.members for user_id, u in updates.items()}
+                {user_id: Addition(u.position, u.members) for user_id, u in updates.items()}
             )
         with self._stage("score"):
             started = time.perf_counter()
@@ -118,11 +113,16 @@ class ActionHandler:
             self._metrics.recompute.observe(time.perf_counter() - started)
         computed_at = datetime.now(UTC)
         lists = {
-            user_id: _stamped(r, model, update.last, computed_at)
+            user_id: FencedWrite(
+                encode(_stamped(r, model, update.last, computed_at)), update.position
+            )
             for (user_id, update), r in zip(updates.items(), ranked, strict=True)
         }
         with self._stage("write"):
-            await replace_lists(self._redis, self._keys, model.name, lists)
+            stale = await self._lists.replace(model.name, lists)
+        if stale:
+            logger.warning("%d lists not written: a newer log position already wrote them", stale)
+            self._metrics.stale_lists.inc(stale)
         self._observe(model, updates, ranked)
 
     def _observe(

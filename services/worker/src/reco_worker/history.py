@@ -8,9 +8,10 @@ event). Consequences:
 - trimming keeps the newest ``history_len`` members by (time, member), which does not depend on
   the order in which events arrived: after any redelivery the set equals one clean pass.
 
-A batch's histories are appended, trimmed, given their TTL and read back by one Lua script
-call (one round trip, one reply string per user): redis-py spends ~100 µs of CPU per command
-and per reply element, which a pipeline of four commands per user turned into the worker's
+A batch's histories are appended (fenced by log position, like the lists: see
+``reco_common.redis_store``), trimmed, given their TTL and read back by one Lua script call (one
+round trip, one reply string per user): redis-py spends ~100 µs of CPU per command and per reply
+element, which a pipeline of four commands per user turned into the worker's
 bottleneck. Like the API's ``MGET``, this assumes one Redis server, not a sharded cluster.
 
 Timestamp rule: an event dated more than ``max_future_skew_s`` after its Kafka record's
@@ -22,11 +23,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
 from reco_common.contracts import HistoryEntry, RedisKeys, UserAction, decode_history_member
+from reco_common.redis_store import Position
 
 logger = logging.getLogger(__name__)
 
@@ -39,36 +42,54 @@ def effective_ts(action: UserAction, *, record_ts_ms: int, max_future_skew_s: fl
     return min(ts, record_ts_ms / 1000 + max_future_skew_s)
 
 
-# KEYS: the histories; ARGV: max length, TTL, then per key a count and (score, member) pairs.
-# Returns per key "member<TAB>score" lines joined by newlines (members never hold a newline).
+# KEYS: per user the history, then the fence hash. ARGV: max length, TTL, then per user: partition,
+# offset, a count and (score, member) pairs. A user's members are added only when the offset is
+# greater than the one recorded for the partition (field "hist:<partition>"): the fence, which also
+# makes a redelivered batch a no-op. Every history is trimmed and read back either way.
+# Returns per user "member<TAB>score" lines joined by newlines (members never hold a newline).
 _APPEND_AND_READ = r"""
 local max_len = tonumber(ARGV[1])
 local ttl = ARGV[2]
 local at = 3
 local out = {}
-for k = 1, #KEYS do
-  local key = KEYS[k]
-  local count = tonumber(ARGV[at])
-  at = at + 1
-  for _ = 1, count do
-    redis.call('ZADD', key, ARGV[at], ARGV[at + 1])
-    at = at + 2
+for k = 1, #KEYS, 2 do
+  local key, fence = KEYS[k], KEYS[k + 1]
+  local field = 'hist:' .. ARGV[at]
+  local offset = ARGV[at + 1]
+  local count = tonumber(ARGV[at + 2])
+  at = at + 3
+  local stored = tonumber(redis.call('HGET', fence, field))
+  if stored == nil or tonumber(offset) > stored then
+    for i = at, at + 2 * count - 1, 2 do
+      redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
+    end
+    redis.call('HSET', fence, field, offset)
   end
+  at = at + 2 * count
   redis.call('ZREMRANGEBYRANK', key, 0, -(max_len + 1))
   redis.call('EXPIRE', key, ttl)
+  redis.call('EXPIRE', fence, ttl)
   local flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
   local lines = {}
   for i = 1, #flat, 2 do
     lines[#lines + 1] = flat[i] .. '\t' .. flat[i + 1]
   end
-  out[k] = table.concat(lines, '\n')
+  out[#out + 1] = table.concat(lines, '\n')
 end
 return out
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Addition:
+    """One user's new history members (member → effective time) and their newest log position."""
+
+    position: Position
+    members: Mapping[bytes, float]
+
+
 class HistoryStore:
-    """Appends to and reads back many users' histories in one round trip."""
+    """Appends to and reads back many users' histories in one round trip, fenced by position."""
 
     def __init__(
         self, redis: Redis, keys: RedisKeys, *, max_len: int, ttl_s: int, bad_members: Counter
@@ -80,15 +101,17 @@ class HistoryStore:
         self._script = redis.register_script(_APPEND_AND_READ)
 
     async def append_and_read(
-        self, additions: Mapping[str, Mapping[bytes, float]]
+        self, additions: Mapping[str, Addition]
     ) -> dict[str, list[HistoryEntry]]:
-        """Add each user's ``member → time``, trim, refresh the TTL, and return the histories."""
+        """Add each user's members unless already applied, trim, refresh TTLs, read back."""
+        keys: list[str] = []
         args: list[bytes | int | str] = [self._max_len, self._ttl_s]
-        for members in additions.values():
-            args.append(len(members))
+        for user_id, addition in additions.items():
+            keys += (self._keys.history(user_id), self._keys.fence(user_id))
+            position, members = addition.position, addition.members
+            args += (position.partition, position.offset, len(members))
             for member, ts in members.items():
-                args.extend((repr(ts), member))
-        keys = [self._keys.history(user_id) for user_id in additions]
+                args += (repr(ts), member)
         replies = await self._script(keys=keys, args=args)
         return {
             user_id: self._decode(user_id, reply)

@@ -22,6 +22,7 @@ class WorkerMetrics:
     consumer: ConsumerMetrics
     actions: Counter
     lists: Counter
+    stale_lists: Counter
     recompute: Histogram
     freshness: Histogram
     errors: Counter
@@ -45,6 +46,10 @@ class WorkerMetrics:
                 metric_name(SERVICE, "lists_written"),
                 "Recommendation lists written, by where the list came from",
                 ["source"],
+            ),
+            stale_lists=Counter(
+                metric_name(SERVICE, "stale_lists_refused"),
+                "Lists not written because a newer log position already wrote them (fencing)",
             ),
             recompute=Histogram(
                 metric_name(SERVICE, "recompute", "seconds"),

@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, MODEL_URI_ENV, ActionType
+from reco_common.kafka import GroupTimeouts
 from reco_common.settings import CommonSettings, Environment, refuse_placeholder
 from reco_worker.scoring import Policy
 
@@ -41,6 +42,11 @@ class WorkerSettings(BaseSettings):
     # Consumer
     max_batch: Annotated[int, Field(ge=1, le=10_000)] = 500
     fetch_max_wait_ms: Annotated[int, Field(ge=0, le=500)] = 5
+    # A batch, retries included, is cancelled and refetched after batch_timeout_s (five Redis
+    # attempts with 2 s timeouts fit); the group waits that long for it before moving partitions.
+    # A member silent for session_timeout_s is evicted; its late writes are fenced in Redis.
+    batch_timeout_s: Positive = 20.0
+    session_timeout_s: Annotated[float, Field(ge=6, le=300)] = 10.0
 
     # History and timestamps
     history_len: Annotated[int, Field(ge=1, le=1000)] = 50
@@ -70,6 +76,14 @@ class WorkerSettings(BaseSettings):
             action_weights={**DEFAULT_ACTION_WEIGHTS, **self.action_weights},
             top_n=self.top_n,
             exclude_seen=self.exclude_seen,
+        )
+
+    @property
+    def group_timeouts(self) -> GroupTimeouts:
+        return GroupTimeouts(
+            batch_s=self.batch_timeout_s,
+            session_s=self.session_timeout_s,
+            heartbeat_s=self.session_timeout_s / 3,
         )
 
     def group_id(self, model_name: str) -> str:

@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_limits
 from reco_common.contracts import Topics, UserAction
 from reco_common.kafka import EventConsumer, ensure_topics, start_producer
 from reco_common.ops import OpsServer, Readiness
-from reco_common.redis_store import connect
+from reco_common.redis_store import FencedLists, connect
 from reco_worker.consumer import ActionHandler
 from reco_worker.history import HistoryStore
 from reco_worker.http import create_app
@@ -121,6 +121,7 @@ class Worker:
             metrics=self._metrics.consumer,
             max_records=settings.max_batch,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            timeouts=settings.group_timeouts,
         )
         await self._consumer.start()
         self._consuming.set()
@@ -131,8 +132,7 @@ class Worker:
         settings, keys, redis = self._settings, self._settings.common.redis.keys, self.started.redis
         models = self.models
         return ActionHandler(
-            redis=redis,
-            keys=keys,
+            lists=FencedLists(redis, keys),
             history=HistoryStore(
                 redis,
                 keys,
