@@ -83,8 +83,9 @@ class GroupTimeouts:
     rebalances (rebalance timeout and max poll interval), so a healthy batch commits before its
     partitions move. A member silent for ``session_s`` (paused, partitioned, stalled) is evicted
     and its partitions reassigned; what it writes afterwards must be fenced by the store (see
-    ``reco_common.redis_store``), and its commit fails. ``batch_s=None`` leaves batches unbounded
-    and allows five minutes between polls (the controller waits for a rollout inside a batch).
+    ``reco_common.redis_store``), and its commit fails. ``batch_s=None`` leaves batches unbounded,
+    allows five minutes between polls (the controller waits for a rollout inside a batch) and keeps
+    the client's default rebalance timeout (the session timeout).
     """
 
     batch_s: float | None = None
@@ -97,11 +98,12 @@ class GroupTimeouts:
         return 300_000 if self.batch_s is None else int((self.batch_s + self.margin_s) * 1000)
 
     def consumer_config(self) -> dict[str, int]:
+        session_ms = int(self.session_s * 1000)
         return {
-            "session_timeout_ms": int(self.session_s * 1000),
+            "session_timeout_ms": session_ms,
             "heartbeat_interval_ms": int(self.heartbeat_s * 1000),
             "max_poll_interval_ms": self.poll_interval_ms,
-            "rebalance_timeout_ms": max(self.poll_interval_ms, int(self.session_s * 1000)),
+            "rebalance_timeout_ms": session_ms if self.batch_s is None else self.poll_interval_ms,
         }
 
 
