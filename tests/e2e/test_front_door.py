@@ -62,12 +62,13 @@ def _make(checkout: Path, env: dict[str, str], *args: str, timeout: int) -> str:
         ["make", *args],
         cwd=checkout,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
         timeout=timeout,
         check=False,
     )
-    output = done.stdout + done.stderr
+    output = done.stdout
     assert done.returncode == 0, (
         f"make {' '.join(args)} exited {done.returncode}:\n{output[-6000:]}"
     )
@@ -99,4 +100,7 @@ def test_make_test_from_a_clean_clone(clone: tuple[Path, dict[str, str]]) -> Non
         "PYTEST_PATHS=tests/unit/test_architecture.py",
         timeout=840,
     )
-    assert " passed" in output.splitlines()[-1] or " passed" in output[-400:], output[-3000:]
+    summary = [line for line in output.splitlines() if line.startswith("=") and " in " in line]
+    assert summary, output[-3000:]
+    assert " passed" in summary[-1], output[-3000:]
+    assert "failed" not in summary[-1], output[-3000:]
