@@ -157,5 +157,8 @@ def test_object_names_come_from_the_layout() -> None:
     assert ObjectLayout.report("shop", "v1", ObjectLayout.REPORT_JSON) == (
         "models/shop/v1/evaluation.json"
     )
-    assert ObjectLayout.snapshot_actions("ua", "s1") == "snapshots/ua/s1/actions.parquet"
-    assert ObjectLayout.snapshot_range("ua", "s1") == "snapshots/ua/s1/_range.json"
+    actions = ObjectLayout.snapshot_file("ua", "s1", ObjectLayout.SNAPSHOT_ACTIONS)
+    assert actions == "snapshots/ua/s1/actions.parquet"
+    assert ObjectLayout.snapshot_file("ua", "s1", ObjectLayout.SNAPSHOT_RANGE) == (
+        "snapshots/ua/s1/_range.json"
+    )

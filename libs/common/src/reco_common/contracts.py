@@ -464,14 +464,10 @@ class ObjectLayout:
         return f"{ObjectLayout.SNAPSHOTS}/{topic}/{snapshot_id}"
 
     @staticmethod
-    def snapshot_actions(topic: str, snapshot_id: str) -> str:
-        """``snapshots/<topic>/<snapshot_id>/actions.parquet``: the slice's events."""
-        return f"{ObjectLayout.snapshot_dir(topic, snapshot_id)}/{ObjectLayout.SNAPSHOT_ACTIONS}"
-
-    @staticmethod
-    def snapshot_range(topic: str, snapshot_id: str) -> str:
-        """``snapshots/<topic>/<snapshot_id>/_range.json``: the offset ranges it holds."""
-        return f"{ObjectLayout.snapshot_dir(topic, snapshot_id)}/{ObjectLayout.SNAPSHOT_RANGE}"
+    def snapshot_file(topic: str, snapshot_id: str, name: str) -> str:
+        """``snapshots/<topic>/<snapshot_id>/<name>``: the slice's events
+        (:attr:`SNAPSHOT_ACTIONS`) or the offset ranges they came from (:attr:`SNAPSHOT_RANGE`)."""
+        return f"{ObjectLayout.snapshot_dir(topic, snapshot_id)}/{name}"
 
     @staticmethod
     def snapshot_offsets(topic: str, group: str) -> str:

@@ -214,14 +214,14 @@ def _write(
     store: ObjectStore, topic: str, bounds: _Range, actions: list[UserAction], rejected: int
 ) -> str:
     ident = snapshot_id({tp.partition: o for tp, o in bounds.start.items()})
-    key = ObjectLayout.snapshot_actions(topic, ident)
+    key = ObjectLayout.snapshot_file(topic, ident, ObjectLayout.SNAPSHOT_ACTIONS)
     data = encode_log(actions_table(actions), LogFormat.PARQUET)
     store.put_bytes(key, data)
     if store.sha256(key) != hashlib.sha256(data).hexdigest():
         raise SnapshotError(f"{store.uri(key)}: checksum differs after upload")
     ranges = {str(tp.partition): [bounds.start[tp], bounds.end[tp]] for tp in sorted(bounds.end)}
     store.put_bytes(
-        ObjectLayout.snapshot_range(topic, ident),
+        ObjectLayout.snapshot_file(topic, ident, ObjectLayout.SNAPSHOT_RANGE),
         dumps({"topic": topic, "offsets": ranges, "events": len(actions), "rejected": rejected}),
     )
     return store.uri(key)
