@@ -31,22 +31,25 @@ async def recommendations(request: Request) -> Response:
     view = await read_served(redis, settings.keys, MODEL, user_id)
     if view.active is None:
         return Response(b"{}", 404, media_type="application/json")
-    if view.recommendations is not None:
-        stored, source = orjson.loads(view.recommendations), "personalized"
+    personal = view.recommendation_list()  # the contract's codec, as the API decodes
+    if personal is not None:
         version, at, items, scores = (
-            stored["model_version"],
-            stored["computed_at"],
-            stored["items"],
-            stored["scores"],
+            personal.model_version,
+            personal.computed_at,
+            personal.items,
+            personal.scores,
         )
+        source = "personalized"
     else:
-        stored, source = orjson.loads(view.active), "fallback"
+        active = view.active_model()
+        assert active is not None  # view.active was checked above
         version, at, items, scores = (
-            stored["version"],
-            stored["activated_at"],
-            stored["popular_items"],
-            stored["popular_scores"],
+            active.version,
+            active.activated_at,
+            active.popular_items,
+            active.popular_scores,
         )
+        source = "fallback"
     body = {
         "user_id": user_id,
         "model": MODEL,
@@ -55,7 +58,7 @@ async def recommendations(request: Request) -> Response:
         "source": source,
         "items": [{"item_id": i, "score": s} for i, s in zip(items[:n], scores[:n], strict=False)],
     }
-    return Response(orjson.dumps(body), media_type="application/json")
+    return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json")
 
 
 app = Starlette(routes=[Route("/v1/users/{user_id}/recommendations", recommendations)])
