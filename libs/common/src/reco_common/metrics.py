@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 _PART = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -25,6 +26,37 @@ def metric_name(service: str, name: str, unit: str = "") -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricFactory:
+    """Builds one service's metrics, named ``reco_<service>_<name>_<unit>``, in one registry."""
+
+    service: str
+    registry: CollectorRegistry = REGISTRY
+
+    def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
+        return Counter(metric_name(self.service, name), doc, labels, registry=self.registry)
+
+    def gauge(self, name: str, doc: str, labels: Sequence[str] = (), *, unit: str = "") -> Gauge:
+        return Gauge(metric_name(self.service, name, unit), doc, labels, registry=self.registry)
+
+    def histogram(
+        self,
+        name: str,
+        doc: str,
+        labels: Sequence[str] = (),
+        *,
+        buckets: Sequence[float],
+        unit: str = "seconds",
+    ) -> Histogram:
+        return Histogram(
+            metric_name(self.service, name, unit),
+            doc,
+            labels,
+            buckets=buckets,
+            registry=self.registry,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ConsumerMetrics:
     """What :class:`reco_common.kafka.EventConsumer` reports for one service."""
 
@@ -40,32 +72,21 @@ class ConsumerMetrics:
     @functools.cache
     def for_service(service: str) -> ConsumerMetrics:
         """One set per service and process (the default registry refuses duplicates)."""
+        metric = MetricFactory(service)
         return ConsumerMetrics(
-            events=Counter(
-                metric_name(service, "events_consumed"), "Records consumed and committed"
+            events=metric.counter("events_consumed", "Records consumed and committed"),
+            batch_size=metric.histogram(
+                "batch_size", "Records per fetched batch", buckets=SIZE_BUCKETS, unit="records"
             ),
-            batch_size=Histogram(
-                metric_name(service, "batch_size", "records"),
-                "Records per fetched batch",
-                buckets=SIZE_BUCKETS,
+            batch_failures=metric.counter(
+                "batch_failures", "Batches sought back after retries ran out"
             ),
-            batch_failures=Counter(
-                metric_name(service, "batch_failures"), "Batches sought back after retries ran out"
+            handler_retries=metric.counter("handler_retries", "Batch handler attempts that failed"),
+            commit_failures=metric.counter("commit_failures", "Offset commits refused (rebalance)"),
+            dead_lettered=metric.counter(
+                "dead_lettered", "Records sent to the dead-letter topic", ["error_type"]
             ),
-            handler_retries=Counter(
-                metric_name(service, "handler_retries"), "Batch handler attempts that failed"
-            ),
-            commit_failures=Counter(
-                metric_name(service, "commit_failures"), "Offset commits refused (rebalance)"
-            ),
-            dead_lettered=Counter(
-                metric_name(service, "dead_lettered"),
-                "Records sent to the dead-letter topic",
-                ["error_type"],
-            ),
-            lag=Gauge(
-                metric_name(service, "consumer_lag", "records"),
-                "Records behind the high watermark",
-                ["partition"],
+            lag=metric.gauge(
+                "consumer_lag", "Records behind the high watermark", ["partition"], unit="records"
             ),
         )

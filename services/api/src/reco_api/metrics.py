@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reco_common.metrics import metric_name
+from reco_common.metrics import MetricFactory
 
 SERVICE = "api"
 
@@ -39,30 +39,27 @@ class ApiMetrics:
 
     @staticmethod
     def create(registry: CollectorRegistry) -> ApiMetrics:
+        metric = MetricFactory(SERVICE, registry)
         return ApiMetrics(
-            redis_latency=Histogram(
-                metric_name(SERVICE, "redis_latency", "seconds"),
+            redis_latency=metric.histogram(
+                "redis_latency",
                 "Time of the one Redis read behind a recommendations request",
                 buckets=REDIS_BUCKETS,
-                registry=registry,
             ),
-            redis_errors=Counter(
-                metric_name(SERVICE, "redis_errors"),
+            redis_errors=metric.counter(
+                "redis_errors",
                 "Redis reads that failed (the request got 503 or the static list)",
                 ["error_type"],
-                registry=registry,
             ),
-            fallbacks=Counter(
-                metric_name(SERVICE, "fallbacks"),
+            fallbacks=metric.counter(
+                "fallbacks",
                 "Responses that were not the user's own list, by reason",
                 ["reason"],
-                registry=registry,
             ),
-            corrupt_values=Counter(
-                metric_name(SERVICE, "corrupt_values"),
+            corrupt_values=metric.counter(
+                "corrupt_values",
                 "Stored values that did not decode (the request fell back or failed)",
                 ["kind"],
-                registry=registry,
             ),
         )
 
@@ -78,19 +75,18 @@ class HttpMetrics:
 
     @staticmethod
     def create(registry: CollectorRegistry) -> HttpMetrics:
+        metric = MetricFactory(SERVICE, registry)
         return HttpMetrics(
-            requests=Counter(
-                metric_name(SERVICE, "http_requests"),
+            requests=metric.counter(
+                "http_requests",
                 "HTTP requests by route template, method and status class",
                 ["handler", "method", "status"],
-                registry=registry,
             ),
-            latency=Histogram(
-                metric_name(SERVICE, "http_request_duration", "seconds"),
+            latency=metric.histogram(
+                "http_request_duration",
                 "Time from the request's arrival to the end of its response, by route template",
                 ["handler", "method"],
                 buckets=HTTP_BUCKETS,
-                registry=registry,
             ),
         )
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from reco_common.metrics import LATENCY_BUCKETS, metric_name
+from reco_common.metrics import LATENCY_BUCKETS, MetricFactory
 
 SERVICE = "controller"
 # A rollout takes seconds to minutes.
@@ -27,30 +27,25 @@ class ControllerMetrics:
     @functools.cache
     def create() -> ControllerMetrics:
         """One set per process (the default registry refuses duplicates)."""
+        metric = MetricFactory(SERVICE)
         return ControllerMetrics(
-            decisions=Counter(
-                metric_name(SERVICE, "decisions"),
-                "What the controller decided about each published model",
-                ["decision"],
+            decisions=metric.counter(
+                "decisions", "What the controller decided about each published model", ["decision"]
             ),
-            rollout_events=Counter(
-                metric_name(SERVICE, "rollout_events"), "Rollout events published", ["status"]
-            ),
-            patch_latency=Histogram(
-                metric_name(SERVICE, "patch_latency", "seconds"),
+            rollout_events=metric.counter("rollout_events", "Rollout events published", ["status"]),
+            patch_latency=metric.histogram(
+                "patch_latency",
                 "From the model-published record's timestamp to the rollout patch applied",
                 buckets=LATENCY_BUCKETS,
             ),
-            rollout_duration=Histogram(
-                metric_name(SERVICE, "rollout_duration", "seconds"),
+            rollout_duration=metric.histogram(
+                "rollout_duration",
                 "From the rollout patch applied to the rollout complete or failed",
                 buckets=ROLLOUT_BUCKETS,
             ),
-            leader=Gauge(
-                metric_name(SERVICE, "leader"), "1 while this replica holds the leader lease"
-            ),
-            leadership_changes=Counter(
-                metric_name(SERVICE, "leadership_changes"),
+            leader=metric.gauge("leader", "1 while this replica holds the leader lease"),
+            leadership_changes=metric.counter(
+                "leadership_changes",
                 "Times this replica became or stopped being the leader",
                 ["change"],
             ),

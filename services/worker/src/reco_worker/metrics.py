@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from reco_common.metrics import LATENCY_BUCKETS, ConsumerMetrics, metric_name
+from reco_common.metrics import LATENCY_BUCKETS, ConsumerMetrics, MetricFactory
 
 SERVICE = "worker"
 # Freshness is the worker's headline figure: finer buckets where the goal (50 ms p99) lives.
@@ -36,55 +36,56 @@ class WorkerMetrics:
     @functools.cache
     def create() -> WorkerMetrics:
         """The process-wide set (the default registry refuses duplicates)."""
+        metric = MetricFactory(SERVICE)
         return WorkerMetrics(
             consumer=ConsumerMetrics.for_service(SERVICE),
-            actions=Counter(
-                metric_name(SERVICE, "actions_applied"),
+            actions=metric.counter(
+                "actions_applied",
                 "User actions applied to a history and a recomputed list",
             ),
-            lists=Counter(
-                metric_name(SERVICE, "lists_written"),
+            lists=metric.counter(
+                "lists_written",
                 "Recommendation lists written, by where the list came from",
                 ["source"],
             ),
-            stale_lists=Counter(
-                metric_name(SERVICE, "stale_lists_refused"),
+            stale_lists=metric.counter(
+                "stale_lists_refused",
                 "Lists not written because a newer log position already wrote them (fencing)",
             ),
-            recompute=Histogram(
-                metric_name(SERVICE, "recompute", "seconds"),
+            recompute=metric.histogram(
+                "recompute",
                 "Time to score one batch of users (matrix product and top-N)",
                 buckets=LATENCY_BUCKETS,
             ),
-            freshness=Histogram(
-                metric_name(SERVICE, "freshness", "seconds"),
+            freshness=metric.histogram(
+                "freshness",
                 "Event timestamp to the Redis write of the list it changed",
                 buckets=FRESHNESS_BUCKETS,
             ),
-            errors=Counter(
-                metric_name(SERVICE, "errors"),
+            errors=metric.counter(
+                "errors",
                 "Failures while handling a batch (the batch is retried), by stage",
                 ["stage"],
             ),
-            clamped_timestamps=Counter(
-                metric_name(SERVICE, "clamped_timestamps"),
+            clamped_timestamps=metric.counter(
+                "clamped_timestamps",
                 "Events dated too far in the future, clamped to their record timestamp",
             ),
-            unknown_items=Counter(
-                metric_name(SERVICE, "unknown_items"),
+            unknown_items=metric.counter(
+                "unknown_items",
                 "Actions on items the active model does not know (kept in history, not scored)",
             ),
-            bad_history_members=Counter(
-                metric_name(SERVICE, "bad_history_members"),
+            bad_history_members=metric.counter(
+                "bad_history_members",
                 "History entries in Redis that did not decode and were skipped",
             ),
-            model_loads=Counter(
-                metric_name(SERVICE, "model_loads"),
+            model_loads=metric.counter(
+                "model_loads",
                 "Model load attempts, by outcome",
                 ["outcome"],
             ),
-            model_info=Gauge(
-                metric_name(SERVICE, "model_info"),
+            model_info=metric.gauge(
+                "model_info",
                 "1 for the model version in memory",
                 ["model", "version"],
             ),
