@@ -20,7 +20,14 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from reco_common.contracts import ContractError, ModelPublished, RolloutEvent, decode
+from reco_common.contracts import (
+    MODEL_CONTROL_PATH,
+    ContractError,
+    ModelPublished,
+    RolloutEvent,
+    WorkerModelState,
+    decode,
+)
 from reco_common.kafka import ensure_topics
 from reco_common.settings import KafkaSettings
 
@@ -107,10 +114,10 @@ async def worker_versions(http: httpx.AsyncClient, base_urls: Sequence[str]) -> 
 
     async def one(url: str) -> str | None:
         try:
-            version: str | None = (await http.get(f"{url}/v1/model", timeout=2.0)).json()["version"]
-        except (httpx.HTTPError, ValueError, KeyError):
+            reply = await http.get(f"{url}{MODEL_CONTROL_PATH}", timeout=2.0)
+            return decode(WorkerModelState, reply.content).version
+        except (httpx.HTTPError, ContractError):
             return None
-        return version
 
     return list(await asyncio.gather(*(one(url) for url in base_urls)))
 
