@@ -7,8 +7,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client import REGISTRY
 
 from reco_common.contracts import DlqHeader, Topics, UserAction, encode
 from reco_common.kafka import Delivery, EventConsumer, Rejection, RetryPolicy, ensure_topics
@@ -102,6 +103,25 @@ async def _committed(settings: KafkaSettings, group: str) -> int:
     return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
 
 
+async def _dlq_records(settings: KafkaSettings, topic: str, count: int) -> list[ConsumerRecord]:
+    dlq = AIOKafkaConsumer(
+        Topics.dlq(topic),
+        bootstrap_servers=settings.bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await dlq.start()
+    try:
+        records: list[ConsumerRecord] = []
+        async with asyncio.timeout(20):
+            while len(records) < count:
+                batch = await dlq.getmany(timeout_ms=200)
+                records.extend(r for part in batch.values() for r in part)
+    finally:
+        await dlq.stop()
+    return records
+
+
 async def test_nothing_is_committed_before_processing_and_a_restart_loses_nothing(
     kafka_settings: KafkaSettings, producer: AIOKafkaProducer, unique: str
 ) -> None:
@@ -153,21 +173,7 @@ async def test_bad_records_are_dead_lettered_with_their_reason_and_consumption_g
     await consumer.stop()
     assert handler.seen == ["e0", "e2", "e3"]
 
-    dlq = AIOKafkaConsumer(
-        Topics.dlq(topic),
-        bootstrap_servers=kafka_settings.bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await dlq.start()
-    try:
-        records = []
-        async with asyncio.timeout(20):
-            while len(records) < 2:
-                batch = await dlq.getmany(timeout_ms=200)
-                records.extend(r for part in batch.values() for r in part)
-    finally:
-        await dlq.stop()
+    records = await _dlq_records(kafka_settings, topic, 2)
     by_offset = {dict(r.headers)[DlqHeader.OFFSET].decode(): r for r in records}
     assert set(by_offset) == {"1", "3"}
     garbage = dict(by_offset["1"].headers)
@@ -185,3 +191,51 @@ async def test_an_unreachable_broker_fails_fast_naming_the_setting() -> None:
     settings = KafkaSettings(bootstrap="127.0.0.1:1", request_timeout_s=2)
     with pytest.raises(KafkaUnavailableError, match="RECO_KAFKA_BOOTSTRAP"):
         await start_producer(settings)
+
+
+def _sample(name: str, error_type: str) -> float:
+    return REGISTRY.get_sample_value(name, {"error_type": error_type}) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("dlq_max_bytes", "outcome"), [(2000, "cut"), (200, "parked")], ids=["cut", "parked"]
+)
+async def test_a_record_the_dlq_refuses_never_blocks_the_partition(
+    kafka_settings: KafkaSettings,
+    producer: AIOKafkaProducer,
+    unique: str,
+    dlq_max_bytes: int,
+    outcome: str,
+) -> None:
+    topic = kafka_settings.topics.user_actions
+    await ensure_topics(kafka_settings, topic, partitions={topic: 1})
+    # A dead-letter topic that refuses the whole record (8 kB): the cut one (1 kB) fits in the
+    # first case, nothing fits in the second.
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_settings.bootstrap)
+    await admin.start()
+    try:
+        config = {"max.message.bytes": str(dlq_max_bytes)}
+        await admin.create_topics([NewTopic(Topics.dlq(topic), 1, 1, topic_configs=config)])
+    finally:
+        await admin.close()
+    huge = b"{" + b"x" * 8000
+    values = [encode(_action(0)), huge, *(encode(_action(n)) for n in range(2, 10))]
+    await _produce(producer, topic, values)
+    parked = _sample("reco_test_dead_letters_parked_total", "invalid")
+
+    handler = Recorder()
+    group = f"g{unique}"
+    consumer = _consumer(kafka_settings, producer, handler, group)
+    await consumer.start()
+    await _run_until(consumer, lambda: len(handler.seen) >= 9)
+    await consumer.stop()
+    assert handler.seen == [f"e{n}" for n in range(10) if n != 1]
+    assert await _committed(kafka_settings, group) == len(values)
+    if outcome == "cut":
+        (record,) = await _dlq_records(kafka_settings, topic, 1)
+        headers = dict(record.headers)
+        assert record.value == huge[:1024]
+        assert headers[DlqHeader.ORIGINAL_SIZE] == b"8001"
+        assert (headers[DlqHeader.PARTITION], headers[DlqHeader.OFFSET]) == (b"0", b"1")
+    else:
+        assert _sample("reco_test_dead_letters_parked_total", "invalid") == parked + 1

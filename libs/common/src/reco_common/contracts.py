@@ -111,6 +111,8 @@ class DlqHeader(enum.StrEnum):
     OFFSET = "x-original-offset"
     ERROR = "x-error"
     ERROR_TYPE = "x-error-type"
+    # Only on a record too large for the dead-letter topic: its value is cut to a prefix.
+    ORIGINAL_SIZE = "x-original-size"
 
 
 # --------------------------------------------------------------------------- events

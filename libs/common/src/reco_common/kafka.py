@@ -4,7 +4,11 @@ The consumer owns the delivery guarantees every service relies on:
 
 - offsets are committed manually, only after a batch was handled and its rejects dead-lettered;
 - a record that does not decode, or that the handler rejects, goes to ``<topic>.dlq`` with the
-  original topic/partition/offset and the reason as headers; consumption continues;
+  original topic/partition/offset and the reason as headers; consumption continues. The send has
+  its own bounded retries (:class:`DeadLetterPolicy`), outside the handler's: a record too large
+  for the dead-letter topic is sent again cut to a prefix (``x-original-size`` says so), and one
+  that still cannot be sent is *parked* — logged with its coordinates (it stays in the source
+  topic at that offset) and counted — so that one record never blocks its partition;
 - a handler failure (e.g. Redis down) is retried a bounded number of times, then the batch is
   sought back and fetched again: nothing is committed that was not processed;
 - on a rebalance, revocation waits for the batch in hand to finish and commit;
@@ -27,10 +31,18 @@ from aiokafka.errors import (
     CommitFailedError,
     KafkaConnectionError,
     KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
     TopicAlreadyExistsError,
 )
 from msgspec import Struct
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from reco_common.contracts import ContractError, DlqHeader, Topics, decode, encode
 from reco_common.metrics import ConsumerMetrics
@@ -75,12 +87,31 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetterPolicy:
+    """Bounded attempts to dead-letter one record (about 7 s at most), and what an oversized keeps."""
+
+    attempts: int = 3
+    timeout_s: float = 2.0
+    truncated_bytes: int = 1024
+
+
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
+def _retriable(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError) or (
+        isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class GroupTimeouts:
     """How long one batch may take, and how soon the group notices a silent member.
 
     ``batch_s`` bounds a batch, retries included (the attempt in progress is cancelled, the batch
     sought back). The group waits that long plus ``margin_s`` for the batch in hand when it
-    rebalances (rebalance timeout and max poll interval), so a healthy batch commits before its
+    rebalances (rebalance timeout and max poll interval; the margin covers the dead-letter stage,
+    bounded on its own by :class:`DeadLetterPolicy`), so a healthy batch commits before its
     partitions move. A member silent for ``session_s`` (paused, partitioned, stalled) is evicted
     and its partitions reassigned; what it writes afterwards must be fenced by the store (see
     ``reco_common.redis_store``), and its commit fails. ``batch_s=None`` leaves batches unbounded,
@@ -91,7 +122,7 @@ class GroupTimeouts:
     batch_s: float | None = None
     session_s: float = 10.0
     heartbeat_s: float = 3.0
-    margin_s: float = 5.0
+    margin_s: float = 10.0
 
     @property
     def poll_interval_ms(self) -> int:
@@ -209,6 +240,7 @@ class EventConsumer(Generic[T]):
         fetch_max_wait_ms: int = 5,
         retry: RetryPolicy | None = None,
         timeouts: GroupTimeouts | None = None,
+        dead_letters: DeadLetterPolicy | None = None,
     ) -> None:
         self._settings = settings
         self._topic = topic
@@ -219,6 +251,7 @@ class EventConsumer(Generic[T]):
         self._max_records = max_records
         self._retry = retry or RetryPolicy()
         self._timeouts = timeouts or GroupTimeouts()
+        self._dead_letters = dead_letters or DeadLetterPolicy()
         self._lock = asyncio.Lock()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap,
@@ -269,20 +302,21 @@ class EventConsumer(Generic[T]):
         deliveries, rejections = self._decode(records)
         try:
             async with asyncio.timeout(self._timeouts.batch_s):
-                await self._handle_with_retries(deliveries, rejections)
+                handler_rejections = await self._handle_with_retries(deliveries)
         except Exception:
             logger.exception("batch of %d records failed; seeking back to refetch it", len(records))
             self._metrics.batch_failures.inc()
             self._seek_back(batches)
             return
+        await self._dead_letter([*rejections, *handler_rejections])
         await self._commit(batches)
         self._metrics.events.inc(len(records))
         self._record_lag(batches)
 
-    async def _handle_with_retries(
-        self, deliveries: list[Delivery[T]], rejections: list[Rejection]
-    ) -> None:
-        async for attempt in AsyncRetrying(
+    async def _handle_with_retries(self, deliveries: list[Delivery[T]]) -> Sequence[Rejection]:
+        if not deliveries:
+            return []
+        retrying = AsyncRetrying(
             stop=stop_after_attempt(self._retry.attempts),
             wait=wait_exponential(
                 multiplier=self._retry.initial_wait_s, max=self._retry.max_wait_s
@@ -290,10 +324,8 @@ class EventConsumer(Generic[T]):
             retry=retry_if_exception_type(Exception),
             before_sleep=self._log_retry,
             reraise=True,
-        ):
-            with attempt:
-                handler_rejections = await self._handler(deliveries) if deliveries else []
-                await self._dead_letter([*rejections, *handler_rejections])
+        )
+        return await retrying(self._handler, deliveries)
 
     def _decode(
         self, records: list[ConsumerRecord[bytes, bytes]]
@@ -308,27 +340,53 @@ class EventConsumer(Generic[T]):
         return deliveries, rejections
 
     async def _dead_letter(self, rejections: Sequence[Rejection]) -> None:
-        if not rejections:
+        """Dead-letter each rejection, cut or parked if need be; never raises, never blocks."""
+        await asyncio.gather(*(self._dead_letter_one(r) for r in rejections))
+
+    async def _dead_letter_one(self, rejection: Rejection) -> None:
+        record = rejection.record
+        where = f"{record.topic}[{record.partition}]@{record.offset}"
+        try:
+            try:
+                await self._send_dead_letter(rejection, record.value, _dlq_headers(rejection))
+                cut = ""
+            except _TOO_LARGE:
+                size = len(record.value or b"")
+                headers = [*_dlq_headers(rejection), (DlqHeader.ORIGINAL_SIZE.value, b"%d" % size)]
+                value = (record.value or b"")[: self._dead_letters.truncated_bytes]
+                await self._send_dead_letter(rejection, value, headers)
+                cut = f" (too large: value cut from {size} bytes)"
+        except (KafkaError, TimeoutError) as exc:
+            logger.error(
+                "could not dead-letter %s (%s): parked, it stays in the topic at that offset; "
+                "moving on: %r",
+                where,
+                rejection.reason,
+                exc,
+            )
+            self._metrics.dead_letters_parked.labels(rejection.error_type).inc()
             return
-        sends = [
-            await self._producer.send(
-                Topics.dlq(r.record.topic),
-                r.record.value,
-                key=r.record.key,
-                headers=_dlq_headers(r),
-            )
-            for r in rejections
-        ]
-        await asyncio.gather(*sends)
-        for r in rejections:
-            logger.warning(
-                "dead-lettered %s[%d]@%d: %s",
-                r.record.topic,
-                r.record.partition,
-                r.record.offset,
-                r.reason,
-            )
-            self._metrics.dead_lettered.labels(r.error_type).inc()
+        logger.warning("dead-lettered %s%s: %s", where, cut, rejection.reason)
+        self._metrics.dead_lettered.labels(rejection.error_type).inc()
+
+    async def _send_dead_letter(
+        self, rejection: Rejection, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        policy, record = self._dead_letters, rejection.record
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.attempts),
+            wait=wait_exponential(multiplier=0.05, max=0.5),
+            retry=retry_if_exception(_retriable),
+            reraise=True,
+        )
+
+        async def send_once() -> None:
+            async with asyncio.timeout(policy.timeout_s):
+                await self._producer.send_and_wait(
+                    Topics.dlq(record.topic), value, key=record.key, headers=headers
+                )
+
+        await retrying(send_once)
 
     async def _commit(
         self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]

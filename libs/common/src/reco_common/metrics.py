@@ -66,6 +66,7 @@ class ConsumerMetrics:
     handler_retries: Counter
     commit_failures: Counter
     dead_lettered: Counter
+    dead_letters_parked: Counter
     lag: Gauge
 
     @staticmethod
@@ -85,6 +86,12 @@ class ConsumerMetrics:
             commit_failures=metric.counter("commit_failures", "Offset commits refused (rebalance)"),
             dead_lettered=metric.counter(
                 "dead_lettered", "Records sent to the dead-letter topic", ["error_type"]
+            ),
+            dead_letters_parked=metric.counter(
+                "dead_letters_parked",
+                "Rejected records the dead-letter topic refused: logged with their coordinates, "
+                "left in the source topic, and skipped",
+                ["error_type"],
             ),
             lag=metric.gauge(
                 "consumer_lag", "Records behind the high watermark", ["partition"], unit="records"
