@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 from aiokafka import AIOKafkaProducer
 from trainer_stack import produce
 
-from reco_common.contracts import ActionType, ObjectLayout, UserAction, loads
+from reco_common.contracts import ActionType, ArchivedOffsets, ObjectLayout, UserAction, decode
 from reco_common.interactions import read_interactions
 from reco_common.settings import KafkaSettings, S3Settings
 from reco_common.storage import ObjectStore
@@ -43,8 +43,10 @@ async def test_snapshots_are_bounded_archived_and_resume_where_they_stopped(
     assert sum(first.offsets.values()) == 121
     assert first.archived_uri is not None
     assert first.archived_uri.startswith(s3_store.uri(ObjectLayout.snapshot_dir(topic, "")))
-    recorded = loads(s3_store.get_bytes(ObjectLayout.snapshot_offsets(topic, "trainer")))
-    assert {int(p): o for p, o in recorded["offsets"].items()} == first.offsets
+    recorded = decode(
+        ArchivedOffsets, s3_store.get_bytes(ObjectLayout.snapshot_offsets(topic, "trainer"))
+    )
+    assert recorded.offsets == first.offsets
     archived = read_interactions(first.archived_uri, s3=s3_settings)
     assert sorted(archived.table.column("event_id").to_pylist()) == sorted(
         f"e{n}" for n in range(120)

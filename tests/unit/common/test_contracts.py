@@ -7,11 +7,13 @@ import pytest
 
 from reco_common.contracts import (
     ActionType,
+    ArchivedOffsets,
     ContractError,
     EvalMetrics,
     ModelPublished,
     ObjectLayout,
     RedisKeys,
+    SnapshotRange,
     Topics,
     UserAction,
     decode,
@@ -162,3 +164,12 @@ def test_object_names_come_from_the_layout() -> None:
     assert ObjectLayout.snapshot_file("ua", "s1", ObjectLayout.SNAPSHOT_RANGE) == (
         "snapshots/ua/s1/_range.json"
     )
+
+
+def test_the_snapshot_files_keep_their_json_shape() -> None:
+    offsets = ArchivedOffsets(topic="ua", offsets={0: 12, 2: 7})
+    assert encode(offsets) == b'{"topic":"ua","offsets":{"0":12,"2":7}}'
+    assert decode(ArchivedOffsets, encode(offsets)) == offsets
+    held = SnapshotRange(topic="ua", offsets={0: (3, 12)}, events=9, rejected=0)
+    assert orjson.loads(encode(held))["offsets"] == {"0": [3, 12]}
+    assert decode(SnapshotRange, encode(held)) == held

@@ -58,6 +58,13 @@ class FileEntry(Struct, frozen=True, forbid_unknown_fields=True):
     bytes: int
 
 
+class PopularList(Struct, frozen=True, forbid_unknown_fields=True):
+    """``popular.json``: the popularity fallback, best first."""
+
+    items: list[str]
+    scores: list[float]
+
+
 class Manifest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``manifest.json``: everything needed to trust, reproduce and compare a model."""
 
@@ -157,7 +164,7 @@ def _encode_files(arrays: ModelArrays) -> dict[str, bytes]:
         USER_FACTORS: _npy(arrays.user_factors),
         ITEM_IDS: dumps(arrays.item_ids),
         USER_IDS: dumps(arrays.user_ids),
-        POPULAR: dumps({"items": arrays.popular_items, "scores": arrays.popular_scores}),
+        POPULAR: encode(PopularList(items=arrays.popular_items, scores=arrays.popular_scores)),
     }
 
 
@@ -190,14 +197,14 @@ def load_artifact(store: ObjectStore, *, cache_dir: Path) -> LoadedModel:
             continue
         if store.download_file(name, path) != entry.sha256:
             raise ArtifactError(f"{store.uri(name)}: sha256 does not match the manifest")
-    popular = loads((local / POPULAR).read_bytes())
+    popular = decode(PopularList, (local / POPULAR).read_bytes())
     arrays = ModelArrays(
         item_ids=loads((local / ITEM_IDS).read_bytes()),
         user_ids=loads((local / USER_IDS).read_bytes()),
         item_factors=np.load(local / ITEM_FACTORS, mmap_mode="r", allow_pickle=False),
         user_factors=np.load(local / USER_FACTORS, mmap_mode="r", allow_pickle=False),
-        popular_items=popular["items"],
-        popular_scores=popular["scores"],
+        popular_items=popular.items,
+        popular_scores=popular.scores,
     )
     logger.info(
         "loaded model %s/%s: %d users, %d items, dim %d",

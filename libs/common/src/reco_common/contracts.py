@@ -214,15 +214,15 @@ class RolloutEvent(_Event, frozen=True, kw_only=True):
 S = TypeVar("S", bound=Struct)
 
 
-def _plain_number(value: Any) -> Any:
-    """A numpy scalar (a metric computed with numpy) as the Python number it holds."""
-    item = getattr(value, "item", None)
-    if callable(item):
-        return item()
+def _plain_python(value: Any) -> Any:
+    """A numpy scalar or array (figures computed with numpy) as the Python value it holds."""
+    to_python = getattr(value, "tolist", None)
+    if callable(to_python):
+        return to_python()
     raise NotImplementedError(f"{type(value).__name__} is not part of a contract")
 
 
-_encoder: Final = msgspec.json.Encoder(enc_hook=_plain_number)
+_encoder: Final = msgspec.json.Encoder(enc_hook=_plain_python)
 
 
 def encode(value: Struct) -> bytes:
@@ -475,3 +475,21 @@ class ObjectLayout:
     def snapshot_offsets(topic: str, group: str) -> str:
         """Where the trainer records up to which offsets it has archived ``topic``."""
         return f"{ObjectLayout.SNAPSHOTS}/{topic}/_offsets/{group}.json"
+
+
+class ArchivedOffsets(Struct, kw_only=True, forbid_unknown_fields=True):
+    """:meth:`ObjectLayout.snapshot_offsets`: the offset (per partition) up to which the trainer
+    has archived ``topic``; the next snapshot starts there."""
+
+    topic: str
+    offsets: dict[int, int]
+
+
+class SnapshotRange(Struct, kw_only=True, forbid_unknown_fields=True):
+    """:attr:`ObjectLayout.SNAPSHOT_RANGE`: what a snapshot holds, per partition the offsets
+    ``[start, end)``, with its event count and how many records were rejected."""
+
+    topic: str
+    offsets: dict[int, tuple[int, int]]
+    events: int
+    rejected: int

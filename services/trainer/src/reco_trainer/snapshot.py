@@ -19,7 +19,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, UnknownTopicOrPartitionError
 
-from reco_common.contracts import ContractError, ObjectLayout, UserAction, decode, dumps, loads
+from reco_common.contracts import (
+    ArchivedOffsets,
+    ContractError,
+    ObjectLayout,
+    SnapshotRange,
+    UserAction,
+    decode,
+    encode,
+)
 from reco_common.interactions import LogFormat, actions_table, encode_log
 from reco_common.kafka import KafkaUnavailableError
 from reco_common.settings import KafkaSettings
@@ -219,25 +227,25 @@ def _write(
     store.put_bytes(key, data)
     if store.sha256(key) != hashlib.sha256(data).hexdigest():
         raise SnapshotError(f"{store.uri(key)}: checksum differs after upload")
-    ranges = {str(tp.partition): [bounds.start[tp], bounds.end[tp]] for tp in sorted(bounds.end)}
+    ranges = {tp.partition: (bounds.start[tp], bounds.end[tp]) for tp in sorted(bounds.end)}
+    held = SnapshotRange(topic=topic, offsets=ranges, events=len(actions), rejected=rejected)
     store.put_bytes(
-        ObjectLayout.snapshot_file(topic, ident, ObjectLayout.SNAPSHOT_RANGE),
-        dumps({"topic": topic, "offsets": ranges, "events": len(actions), "rejected": rejected}),
+        ObjectLayout.snapshot_file(topic, ident, ObjectLayout.SNAPSHOT_RANGE), encode(held)
     )
     return store.uri(key)
 
 
 def _load_offsets(store: ObjectStore, topic: str, group: str) -> dict[int, int]:
     try:
-        doc = loads(store.get_bytes(ObjectLayout.snapshot_offsets(topic, group)))
+        raw = store.get_bytes(ObjectLayout.snapshot_offsets(topic, group))
     except ObjectNotFoundError:
         return {}
-    return {int(p): int(o) for p, o in doc["offsets"].items()}
+    return decode(ArchivedOffsets, raw).offsets
 
 
 def _store_offsets(store: ObjectStore, topic: str, group: str, offsets: dict[int, int]) -> None:
-    doc = {"topic": topic, "offsets": {str(p): o for p, o in sorted(offsets.items())}}
-    store.put_bytes(ObjectLayout.snapshot_offsets(topic, group), dumps(doc))
+    doc = ArchivedOffsets(topic=topic, offsets=dict(sorted(offsets.items())))
+    store.put_bytes(ObjectLayout.snapshot_offsets(topic, group), encode(doc))
 
 
 def archive_location(store: ObjectStore, topic: str) -> str:
