@@ -42,6 +42,18 @@ kube-down: ## Stop the local Kubernetes control plane
 kube-status: ## Show the control plane's processes
 	scripts/kube.sh status
 
+.PHONY: docker-up docker-down docker-status images test-containers
+docker-up: ## Start the local Docker engine on its own socket (installs it and Compose once)
+	scripts/docker.sh up
+docker-down: ## Stop the local Docker engine
+	scripts/docker.sh down
+docker-status: ## Show the local Docker engine
+	scripts/docker.sh status
+images: docker-up ## Build every image without a registry (local base substitutes + the 4 services)
+	scripts/docker.sh images
+test-containers: install images ## The container tier only: docker compose up, for real
+	$(UV) run pytest tests/containers $(PYTEST_ARGS)
+
 .PHONY: lint
 lint: install ## Lint, format check, import contracts and type check
 	$(UV) run ruff check .
@@ -69,4 +81,5 @@ bench: install stack-up ## Run every benchmark under bench/ and rewrite docs/ben
 clean: ## Stop everything and remove local state (.stack, var)
 	-scripts/stack.sh down
 	-scripts/kube.sh down
+	-scripts/docker.sh down
 	rm -rf .stack var

@@ -75,9 +75,11 @@ APT_UPDATED=0
 
 # ----------------------------------------------------------------- helpers ---
 
-say() { printf '[stack] %s\n' "$*" >&2; }
+# LOG_TAG: scripts/docker.sh sources this file for its helpers and says who is speaking.
+LOG_TAG="${LOG_TAG:-stack}"
+say() { printf '[%s] %s\n' "$LOG_TAG" "$*" >&2; }
 die() {
-  printf '[stack] ERROR: %s\n' "$*" >&2
+  printf '[%s] ERROR: %s\n' "$LOG_TAG" "$*" >&2
   exit 1
 }
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -176,9 +178,9 @@ fail_component() {
   local comp="$1" why="$2" log
   log="$(comp_log "$comp")"
   {
-    printf '[stack] ERROR: %s: %s\n' "$comp" "$why"
-    printf '[stack]   log file: %s\n' "$log"
-    printf '[stack]   last 20 lines:\n'
+    printf '[%s] ERROR: %s: %s\n' "$LOG_TAG" "$comp" "$why"
+    printf '[%s]   log file: %s\n' "$LOG_TAG" "$log"
+    printf '[%s]   last 20 lines:\n' "$LOG_TAG"
     tail -n 20 "$log" 2>/dev/null | sed 's/^/    | /'
   } >&2
   stop_component "$comp" >/dev/null 2>&1 || true
@@ -588,4 +590,5 @@ main() {
   esac
 }
 
-main "$@"
+# Run as a command; sourced (scripts/docker.sh), only define the functions.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi

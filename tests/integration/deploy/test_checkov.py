@@ -1,5 +1,5 @@
 """checkov over what users deploy: the rendered overlays (with every component) and the
-Dockerfiles. It runs from PyPI in a throwaway environment (`uvx`), never in the workspace lock;
+Dockerfiles (the services' template and the local substitutes). It runs from PyPI in a throwaway environment (`uvx`), never in the workspace lock;
 .checkov.yaml holds the global skips, each with its reason, and the resource-specific skips are
 `checkov.io/skipN` annotations on the resources."""
 
@@ -37,7 +37,7 @@ def scanned(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     for overlay, components in variants:
         name = "-".join((overlay, *components))
         (root / f"{name}.yaml").write_text(yaml.safe_dump_all(rendered(overlay, components)))
-    for dockerfile in sorted(REPO.glob("services/*/Dockerfile")):
+    for dockerfile in [REPO / "services" / "Dockerfile", *REPO.glob("deploy/docker/*/Dockerfile")]:
         target = root / "docker" / dockerfile.parent.name / "Dockerfile"
         target.parent.mkdir(parents=True)
         shutil.copy2(dockerfile, target)

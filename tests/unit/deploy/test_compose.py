@@ -78,6 +78,13 @@ def _environment(service: Mapping[str, Any]) -> dict[str, str]:
     return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in env.items()}
 
 
+def template_args() -> dict[str, str]:
+    """The base-image build arguments of services/Dockerfile, with their defaults."""
+    lines = (REPO / "services" / "Dockerfile").read_text().splitlines()
+    pairs = (line.removeprefix("ARG ").split("=", 1) for line in lines if line.startswith("ARG "))
+    return {name: default for name, default in (p for p in pairs if len(p) == 2)}
+
+
 def _image_name(service: Mapping[str, Any]) -> str:
     return str(service["image"]).rsplit(":", 1)[0]
 
@@ -102,12 +109,11 @@ def test_every_image_is_pinned_and_ours_are_built_from_their_dockerfile(
         assert re.match(r"^[\w./-]+:[\w.-]+$", image), f"{name}: {image}"
         assert not image.endswith(":latest")
         if _image_name(service) in SETTINGS:
-            service_dir = _image_name(service).removeprefix("reco-")
             assert service["build"] == {
                 "context": ".",
-                "dockerfile": f"services/{service_dir}/Dockerfile",
+                "dockerfile": "services/Dockerfile",
+                "args": {**template_args(), "SERVICE": _image_name(service).removeprefix("reco-")},
             }
-            assert (REPO / service["build"]["dockerfile"]).is_file()
             assert service["read_only"] is True
             assert service["cap_drop"] == ["ALL"]
             assert "/tmp" in service["tmpfs"]
@@ -184,6 +190,13 @@ def test_kafka_advertises_what_the_services_bootstrap_from(project: dict[str, An
     assert bootstrap in advertised, "the containers' listener"
     assert "localhost:9092" in advertised, "the host's listener, where scripts/stack.sh has it"
     assert "127.0.0.1:9092:9092" in services["kafka"]["ports"]
+
+
+def test_kafka_advertises_the_port_it_is_published_on() -> None:
+    """Moved beside a running dev stack, the host's clients still find the broker."""
+    kafka = compose({**env_example(), "RECO_PUBLISH_KAFKA_PORT": "19999"})["services"]["kafka"]
+    assert "EXTERNAL://localhost:19999" in _environment(kafka)["KAFKA_ADVERTISED_LISTENERS"]
+    assert "127.0.0.1:19999:9092" in kafka["ports"]
 
 
 def test_the_s3_server_serves_the_bucket_the_trainer_writes(project: dict[str, Any]) -> None:
