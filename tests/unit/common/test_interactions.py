@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import gzip
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ from reco_common.interactions import (
     InteractionsError,
     LogFormat,
     actions_table,
+    column_map,
     format_of,
     is_log_file,
     read_features,
@@ -233,3 +235,81 @@ def test_is_log_file_skips_private_and_unknown_names() -> None:
     assert not is_log_file("000-ab/_range.json")
     assert not is_log_file(".tmp-x.csv")
     assert not is_log_file("notes.txt")
+
+
+MOVIELENS = Path(__file__).parents[2] / "data" / "movielens" / "ratings-slice.csv"
+MOVIELENS_COLUMNS = "user=userId,item=movieId,weight=rating,timestamp=timestamp"
+
+
+def test_a_real_dataset_reads_with_a_column_map_and_a_threshold() -> None:
+    with MOVIELENS.open() as fh:
+        rows = list(csv.DictReader(fh))
+    positives = [r for r in rows if float(r["rating"]) >= 4]
+    log = read_interactions(str(MOVIELENS), columns=column_map(MOVIELENS_COLUMNS), min_weight=4)
+    assert len(log) == len(positives) < len(rows)
+    assert log.weights().min() >= 4
+    assert sorted(log.timestamps().tolist()) == sorted(float(r["timestamp"]) for r in positives)
+    assert set(log.user_ids().to_pylist()) == {r["userId"] for r in positives}
+    everything = read_interactions(str(MOVIELENS), columns={"user": "userid", "item": "MOVIEID"})
+    assert len(everything) == len(rows)
+    assert sorted(everything.weights().tolist()) == sorted(float(r["rating"]) for r in rows)
+
+
+def test_unmapped_real_dataset_and_bad_maps_name_file_and_column(tmp_path: Path) -> None:
+    with pytest.raises(
+        InteractionsError, match=r"ratings-slice\.csv: line 1: no header .*--columns"
+    ):
+        read_interactions(str(MOVIELENS))
+    with pytest.raises(InteractionsError, match=r"no column 'uid' \(mapped to 'user_id'\)"):
+        read_interactions(str(MOVIELENS), columns={"user": "uid", "item": "movieId"})
+    path = _write(tmp_path / "r.csv", "userId,movieId,rating\n1,2,4\n1,3,good\n")
+    with pytest.raises(
+        InteractionsError,
+        match=r"r\.csv: line 3, column 'weight' \(column 'rating' in the file\): 'good'",
+    ):
+        read_interactions(path, columns=column_map("user=userId,item=movieId,weight=rating"))
+    with pytest.raises(ValueError, match="COLUMN one of"):
+        column_map("colour=red")
+    with pytest.raises(ValueError, match="COLUMN=FILE_COLUMN pairs"):
+        column_map("user")
+
+
+def test_a_map_also_reads_files_already_in_our_layout(tmp_path: Path) -> None:
+    path = _write(tmp_path / "ours.csv", "user_id,item_id\nu,i\n")
+    log = read_interactions(path, columns={"user": "userId", "item": "movieId"})
+    assert log.user_ids().to_pylist() == ["u"]
+
+
+def test_per_action_weights_for_any_action_names_and_a_threshold(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "events.csv",
+        "visitor,product,event\n1,a,view\n1,b,addtocart\n2,a,transaction\n2,c,view\n",
+    )
+    log = read_interactions(
+        path,
+        columns={"user": "visitor", "item": "product", "action": "event"},
+        action_weights={"view": 1, "addtocart": 3, "transaction": 5},
+        min_weight=3,
+    )
+    assert log.item_ids().to_pylist() == ["b", "a"]
+    assert log.weights().tolist() == [3.0, 5.0]
+    with pytest.raises(InteractionsError, match=r"line 3, column 'action' \(column 'event'"):
+        read_interactions(path, columns={"user": "visitor", "item": "product", "action": "event"})
+
+
+def test_jsonl_keeps_ids_that_look_like_dates_and_reads_well_typed_files_in_bulk(
+    tmp_path: Path,
+) -> None:
+    path = _write(
+        tmp_path / "d.jsonl",
+        '{"user_id": "2026-01-01", "item_id": "i", "ts": "2026-01-01T00:00:10Z"}\n'
+        "  \n"
+        '{"user_id": "2026-01-02", "item_id": "j", "ts": "2026-01-01T00:00:20+01:00"}\n',
+    )
+    log = read_interactions(path)
+    start = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    assert log.user_ids().to_pylist() == ["2026-01-02", "2026-01-01"]
+    assert log.timestamps().tolist() == [start + 20 - 3600, start + 10]
+    path = _write(tmp_path / "e.jsonl", '{"user_id": "u", "item_id": "i", "weight": true}\n')
+    with pytest.raises(InteractionsError, match=r"e\.jsonl: line 1, column 'weight': True"):
+        read_interactions(path)

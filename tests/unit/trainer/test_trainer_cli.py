@@ -120,3 +120,44 @@ def test_synth_writes_files(tmp_path: Path) -> None:
     assert (tmp_path / "interactions.jsonl").stat().st_size > 0
     assert (tmp_path / "items.jsonl").stat().st_size > 0
     assert runner.invoke(app, ["synth"]).exit_code == EXIT_INPUT
+
+
+MOVIELENS = str(Path(__file__).parents[2] / "data" / "movielens" / "ratings-slice.csv")
+MOVIELENS_COLUMNS = "user=userId,item=movieId,weight=rating,timestamp=timestamp"
+
+
+def test_train_reads_a_real_dataset_with_columns_and_a_threshold(
+    store_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["train", "-i", MOVIELENS, "--output", store_uri, "--split", "random", *TINY]
+    flags = runner.invoke(app, [*args, "--columns", MOVIELENS_COLUMNS, "--min-weight", "4"])
+    assert flags.exit_code == 0, flags.output
+    (manifest,) = [k for k in open_store(store_uri).list() if k.endswith("manifest.json")]
+    doc = json.loads(open_store(store_uri).get_bytes(manifest))
+    assert doc["params"]["reading"]["min_weight"] == 4
+    assert doc["params"]["reading"]["columns"]["user_id"] == "userId"
+    monkeypatch.setenv("RECO_TRAINER_COLUMNS", MOVIELENS_COLUMNS)
+    monkeypatch.setenv("RECO_TRAINER_MIN_WEIGHT", "4")
+    settings = runner.invoke(app, args)
+    assert settings.exit_code == 0, settings.output
+    assert "already existed" in settings.stdout  # the same data read the same way
+    everything = runner.invoke(app, [*args, "--min-weight", "0.5"])
+    assert everything.exit_code == 0, everything.output
+    assert len([k for k in open_store(store_uri).list() if k.endswith("manifest.json")]) == 2
+
+
+def test_bad_column_maps_exit_non_zero_naming_the_column(
+    store_uri: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    args = ["train", "-i", MOVIELENS, "--output", store_uri, *TINY]
+    result = runner.invoke(app, [*args, "--columns", "user=userId,item=film"])
+    assert result.exit_code == EXIT_INPUT
+    assert "no column 'film' (mapped to 'item_id')" in result.output + caplog.text
+    result = runner.invoke(app, args)
+    assert result.exit_code == EXIT_INPUT
+    assert "ratings-slice.csv: line 1: no header naming" in result.output + caplog.text
+    monkeypatch.setenv("RECO_TRAINER_COLUMNS", "colour=red")
+    result = runner.invoke(app, args)
+    assert result.exit_code == EXIT_INPUT
+    assert "RECO_TRAINER_COLUMNS" in result.output + caplog.text
+    assert open_store(store_uri).list() == []

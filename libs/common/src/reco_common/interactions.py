@@ -43,8 +43,11 @@ from reco_common._logparse import (
     WEIGHT,
     InteractionsError,
     LogFormat,
+    LogSchema,
+    column_map,
     feature_table,
-    parse,
+    interactions_table,
+    read_raw,
 )
 from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, UserAction
 from reco_common.settings import S3Settings
@@ -61,8 +64,10 @@ __all__ = [
     "Interactions",
     "InteractionsError",
     "LogFormat",
+    "LogSchema",
     "LogSource",
     "actions_table",
+    "column_map",
     "encode_log",
     "format_of",
     "is_log_file",
@@ -97,7 +102,7 @@ def format_of(name: str) -> LogFormat:
 
 @dataclass(frozen=True, slots=True)
 class LogSource:
-    """One file that was read: where, its sha256 (of the stored bytes) and its row count."""
+    """One file that was read: where, its sha256 (of its bytes, decompressed) and its row count."""
 
     uri: str
     sha256: str
@@ -152,20 +157,30 @@ def read_interactions(
     locations: str | Sequence[str],
     *,
     action_weights: Mapping[str, float] | None = None,
+    columns: Mapping[str, str] | None = None,
+    min_weight: float | None = None,
     s3: S3Settings | None = None,
     fmt: LogFormat | None = None,
 ) -> Interactions:
     """Read and concatenate every file at ``locations``; sort by time when timestamps exist.
 
     ``action_weights`` maps action names to weights (default: the contracts' defaults);
-    ``fmt`` forces a format instead of guessing it from each file name.
+    ``columns`` maps our columns to the files' (e.g. ``{"user": "userId"}``, see
+    :func:`column_map`); rows weighing less than ``min_weight`` are dropped; ``fmt`` forces a
+    format instead of guessing it from each file name.
     """
-    weights = {str(k): float(v) for k, v in (action_weights or DEFAULT_ACTION_WEIGHTS).items()}
+    schema = LogSchema(
+        action_weights={
+            str(k): float(v) for k, v in (action_weights or DEFAULT_ACTION_WEIGHTS).items()
+        },
+        columns=column_map(columns or {}),
+        min_weight=min_weight,
+    )
     parts: list[pa.Table] = []
     sources: list[LogSource] = []
     for location in [locations] if isinstance(locations, str) else locations:
         for uri, data in _fetch(location, s3=s3):
-            table = parse(uri, data, fmt or format_of(uri), weights)
+            table = interactions_table(read_raw(uri, data, fmt or format_of(uri)), schema)
             parts.append(table)
             sources.append(LogSource(uri=uri, sha256=_sha256(data), rows=table.num_rows))
     if not parts:
@@ -256,7 +271,10 @@ def read_features(
     parts = []
     sources = []
     for uri, data in _fetch(location, s3=s3):
-        table = feature_table(uri, data, fmt or format_of(uri), id_column)
+        file_format = fmt or format_of(uri)
+        if file_format is LogFormat.MOVIELENS:
+            raise InteractionsError(f"{uri}: features must be CSV, TSV, JSONL or Parquet")
+        table = feature_table(read_raw(uri, data, file_format), id_column)
         parts.append(table)
         sources.append(LogSource(uri=uri, sha256=_sha256(data), rows=table.num_rows))
     table = pa.concat_tables(parts, promote_options="permissive")

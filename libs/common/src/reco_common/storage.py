@@ -82,8 +82,8 @@ class ObjectStore:
         return digest
 
     def get_bytes(self, key: str) -> bytes:
-        with self._open(key) as stream:
-            return bytes(stream.readall())
+        with self._open(key, whole=True) as file:
+            return bytes(file.read())
 
     def download_file(self, key: str, path: Path) -> str:
         """Copy the object at ``key`` to ``path`` (atomically: a reader never sees half a file);
@@ -108,8 +108,11 @@ class ObjectStore:
                 digest.update(chunk)
         return digest.hexdigest()
 
-    def _open(self, key: str) -> pa.NativeFile:
+    def _open(self, key: str, *, whole: bool = False) -> pa.NativeFile:
+        """A stream of the object, or (``whole``) a file of known size: one read of it all."""
         try:
+            if whole:
+                return self._fs.open_input_file(self._path(key))
             return self._fs.open_input_stream(self._path(key), compression=None)
         except FileNotFoundError:
             raise ObjectNotFoundError(self.uri(key)) from None

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from reco_common.artifact import ArtifactError
 from reco_common.contracts import ActionType, describe_validation_error
-from reco_common.interactions import InteractionsError, LogFormat, is_log_file
+from reco_common.interactions import InteractionsError, LogFormat, column_map, is_log_file
 from reco_common.kafka import KafkaUnavailableError
 from reco_common.service import load_service_settings
 from reco_common.settings import ConfigurationError
@@ -119,6 +119,17 @@ def train(
     metrics_out: Annotated[
         Path | None, typer.Option(help="Write the evaluation JSON here (and a .png beside it).")
     ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help="The logs' column names, e.g. user=userId,item=movieId,weight=rating,"
+            "timestamp=timestamp (default: user_id, item_id, weight|rating, ts|timestamp, …)."
+        ),
+    ] = None,
+    min_weight: Annotated[
+        float | None,
+        typer.Option(help="Keep only interactions weighing at least this, e.g. 4 (ratings ≥ 4)."),
+    ] = None,
     loss: Annotated[Loss | None, typer.Option(help="LightFM loss.")] = None,
     components: Annotated[int | None, typer.Option(help="Latent dimensions.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
@@ -190,6 +201,8 @@ def train(
                 test=test,
                 item_features=item_features or settings.trainer.item_features,
                 user_features=user_features or settings.trainer.user_features,
+                columns=column_map(columns) if columns else settings.trainer.columns,
+                min_weight=settings.trainer.min_weight if min_weight is None else min_weight,
             ),
         )
 
@@ -241,6 +254,8 @@ def run() -> None:
                 item_features=trainer.item_features,
                 user_features=trainer.user_features,
                 data_offsets=snapshot.data_offsets(),
+                columns=trainer.columns,
+                min_weight=trainer.min_weight,
             ),
         )
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -58,13 +59,22 @@ _LIBRARIES = ("rectools-lightfm", "numpy", "scipy", "pyarrow", "reco-trainer", "
 
 @dataclass(frozen=True, slots=True)
 class Inputs:
-    """What one job reads: interaction locations, an optional explicit test set and features."""
+    """What one job reads: interaction locations, an optional explicit test set and features,
+    and how the logs' columns map to ours (``columns``, ``min_weight``: see read_interactions)."""
 
     interactions: list[str]
     test: str | None = None
     item_features: str | None = None
     user_features: str | None = None
     data_offsets: dict[str, int] = field(default_factory=dict)
+    columns: dict[str, str] = field(default_factory=dict)
+    min_weight: float | None = None
+
+    @property
+    def reading(self) -> dict[str, Any]:
+        """How the logs were read, when not as they are (it changes the data: part of the version)."""
+        found: dict[str, Any] = {"columns": self.columns, "min_weight": self.min_weight}
+        return {key: value for key, value in found.items() if value}
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +119,7 @@ class _Data:
 def run_job(job: Job, inputs: Inputs) -> Outcome:
     """Train, evaluate, store and (unless disabled) announce one model; see the module doc."""
     data = _read(job, inputs)
-    fingerprint = data_fingerprint(data.sources)
+    fingerprint = data_fingerprint(data.sources, reading=inputs.reading)
     newest = float(data.log.timestamps().max()) if data.log.has_timestamps else None
     version = model_version(data=fingerprint, params=job.params.identity(), newest_ts=newest)
     store = open_store(job.store_uri, s3=job.s3)
@@ -152,10 +162,14 @@ def run_job(job: Job, inputs: Inputs) -> Outcome:
 
 def _read(job: Job, inputs: Inputs) -> _Data:
     weights = {a.value: w for a, w in job.params.action_weights.items()}
-    log = read_interactions(inputs.interactions, action_weights=weights, s3=job.s3)
-    test = (
-        read_interactions(inputs.test, action_weights=weights, s3=job.s3) if inputs.test else None
-    )
+    options: dict[str, Any] = {
+        "action_weights": weights,
+        "columns": inputs.columns,
+        "min_weight": inputs.min_weight,
+        "s3": job.s3,
+    }
+    log = read_interactions(inputs.interactions, **options)
+    test = read_interactions(inputs.test, **options) if inputs.test else None
     items = (
         read_features(inputs.item_features, id_column=ITEM_ID, s3=job.s3)
         if inputs.item_features
@@ -372,6 +386,7 @@ def _store(
             "best_epoch": trained.result.best_epoch,
             "epochs_run": trained.result.epochs_run,
             "inputs": [{"uri": s.uri, "sha256": s.sha256, "rows": s.rows} for s in sources],
+            **({"reading": inputs.reading} if inputs.reading else {}),
         },
         metrics=report.metrics,
         library_versions=library_versions(),

@@ -6,13 +6,15 @@ the ``train`` command's flags override them for one run.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from reco_common.contracts import Identifier, ModelName
+from reco_common.interactions import column_map
 from reco_common.settings import CommonSettings
 from reco_trainer.params import TrainParams
 
@@ -37,6 +39,16 @@ class TrainerSettings(BaseSettings):
     publish: bool = True
     metrics_out: Path | None = None
     params: TrainParams = Field(default_factory=TrainParams)
+    columns: Annotated[dict[str, str], NoDecode] = {}
+    min_weight: Annotated[float, Field(gt=0)] | None = None
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _column_map(cls, value: object) -> object:
+        """``user=userId,item=movieId`` or the same as a JSON object."""
+        if isinstance(value, str) and value.lstrip().startswith("{"):
+            value = json.loads(value)
+        return column_map(value) if isinstance(value, str | dict) else value
 
 
 class Settings(CommonSettings):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,9 +19,14 @@ from reco_common.interactions import LogSource
 _HASH_CHARS = 12
 
 
-def data_fingerprint(sources: Sequence[LogSource]) -> str:
-    """``sha256:<hex>`` over the sorted content digests and row counts of ``sources``."""
+def data_fingerprint(
+    sources: Sequence[LogSource], *, reading: Mapping[str, Any] | None = None
+) -> str:
+    """``sha256:<hex>`` over the sorted content digests and row counts of ``sources``, and how
+    they were read (a column map, a threshold) when that is not as they are."""
     parts = sorted(f"{s.sha256}:{s.rows}" for s in sources)
+    if reading:
+        parts.append(json.dumps(reading, sort_keys=True, separators=(",", ":")))
     return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
