@@ -19,8 +19,9 @@ The consumer owns the delivery guarantees every service relies on:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -144,6 +145,32 @@ def _unavailable(settings: KafkaSettings, exc: Exception) -> KafkaUnavailableErr
     )
 
 
+async def start_client(
+    settings: KafkaSettings,
+    *,
+    start: Callable[[], Awaitable[object]],
+    close: Callable[[], Awaitable[object]],
+) -> None:
+    """Start an aiokafka client; when no broker answers, release it and raise an error that
+    names ``RECO_KAFKA_BOOTSTRAP`` (fail fast at start, not in the first request)."""
+    try:
+        await start()
+    except KafkaConnectionError as exc:
+        await close()
+        raise _unavailable(settings, exc) from exc
+
+
+@contextlib.asynccontextmanager
+async def admin_client(settings: KafkaSettings) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client, closed on exit."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=settings.client_id)
+    await start_client(settings, start=admin.start, close=admin.close)
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
 async def start_producer(settings: KafkaSettings, *, linger_ms: int = 2) -> AIOKafkaProducer:
     """An idempotent producer (acks=all), started; fails fast naming the bootstrap setting."""
     producer = AIOKafkaProducer(
@@ -154,11 +181,7 @@ async def start_producer(settings: KafkaSettings, *, linger_ms: int = 2) -> AIOK
         linger_ms=linger_ms,
         request_timeout_ms=int(settings.request_timeout_s * 1000),
     )
-    try:
-        await producer.start()
-    except KafkaConnectionError as exc:
-        await producer.stop()
-        raise _unavailable(settings, exc) from exc
+    await start_client(settings, start=producer.start, close=producer.stop)
     return producer
 
 
@@ -182,13 +205,7 @@ async def ensure_topics(
     """
     given = partitions or {}
     counts = {name: given.get(name) or settings.topics.partitions(name) for name in names}
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=settings.client_id)
-    try:
-        await admin.start()
-    except KafkaConnectionError as exc:
-        await admin.close()
-        raise _unavailable(settings, exc) from exc
-    try:
+    async with admin_client(settings) as admin:
         existing = set(await admin.list_topics())
         brokers = len((await admin.describe_cluster())["brokers"])
         replication = max(1, min(max_replication, brokers))
@@ -202,8 +219,6 @@ async def ensure_topics(
                 await admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 logger.debug("topics created concurrently: %s", [t.name for t in missing])
-    finally:
-        await admin.close()
 
 
 class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -269,11 +284,7 @@ class EventConsumer(Generic[T]):
         return self._consumer
 
     async def start(self) -> None:
-        try:
-            await self._consumer.start()
-        except KafkaConnectionError as exc:
-            await self._consumer.stop()
-            raise _unavailable(self._settings, exc) from exc
+        await start_client(self._settings, start=self._consumer.start, close=self._consumer.stop)
         self._consumer.subscribe([self._topic], listener=_WaitForBatch(self._lock))
 
     async def stop(self) -> None:

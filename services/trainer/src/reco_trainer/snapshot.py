@@ -16,8 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaConnectionError, UnknownTopicOrPartitionError
+from aiokafka.errors import UnknownTopicOrPartitionError
 
 from reco_common.contracts import (
     ArchivedOffsets,
@@ -29,7 +28,7 @@ from reco_common.contracts import (
     encode,
 )
 from reco_common.interactions import LogFormat, actions_table, encode_log
-from reco_common.kafka import KafkaUnavailableError
+from reco_common.kafka import admin_client, start_client
 from reco_common.settings import KafkaSettings
 from reco_common.storage import ObjectNotFoundError, ObjectStore
 
@@ -87,11 +86,7 @@ async def archive_topic(
         isolation_level="read_committed",
         request_timeout_ms=int(kafka.request_timeout_s * 1000) + 30_000,
     )
-    try:
-        await consumer.start()
-    except KafkaConnectionError as exc:
-        await consumer.stop()
-        raise _unavailable(kafka, exc) from exc
+    await start_client(kafka, start=consumer.start, close=consumer.stop)
     try:
         bounds = await _range(consumer, topic, partitions, previous)
         if bounds.empty:
@@ -122,16 +117,8 @@ async def archive_topic(
 
 async def _partitions(kafka: KafkaSettings, topic: str) -> list[int]:
     """The topic's partitions, ``[]`` when it does not exist (never created as a side effect)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap, client_id=kafka.client_id)
-    try:
-        await admin.start()
-    except KafkaConnectionError as exc:
-        await admin.close()
-        raise _unavailable(kafka, exc) from exc
-    try:
+    async with admin_client(kafka) as admin:
         (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
     if described["error_code"] == UnknownTopicOrPartitionError.errno:
         return []
     if described["error_code"]:
@@ -139,12 +126,6 @@ async def _partitions(kafka: KafkaSettings, topic: str) -> list[int]:
             f"{topic}: describing the topic failed (error {described['error_code']})"
         )
     return sorted(p["partition"] for p in described["partitions"])
-
-
-def _unavailable(kafka: KafkaSettings, exc: Exception) -> KafkaUnavailableError:
-    return KafkaUnavailableError(
-        f"Kafka at RECO_KAFKA_BOOTSTRAP={kafka.bootstrap!r} is unreachable: {exc}"
-    )
 
 
 async def _range(
