@@ -236,6 +236,7 @@ async def one_pass(
         policy=settings.policy,
         max_future_skew_s=settings.max_future_skew_s,
         metrics=metrics,
+        writable=asyncio.Event(),
     )
     latencies = []
     try:

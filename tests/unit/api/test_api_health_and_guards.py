@@ -20,7 +20,7 @@ async def test_ready_when_redis_answers(api: Api) -> None:
     response = await api.client.get("/readyz")
     assert (response.status_code, response.json()) == (
         200,
-        {"ready": True, "checks": {"redis": True, "not_draining": True}},
+        {"ready": True, "checks": {"redis": True, "not_draining": True, "active_records": True}},
     )
 
 

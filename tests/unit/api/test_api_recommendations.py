@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from api_fakes import MODEL, Api, FakeStore, MakeApi, a_list
+from api_fakes import MODEL, Api, FakeStore, MakeApi, a_list, an_active_model
 
 from reco_api.recommendations import select
 
@@ -72,6 +72,27 @@ async def test_404_only_when_the_model_is_not_active(api: Api, store: FakeStore)
     response = await api.client.get(URL.format(user="u1"))
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "model_not_found"
+
+
+async def test_a_lost_active_record_is_served_from_the_last_copy_and_reported(
+    api: Api, store: FakeStore
+) -> None:
+    store.lists[(MODEL, "u1")] = a_list(["a", "b"])
+    assert (await api.client.get(URL.format(user="u1"))).status_code == 200
+    del store.active[MODEL]  # Redis lost the record (a flush, a restart without data)
+
+    personal = (await api.client.get(URL.format(user="u1"))).json()
+    fallback = (await api.client.get(URL.format(user="u2"))).json()
+    assert personal["source"] == "personalized"
+    assert (fallback["source"], fallback["model_version"]) == ("fallback", "v2")
+    assert api.sample("reco_api_active_record_missing_total") == 2
+    ready = (await api.client.get("/readyz")).json()
+    assert (ready["ready"], ready["checks"]["active_records"]) == (True, False)
+
+    store.active[MODEL] = an_active_model(["p9"], version="v3")  # a worker wrote it again
+    fallback = (await api.client.get(URL.format(user="u2"))).json()
+    assert (fallback["model_version"], item_ids(fallback)) == ("v3", ["p9"])
+    assert (await api.client.get("/readyz")).json()["checks"]["active_records"] is True
 
 
 async def test_an_unreadable_list_falls_back_and_is_counted(api: Api, store: FakeStore) -> None:

@@ -54,7 +54,10 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     service = RecommendationService(store=store, settings=settings, metrics=metrics)
-    install_ops(app, readiness=readiness(store=store, draining=draining), registry=registry)
+    checks = readiness(store=store, draining=draining)
+    # Reported, not gating: the API still answers every user from its copy of the record.
+    checks.add("active_records", service.active_records_present, required=False)
+    install_ops(app, readiness=checks, registry=registry)
     install_rate_limit_handler(app)
     # First in the routing table: every request is matched against the routes in order.
     app.router.routes.insert(0, recommendations_route(settings, service))

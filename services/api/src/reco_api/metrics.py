@@ -36,6 +36,7 @@ class ApiMetrics:
     redis_errors: Counter
     fallbacks: Counter
     corrupt_values: Counter
+    active_record_missing: Counter
 
     @staticmethod
     def create(registry: CollectorRegistry) -> ApiMetrics:
@@ -60,6 +61,11 @@ class ApiMetrics:
                 "corrupt_values",
                 "Stored values that did not decode (the request fell back or failed)",
                 ["kind"],
+            ),
+            active_record_missing=metric.counter(
+                "active_record_missing",
+                "Requests for a model whose active record is missing in Redis, answered with "
+                "the last copy this process read",
             ),
         )
 

@@ -116,12 +116,24 @@ def _body(
 
 
 class RecommendationService:
-    """Turns the two raw values of one ``MGET`` into the response body."""
+    """Turns the two raw values of one ``MGET`` into the response body.
+
+    It keeps the last active-model record it read for each model, in process: when the record
+    is missing from Redis (lost data, a flush), requests are answered with that copy instead of
+    a 404 for every user, counted and reported (:attr:`active_records_present`, a readiness
+    detail). A 404 remains for a model this process never saw active.
+    """
 
     def __init__(self, *, store: Store, settings: ApiSettings, metrics: ApiMetrics) -> None:
         self._store = store
         self._metrics = metrics
         self._static = settings.static_fallback_items
+        self._known: dict[str, tuple[bytes | str, ActiveModel]] = {}
+        self._missing: set[str] = set()  # models whose record was missing at their last read
+
+    async def active_records_present(self) -> bool:
+        """False while some model is being served from the in-process copy of its record."""
+        return not self._missing
 
     async def recommend(
         self, *, model: str, user_id: str, exclude: frozenset[str], offset: int, n: int
@@ -131,7 +143,9 @@ class RecommendationService:
         except StoreUnavailable:
             return self._static_list(model, user_id, exclude=exclude, offset=offset, n=n)
         if view.active is None:
-            raise _not_found(model)
+            self._record_missing(model)
+        else:
+            self._remember(model, view.active, view)
         personal = self._personal(model, user_id, view)
         if personal is not None:
             return _body(
@@ -162,17 +176,39 @@ class RecommendationService:
             self._corrupt("recommendations", model, user_id, exc)
             return None
 
-    def _popular(self, model: str, view: ServedView) -> ActiveModel:
+    def _record_missing(self, model: str) -> None:
+        if model not in self._known:
+            raise _not_found(model)
+        if model not in self._missing:
+            logger.error(
+                "the active record of %s is missing in Redis: serving its last copy", model
+            )
+        self._missing.add(model)
+        self._metrics.active_record_missing.inc()
+
+    def _remember(self, model: str, raw: bytes | str, view: ServedView) -> None:
+        """Keep the active record's last readable value (decoded only when it changes)."""
+        self._missing.discard(model)
+        known = self._known.get(model)
+        if known is not None and known[0] == raw:
+            return
         try:
             active = view.active_model()
         except ContractError as exc:
             self._corrupt("active_model", model, None, exc)
+            return
+        if active is not None:
+            self._known[model] = (raw, active)
+
+    def _popular(self, model: str, view: ServedView) -> ActiveModel:
+        """The active model of this request's view, or its last copy when the record is missing."""
+        known = self._known.get(model)
+        if known is None or (view.active is not None and known[0] != view.active):
+            # The record is there but did not decode (counted by _remember).
             raise HttpError(
                 status=500, code="corrupt_model_record", message="the model record is unreadable"
-            ) from None
-        if active is None:
-            raise _not_found(model)
-        return active
+            )
+        return known[1]
 
     def _static_list(
         self, model: str, user_id: str, *, exclude: frozenset[str], offset: int, n: int

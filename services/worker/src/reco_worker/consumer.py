@@ -2,7 +2,8 @@
 
 Per batch: screen and coalesce the events per user, append them to the histories and read the
 histories back (one round trip), score every affected user at once (one matrix product, in a
-thread so the event loop keeps serving), and replace the lists (one round trip). Both writes carry
+thread so the event loop keeps serving), and replace the lists (one round trip). A batch whose Redis writes fail clears the ``writable`` event (a readiness check)
+until a batch is written again. Both writes carry
 each user's newest log position and are fenced (``reco_common.redis_store``): a worker that lost
 its partitions mid-batch cannot overwrite what the new owner wrote. The consumer commits only
 after this returns, so a crash anywhere redelivers.
@@ -17,6 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+from redis.exceptions import RedisError
 
 from reco_common.contracts import RecommendationList, UserAction, encode, encode_history_member
 from reco_common.kafka import Delivery, Rejection
@@ -84,8 +87,10 @@ class ActionHandler:
         policy: Policy,
         max_future_skew_s: float,
         metrics: WorkerMetrics,
+        writable: asyncio.Event,
     ) -> None:
         self._lists = lists
+        self._writable = writable
         self._history = history
         self._model = model
         self._policy = policy
@@ -123,6 +128,7 @@ class ActionHandler:
         if stale:
             logger.warning("%d lists not written: a newer log position already wrote them", stale)
             self._metrics.stale_lists.inc(stale)
+        self._writes_succeeded()
         self._observe(model, updates, ranked)
 
     def _observe(
@@ -142,9 +148,29 @@ class ActionHandler:
     def _stage(self, stage: str) -> Iterator[None]:
         try:
             yield
-        except Exception:
+        except Exception as exc:
             self._metrics.errors.labels(stage).inc()
+            if stage in _WRITE_STAGES and isinstance(exc, RedisError | OSError):
+                self._writes_failed(stage, exc)
             raise
+
+    def _writes_failed(self, stage: str, exc: Exception) -> None:
+        """Redis refuses our writes (out of memory, a read-only replica, gone): not ready."""
+        if self._writable.is_set():
+            logger.error(
+                "Redis %s write failed, not ready until a batch is written: %r", stage, exc
+            )
+        self._writable.clear()
+        self._metrics.redis_writable.set(0)
+
+    def _writes_succeeded(self) -> None:
+        if not self._writable.is_set():
+            logger.info("Redis accepts writes again: ready")
+        self._writable.set()
+        self._metrics.redis_writable.set(1)
+
+
+_WRITE_STAGES = frozenset({"history", "write"})
 
 
 def _stamped(

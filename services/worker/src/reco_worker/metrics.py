@@ -31,6 +31,7 @@ class WorkerMetrics:
     bad_history_members: Counter
     model_loads: Counter
     model_info: Gauge
+    redis_writable: Gauge
 
     @staticmethod
     @functools.cache
@@ -83,6 +84,11 @@ class WorkerMetrics:
                 "model_loads",
                 "Model load attempts, by outcome",
                 ["outcome"],
+            ),
+            redis_writable=metric.gauge(
+                "redis_writable",
+                "1 while Redis accepts the worker's writes, 0 since a batch's writes failed "
+                "(out of memory, read-only replica, unreachable): the worker is then not ready",
             ),
             model_info=metric.gauge(
                 "model_info",

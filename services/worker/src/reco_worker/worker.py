@@ -54,6 +54,8 @@ class Worker:
         self._started: _Started | None = None
         self._consumer: EventConsumer[UserAction] | None = None
         self._consuming = asyncio.Event()
+        self._writable = asyncio.Event()  # cleared while Redis refuses the batches' writes
+        self._writable.set()
 
     @property
     def started(self) -> _Started:
@@ -89,6 +91,7 @@ class Worker:
         readiness.add("model", models.loaded)
         readiness.add("kafka", self._consuming)
         readiness.add("redis", self._redis_answers)
+        readiness.add("redis_writes", self._writable)
         app = create_app(models=models, token=self._settings.control_token, readiness=readiness)
         http = OpsServer(app, host=self._settings.http_host, port=self._settings.http_port)
         self._started = _Started(redis=redis, producer=producer, models=models, http=http)
@@ -144,6 +147,7 @@ class Worker:
             policy=settings.policy,
             max_future_skew_s=settings.max_future_skew_s,
             metrics=self._metrics,
+            writable=self._writable,
         )
 
     async def stop(self) -> None:
