@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from msgspec.structs import asdict
 from redis.asyncio import Redis
 
-from reco_common.artifact import read_manifest
+from reco_common.artifact import announcement
 from reco_common.contracts import (
     ActionType,
     ModelPublished,
@@ -56,7 +56,7 @@ class Model:
 
     def published(self) -> ModelPublished:
         """The event the trainer sent (or would send) for this artifact."""
-        return read_manifest(open_store(self.uri)).published(artifact_uri=self.uri)
+        return announcement(open_store(self.uri))
 
 
 # --------------------------------------------------------------------------- processes

@@ -10,14 +10,6 @@ from reco_common.settings import S3Settings
 from reco_common.storage import ObjectNotFoundError, ObjectStore, file_sha256, open_store
 
 
-@pytest.fixture(params=["s3", "file"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
-    if request.param == "file":
-        return open_store((tmp_path / "root").as_uri())
-    s3_store: ObjectStore = request.getfixturevalue("s3_store")
-    return s3_store
-
-
 def test_put_get_list_and_delete(store: ObjectStore) -> None:
     store.put_bytes("a/one.json", b"1")
     store.put_bytes("a/two.json", b"22")

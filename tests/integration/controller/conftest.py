@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import controller_kube
 import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -41,6 +42,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/integration/controller/" in str(item.fspath):
             item.add_marker(pytest.mark.kube)
+
+
+@pytest.fixture(autouse=True)
+def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's artifact store (``controller_kube.uri``/``published`` write there)."""
+    root = tmp_path / "artifacts"
+    monkeypatch.setattr(controller_kube, "ARTIFACTS", root)
+    return root
 
 
 @pytest.fixture(scope="session")

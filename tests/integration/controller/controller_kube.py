@@ -10,10 +10,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer
 from kubernetes_asyncio.client import ApiClient, AppsV1Api
 
-from reco_common.contracts import MODEL_URI_ENV, EvalMetrics, ModelPublished, RolloutEvent, decode
+from reco_common.artifact import ModelArrays, announcement, write_artifact
+from reco_common.contracts import (
+    MODEL_URI_ENV,
+    EvalMetrics,
+    ModelPublished,
+    ObjectLayout,
+    RolloutEvent,
+    decode,
+)
+from reco_common.storage import open_store
 from reco_controller.targets.base import ModelRecord
 from reco_controller.targets.deployment import ACTIVE, Deployment, record_annotations
 from reco_controller.targets.rollout_status import rollout_progress
@@ -29,18 +39,48 @@ WORSE = EvalMetrics(model={"precision@10": 0.10}, baseline={"precision@10": 0.05
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
+# Where the tests' artifacts are: the controller reads each candidate's manifest. Set per test
+# (the ``artifacts`` fixture), so that one version name holds one artifact within a test.
+ARTIFACTS = Path("/nonexistent")
+
+
 def uri(version: str) -> str:
-    return f"s3://reco/models/{MODEL}/{version}"
+    return (ARTIFACTS / ObjectLayout.model_dir(MODEL, version)).as_uri()
+
+
+def write_model(root: Path, version: str, *, metrics: EvalMetrics, created_at: datetime) -> str:
+    """A tiny artifact under ``root`` (unless that version is there); returns its URI."""
+    store = open_store(root.as_uri())
+    if store.exists(f"{ObjectLayout.model_dir(MODEL, version)}/{ObjectLayout.MANIFEST}"):
+        return store.uri(ObjectLayout.model_dir(MODEL, version))
+    rng = np.random.default_rng(0)
+    arrays = ModelArrays(
+        item_ids=["i0", "i1"],
+        user_ids=["u0"],
+        item_factors=rng.normal(size=(2, 3)).astype(np.float32),
+        user_factors=rng.normal(size=(1, 3)).astype(np.float32),
+        popular_items=["i1"],
+        popular_scores=[1.0],
+    )
+    return write_artifact(
+        store,
+        model_name=MODEL,
+        version=version,
+        arrays=arrays,
+        created_at=created_at,
+        data_snapshot="snap",
+        params={},
+        metrics=metrics,
+        library_versions={},
+    )
 
 
 def published(version: str, *, metrics: EvalMetrics = BETTER, hours: int = 1) -> ModelPublished:
-    return ModelPublished(
-        model_name=MODEL,
-        version=version,
-        artifact_uri=uri(version),
-        created_at=T0 + timedelta(hours=hours),
-        metrics=metrics,
+    """The trainer's event for a model written now under :data:`ARTIFACTS`."""
+    location = write_model(
+        ARTIFACTS, version, metrics=metrics, created_at=T0 + timedelta(hours=hours)
     )
+    return announcement(open_store(location))
 
 
 @dataclass(frozen=True)
@@ -128,6 +168,10 @@ class RolloutLog:
 
     def statuses(self, version: str) -> list[str]:
         return [e.status.value for e in self.events if e.version == version]
+
+    def reason(self, version: str) -> str:
+        """The reason of the last event about ``version``."""
+        return [e.reason for e in self.events if e.version == version][-1]
 
     async def until(self, done: Callable[[RolloutLog], bool], *, timeout_s: float = 60) -> None:
         async with asyncio.timeout(timeout_s):

@@ -9,9 +9,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
+import msgspec
 import pytest
 from controller_kube import (
+    BETTER,
     MODEL,
     WORKER,
     WORSE,
@@ -21,12 +22,11 @@ from controller_kube import (
     read_worker,
     settled,
     uri,
+    write_model,
 )
 from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoreV1Api
 
-from reco_common.artifact import ModelArrays, write_artifact
 from reco_common.contracts import MODEL_URI_ENV, ModelPublished
-from reco_common.storage import open_store
 from reco_controller.service import Controller
 from reco_controller.settings import Settings
 from reco_controller.targets.deployment import ACTIVE, FAILED_URI, PREVIOUS, Deployment, annotation
@@ -154,29 +154,6 @@ async def test_a_rollout_that_cannot_become_ready_is_rolled_back(
     assert rollout_log.statuses("v2") == ["started", "failed", "rolled_back"]
 
 
-def _artifact(root: Path, version: str) -> str:
-    rng = np.random.default_rng(0)
-    arrays = ModelArrays(
-        item_ids=["i0", "i1"],
-        user_ids=["u0"],
-        item_factors=rng.normal(size=(2, 3)).astype(np.float32),
-        user_factors=rng.normal(size=(1, 3)).astype(np.float32),
-        popular_items=["i1"],
-        popular_scores=[1.0],
-    )
-    return write_artifact(
-        open_store(root.as_uri()),
-        model_name=MODEL,
-        version=version,
-        arrays=arrays,
-        created_at=datetime.now(UTC),
-        data_snapshot="snap",
-        params={},
-        metrics=WORSE,
-        library_versions={},
-    )
-
-
 async def _cli(settings: Settings, *args: str) -> tuple[int, str]:
     conf = settings.controller
     env = {
@@ -210,7 +187,7 @@ async def test_an_operator_forces_a_rejected_model_with_the_cli(
     rollout_log: RolloutLog,
     tmp_path: Path,
 ) -> None:
-    artifact = _artifact(tmp_path, "v9")
+    artifact = write_model(tmp_path, "v9", metrics=WORSE, created_at=datetime.now(UTC))
 
     code, output = await _cli(settings, artifact)
     assert code == 1, output
@@ -224,3 +201,31 @@ async def test_an_operator_forces_a_rejected_model_with_the_cli(
     await rollout_log.reaches("v9", "succeeded")
     assert rollout_log.statuses("v9") == ["rejected", "started", "succeeded"]
     assert rollout_log.events[-2].reason.startswith("forced by an operator; gate: precision@10")
+
+
+async def test_an_event_that_misstates_its_artifact_is_rejected_and_nothing_changes(
+    admin: ApiClient,
+    namespace: str,
+    worker: Deployment,
+    controller: Controller,
+    send: Send,
+    rollout_log: RolloutLog,
+) -> None:
+    """Anyone who can produce to model-published can write an event; only a pinned artifact
+    whose own manifest passes the gate, dated no later than the clock skew allows, rolls out."""
+    flattering = msgspec.structs.replace(published("v2", metrics=WORSE), metrics=BETTER)
+    forged_pin = msgspec.structs.replace(published("v3"), manifest_sha256="0" * 64)
+    unpinned = msgspec.structs.replace(published("v4"), manifest_sha256=msgspec.UNSET)
+    from_the_future = published("v5", hours=24 * 365 * 100)
+    for event in (flattering, forged_pin, unpinned, from_the_future):
+        await send(event)  # one at a time: in one batch, the newest event per model wins
+        await rollout_log.reaches(event.version, "rejected")
+
+    reasons = {v: rollout_log.reason(v) for v in ("v2", "v3", "v4", "v5")}
+    assert "50.0% below the active model's 0.2" in reasons["v2"]
+    assert "not the published" in reasons["v3"]
+    assert "not pinned" in reasons["v4"]
+    assert "beyond the allowed clock skew" in reasons["v5"]
+    after = await read_worker(admin, namespace)
+    assert model_uri_of(after) == uri("v1")
+    assert after.metadata.generation == worker.metadata.generation

@@ -1,7 +1,9 @@
-"""The decision about each published model, over a fake target (our own boundary)."""
+"""The decision about each published model, over a fake target and fake manifests (our own
+boundaries): the decision trusts the pinned manifest, not the event."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -9,7 +11,14 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from reco_common.contracts import EvalMetrics, ModelPublished, RolloutEvent, RolloutStatus
+from reco_common.artifact import REQUIRED_FILES, ArtifactError, FileEntry, Manifest
+from reco_common.contracts import (
+    EvalMetrics,
+    ModelPublished,
+    RolloutEvent,
+    RolloutStatus,
+    encode,
+)
 from reco_controller.gate import GatePolicy
 from reco_controller.metrics import ControllerMetrics
 from reco_controller.rollout import Decision, Rollouts
@@ -21,14 +30,54 @@ BAD = EvalMetrics(model={"precision@10": 0.1}, baseline={"precision@10": 0.05})
 ACTIVE = ModelRecord(uri="s3://reco/models/shop/v1", version="v1", metrics=GOOD, created_at=T0)
 
 
-def _event(version: str = "v2", *, metrics: EvalMetrics = GOOD, age: int = 0) -> ModelPublished:
-    return ModelPublished(
+def _manifest(version: str, *, metrics: EvalMetrics, created_at: datetime) -> Manifest:
+    return Manifest(
         model_name="shop",
         version=version,
-        artifact_uri=f"s3://reco/models/shop/{version}",
-        created_at=T0 + timedelta(hours=1 - age),
+        created_at=created_at,
+        data_snapshot="snap",
+        params={},
         metrics=metrics,
+        library_versions={},
+        n_users=1,
+        n_items=1,
+        dim=1,
+        files={name: FileEntry(sha256="0" * 64, bytes=1) for name in REQUIRED_FILES},
     )
+
+
+# Every manifest the fake store holds, by the sha256 of its bytes.
+STORED: dict[str, Manifest] = {}
+
+
+def _stored(manifest: Manifest) -> str:
+    digest = hashlib.sha256(encode(manifest)).hexdigest()
+    STORED[digest] = manifest
+    return digest
+
+
+def _event(
+    version: str = "v2",
+    *,
+    metrics: EvalMetrics = GOOD,
+    age: int = 0,
+    created_at: datetime | None = None,
+) -> ModelPublished:
+    """The event of a stored artifact, pinned to its manifest."""
+    manifest = _manifest(
+        version, metrics=metrics, created_at=created_at or T0 + timedelta(hours=1 - age)
+    )
+    return manifest.published(
+        artifact_uri=f"s3://reco/models/shop/{version}", manifest_sha256=_stored(manifest)
+    )
+
+
+async def _manifests(uri: str, *, sha256: str | None) -> Manifest:
+    """The fake store: pinned reads by digest; an unpinned read finds the URI's manifest."""
+    found = [m for d, m in STORED.items() if sha256 in (d, None) and uri.endswith(m.version)]
+    if not found:
+        raise ArtifactError(f"{uri}: the manifest's sha256 is not the published {sha256}")
+    return found[-1]
 
 
 @dataclass
@@ -87,6 +136,8 @@ def _rollouts(target: object, reported: list[RolloutEvent]) -> Rollouts:
         gate=GatePolicy(max_regression=0.05, baseline_margin=0.0),
         timeout_s=30,
         metrics=ControllerMetrics.create(),
+        manifests=_manifests,
+        max_clock_skew_s=300,
     )
 
 
@@ -244,3 +295,76 @@ async def test_a_transient_error_propagates_so_the_batch_is_retried(
     with pytest.raises(ConnectionError):
         await _rollouts(Unreachable(_settled()), reported).handle(_event())
     assert reported == []
+
+
+# --------------------------------------------------------------------------- trust
+
+
+async def test_the_manifest_is_judged_not_the_event(reported: list[RolloutEvent]) -> None:
+    """A producer cannot talk a bad model through the gate with good figures in the event."""
+    lying = msgspec.structs.replace(_event(metrics=BAD), metrics=GOOD)
+    target = FakeTarget(_settled())
+    assert await _rollouts(target, reported).handle(lying) is Decision.REJECTED
+    assert target.calls == []
+    assert "50.0% below the active model's 0.2" in reported[0].reason
+
+
+async def test_an_unpinned_event_is_rejected(reported: list[RolloutEvent]) -> None:
+    unpinned = msgspec.structs.replace(_event(), manifest_sha256=msgspec.UNSET)
+    target = FakeTarget(_settled())
+    assert await _rollouts(target, reported).handle(unpinned) is Decision.REJECTED
+    assert target.calls == []
+    assert "not pinned" in reported[0].reason
+
+
+async def test_a_manifest_that_differs_from_the_pin_is_rejected(
+    reported: list[RolloutEvent],
+) -> None:
+    forged = msgspec.structs.replace(_event(), manifest_sha256="f" * 64)
+    target = FakeTarget(_settled())
+    assert await _rollouts(target, reported).handle(forged) is Decision.REJECTED
+    assert "sha256" in reported[0].reason
+
+
+async def test_a_manifest_of_another_version_is_rejected(reported: list[RolloutEvent]) -> None:
+    """The event names v3 but pins v2's manifest: the announcement and the artifact disagree."""
+    swapped = msgspec.structs.replace(_event("v2"), version="v3")
+    target = FakeTarget(_settled())
+    assert await _rollouts(target, reported).handle(swapped) is Decision.REJECTED
+    assert "the event announced shop v3" in reported[0].reason
+
+
+async def test_a_model_from_the_future_is_rejected_even_when_forced(
+    reported: list[RolloutEvent],
+) -> None:
+    """A created_at in the year 9999 would make every later model stale."""
+    target = FakeTarget(_settled())
+    future = _event(created_at=datetime(9999, 1, 1, tzinfo=UTC))
+    assert await _rollouts(target, reported).handle(future, force=True) is Decision.REJECTED
+    assert target.calls == []
+    assert "beyond the allowed clock skew of 300 s" in reported[0].reason
+
+
+async def test_a_model_within_the_clock_skew_is_accepted(reported: list[RolloutEvent]) -> None:
+    target = FakeTarget(_settled(), outcomes=[Progress.complete("ok")])
+    soon = _event(created_at=datetime.now(UTC) + timedelta(seconds=60))
+    assert await _rollouts(target, reported).handle(soon) is Decision.ROLLED_OUT
+
+
+async def test_the_active_models_metrics_come_from_its_manifest_when_unrecorded(
+    reported: list[RolloutEvent],
+) -> None:
+    _stored(_manifest("v1", metrics=GOOD, created_at=T0))
+    target = FakeTarget(_settled(active=ModelRecord(uri="s3://reco/models/shop/v1")))
+    assert await _rollouts(target, reported).handle(_event(metrics=BAD)) is Decision.REJECTED
+    assert "below the active model's 0.2" in reported[0].reason
+
+
+async def test_an_active_model_without_readable_metrics_rejects_unless_forced(
+    reported: list[RolloutEvent],
+) -> None:
+    unknown = _settled(active=ModelRecord(uri="s3://elsewhere/unknown"))
+    assert await _rollouts(FakeTarget(unknown), reported).handle(_event()) is Decision.REJECTED
+    assert "has no readable metrics" in reported[0].reason
+    forced = FakeTarget(unknown, outcomes=[Progress.complete("ok")])
+    assert await _rollouts(forced, reported).handle(_event(), force=True) is Decision.ROLLED_OUT

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from reco_common.contracts import PRIMARY_METRIC
 from reco_common.settings import ConfigurationError, load_settings
 from reco_controller.settings import Settings, TargetKind
 
@@ -60,3 +61,17 @@ def test_local_workers_need_a_real_token_outside_dev(monkeypatch: pytest.MonkeyP
         load_settings(Settings)
     monkeypatch.setenv("RECO_CONTROLLER_WORKER_TOKEN", "s3cret-token")
     assert load_settings(Settings).controller.target is TargetKind.LOCAL
+
+
+def test_the_gate_judges_the_primary_metric_by_default_and_never_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An empty list used to mean "whatever the candidate reports": the candidate chose."""
+    monkeypatch.setenv("RECO_CONTROLLER_DEPLOYMENTS", '{"shop": "worker-shop"}')
+    monkeypatch.delenv("RECO_CONTROLLER_GATE_METRICS", raising=False)
+    conf = load_settings(Settings).controller
+    assert conf.gate_metrics == [PRIMARY_METRIC]
+    assert conf.max_clock_skew_s == 300
+    monkeypatch.setenv("RECO_CONTROLLER_GATE_METRICS", "[]")
+    with pytest.raises(ConfigurationError, match="RECO_CONTROLLER_GATE_METRICS"):
+        load_settings(Settings)

@@ -11,25 +11,35 @@
   of every other file. A directory without a manifest is not a model.
 
 Arrays load with ``np.load(mmap_mode="r")`` so a large catalog is paged in, not parsed.
+
+A manifest is untrusted input until proven otherwise: its bytes are checked against the sha256
+the ``model-published`` event carries (when the reader has it), and its decoding enforces the
+path rules (model name, version and every file name one safe path segment, see
+:data:`reco_common.contracts.PathSegment`) before any key or cache path is built from it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
-from msgspec import Struct, field
+from msgspec import Meta, Struct, field
 
 from reco_common.contracts import (
+    ContractError,
     EvalMetrics,
+    ModelName,
     ModelPublished,
     ObjectLayout,
+    PathSegment,
+    Sha256Hex,
     decode,
     dumps,
     encode,
@@ -45,6 +55,7 @@ USER_FACTORS = "user_factors.npy"
 ITEM_IDS = "item_ids.json"
 USER_IDS = "user_ids.json"
 POPULAR = "popular.json"
+REQUIRED_FILES = frozenset({ITEM_FACTORS, USER_FACTORS, ITEM_IDS, USER_IDS, POPULAR})
 
 FloatMatrix = npt.NDArray[np.float32]
 
@@ -54,8 +65,8 @@ class ArtifactError(RuntimeError):
 
 
 class FileEntry(Struct, frozen=True, forbid_unknown_fields=True):
-    sha256: str
-    bytes: int
+    sha256: Sha256Hex
+    bytes: Annotated[int, Meta(ge=0)]
 
 
 class PopularList(Struct, frozen=True, forbid_unknown_fields=True):
@@ -69,8 +80,8 @@ class Manifest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``manifest.json``: everything needed to trust, reproduce and compare a model."""
 
     format: int = ARTIFACT_FORMAT
-    model_name: str
-    version: str
+    model_name: ModelName
+    version: PathSegment
     created_at: datetime
     data_snapshot: str
     data_offsets: dict[str, int] = field(default_factory=dict)
@@ -80,11 +91,12 @@ class Manifest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     n_users: int
     n_items: int
     dim: int
-    files: dict[str, FileEntry]
+    files: dict[PathSegment, FileEntry]
 
-    def published(self, *, artifact_uri: str) -> ModelPublished:
-        """The ``model-published`` event announcing this artifact (stored at ``artifact_uri``):
-        what the trainer sends, and what the controller's ``rollout`` command acts on."""
+    def published(self, *, artifact_uri: str, manifest_sha256: str) -> ModelPublished:
+        """The ``model-published`` event announcing this artifact (stored at ``artifact_uri``,
+        its manifest's bytes hashing to ``manifest_sha256``): what the trainer sends, and what
+        the controller's ``rollout`` command acts on."""
         return ModelPublished(
             model_name=self.model_name,
             version=self.version,
@@ -92,6 +104,7 @@ class Manifest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
             created_at=self.created_at,
             metrics=self.metrics,
             data_snapshot=self.data_snapshot,
+            manifest_sha256=manifest_sha256,
         )
 
 
@@ -174,22 +187,57 @@ def _npy(matrix: FloatMatrix) -> bytes:
     return buffer.getvalue()
 
 
-def read_manifest(store: ObjectStore) -> Manifest:
-    """The manifest of the artifact the store is rooted at."""
+def read_manifest(store: ObjectStore, *, sha256: str | None = None) -> Manifest:
+    """The manifest of the artifact the store is rooted at; with ``sha256``, only if its bytes
+    hash to it (the pin of the ``model-published`` event)."""
+    return _decode_manifest(store, _manifest_bytes(store), sha256=sha256)
+
+
+def announcement(store: ObjectStore) -> ModelPublished:
+    """The ``model-published`` event of the artifact the store is rooted at, pinned to the
+    manifest bytes read now."""
+    data = _manifest_bytes(store)
+    digest = hashlib.sha256(data).hexdigest()
+    manifest = _decode_manifest(store, data, sha256=digest)
+    return manifest.published(artifact_uri=store.root_uri, manifest_sha256=digest)
+
+
+def _manifest_bytes(store: ObjectStore) -> bytes:
     try:
-        return decode(Manifest, store.get_bytes(ObjectLayout.MANIFEST))
+        return store.get_bytes(ObjectLayout.MANIFEST)
     except FileNotFoundError:
         raise ArtifactError(
             f"{store.uri(ObjectLayout.MANIFEST)}: no manifest, not a model"
         ) from None
 
 
-def load_artifact(store: ObjectStore, *, cache_dir: Path) -> LoadedModel:
-    """Download the artifact the store is rooted at into ``cache_dir``, verify and load it."""
-    manifest = read_manifest(store)
+def _decode_manifest(store: ObjectStore, data: bytes, *, sha256: str | None) -> Manifest:
+    where = store.uri(ObjectLayout.MANIFEST)
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ArtifactError(f"{where}: the manifest's sha256 is not the published {sha256}")
+    try:
+        manifest = decode(Manifest, data)
+    except ContractError as exc:
+        raise ArtifactError(f"{where}: not a valid manifest: {exc.reason}") from None
     if manifest.format != ARTIFACT_FORMAT:
         raise ArtifactError(f"{store.root_uri}: artifact format {manifest.format} is not supported")
-    local = cache_dir / manifest.model_name / manifest.version
+    missing = REQUIRED_FILES - manifest.files.keys()
+    if missing:
+        raise ArtifactError(f"{where}: incomplete artifact, no {', '.join(sorted(missing))}")
+    return manifest
+
+
+def load_artifact(
+    store: ObjectStore, *, cache_dir: Path, manifest_sha256: str | None = None
+) -> LoadedModel:
+    """Download the artifact the store is rooted at into ``cache_dir``, verify and load it.
+
+    ``manifest_sha256``: the pin of the ``model-published`` event (or the controller's load
+    request); the manifest is refused unless its bytes hash to it. Every path below is built
+    from segments the manifest's contract already validated, and checked to stay in the cache.
+    """
+    manifest = read_manifest(store, sha256=manifest_sha256)
+    local = _cache_path(cache_dir, manifest)
     local.mkdir(parents=True, exist_ok=True)
     for name, entry in manifest.files.items():
         path = local / name
@@ -215,3 +263,14 @@ def load_artifact(store: ObjectStore, *, cache_dir: Path) -> LoadedModel:
         manifest.dim,
     )
     return LoadedModel(manifest=manifest, arrays=arrays, uri=store.root_uri)
+
+
+def _cache_path(cache_dir: Path, manifest: Manifest) -> Path:
+    """``cache_dir/<model_name>/<version>``, refused if it (or a file in it) could leave it;
+    the contract's path rules make this impossible, the check keeps it so."""
+    root = cache_dir.resolve()
+    local = (root / manifest.model_name / manifest.version).resolve()
+    escaping = [n for n in manifest.files if (local / n).resolve().parent != local]
+    if not local.is_relative_to(root) or local == root or escaping:
+        raise ArtifactError(f"{manifest.model_name}/{manifest.version}: leaves the cache directory")
+    return local

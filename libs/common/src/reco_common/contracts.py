@@ -44,6 +44,16 @@ ModelName = Annotated[
     Meta(min_length=1, max_length=63, pattern=_MODEL_NAME),
 ]
 Uri = Annotated[str, Meta(min_length=1, max_length=2048)]
+# One segment of an object or cache path taken from a document (a manifest's version, a file
+# name): no separator, no leading dot (so neither ``.`` nor ``..``), nothing that a file system
+# or an object key could read as a step outside its directory.
+_PATH_SEGMENT: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+PathSegment = Annotated[
+    str,
+    Field(min_length=1, max_length=128, pattern=_PATH_SEGMENT),
+    Meta(min_length=1, max_length=128, pattern=_PATH_SEGMENT),
+]
+Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 
 
 class ContractError(ValueError):
@@ -165,6 +175,11 @@ class UserAction(_Event, frozen=True, kw_only=True):
         _in_utc(self, "ts")
 
 
+# The trainer's primary metric (its default early-stopping metric) and, by default, the one the
+# controller's quality gate judges, against the active model and the popularity baseline.
+PRIMARY_METRIC: Final = "precision@10"
+
+
 class EvalMetrics(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Evaluation figures of one recommender on the held-out split (e.g. ``precision@10``)."""
 
@@ -173,7 +188,13 @@ class EvalMetrics(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
 
 
 class ModelPublished(_Event, frozen=True, kw_only=True):
-    """A model artifact was written, verified, and may be rolled out."""
+    """A model artifact was written, verified, and may be rolled out.
+
+    ``manifest_sha256`` pins the artifact: the sha256 of its ``manifest.json`` bytes, which list
+    the sha256 of every other file. A reader trusts nothing of the artifact (not even these
+    ``metrics``, a copy for people and dashboards) before the manifest matched it. Left out of
+    the JSON when unset, so that an event without it is byte for byte what it was before.
+    """
 
     model_name: ModelName
     version: Identifier
@@ -181,6 +202,7 @@ class ModelPublished(_Event, frozen=True, kw_only=True):
     created_at: AwareDatetime
     metrics: EvalMetrics
     data_snapshot: str = ""
+    manifest_sha256: Sha256Hex | msgspec.UnsetType = msgspec.UNSET
 
     def __post_init__(self) -> None:
         _in_utc(self, "created_at")

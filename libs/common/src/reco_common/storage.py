@@ -50,6 +50,10 @@ class ObjectStore:
         """The absolute URI of ``key``."""
         return f"{self.root_uri}/{key.lstrip('/')}" if key else self.root_uri
 
+    def below(self, prefix: str) -> ObjectStore:
+        """The store rooted at ``prefix`` (same filesystem and credentials)."""
+        return ObjectStore(self.uri(prefix), self._fs, self._path(prefix))
+
     def _path(self, key: str) -> str:
         relative = posixpath.normpath(key.lstrip("/"))
         if relative == ".." or relative.startswith("../"):

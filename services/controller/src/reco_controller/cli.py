@@ -53,8 +53,7 @@ def rollout(
 
 
 async def _rollout_once(settings: Settings, artifact_uri: str, *, force: bool) -> Decision:
-    manifest = await manifests.read(artifact_uri, s3=settings.s3)
-    event = manifest.published(artifact_uri=artifact_uri)
+    event = await manifests.published(artifact_uri, s3=settings.s3)
     async with contextlib.AsyncExitStack() as stack:
         runtime = await open_runtime(settings, stack)
         return await runtime.rollouts.handle(event, force=force)

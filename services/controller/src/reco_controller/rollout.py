@@ -1,9 +1,12 @@
 """The decision about one published model, carried out on its target and reported.
 
-For each ``model-published`` event: find the model's target; skip what is already done (the
-target already runs that URI, or rolled it back before, or serves a newer model); judge it
-with the quality gate (unless forced); then roll out, wait, and on failure go back to the
-previous model. Every step that changes something is published as a ``RolloutEvent``.
+For each ``model-published`` event: find the model's target; read the artifact's manifest,
+pinned to the sha256 the event carries, and from then on trust only the manifest (its name,
+version, creation time and metrics; the event's copies are ignored); refuse a model created
+further in the future than the allowed clock skew; skip what is already done (the target
+already runs that URI, or rolled it back before, or serves a newer model); judge it with the
+quality gate (unless forced); then roll out, wait, and on failure go back to the previous
+model. Every step that changes something is published as a ``RolloutEvent``.
 
 Idempotency comes from the target's own state, not from memory: a redelivered event whose
 URI is already active and settled is a no-op; one whose rollout was interrupted (the leader
@@ -17,10 +20,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from reco_common.contracts import ModelPublished, RolloutEvent, RolloutStatus
-from reco_controller.gate import GatePolicy, evaluate
+from reco_common.artifact import ArtifactError, Manifest
+from reco_common.contracts import EvalMetrics, ModelPublished, RolloutEvent, RolloutStatus
+from reco_controller.gate import GatePolicy, Verdict, evaluate
+from reco_controller.manifests import ManifestSource
 from reco_controller.metrics import ControllerMetrics
 from reco_controller.targets.base import (
     ModelRecord,
@@ -51,6 +56,8 @@ class _Policy:
     gate: GatePolicy
     timeout_s: float
     metrics: ControllerMetrics
+    manifests: ManifestSource
+    max_clock_skew: timedelta
 
 
 class Rollouts:
@@ -64,9 +71,18 @@ class Rollouts:
         gate: GatePolicy,
         timeout_s: float,
         metrics: ControllerMetrics,
+        manifests: ManifestSource,
+        max_clock_skew_s: float,
     ) -> None:
         self._targets = targets
-        self._policy = _Policy(report=report, gate=gate, timeout_s=timeout_s, metrics=metrics)
+        self._policy = _Policy(
+            report=report,
+            gate=gate,
+            timeout_s=timeout_s,
+            metrics=metrics,
+            manifests=manifests,
+            max_clock_skew=timedelta(seconds=max_clock_skew_s),
+        )
 
     async def handle(
         self, event: ModelPublished, *, force: bool = False, published_at: float | None = None
@@ -76,7 +92,13 @@ class Rollouts:
         if target is None:
             logger.warning("no target is configured for model %r: ignored", event.model_name)
             return self._decided(Decision.UNMANAGED)
-        run = _Run(self._policy, target, event)
+        try:
+            trusted = await self._verified(event)
+        except ArtifactError as exc:
+            logger.warning("%s: %s refused: %s", target.description, event.artifact_uri, exc)
+            await _Run(self._policy, target, event).report(RolloutStatus.REJECTED, str(exc))
+            return self._decided(Decision.REJECTED)
+        run = _Run(self._policy, target, trusted)
         try:
             decision = await run.decide_and_act(force=force, published_at=published_at)
         except TargetError as exc:
@@ -84,6 +106,20 @@ class Rollouts:
             await run.report(RolloutStatus.FAILED, str(exc))
             decision = Decision.FAILED
         return self._decided(decision)
+
+    async def _verified(self, event: ModelPublished) -> ModelPublished:
+        """The event as the artifact's pinned manifest tells it (``ArtifactError`` when the event
+        is unpinned, the manifest differs from the pin, or names another model)."""
+        pin = event.manifest_sha256
+        if not isinstance(pin, str):
+            raise ArtifactError("the event carries no manifest_sha256: the artifact is not pinned")
+        manifest = await self._policy.manifests(event.artifact_uri, sha256=pin)
+        if (manifest.model_name, manifest.version) != (event.model_name, event.version):
+            raise ArtifactError(
+                f"the manifest is {manifest.model_name} {manifest.version},"
+                f" the event announced {event.model_name} {event.version}"
+            )
+        return manifest.published(artifact_uri=event.artifact_uri, manifest_sha256=pin)
 
     def _decided(self, decision: Decision) -> Decision:
         self._policy.metrics.decisions.labels(decision.value).inc()
@@ -108,12 +144,14 @@ class _Run:
                 return Decision.DUPLICATE
             logger.info("%s: resuming the unfinished rollout of %s", self._where, self._model.uri)
             return await self._roll_out(state.previous, "resumed", published_at)
+        too_new = self._from_the_future()
+        if too_new:
+            await self.report(RolloutStatus.REJECTED, too_new)
+            return Decision.REJECTED
         skipped = self._skipped(state, force=force)
         if skipped is not None:
             return skipped
-        verdict = evaluate(
-            self._event.metrics, active.metrics if active else None, self._policy.gate
-        )
+        verdict = await self._judge(active)
         if not verdict.passed and not force:
             logger.warning(
                 "%s: %s rejected by the gate: %s", self._where, self._model.uri, verdict.reason
@@ -124,6 +162,33 @@ class _Run:
             verdict.reason if verdict.passed else f"forced by an operator; gate: {verdict.reason}"
         )
         return await self._roll_out(active, reason, published_at)
+
+    def _from_the_future(self) -> str:
+        """Why ``created_at`` cannot be true (it would make every later model stale), or ``""``."""
+        limit = datetime.now(UTC) + self._policy.max_clock_skew
+        if self._event.created_at <= limit:
+            return ""
+        return (
+            f"created_at {self._event.created_at.isoformat()} is in the future beyond the allowed"
+            f" clock skew of {self._policy.max_clock_skew.total_seconds():g} s"
+        )
+
+    async def _judge(self, active: ModelRecord | None) -> Verdict:
+        if active is None:
+            return evaluate(self._event.metrics, None, self._policy.gate)
+        current = active.metrics or await self._metrics_of(active)
+        if current is None:
+            return Verdict(False, f"the active model {active.uri} has no readable metrics")
+        return evaluate(self._event.metrics, current, self._policy.gate)
+
+    async def _metrics_of(self, active: ModelRecord) -> EvalMetrics | None:
+        """The active model's metrics from its manifest, when the target did not record them."""
+        try:
+            manifest: Manifest = await self._policy.manifests(active.uri, sha256=None)
+        except ArtifactError as exc:
+            logger.warning("%s: the active model's manifest: %s", self._where, exc)
+            return None
+        return manifest.metrics
 
     def _skipped(self, state: TargetState, *, force: bool) -> Decision | None:
         if force:

@@ -23,6 +23,7 @@ from reco_controller.consumer import model_published_consumer
 from reco_controller.gate import GatePolicy
 from reco_controller.kube import api_client
 from reco_controller.leader import AlwaysLeader, LeaseElector
+from reco_controller.manifests import StoredManifests
 from reco_controller.metrics import ControllerMetrics
 from reco_controller.rollout import Rollouts
 from reco_controller.settings import Settings, TargetKind
@@ -72,6 +73,8 @@ async def open_runtime(settings: Settings, stack: contextlib.AsyncExitStack) -> 
         ),
         timeout_s=conf.rollout_timeout_s,
         metrics=ControllerMetrics.create(),
+        manifests=StoredManifests(settings.s3),
+        max_clock_skew_s=conf.max_clock_skew_s,
     )
     return Runtime(rollouts=rollouts, producer=producer, kube=kube)
 

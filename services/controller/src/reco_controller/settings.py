@@ -15,7 +15,7 @@ from typing import Annotated, Self
 from pydantic import AnyHttpUrl, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from reco_common.contracts import MODEL_URI_ENV, ModelName
+from reco_common.contracts import MODEL_URI_ENV, PRIMARY_METRIC, ModelName
 from reco_common.settings import CommonSettings, Environment, refuse_placeholder
 
 # EventConsumer lets a batch run for at most max_poll_interval (300 s) before the group evicts
@@ -59,8 +59,11 @@ class ControllerSettings(BaseSettings):
     worker_token: SecretStr = SecretStr("dev-token")
     worker_timeout_s: PositiveSeconds = 10.0
 
-    # quality gate
-    gate_metrics: list[str] = []
+    # quality gate (fails closed: see reco_controller.gate)
+    gate_metrics: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = [
+        PRIMARY_METRIC
+    ]
+    max_clock_skew_s: Annotated[float, Field(ge=0, le=86_400)] = 300.0
     max_regression: Annotated[float, Field(ge=0, lt=1)] = 0.05
     baseline_margin: Annotated[float, Field(ge=-1)] = 0.0
     rollout_timeout_s: Annotated[float, Field(gt=0, le=MAX_ROLLOUT_TIMEOUT_S)] = 240.0

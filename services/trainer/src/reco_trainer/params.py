@@ -11,7 +11,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, ActionType
+from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, PRIMARY_METRIC, ActionType
 
 Positive = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
@@ -60,7 +60,7 @@ class TrainParams(BaseModel):
     validation_fraction: Fraction = 0.1
     patience: Annotated[int, Field(ge=1)] = 3
     ks: tuple[int, ...] = (5, 10)
-    early_stopping_metric: str = "precision@10"
+    early_stopping_metric: str = PRIMARY_METRIC
     eval_users: Annotated[int, Field(ge=1)] | None = 10_000
     validation_users: Annotated[int, Field(ge=1)] = 2_000
     popular_items: Annotated[int, Field(ge=1, le=10_000)] = 100

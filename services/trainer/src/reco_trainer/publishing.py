@@ -44,8 +44,10 @@ def is_published(store: ObjectStore, model_name: str, version: str) -> bool:
 
 
 def event_for(store: ObjectStore, manifest: Manifest) -> ModelPublished:
-    uri = store.uri(ObjectLayout.model_dir(manifest.model_name, manifest.version))
-    return manifest.published(artifact_uri=uri)
+    """The event announcing ``manifest``'s artifact, pinned to the stored manifest's sha256."""
+    prefix = ObjectLayout.model_dir(manifest.model_name, manifest.version)
+    digest = store.sha256(f"{prefix}/{ObjectLayout.MANIFEST}")
+    return manifest.published(artifact_uri=store.uri(prefix), manifest_sha256=digest)
 
 
 async def announce(store: ObjectStore, event: ModelPublished, *, kafka: KafkaSettings) -> None:
