@@ -185,7 +185,12 @@ async def test_the_controller_rolls_the_deployment_and_workers_run_what_it_holds
             return listed if listed and listed["source"] == "personalized" else None
 
         listed = await until(personalized, what=f"{user}'s list", timeout_s=30)
-        served = [(await http.get(f"{w.base_url}/v1/model")).json()["version"] for w in workers]
+        served = [
+            (await http.get(f"{w.base_url}/v1/model", headers=services.CONTROL_HEADERS)).json()[
+                "version"
+            ]
+            for w in workers
+        ]
 
     assert held == second.uri
     assert deployment["metadata"]["annotations"]["reco.dev/model-version"] == second.version

@@ -88,7 +88,10 @@ async def test_a_trained_model_is_rolled_out_and_served_with_its_version(
     model = pipeline.model
     popular = load_artifact(open_store(model.artifact_uri), cache_dir=tmp_path).arrays.popular_items
     async with httpx.AsyncClient() as http:
-        served = (await http.get(f"{pipeline.worker.base_url}/v1/model")).json()
+        reply = await http.get(
+            f"{pipeline.worker.base_url}/v1/model", headers=services.CONTROL_HEADERS
+        )
+        served = reply.json()
     newcomer = await pipeline.listed("newcomer-1")
     user, item = shop.users[0], shop.items[3]
     await pipeline.act(user, item, ActionType.PURCHASE)

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -183,6 +184,30 @@ async def test_bad_records_are_dead_lettered_with_their_reason_and_consumption_g
     assert garbage[DlqHeader.ERROR_TYPE] == b"invalid"
     assert b"JSON" in garbage[DlqHeader.ERROR] or b"json" in garbage[DlqHeader.ERROR]
     assert dict(by_offset["3"].headers)[DlqHeader.ERROR] == b"rejected by handler"
+
+
+async def test_next_version_events_with_an_extra_field_are_processed_not_dead_lettered(
+    kafka_settings: KafkaSettings, producer: AIOKafkaProducer, unique: str
+) -> None:
+    """A producer one schema version ahead adds an optional field: the consumer reads it."""
+    topic = kafka_settings.topics.user_actions
+    await ensure_topics(kafka_settings, topic, Topics.dlq(topic), partitions={topic: 1})
+    newer = [
+        orjson.dumps({**orjson.loads(encode(_action(n))), "schema_version": 2, "channel": "app"})
+        for n in range(3)
+    ]
+    too_new = orjson.dumps({**orjson.loads(encode(_action(3))), "schema_version": 3})
+    await _produce(producer, topic, [*newer, too_new, encode(_action(4))])
+
+    handler = Recorder()
+    consumer = _consumer(kafka_settings, producer, handler, f"g{unique}")
+    await consumer.start()
+    await _run_until(consumer, lambda: len(handler.seen) >= 4)
+    await consumer.stop()
+    assert handler.seen == ["e0", "e1", "e2", "e4"]
+    (dead,) = await _dlq_records(kafka_settings, topic, 1)
+    assert dict(dead.headers)[DlqHeader.OFFSET] == b"3", "only the version two ahead"
+    assert b"schema_version" in dict(dead.headers)[DlqHeader.ERROR]
 
 
 async def test_an_unreachable_broker_fails_fast_naming_the_setting() -> None:

@@ -161,6 +161,9 @@ async def test_a_worker_started_on_a_corrupt_model_stays_not_ready(
         assert readiness.json()["checks"]["model"] is False
         assert (await worker.http.get("/v1/model")).json()["version"] is None
         assert await read_active(redis, redis_settings.keys, MODEL) is None
+        # The model state is not for everyone who reaches the port: no token, no answer.
+        anonymous = await worker.http.get("/v1/model", headers={"Authorization": "Bearer"})
+        assert anonymous.status_code == 401
 
         # A good model posted over HTTP makes it ready.
         assert (

@@ -6,6 +6,8 @@ import orjson
 import pytest
 
 from reco_common.contracts import (
+    READABLE_SCHEMA_VERSIONS,
+    SCHEMA_VERSION,
     ActionType,
     ArchivedOffsets,
     ContractError,
@@ -54,14 +56,23 @@ def test_user_action_round_trips_through_the_one_serializer() -> None:
         ({"action": "teleport"}, "action"),
         ({"weight": -1}, "weight"),
         ({"ts": "2026-01-31T12:00:00"}, "ts"),
-        ({"schema_version": 2}, "schema_version"),
-        ({"surprise": 1}, "surprise"),
+        ({"schema_version": 0}, "schema_version"),
+        ({"schema_version": 3}, "schema_version"),  # two ahead: this reader is too old
+        ({"schema_version": "2"}, "schema_version"),
     ],
 )
 def test_invalid_actions_name_the_field(overrides: dict[str, object], field: str) -> None:
     with pytest.raises(ContractError) as caught:
         decode(UserAction, orjson.dumps(_action(**overrides)))
     assert caught.value.reason.startswith(field)
+
+
+def test_the_next_schema_version_with_an_extra_field_is_read() -> None:
+    """Version N+1 only adds optional fields: a consumer of N reads it and ignores the rest."""
+    assert range(1, SCHEMA_VERSION + 2) == READABLE_SCHEMA_VERSIONS
+    newer = decode(UserAction, orjson.dumps(_action(schema_version=2, surprise={"x": 1})))
+    assert newer.schema_version == 2
+    assert newer == decode(UserAction, orjson.dumps(_action(schema_version=2)))
 
 
 @pytest.mark.parametrize("raw", [b"", b"not json", b"[1,2]", None])

@@ -75,3 +75,14 @@ def test_the_gate_judges_the_primary_metric_by_default_and_never_nothing(
     monkeypatch.setenv("RECO_CONTROLLER_GATE_METRICS", "[]")
     with pytest.raises(ConfigurationError, match="RECO_CONTROLLER_GATE_METRICS"):
         load_settings(Settings)
+
+
+@pytest.mark.parametrize("token", ["", "  "])
+def test_a_blank_worker_token_is_refused_even_in_dev(
+    monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    monkeypatch.setenv("RECO_CONTROLLER_TARGET", "local")
+    monkeypatch.setenv("RECO_CONTROLLER_WORKER_URLS", '{"shop": ["http://127.0.0.1:8081"]}')
+    monkeypatch.setenv("RECO_CONTROLLER_WORKER_TOKEN", token)
+    with pytest.raises(ConfigurationError, match="RECO_CONTROLLER_WORKER_TOKEN"):
+        load_settings(Settings)

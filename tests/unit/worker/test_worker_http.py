@@ -66,8 +66,10 @@ def checks() -> Checks:
 
 
 @asynccontextmanager
-async def serving(models: FakeModels, checks: Checks) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(models=models, token=SecretStr(TOKEN), readiness=checks.as_readiness())
+async def serving(
+    models: FakeModels, checks: Checks, token: str = TOKEN
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(models=models, token=SecretStr(token), readiness=checks.as_readiness())
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://worker") as client:
         yield client
@@ -106,7 +108,7 @@ async def test_metrics_are_exposed(client: httpx.AsyncClient) -> None:
 
 
 async def test_the_active_model_is_reported(client: httpx.AsyncClient) -> None:
-    body = (await client.get("/v1/model")).json()
+    body = (await client.get("/v1/model", headers=auth())).json()
     assert body["model_name"] == "shop"
     assert body["version"] == "v1"
     assert body["model_uri"] == SERVED
@@ -115,12 +117,28 @@ async def test_the_active_model_is_reported(client: httpx.AsyncClient) -> None:
 
 async def test_before_any_model_the_report_is_empty(checks: Checks) -> None:
     async with serving(FakeModels(None), checks) as client:
-        body = (await client.get("/v1/model")).json()
+        body = (await client.get("/v1/model", headers=auth())).json()
     assert body["version"] is None
     assert body["model_uri"] is None
 
 
-@pytest.mark.parametrize("headers", [{}, auth("wrong"), {"Authorization": TOKEN}])
+@pytest.mark.parametrize("headers", [{}, auth("wrong"), auth(""), auth("  ")])
+async def test_reading_the_model_needs_the_token(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    """The port is reachable from the monitoring namespace: the state is not for everyone."""
+    reply = await client.get("/v1/model", headers=headers)
+    assert reply.status_code == 401
+    assert reply.headers["WWW-Authenticate"] == "Bearer"
+
+
+async def test_an_empty_configured_token_does_not_open_the_door(models: FakeModels) -> None:
+    """Defence in depth behind the settings: ``Bearer `` alone never matches."""
+    async with serving(models, Checks(), token="") as client:
+        assert (await client.get("/v1/model", headers=auth(""))).status_code == 401
+
+
+@pytest.mark.parametrize("headers", [{}, auth("wrong"), {"Authorization": TOKEN}, auth("")])
 async def test_loading_a_model_needs_the_token(
     client: httpx.AsyncClient, models: FakeModels, headers: dict[str, str]
 ) -> None:
@@ -155,7 +173,7 @@ async def test_the_served_model_needs_no_reload(
 
 async def test_a_refused_model_is_reported(client: httpx.AsyncClient, models: FakeModels) -> None:
     models.failure = LoadFailure("s3://reco/models/shop/bad", "sha256 mismatch", datetime.now(UTC))
-    body = (await client.get("/v1/model")).json()
+    body = (await client.get("/v1/model", headers=auth())).json()
     assert body["version"] == "v1"
     assert body["last_error"]["model_uri"] == "s3://reco/models/shop/bad"
     assert "sha256" in body["last_error"]["error"]

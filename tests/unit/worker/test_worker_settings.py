@@ -54,3 +54,14 @@ def test_the_group_waits_for_a_bounded_batch_and_evicts_a_silent_member_sooner()
     assert config["heartbeat_interval_ms"] == 3000
     # A healthy batch ends (or is cancelled) before the group gives its partitions away.
     assert config["rebalance_timeout_ms"] == config["max_poll_interval_ms"] > 20_000
+
+
+@pytest.mark.parametrize("token", ["", "   ", "\t", "has space", " padded"])
+def test_an_empty_or_blank_token_is_refused_at_start_even_in_dev(
+    monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    """An empty token made ``Authorization: Bearer`` with nothing after it a valid credential."""
+    monkeypatch.setenv("RECO_ENV", "dev")
+    monkeypatch.setenv("RECO_WORKER_CONTROL_TOKEN", token)
+    with pytest.raises(ValidationError, match="control_token"):
+        WorkerSettings()

@@ -2,7 +2,11 @@
 layout, and the worker's model-control endpoint (the controller's ``local`` target calls it).
 
 Services import these names; none of them spells a topic, a key or an object path itself.
-Every event carries ``schema_version`` so that a consumer can refuse what it does not know.
+Every event carries ``schema_version``. Compatibility rule of the events (docs/architecture.md):
+version N+1 may only add optional fields; a consumer of version N reads versions
+:data:`READABLE_SCHEMA_VERSIONS` (its own, the older ones, and the next) and ignores the fields
+it does not know, so producers can be upgraded before consumers; anything else (a version two
+ahead, a removed or retyped field) is refused and dead-lettered. A breaking change is a new topic.
 Every value on Kafka, in Redis and on the model-control endpoint is a ``msgspec.Struct`` and
 goes through :func:`encode` / :func:`decode`, the one codec, on the writing and the reading side alike: msgspec decodes JSON
 straight into the typed struct, validating as it goes, faster than ``orjson.loads`` into a dict
@@ -18,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
 import orjson
@@ -27,6 +31,7 @@ from msgspec.structs import force_setattr
 from pydantic import Field, ValidationError
 
 SCHEMA_VERSION: Final = 1
+READABLE_SCHEMA_VERSIONS: Final = range(1, SCHEMA_VERSION + 2)
 DLQ_SUFFIX: Final = ".dlq"
 
 # Identifiers are opaque strings; bounded so that a key or a header can never explode. Each
@@ -128,8 +133,12 @@ class DlqHeader(enum.StrEnum):
 # --------------------------------------------------------------------------- events
 
 
-class _Event(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    schema_version: Literal[1] = SCHEMA_VERSION
+class _Event(Struct, frozen=True, kw_only=True):
+    """Unknown fields are ignored (a newer producer's optional additions), see the module doc."""
+
+    schema_version: Annotated[
+        int, Meta(ge=READABLE_SCHEMA_VERSIONS.start, le=READABLE_SCHEMA_VERSIONS.stop - 1)
+    ] = SCHEMA_VERSION
 
 
 class ActionType(enum.StrEnum):

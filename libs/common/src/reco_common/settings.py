@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Self, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reco_common.contracts import RedisKeys, Topics
@@ -18,6 +18,19 @@ from reco_common.contracts import RedisKeys, Topics
 S = TypeVar("S", bound=BaseSettings)
 
 DEV_PLACEHOLDER_SECRETS = frozenset({"recoadmin-secret", "change-me", "dev-token"})
+
+
+def _not_blank(token: SecretStr) -> SecretStr:
+    value = token.get_secret_value()
+    if not value.strip():
+        raise ValueError("must not be empty or white space (it would accept `Bearer ` alone)")
+    if value != value.strip() or any(c.isspace() for c in value):
+        raise ValueError("must not contain white space")
+    return token
+
+
+# A bearer token a service accepts or presents: never empty, never blank, no white space.
+BearerToken = Annotated[SecretStr, AfterValidator(_not_blank)]
 
 
 class Environment(enum.StrEnum):

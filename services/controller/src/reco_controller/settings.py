@@ -16,7 +16,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reco_common.contracts import MODEL_URI_ENV, PRIMARY_METRIC, ModelName
-from reco_common.settings import CommonSettings, Environment, refuse_placeholder
+from reco_common.settings import BearerToken, CommonSettings, Environment, refuse_placeholder
 
 # EventConsumer lets a batch run for at most max_poll_interval (300 s) before the group evicts
 # the member; a rollout is waited for inside the batch, so it must end before. (A failed rollout
@@ -56,7 +56,7 @@ class ControllerSettings(BaseSettings):
 
     # local target
     worker_urls: dict[ModelName, list[AnyHttpUrl]] = {}
-    worker_token: SecretStr = SecretStr("dev-token")
+    worker_token: BearerToken = SecretStr("dev-token")
     worker_timeout_s: PositiveSeconds = 10.0
 
     # quality gate (fails closed: see reco_controller.gate)

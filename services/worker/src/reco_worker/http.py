@@ -3,7 +3,7 @@
 - ``GET /healthz``, ``GET /readyz``, ``GET /metrics``: :mod:`reco_common.ops` (ready when a
   model is loaded, the Kafka consumer runs and Redis answers: :class:`reco_worker.worker.Worker`
   registers the checks);
-- ``GET /v1/model``, ``POST /v1/model`` (bearer token): report the active model, or load a new
+- ``GET /v1/model``, ``POST /v1/model`` (both need the bearer token): report the active model, or load a new
   ``model_uri`` in the background and swap it in when verified (docs/worker.md).
 
 Errors answer in the shared shape (:mod:`reco_common.http_errors`).
@@ -69,8 +69,10 @@ def _models(request: Request) -> ModelControl:
 def _authorized(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
     token: SecretStr = request.app.state.token
     scheme, _, presented = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(
-        presented.encode(), token.get_secret_value().encode()
+    if (
+        scheme.lower() != "bearer"
+        or not presented.strip()
+        or not secrets.compare_digest(presented.encode(), token.get_secret_value().encode())
     ):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -88,7 +90,7 @@ Authorized = Depends(_authorized)
 model = APIRouter(prefix=MODEL_CONTROL_PATH, tags=["model"])
 
 
-@model.get("")
+@model.get("", dependencies=[Authorized], responses={401: {"model": ErrorResponse}})
 async def get_model(models: Models) -> Response:
     return _reply(_state(models.status()))
 

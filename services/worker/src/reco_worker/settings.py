@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, MODEL_URI_ENV, ActionType
 from reco_common.kafka import GroupTimeouts
-from reco_common.settings import CommonSettings, Environment, refuse_placeholder
+from reco_common.settings import BearerToken, CommonSettings, Environment, refuse_placeholder
 from reco_worker.scoring import Policy
 
 Positive = Annotated[float, Field(gt=0)]
@@ -33,7 +33,7 @@ class WorkerSettings(BaseSettings):
     cache_dir: Path = Path("/tmp/reco-worker")
     http_host: str = "0.0.0.0"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8081
-    control_token: SecretStr = SecretStr("dev-token")
+    control_token: BearerToken = SecretStr("dev-token")
     grace_s: Positive = 20.0
     # BLAS threads for scoring: 1 leaves a core to the event loop and measured fastest on 2 cores.
     blas_threads: Annotated[int, Field(ge=1, le=64)] = 1

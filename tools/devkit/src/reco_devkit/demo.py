@@ -312,7 +312,7 @@ class Demo:
                 board.rollouts.append(event)
         urls = [w.base_url for w in self.workers if w.base_url]
         scrape = await scrape_workers(http, urls)
-        board.worker_versions = await worker_versions(http, urls)
+        board.worker_versions = await worker_versions(http, urls, headers=services.CONTROL_HEADERS)
         self._measure(scrape)
         if board.shopper is not None and board.sent:
             self._follow_shopper(await recommendations(http, self.api_url, board.shopper.user_id))

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -109,12 +109,15 @@ async def scrape_workers(http: httpx.AsyncClient, base_urls: Sequence[str]) -> W
     return WorkerScrape(time.monotonic(), applied, total, answered)
 
 
-async def worker_versions(http: httpx.AsyncClient, base_urls: Sequence[str]) -> list[str | None]:
-    """The model version each worker serves (``None``: none yet, or it does not answer)."""
+async def worker_versions(
+    http: httpx.AsyncClient, base_urls: Sequence[str], *, headers: Mapping[str, str]
+) -> list[str | None]:
+    """The model version each worker serves (``None``: none yet, or it does not answer);
+    ``headers`` carry the model-control bearer token."""
 
     async def one(url: str) -> str | None:
         try:
-            reply = await http.get(f"{url}{MODEL_CONTROL_PATH}", timeout=2.0)
+            reply = await http.get(f"{url}{MODEL_CONTROL_PATH}", headers=headers, timeout=2.0)
             return decode(WorkerModelState, reply.content).version
         except (httpx.HTTPError, ContractError):
             return None

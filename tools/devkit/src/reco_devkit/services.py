@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 MODEL_NAME: Final = "shop"
 # The workers' model-control token in these local runs (RECO_ENV=dev accepts any value).
 CONTROL_TOKEN: Final = "devkit-local-token"
+# What a reader of the workers' /v1/model presents (reads need the token too).
+CONTROL_HEADERS: Final = {"Authorization": f"Bearer {CONTROL_TOKEN}"}
 LOCALHOST: Final = "127.0.0.1"
 
 
