@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -8,8 +9,11 @@ import pytest
 
 from reco_common.artifact import (
     ITEM_FACTORS,
+    USER_ITEMS_INDICES,
+    USER_ITEMS_INDPTR,
     ArtifactError,
     ModelArrays,
+    UserItems,
     load_artifact,
     write_artifact,
 )
@@ -82,4 +86,48 @@ def test_shapes_are_checked() -> None:
             user_factors=np.zeros((0, 3), dtype=np.float32),
             popular_items=[],
             popular_scores=[],
+        )
+
+
+def test_training_interactions_round_trip_checksummed(tmp_path: Path) -> None:
+    user_items = UserItems(
+        indptr=np.array([0, 2, 2, 3], dtype=np.int64), indices=np.array([0, 4, 1], dtype=np.int32)
+    )
+    store = open_store((tmp_path / "store").as_uri())
+    uri = write_artifact(
+        store,
+        model_name="shop",
+        version="v1",
+        arrays=dataclasses.replace(_arrays(), user_items=user_items),
+        created_at=datetime.now(UTC),
+        data_snapshot="snap-1",
+        params={},
+        metrics=EvalMetrics(model={}, baseline={}),
+        library_versions={},
+    )
+    loaded = load_artifact(open_store(uri), cache_dir=tmp_path / "cache")
+    assert {USER_ITEMS_INDPTR, USER_ITEMS_INDICES} <= loaded.manifest.files.keys()
+    assert loaded.arrays.user_items is not None
+    assert loaded.arrays.user_items.of(0).tolist() == [0, 4]
+    assert loaded.arrays.user_items.of(1).tolist() == []
+    assert loaded.arrays.user_items.of(2).tolist() == [1]
+    damaged = tmp_path / "store" / "models" / "shop" / "v1" / USER_ITEMS_INDICES
+    damaged.write_bytes(damaged.read_bytes()[:-4] + b"\0\0\0\3")
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_artifact(open_store(uri), cache_dir=tmp_path / "cache2")
+
+
+def test_an_artifact_without_training_interactions_loads_without_them(tmp_path: Path) -> None:
+    uri = _write(open_store((tmp_path / "store").as_uri()))
+    assert load_artifact(open_store(uri), cache_dir=tmp_path / "cache").arrays.user_items is None
+
+
+def test_training_interactions_must_index_the_catalog() -> None:
+    with pytest.raises(ArtifactError, match="item rows"):
+        dataclasses.replace(
+            _arrays(),
+            user_items=UserItems(
+                indptr=np.array([0, 1, 1, 1], dtype=np.int64),
+                indices=np.array([9], dtype=np.int32),
+            ),
         )

@@ -86,3 +86,15 @@ def test_prepare_builds_fit_validation_and_test_on_the_fit_vocabulary(tmp_path: 
         parts.train, parts.held_out, TrainParams(validation_fraction=0), SplitKind.TEMPORAL
     )
     assert no_validation.validation is None
+
+
+def test_the_validation_split_holds_out_a_share_of_every_user(tmp_path: Path) -> None:
+    rows = [f"u{n % 4},i{n},{n},view" for n in range(40)]  # 10 interactions per user
+    log = _log(tmp_path, rows)
+    newest = dataset.split_per_user(log, kind=SplitKind.TEMPORAL, fraction=0.2, seed=0)
+    held = newest.held_out.table.to_pylist()
+    assert sorted(r["item_id"] for r in held) == sorted(f"i{n}" for n in range(32, 40))
+    shuffled = dataset.split_per_user(log, kind=SplitKind.RANDOM, fraction=0.2, seed=0)
+    users = [r["user_id"] for r in shuffled.held_out.table.to_pylist()]
+    assert sorted(users) == ["u0", "u0", "u1", "u1", "u2", "u2", "u3", "u3"]
+    assert len(shuffled.train) == 32

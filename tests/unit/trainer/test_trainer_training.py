@@ -65,7 +65,7 @@ def test_early_stopping_keeps_the_best_epoch(
         return {"precision@10": next(script)}
 
     monkeypatch.setattr(training, "evaluate", scripted)
-    params = TrainParams(components=4, epochs=6, patience=2, threads=1)
+    params = TrainParams(components=4, epochs=6, patience=2, min_epochs=1, threads=1)
     result = fit(
         data,
         params=params,
@@ -79,6 +79,30 @@ def test_early_stopping_keeps_the_best_epoch(
     assert [e.metrics["precision@10"] for e in result.history] == [0.1, 0.3, 0.2, 0.25]
     users, items = representations(result.model, None, None)
     np.testing.assert_allclose(factor_scorer(users, items)(np.arange(3)), seen[1], rtol=1e-6)
+
+
+def test_early_stopping_waits_for_the_minimum_epochs(
+    data: dataset.LightfmInput, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script: Iterator[float] = iter([0.5, 0.1, 0.1, 0.1, 0.1, 0.6, 0.1, 0.1, 0.1, 0.1])
+
+    def scripted(score: Scorer, validation: EvalSet, **_: object) -> dict[str, float]:
+        return {"precision@10": next(script)}
+
+    monkeypatch.setattr(training, "evaluate", scripted)
+    params = TrainParams(components=4, epochs=10, patience=2, min_epochs=6, threads=1)
+    result = fit(
+        data,
+        params=params,
+        item_features=None,
+        user_features=None,
+        validation=_validation(data),
+        progress=LogProgress(params.epochs),
+    )
+    # A dip right after epoch 1 would have stopped at epoch 3; the minimum carries it to the
+    # late peak, and patience then stops two epochs after it.
+    assert result.best_epoch == 6
+    assert result.epochs_run == 8
 
 
 def test_progress_lines_name_epoch_and_metric(

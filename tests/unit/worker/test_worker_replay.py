@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 from typer.testing import CliRunner
 from worker_models import clustered_arrays
 
-from reco_common.artifact import write_artifact
+from reco_common.artifact import ItemNeighbours, UserItems, write_artifact
 from reco_common.contracts import EvalMetrics
 from reco_common.interactions import Interactions
 from reco_common.storage import open_store
@@ -50,7 +52,12 @@ def test_real_time_lists_follow_a_drifting_user(clustered: ServingModel) -> None
     assert first["realtime"]["hit_rate"] == 15 / 16
     assert first["lift"]["hit_rate"] == (15 / 16) / (6 / 16) - 1
     assert first["popular"]["hit_rate"] == 12 / 16
+    # Naive: the stranger's mean embedding is cluster 3 as well (7 hits after the first
+    # event); u0's trained vector plus that mean splits the list between clusters 0 and 2.
+    assert first["naive"]["hit_rate"] == 13 / 16
+    assert first["lift_over_naive"]["hit_rate"] == (15 / 16) / (13 / 16) - 1
     assert "lift realtime/static" in summary(report)
+    assert "lift realtime/naive" in summary(report)
 
 
 def test_repeats_count_only_in_all_events(clustered: ServingModel) -> None:
@@ -110,3 +117,40 @@ def test_the_command_writes_a_report(tmp_path: Path) -> None:
     assert report["policy"]["blend"] == 0.7
     assert report["first_time"]["realtime"]["hit_rate"] == 15 / 16
     assert "lift realtime/static" in result.output
+
+
+def test_the_naive_baseline_gets_no_neighbours_and_static_lists_no_training_items(
+    clustered: ServingModel,
+) -> None:
+    arrays = clustered_arrays()
+    n = len(arrays.item_ids)
+    rows = np.full((n, 1), -1, dtype=np.int32)
+    rows[arrays.item_ids.index("i2-0"), 0] = arrays.item_ids.index("i3-0")
+    trained_on = sorted(arrays.item_ids.index(f"i0-{k}") for k in range(20))
+    model = ServingModel(
+        name="shop",
+        version="v1",
+        uri="file:///m",
+        arrays=dataclasses.replace(
+            arrays,
+            neighbours=ItemNeighbours(rows, np.ones((n, 1), dtype=np.float32)),
+            user_items=UserItems(
+                np.array([0, 20, 20, 20, 20], dtype=np.int64), np.array(trained_on, np.int32)
+            ),
+        ),
+    )
+    table = pa.table(
+        {
+            "user_id": ["u0", "u0", "u0"],
+            "item_id": ["i0-20", "i2-0", "i3-0"],
+            "weight": pa.array([1.0, 1.0, 1.0], pa.float32()),
+            "ts": [T0, T0 + 1, T0 + 2],
+        }
+    )
+    policy = Policy(blend=0.0, neighbour_weight=100.0)
+    report = replay(model, Interactions(table, ()), policy=policy, history_len=50, k=5)
+    # The static list skips the 20 trained items of cluster 0 and holds the other five.
+    assert report["all"]["static"]["hit_rate"] == 1 / 3
+    # After i2-0 only the real-time list brings its neighbour i3-0 to the top.
+    assert report["all"]["realtime"]["hit_rate"] == 2 / 3
+    assert report["all"]["naive"]["hit_rate"] == 1 / 3

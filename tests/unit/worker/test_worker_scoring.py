@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from worker_models import clustered_arrays, random_arrays
 
+from reco_common.artifact import ItemNeighbours, UserItems
 from reco_common.contracts import ActionType, HistoryEntry
 from reco_worker.scoring import (
     Policy,
     ServingModel,
     Source,
+    naive_query,
     recent_vector,
     recommend,
 )
@@ -192,3 +196,98 @@ def test_seen_items_can_be_kept_for_repeat_purchases(clustered: ServingModel) ->
     assert kept.items == before.items
     (popular,) = recommend(clustered, [("stranger", [entry("nope")])], Policy(exclude_seen=False))
     assert popular.items[:3] == clustered.popular_items[:3]
+
+
+def with_training_items(items_of_u0: list[str]) -> ServingModel:
+    arrays = clustered_arrays()
+    rows = sorted(arrays.item_ids.index(i) for i in items_of_u0)
+    indptr = np.array([0, len(rows), len(rows), len(rows), len(rows)], dtype=np.int64)
+    arrays = dataclasses.replace(
+        arrays, user_items=UserItems(indptr, np.asarray(rows, dtype=np.int32))
+    )
+    return ServingModel(name="shop", version="v1", uri="file:///m", arrays=arrays)
+
+
+def test_a_known_users_training_items_are_excluded_with_the_live_history(
+    clustered: ServingModel,
+) -> None:
+    (before,) = recommend(clustered, [("u0", [])], Policy(top_n=10))
+    model = with_training_items(before.items[:3])
+    (after,) = recommend(model, [("u0", [entry(before.items[3])])], Policy(top_n=10, blend=0))
+    assert not set(after.items) & set(before.items[:4])
+    assert after.items[:6] == before.items[4:]
+    (other,) = recommend(model, [("u1", [])], Policy(top_n=10))
+    assert other.items == recommend(clustered, [("u1", [])], Policy(top_n=10))[0].items
+
+
+def test_training_items_are_kept_when_the_policy_keeps_seen_items(
+    clustered: ServingModel,
+) -> None:
+    (before,) = recommend(clustered, [("u0", [])], Policy(top_n=10))
+    model = with_training_items(before.items[:3])
+    (kept,) = recommend(model, [("u0", [])], Policy(top_n=10, exclude_seen=False))
+    assert kept.items == before.items
+
+
+def test_the_naive_baseline_adds_the_plain_mean_of_the_last_ten_items() -> None:
+    arrays = random_arrays(n_items=30, n_users=2, dim=3, seed=4)
+    model = ServingModel(name="shop", version="v1", uri="file:///m", arrays=arrays)
+    history = [entry(f"i{n}", ts=T0 + n) for n in range(12)] + [entry("unknown", ts=T0 + 99)]
+    query, source = naive_query(model, "u1", history, Policy())
+    last_ten = arrays.item_factors[2:12, :-1].astype(np.float64).mean(axis=0)
+    assert source is Source.BLEND
+    assert query is not None
+    np.testing.assert_allclose(query[:-1], arrays.user_factors[1, :-1] + last_ten, rtol=1e-6)
+    assert query[-1] == 1.0
+    cold, cold_source = naive_query(model, "stranger", history[:2], Policy())
+    assert cold_source is Source.RECENT
+    assert cold is not None
+    np.testing.assert_allclose(cold[:-1], arrays.item_factors[:2, :-1].mean(axis=0), rtol=1e-6)
+    assert naive_query(model, "stranger", [], Policy()) == (None, Source.POPULAR)
+
+
+@pytest.mark.parametrize("exact_max", [10**9, 0])
+def test_a_bonus_is_added_exactly_on_both_selection_paths(exact_max: int) -> None:
+    items = random_arrays(n_items=5_000, n_users=1, dim=8, seed=5).item_factors
+    selector = TopSelector(items, exact_max=exact_max, sample_size=1024, block_cells=20 * 1000)
+    rng = np.random.default_rng(2)
+    queries = np.concatenate([rng.standard_normal((20, 8)), np.ones((20, 1))], axis=1)
+    queries = queries.astype(np.float32)
+    exclude = [np.sort(rng.choice(len(items), size=5, replace=False)) for _ in range(20)]
+    bonus = []
+    for excluded in exclude:
+        rows = np.setdiff1d(rng.choice(len(items), size=30, replace=False), excluded)
+        bonus.append((rows.astype(np.intp), rng.uniform(0, 5, size=len(rows)).astype(np.float32)))
+    got = selector.select(queries, exclude, 10, bonus)
+    for i, (query, excluded, (rows, extra)) in enumerate(zip(queries, exclude, bonus, strict=True)):
+        brute = items @ query
+        brute[rows] += extra
+        brute[excluded] = -np.inf
+        assert got.items[i].tolist() == np.argsort(-brute, kind="stable")[:10].tolist()
+        np.testing.assert_allclose(got.scores[i], np.sort(brute)[::-1][:10], rtol=1e-5)
+
+
+def test_neighbours_of_the_last_items_lift_what_goes_with_them() -> None:
+    arrays = clustered_arrays()
+    n = len(arrays.item_ids)
+    rows = np.full((n, 2), -1, dtype=np.int32)
+    scores = np.zeros((n, 2), dtype=np.float32)
+    rows[arrays.item_ids.index("i2-0")] = [arrays.item_ids.index("i3-7"), -1]
+    scores[arrays.item_ids.index("i2-0")] = [1.0, 0.0]
+    model = ServingModel(
+        name="shop",
+        version="v1",
+        uri="file:///m",
+        arrays=dataclasses.replace(arrays, neighbours=ItemNeighbours(rows, scores)),
+    )
+    history = [entry("i2-0")]
+    (plain,) = recommend(model, [("u0", history)], Policy(top_n=5))
+    assert "i3-7" not in plain.items
+    (lifted,) = recommend(model, [("u0", history)], Policy(top_n=5, neighbour_weight=100.0))
+    assert lifted.items[0] == "i3-7"
+    assert lifted.items[1:] == plain.items[:4]
+    # A neighbour the user already has stays out.
+    (seen,) = recommend(
+        model, [("u0", [entry("i3-7"), *history])], Policy(top_n=5, neighbour_weight=100.0)
+    )
+    assert "i3-7" not in seen.items

@@ -7,6 +7,13 @@
   matrix product gives LightFM's ranking (the user's own bias does not change it);
 - ``item_ids.json`` / ``user_ids.json``: the external ids, row by row;
 - ``popular.json``: the popularity fallback (items and scores, best first);
+- ``user_items_indptr.npy`` int64 ``[n_users + 1]`` and ``user_items_indices.npy`` int32: each
+  user's training interactions as CSR rows (item rows of user row ``u`` are
+  ``indices[indptr[u]:indptr[u + 1]]``), so that serving can leave out what a user already has.
+  Optional: an artifact written before them loads with no training interactions;
+- ``item_neighbours.npy`` int32 and ``item_neighbour_scores.npy`` float32, both ``[n_items, K]``:
+  each item's ``K`` most similar items by co-occurrence (cosine over the training users), best
+  first, ``-1``/``0`` padding; optional like the training interactions;
 - ``manifest.json`` last: parameters, metrics, data snapshot, library versions and the sha256
   of every other file. A directory without a manifest is not a model.
 
@@ -56,8 +63,55 @@ ITEM_IDS = "item_ids.json"
 USER_IDS = "user_ids.json"
 POPULAR = "popular.json"
 REQUIRED_FILES = frozenset({ITEM_FACTORS, USER_FACTORS, ITEM_IDS, USER_IDS, POPULAR})
+USER_ITEMS_INDPTR = "user_items_indptr.npy"
+USER_ITEMS_INDICES = "user_items_indices.npy"
+NEIGHBOURS = "item_neighbours.npy"
+NEIGHBOUR_SCORES = "item_neighbour_scores.npy"
 
 FloatMatrix = npt.NDArray[np.float32]
+IndexArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemNeighbours:
+    """Row ``i``: the item rows most similar to item ``i``, best first (``-1``: none), and
+    their similarity scores (``0`` for padding)."""
+
+    rows: npt.NDArray[np.int32]
+    scores: FloatMatrix
+
+    def check(self, n_items: int) -> None:
+        if self.rows.ndim != 2 or self.rows.shape[0] != n_items:
+            raise ArtifactError(f"item_neighbours must be [{n_items}, K]")
+        if self.scores.shape != self.rows.shape:
+            raise ArtifactError("item_neighbour_scores must have the shape of item_neighbours")
+        if self.rows.size and (self.rows.min() < -1 or self.rows.max() >= n_items):
+            raise ArtifactError(f"item_neighbours must be item rows in [0, {n_items}) or -1")
+
+
+@dataclass(frozen=True, slots=True)
+class UserItems:
+    """Each user's training items in CSR form: the rows of user ``u`` are
+    ``indices[indptr[u]:indptr[u + 1]]`` (item rows of the model, sorted)."""
+
+    indptr: IndexArray
+    indices: npt.NDArray[np.int32]
+
+    @staticmethod
+    def empty(n_users: int) -> UserItems:
+        return UserItems(np.zeros(n_users + 1, dtype=np.int64), np.empty(0, dtype=np.int32))
+
+    def of(self, user_row: int) -> npt.NDArray[np.int32]:
+        return self.indices[self.indptr[user_row] : self.indptr[user_row + 1]]
+
+    def check(self, n_users: int, n_items: int) -> None:
+        indptr, indices = self.indptr, self.indices
+        if indptr.shape != (n_users + 1,) or indptr[0] != 0 or indptr[-1] != len(indices):
+            raise ArtifactError(f"user_items indptr must be [{n_users + 1}] from 0 to nnz")
+        if np.any(np.diff(indptr) < 0):
+            raise ArtifactError("user_items indptr must not decrease")
+        if len(indices) and (indices.min() < 0 or indices.max() >= n_items):
+            raise ArtifactError(f"user_items indices must be item rows in [0, {n_items})")
 
 
 class ArtifactError(RuntimeError):
@@ -118,6 +172,8 @@ class ModelArrays:
     user_factors: FloatMatrix
     popular_items: list[str]
     popular_scores: list[float]
+    user_items: UserItems | None = None
+    neighbours: ItemNeighbours | None = None
 
     def __post_init__(self) -> None:
         for name, ids, matrix in (
@@ -131,6 +187,10 @@ class ModelArrays:
                 )
         if self.item_factors.shape[1] != self.user_factors.shape[1]:
             raise ArtifactError("item and user factors differ in width")
+        if self.user_items is not None:
+            self.user_items.check(len(self.user_ids), len(self.item_ids))
+        if self.neighbours is not None:
+            self.neighbours.check(len(self.item_ids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,16 +232,23 @@ def write_artifact(
 
 
 def _encode_files(arrays: ModelArrays) -> dict[str, bytes]:
-    return {
+    files = {
         ITEM_FACTORS: _npy(arrays.item_factors),
         USER_FACTORS: _npy(arrays.user_factors),
         ITEM_IDS: dumps(arrays.item_ids),
         USER_IDS: dumps(arrays.user_ids),
         POPULAR: encode(PopularList(items=arrays.popular_items, scores=arrays.popular_scores)),
     }
+    if arrays.user_items is not None:
+        files[USER_ITEMS_INDPTR] = _npy(arrays.user_items.indptr.astype(np.int64))
+        files[USER_ITEMS_INDICES] = _npy(arrays.user_items.indices.astype(np.int32))
+    if arrays.neighbours is not None:
+        files[NEIGHBOURS] = _npy(arrays.neighbours.rows.astype(np.int32))
+        files[NEIGHBOUR_SCORES] = _npy(arrays.neighbours.scores.astype(np.float32))
+    return files
 
 
-def _npy(matrix: FloatMatrix) -> bytes:
+def _npy(matrix: npt.NDArray[Any]) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(matrix), allow_pickle=False)
     return buffer.getvalue()
@@ -253,6 +320,8 @@ def load_artifact(
         user_factors=np.load(local / USER_FACTORS, mmap_mode="r", allow_pickle=False),
         popular_items=popular.items,
         popular_scores=popular.scores,
+        user_items=_user_items(local, manifest),
+        neighbours=_neighbours(local, manifest),
     )
     logger.info(
         "loaded model %s/%s: %d users, %d items, dim %d",
@@ -274,3 +343,26 @@ def _cache_path(cache_dir: Path, manifest: Manifest) -> Path:
     if not local.is_relative_to(root) or local == root or escaping:
         raise ArtifactError(f"{manifest.model_name}/{manifest.version}: leaves the cache directory")
     return local
+
+
+def _optional_pair(
+    local: Path, manifest: Manifest, names: tuple[str, str]
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any]] | None:
+    """Two arrays that an artifact carries together or not at all."""
+    present = set(names) & manifest.files.keys()
+    if not present:
+        return None
+    if len(present) == 1:
+        raise ArtifactError(f"{manifest.version}: {present.pop()} without its pair")
+    first, second = (np.load(local / name, allow_pickle=False) for name in names)
+    return first, second
+
+
+def _user_items(local: Path, manifest: Manifest) -> UserItems | None:
+    pair = _optional_pair(local, manifest, (USER_ITEMS_INDPTR, USER_ITEMS_INDICES))
+    return None if pair is None else UserItems(indptr=pair[0], indices=pair[1])
+
+
+def _neighbours(local: Path, manifest: Manifest) -> ItemNeighbours | None:
+    pair = _optional_pair(local, manifest, (NEIGHBOURS, NEIGHBOUR_SCORES))
+    return None if pair is None else ItemNeighbours(rows=pair[0], scores=pair[1])

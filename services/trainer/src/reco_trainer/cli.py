@@ -1,4 +1,5 @@
-"""The ``reco-trainer`` command line: ``train`` (files), ``run`` (the CronJob), ``synth`` (data).
+"""The ``reco-trainer`` command line: ``train`` (files), ``tune`` (a parameter search, then
+train), ``run`` (the CronJob), ``synth`` (data).
 
 Every command builds :class:`~reco_trainer.settings.Settings` from the environment, lets its
 flags override them, and turns a failure into one clear error line and a non-zero exit code
@@ -18,18 +19,19 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from reco_common.artifact import ArtifactError
+from reco_common.artifact import ArtifactError, read_manifest
 from reco_common.contracts import ActionType, describe_validation_error
 from reco_common.interactions import InteractionsError, LogFormat, column_map, is_log_file
 from reco_common.kafka import KafkaUnavailableError
 from reco_common.service import load_service_settings
-from reco_common.settings import ConfigurationError
-from reco_common.storage import ObjectNotFoundError, open_store
+from reco_common.settings import ConfigurationError, S3Settings
+from reco_common.storage import ObjectNotFoundError, as_uri, open_store
 from reco_trainer import producing
 from reco_trainer.params import Loss, SplitKind, TrainParams, Weighting
 from reco_trainer.pipeline import Inputs, Job, Outcome, run_job
 from reco_trainer.settings import Settings
 from reco_trainer.snapshot import SnapshotError, archive_location, archive_topic
+from reco_trainer.tune import Budget, tuned_values
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +161,9 @@ def train(
         bool | None,
         typer.Option("--refit/--no-refit", help="Retrain on all data after evaluation."),
     ] = None,
+    params_from: ParamsFrom = None,
+    tune: TuneTrials = None,
+    tune_minutes: TuneMinutes = 10.0,
 ) -> None:
     """Train on interaction files, evaluate against popularity, store and publish the model."""
     settings = load_service_settings(Settings, service="trainer")
@@ -185,7 +190,10 @@ def train(
     weights = _action_weights(action_weight or [])
 
     def job() -> Outcome:
-        params = _params(settings.trainer.params, overrides, weights)
+        base = _reused(
+            settings.trainer.params, params_from or settings.trainer.params_from, settings.s3
+        )
+        params = _params(base, overrides, weights)
         do_publish = settings.trainer.publish if publish is None else publish
         return run_job(
             Job(
@@ -195,6 +203,7 @@ def train(
                 s3=settings.s3,
                 kafka=settings.kafka if do_publish else None,
                 metrics_out=metrics_out or settings.trainer.metrics_out,
+                tune=_budget(tune, tune_minutes),
             ),
             Inputs(
                 interactions=interactions,
@@ -209,6 +218,33 @@ def train(
     _summarise(_guarded(job))
 
 
+ParamsFrom = Annotated[
+    str | None,
+    typer.Option(help="Reuse the tuned parameters recorded in this model artifact's manifest."),
+]
+TuneTrials = Annotated[
+    int | None,
+    typer.Option(min=1, help="Search the parameters first, with at most this many trials."),
+]
+TuneMinutes = Annotated[
+    float, typer.Option(min=0.01, help="Time budget of the search (with --tune).")
+]
+
+
+def _budget(trials: int | None, minutes: float) -> Budget | None:
+    return None if trials is None else Budget(trials=trials, budget_s=minutes * 60)
+
+
+def _reused(base: TrainParams, artifact: str | None, s3: S3Settings) -> TrainParams:
+    """``base`` with the tuned values of ``artifact``'s manifest (a search of an earlier run)."""
+    if artifact is None:
+        return base
+    manifest = read_manifest(open_store(as_uri(artifact), s3=s3))
+    values = tuned_values(manifest.params)
+    logger.info("parameters from %s %s: %s", manifest.model_name, manifest.version, values)
+    return base.updated(values)
+
+
 def _params(base: TrainParams, overrides: dict[str, Any], weights: dict[str, float]) -> TrainParams:
     values = base.model_dump()
     values.update({key: value for key, value in overrides.items() if value is not None})
@@ -217,7 +253,60 @@ def _params(base: TrainParams, overrides: dict[str, Any], weights: dict[str, flo
 
 
 @app.command()
-def run() -> None:
+def tune(
+    interactions: Annotated[
+        list[str],
+        typer.Option(
+            "--interactions", "-i", help="Interaction file, directory or URI (repeatable)."
+        ),
+    ],
+    trials: Annotated[int, typer.Option(min=1, help="At most this many trials.")] = 50,
+    minutes: Annotated[float, typer.Option(min=0.01, help="Time budget of the search.")] = 10.0,
+    test: Annotated[
+        str | None, typer.Option(help="Explicit held-out interactions instead of a split.")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option(help="Store root (file://… or s3://…) for models/.")
+    ] = None,
+    model_name: Annotated[str | None, typer.Option(help="Model name (default: settings).")] = None,
+    publish: Annotated[
+        bool | None, typer.Option("--publish/--no-publish", help="Announce on Kafka.")
+    ] = None,
+    metrics_out: Annotated[
+        Path | None, typer.Option(help="Write the evaluation JSON here (and a .png beside it).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="Training threads.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+) -> None:
+    """Search the parameters with Optuna (validation metric, pruning), then train with the
+    best ones; the manifest keeps them for ``--params-from``. Other parameters: settings."""
+    settings = load_service_settings(Settings, service="trainer")
+    overrides = {"threads": threads, "seed": seed}
+
+    def job() -> Outcome:
+        do_publish = settings.trainer.publish if publish is None else publish
+        return run_job(
+            Job(
+                model_name=model_name or settings.trainer.model_name,
+                store_uri=output or settings.trainer.store_uri,
+                params=_params(settings.trainer.params, overrides, {}),
+                s3=settings.s3,
+                kafka=settings.kafka if do_publish else None,
+                metrics_out=metrics_out or settings.trainer.metrics_out,
+                tune=Budget(trials=trials, budget_s=minutes * 60),
+            ),
+            Inputs(interactions=interactions, test=test),
+        )
+
+    _summarise(_guarded(job))
+
+
+@app.command()
+def run(
+    params_from: ParamsFrom = None,
+    tune: TuneTrials = None,
+    tune_minutes: TuneMinutes = 10.0,
+) -> None:
     """The CronJob: archive the topic snapshot, train on all snapshots + base files, publish."""
     settings = load_service_settings(Settings, service="trainer")
     trainer = settings.trainer
@@ -244,10 +333,11 @@ def run() -> None:
             Job(
                 model_name=trainer.model_name,
                 store_uri=trainer.store_uri,
-                params=trainer.params,
+                params=_reused(trainer.params, params_from or trainer.params_from, settings.s3),
                 s3=settings.s3,
                 kafka=settings.kafka if trainer.publish else None,
                 metrics_out=trainer.metrics_out,
+                tune=_budget(tune, tune_minutes),
             ),
             Inputs(
                 interactions=locations,

@@ -73,6 +73,26 @@ def split(log: Interactions, *, kind: SplitKind, fraction: float, seed: int) -> 
     return Split(train=log.take(~held), held_out=log.take(held), kind=kind)
 
 
+def split_per_user(log: Interactions, *, kind: SplitKind, fraction: float, seed: int) -> Split:
+    """Hold out ``fraction`` (rounded) of each user's interactions: their newest (temporal) or a
+    seeded random subset. Every active user is in the held-out part, so a metric over it moves
+    in fine steps (a global split of the same size covers far fewer users)."""
+    kind = resolve_kind(log, kind)
+    users = np.asarray(pc.dictionary_encode(log.user_ids()).combine_chunks().indices)
+    n = len(log)
+    # The log is sorted by time, so ``-position`` puts each user's newest first.
+    newest_first = kind is SplitKind.TEMPORAL
+    within = -np.arange(n) if newest_first else np.random.default_rng(seed).random(n)
+    order = np.lexsort((within, users))
+    sorted_users = users[order]
+    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
+    counts = np.diff(np.r_[starts, n])
+    rank = np.arange(n) - np.repeat(starts, counts)
+    held = np.zeros(n, dtype=np.bool_)
+    held[order] = rank < np.repeat(np.round(fraction * counts), counts)
+    return Split(train=log.take(~held), held_out=log.take(held), kind=kind)
+
+
 def resolve_kind(log: Interactions, kind: SplitKind) -> SplitKind:
     if kind is SplitKind.AUTO:
         return SplitKind.TEMPORAL if log.has_timestamps else SplitKind.RANDOM
@@ -107,7 +127,12 @@ class LightfmInput:
 
 def lightfm_input(summed: sp.csr_matrix, weighting: Weighting) -> LightfmInput:
     coo = summed.tocoo()
-    data = np.log1p(coo.data) if weighting is Weighting.LOG else coo.data
+    if weighting is Weighting.LOG:
+        data = np.log1p(coo.data)
+    elif weighting is Weighting.BINARY:
+        data = np.ones_like(coo.data)
+    else:
+        data = coo.data
     ones = sp.coo_matrix((np.ones_like(coo.data), (coo.row, coo.col)), shape=coo.shape)
     weights = sp.coo_matrix((data.astype(np.float32), (coo.row, coo.col)), shape=coo.shape)
     return LightfmInput(interactions=ones, weights=weights)
@@ -163,10 +188,16 @@ class Prepared:
 def prepare(
     train: Interactions, test: Interactions, params: TrainParams, kind: SplitKind
 ) -> Prepared:
-    """Carve the validation part out of ``train`` (for early stopping) and build the matrices."""
+    """Carve the validation part out of ``train`` (for early stopping: each user's newest or a
+    random share of their interactions, see :func:`split_per_user`) and build the matrices."""
     fit_log, validation_log = train, None
     if params.early_stopping:
-        inner = split(train, kind=kind, fraction=params.validation_fraction, seed=params.seed + 1)
+        inner = split_per_user(
+            train,
+            kind=kind if params.validation_split is SplitKind.AUTO else params.validation_split,
+            fraction=params.validation_fraction,
+            seed=params.seed + 1,
+        )
         fit_log, validation_log = inner.train, inner.held_out
     users, items = Vocab.of(fit_log.user_ids()), Vocab.of(fit_log.item_ids())
     fit = matrix(fit_log, users, items)

@@ -14,7 +14,7 @@ import logging
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
+from lightfm import LightFM
 
-from reco_common.artifact import Manifest, ModelArrays, write_artifact
+from reco_common.artifact import Manifest, ModelArrays, UserItems, write_artifact
 from reco_common.contracts import EvalMetrics, ObjectLayout
 from reco_common.interactions import (
     ITEM_ID,
@@ -46,10 +47,19 @@ from reco_trainer.evaluation import (
     popularity_scorer,
     popularity_scores,
 )
+from reco_trainer.neighbours import item_neighbours
 from reco_trainer.params import TrainParams
 from reco_trainer.progress import EpochProgress, progress_for
 from reco_trainer.report import Report
-from reco_trainer.training import Factors, FitResult, fit, representations
+from reco_trainer.training import (
+    Factors,
+    FitResult,
+    choose_bias_scale,
+    fit,
+    representations,
+    with_bias_scale,
+)
+from reco_trainer.tune import Budget, Search, search_parameters
 from reco_trainer.versioning import data_fingerprint, model_version
 
 logger = logging.getLogger(__name__)
@@ -88,6 +98,12 @@ class Job:
     kafka: KafkaSettings | None  # None: never publish (--no-publish)
     metrics_out: Path | None = None
     progress: Callable[[int], EpochProgress] = progress_for
+    tune: Budget | None = None  # search the parameters first (reco_trainer.tune)
+
+    def identity(self) -> dict[str, Any]:
+        """What names the model: the parameters, and the search budget when there is one."""
+        budget = {"tune": asdict(self.tune)} if self.tune is not None else {}
+        return {**self.params.identity(), **budget}
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +137,7 @@ def run_job(job: Job, inputs: Inputs) -> Outcome:
     data = _read(job, inputs)
     fingerprint = data_fingerprint(data.sources, reading=inputs.reading)
     newest = float(data.log.timestamps().max()) if data.log.has_timestamps else None
-    version = model_version(data=fingerprint, params=job.params.identity(), newest_ts=newest)
+    version = model_version(data=fingerprint, params=job.identity(), newest_ts=newest)
     store = open_store(job.store_uri, s3=job.s3)
     existing = publishing.existing_manifest(store, job.model_name, version)
     if existing is not None:
@@ -194,6 +210,8 @@ class _Trained:
     arrays: ModelArrays
     report: Report
     result: FitResult
+    params: TrainParams  # as trained: the job's, or the search's best
+    search: Search | None
 
 
 def _train(job: Job, data: _Data, *, version: str, fingerprint: str) -> _Trained:
@@ -218,6 +236,20 @@ def _train(job: Job, data: _Data, *, version: str, fingerprint: str) -> _Trained
         if prepared.validation is not None
         else None
     )
+    search = None
+    if job.tune is not None:
+        if validation is None or not validation.users.size:
+            raise ValueError("tuning needs a validation split: set --validation-fraction above 0")
+        search = search_parameters(
+            prepared.fit,
+            validation,
+            params=params,
+            budget=job.tune,
+            item_features=item_features,
+            user_features=user_features,
+            progress=job.progress,
+        )
+        params = params.updated(search.best)
     result = fit(
         dataset.lightfm_input(prepared.fit, params.weighting),
         params=params,
@@ -226,15 +258,25 @@ def _train(job: Job, data: _Data, *, version: str, fingerprint: str) -> _Trained
         validation=validation if validation is not None and validation.users.size else None,
         progress=job.progress(params.epochs),
     )
-    user_factors, item_factors = representations(result.model, item_features, user_features)
+    bias_scale = _bias_scale(result.model, validation, params, item_features, user_features)
+    model = result.model
+    if params.fold_validation and validation is not None and validation.users.size:
+        model = _fold_validation(
+            job, params, prepared, result.best_epoch, item_features, user_features
+        )
+    user_factors, item_factors = representations(model, item_features, user_features)
+    item_factors = with_bias_scale(item_factors, bias_scale)
     trained_s = time.perf_counter() - started
     metrics, validation_baseline = _evaluate(
         prepared, user_factors, item_factors, validation, params
     )
     evaluated_s = time.perf_counter() - started - trained_s
-    users, items = prepared.users, prepared.items
+    users, items, seen = prepared.users, prepared.items, prepared.known_at_test
     if params.refit:
-        users, items, user_factors, item_factors = _refit(job, data, result.best_epoch)
+        users, items, seen, user_factors, item_factors = _refit(
+            job, params, data, result.best_epoch
+        )
+        item_factors = with_bias_scale(item_factors, bias_scale)
     popular_items, popular_scores = _popular(data, params.popular_items)
     arrays = ModelArrays(
         item_ids=items.to_list(),
@@ -243,6 +285,8 @@ def _train(job: Job, data: _Data, *, version: str, fingerprint: str) -> _Trained
         user_factors=user_factors,
         popular_items=popular_items,
         popular_scores=popular_scores,
+        user_items=user_items(seen),
+        neighbours=item_neighbours(seen, k=params.neighbours) if params.neighbours else None,
     )
     report = Report(
         model_name=job.model_name,
@@ -260,10 +304,12 @@ def _train(job: Job, data: _Data, *, version: str, fingerprint: str) -> _Trained
             "items": len(prepared.items),
             "fit_pairs": prepared.fit.nnz,
             "epochs_run": result.epochs_run,
+            "bias_scale": bias_scale,
             "refit": params.refit,
             "seconds": {"train": round(trained_s, 3), "evaluate": round(evaluated_s, 3)},
             "params": params.model_dump(mode="json"),
         },
+        search=search.to_dict() if search is not None else None,
     )
     logger.info(
         "%s %s: model %s vs popularity %s",
@@ -272,13 +318,55 @@ def _train(job: Job, data: _Data, *, version: str, fingerprint: str) -> _Trained
         _brief(metrics.model),
         _brief(metrics.baseline),
     )
-    return _Trained(arrays=arrays, report=report, result=result)
+    return _Trained(arrays=arrays, report=report, result=result, params=params, search=search)
 
 
 def _features(vocab: Vocab, features: Features | None) -> sp.csr_matrix | None:
     if features is None:
         return None
     return dataset.feature_matrix(vocab, features.table, id_column=features.id_column)
+
+
+def _bias_scale(
+    model: LightFM,
+    validation: EvalSet | None,
+    params: TrainParams,
+    item_features: sp.csr_matrix | None,
+    user_features: sp.csr_matrix | None,
+) -> float:
+    if params.bias_scale is not None:
+        return params.bias_scale
+    if validation is None or not validation.users.size:
+        return 1.0
+    return choose_bias_scale(
+        model,
+        validation,
+        params=params,
+        item_features=item_features,
+        user_features=user_features,
+    )
+
+
+def _fold_validation(
+    job: Job,
+    params: TrainParams,
+    prepared: Prepared,
+    epochs: int,
+    item_features: sp.csr_matrix | None,
+    user_features: sp.csr_matrix | None,
+) -> LightFM:
+    """A fresh model on the fit and validation parts together, for the epochs early stopping
+    kept: the validation interactions (each user's newest) are not lost to the model."""
+    logger.info("training on fit + validation for the kept %d epochs", epochs)
+    return fit(
+        dataset.lightfm_input(prepared.known_at_test, params.weighting),
+        params=params,
+        item_features=item_features,
+        user_features=user_features,
+        validation=None,
+        progress=job.progress(epochs),
+        epochs=max(epochs, 1),
+    ).model
 
 
 def _evaluate(
@@ -312,7 +400,16 @@ def _evaluate(
     return EvalMetrics(model=model, baseline=baseline), validation_baseline
 
 
-def _refit(job: Job, data: _Data, epochs: int) -> tuple[Vocab, Vocab, Factors, Factors]:
+def user_items(seen: sp.csr_matrix) -> UserItems:
+    """Each user's training items, as the artifact carries them (sorted CSR rows)."""
+    m = sp.csr_matrix(seen > 0)
+    m.sort_indices()
+    return UserItems(indptr=m.indptr.astype(np.int64), indices=m.indices.astype(np.int32))
+
+
+def _refit(
+    job: Job, params: TrainParams, data: _Data, epochs: int
+) -> tuple[Vocab, Vocab, sp.csr_matrix, Factors, Factors]:
     """Train again on everything (train and held-out) for the kept number of epochs."""
     log = data.log
     everything = log if data.test is None else _concat(log, data.test)
@@ -320,9 +417,10 @@ def _refit(job: Job, data: _Data, epochs: int) -> tuple[Vocab, Vocab, Factors, F
     item_features = _features(items, data.item_features)
     user_features = _features(users, data.user_features)
     logger.info("refit on all %d interactions for %d epochs", len(everything), epochs)
+    seen = dataset.matrix(everything, users, items)
     result = fit(
-        dataset.lightfm_input(dataset.matrix(everything, users, items), job.params.weighting),
-        params=job.params,
+        dataset.lightfm_input(seen, params.weighting),
+        params=params,
         item_features=item_features,
         user_features=user_features,
         validation=None,
@@ -330,7 +428,7 @@ def _refit(job: Job, data: _Data, epochs: int) -> tuple[Vocab, Vocab, Factors, F
         epochs=max(epochs, 1),
     )
     user_factors, item_factors = representations(result.model, item_features, user_features)
-    return users, items, user_factors, item_factors
+    return users, items, seen, user_factors, item_factors
 
 
 def _concat(a: Interactions, b: Interactions) -> Interactions:
@@ -360,7 +458,7 @@ def _store(
     sources: list[LogSource],
 ) -> str:
     report = trained.report
-    metric = job.params.early_stopping_metric
+    metric = trained.params.early_stopping_metric
     png = report.png_bytes(metric=metric)
     if job.metrics_out is not None:
         job.metrics_out.parent.mkdir(parents=True, exist_ok=True)
@@ -381,8 +479,10 @@ def _store(
         data_snapshot=fingerprint,
         data_offsets=inputs.data_offsets,
         params={
-            **job.params.identity(),
-            "threads": job.params.threads,
+            **trained.params.identity(),
+            "threads": trained.params.threads,
+            "bias_scale": trained.report.details["bias_scale"],
+            **_tuning(trained.search),
             "best_epoch": trained.result.best_epoch,
             "epochs_run": trained.result.epochs_run,
             "inputs": [{"uri": s.uri, "sha256": s.sha256, "rows": s.rows} for s in sources],
@@ -393,6 +493,14 @@ def _store(
     )
     logger.info("artifact written to %s", uri)
     return uri
+
+
+def _tuning(search: Search | None) -> dict[str, Any]:
+    """The manifest's record of a search (its best values are the params themselves)."""
+    if search is None:
+        return {}
+    summary = {k: v for k, v in search.to_dict().items() if k != "trials"}
+    return {"tuning": {**summary, "trials": len(search.trials)}}
 
 
 def _announce_once(job: Job, store: ObjectStore, manifest: Manifest, *, verified: bool) -> bool:

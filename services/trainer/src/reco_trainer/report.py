@@ -29,6 +29,7 @@ class Report:
     history: list[Epoch]
     best_epoch: int
     details: dict[str, Any]
+    search: dict[str, Any] | None = None  # reco_trainer.tune.Search.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -44,16 +45,20 @@ class Report:
             ],
             "validation_baseline": self.validation_baseline,
             **self.details,
+            **({"search": self.search} if self.search is not None else {}),
         }
 
     def json_bytes(self) -> bytes:
         return dumps(self.to_dict())
 
     def png_bytes(self, *, metric: str) -> bytes:
-        figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+        panels = 3 if self.search else 2
+        figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2))
         try:
-            self._plot_epochs(left, metric)
-            self._plot_held_out(right)
+            self._plot_epochs(axes[0], metric)
+            self._plot_held_out(axes[1])
+            if self.search:
+                self._plot_search(axes[2], self.search)
             figure.suptitle(f"{self.model_name} {self.version}")
             figure.tight_layout()
             out = io.BytesIO()
@@ -77,6 +82,24 @@ class Report:
         axes.set_ylabel(metric)
         axes.set_title(f"{metric} per epoch" if points else "no validation split")
         axes.legend(loc="best")
+
+    @staticmethod
+    def _plot_search(axes: Any, search: dict[str, Any]) -> None:
+        """Each complete trial's best validation value, and the best so far."""
+        done = [(t["number"], t["value"]) for t in search["trials"] if t["value"] is not None]
+        pruned = [t["number"] for t in search["trials"] if t["value"] is None]
+        if done:
+            numbers, values = zip(*done, strict=True)
+            axes.scatter(numbers, values, label="trial")
+            best = [max(values[: i + 1]) for i in range(len(values))]
+            axes.step(numbers, best, where="post", color="green", label="best so far")
+        for number in pruned:
+            axes.axvline(number, color="grey", alpha=0.15)
+        axes.set_xlabel("trial (grey: pruned or failed)")
+        axes.set_ylabel(search["metric"])
+        axes.set_title(f"search: {len(search['trials'])} trials in {search['seconds']:.0f} s")
+        if done:
+            axes.legend(loc="best")
 
     def _plot_held_out(self, axes: Any) -> None:
         names = list(self.metrics.model)

@@ -38,6 +38,7 @@ class TrainerSettings(BaseSettings):
     snapshot_timeout_s: Annotated[float, Field(gt=0)] = 600.0
     publish: bool = True
     metrics_out: Path | None = None
+    params_from: str | None = None  # a model artifact whose tuned parameters to reuse
     params: TrainParams = Field(default_factory=TrainParams)
     columns: Annotated[dict[str, str], NoDecode] = {}
     min_weight: Annotated[float, Field(gt=0)] | None = None

@@ -52,6 +52,7 @@ def replay_command(
     k: Annotated[int, typer.Option(min=1, max=1000, help="List length evaluated.")] = 10,
     blend: Annotated[float | None, typer.Option(min=0, max=1)] = None,
     half_life_s: Annotated[float | None, typer.Option(min=0.001)] = None,
+    neighbour_weight: Annotated[float | None, typer.Option(min=0)] = None,
     history_len: Annotated[int | None, typer.Option(min=1, max=1000)] = None,
     exclude_seen: Annotated[
         bool | None, typer.Option("--exclude-seen/--keep-seen", help="Default: settings.")
@@ -65,6 +66,7 @@ def replay_command(
         policy,
         blend=policy.blend if blend is None else blend,
         half_life_s=policy.half_life_s if half_life_s is None else half_life_s,
+        neighbour_weight=policy.neighbour_weight if neighbour_weight is None else neighbour_weight,
         exclude_seen=policy.exclude_seen if exclude_seen is None else exclude_seen,
     )
     with tempfile.TemporaryDirectory(prefix="reco-replay-") as cache:

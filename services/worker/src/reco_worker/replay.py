@@ -2,14 +2,19 @@
 
 A time-ordered event log is replayed through the worker's own scoring code
 (:func:`reco_worker.scoring.recommend`). Before each event, the list the user had at that moment
-is checked for the event's item (hit-rate@k, ndcg@k) under three strategies:
+is checked for the event's item (hit-rate@k, ndcg@k) under four strategies:
 
 - ``static``: the list computed at model time (trained vector, popular items for unknown users),
   never updated;
+- ``naive``: the simplest fold-in, recomputed after each event: the trained vector plus the
+  plain mean embedding of the last 10 items (:func:`reco_worker.scoring.naive_query`), no
+  item-to-item neighbours;
 - ``realtime``: the worker's policy, recomputed after each of the user's events from their
-  bounded history (items already interacted with are excluded, as in the worker, unless the
-  policy keeps them);
+  bounded history;
 - ``popular``: the model's popular items.
+
+Every strategy but ``popular`` leaves out what the user already has (training interactions and
+the replayed history), as the worker does, unless the policy keeps seen items.
 
 Figures are reported over all events and over first-time events (the user's first interaction
 with that item in the replay): a re-purchase can never hit a list that excludes seen items, so
@@ -30,11 +35,19 @@ from typing import Any
 
 from reco_common.contracts import ActionType, HistoryEntry
 from reco_common.interactions import ACTION, EVENT_ID, Interactions
-from reco_worker.scoring import Policy, ServingModel, recommend
+from reco_worker.scoring import (
+    Policy,
+    QueryBuilder,
+    ServingModel,
+    build_query,
+    naive_query,
+    recommend,
+)
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("static", "realtime", "popular")
+STRATEGIES = ("static", "naive", "realtime", "popular")
+LIVE: dict[str, QueryBuilder] = {"naive": naive_query, "realtime": build_query}
 CHUNK_EVENTS = 2048
 
 
@@ -96,7 +109,8 @@ def replay(
             first_time = state.first_time(event)
             item = event.entry.item_id
             board.add("static", _rank(state.static[event.user_id], item), first_time=first_time)
-            board.add("realtime", _rank(state.current[event.user_id], item), first_time=first_time)
+            for name, lists in state.current.items():
+                board.add(name, _rank(lists[event.user_id], item), first_time=first_time)
             board.add("popular", _rank(popular, item), first_time=first_time)
             state.advance(event)
     elapsed = time.perf_counter() - started
@@ -111,11 +125,15 @@ class _ReplayState:
         self.policy = policy
         self.history: dict[str, deque[HistoryEntry]] = {}
         self.static: dict[str, list[str]] = {}
-        self.current: dict[str, list[str]] = {}
+        self.current: dict[str, dict[str, list[str]]] = {name: {} for name in LIVE}
         self.seen: set[tuple[str, str]] = set()
         self.unknown_item_events = 0
         self._history_len = history_len
-        self._after: deque[list[str]] = deque()
+        self._after: dict[str, deque[list[str]]] = {}
+        self._policies = {
+            "naive": dataclasses.replace(policy, neighbour_weight=0.0),
+            "realtime": policy,
+        }
 
     def prepare(self, chunk: Sequence[Event]) -> None:
         """Score the list each event leaves behind, and the model-time list of new users."""
@@ -123,7 +141,9 @@ class _ReplayState:
         for user_id, ranked in zip(
             new_users, recommend(self.model, [(u, ()) for u in new_users], self.policy), strict=True
         ):
-            self.static[user_id] = self.current[user_id] = ranked.items
+            self.static[user_id] = ranked.items
+            for lists in self.current.values():
+                lists[user_id] = ranked.items
         shadow: dict[str, deque[HistoryEntry]] = {}
         requests: list[tuple[str, tuple[HistoryEntry, ...]]] = []
         for event in chunk:
@@ -134,7 +154,12 @@ class _ReplayState:
                 )
             hist.append(event.entry)
             requests.append((event.user_id, tuple(hist)))
-        self._after = deque(r.items for r in recommend(self.model, requests, self.policy))
+        self._after = {
+            name: deque(
+                r.items for r in recommend(self.model, requests, self._policies[name], query=query)
+            )
+            for name, query in LIVE.items()
+        }
 
     def first_time(self, event: Event) -> bool:
         return (event.user_id, event.entry.item_id) not in self.seen
@@ -144,7 +169,8 @@ class _ReplayState:
         self.unknown_item_events += event.entry.item_id not in self.model.item_index
         hist = self.history.setdefault(event.user_id, deque(maxlen=self._history_len))
         hist.append(event.entry)
-        self.current[event.user_id] = self._after.popleft()
+        for name, lists in self.current.items():
+            lists[event.user_id] = self._after[name].popleft()
 
 
 def _rank(items: list[str], item: str) -> int | None:
@@ -182,6 +208,9 @@ def _report(
         out: dict[str, Any] = {"events": tallies["static"].events}
         out.update({s: t.report() for s, t in tallies.items()})
         out["lift"] = {m: _lift(out["realtime"][m], out["static"][m]) for m in ("hit_rate", "ndcg")}
+        out["lift_over_naive"] = {
+            m: _lift(out["realtime"][m], out["naive"][m]) for m in ("hit_rate", "ndcg")
+        }
         return out
 
     users = state.static.keys()
@@ -191,6 +220,8 @@ def _report(
         "policy": {
             "blend": policy.blend,
             "half_life_s": policy.half_life_s,
+            "neighbour_weight": policy.neighbour_weight,
+            "neighbour_history": policy.neighbour_history,
             "action_weights": {str(a): w for a, w in policy.action_weights.items()},
             "history_len": history_len,
             "exclude_seen": policy.exclude_seen,
@@ -227,10 +258,12 @@ def summary(report: dict[str, Any]) -> str:
                 f"  {strategy:<9} hit_rate@{k} {figures['hit_rate']:.4f}  "
                 f"ndcg@{k} {figures['ndcg']:.4f}"
             )
-        lift = part["lift"]
-        lines.append(
-            f"  lift realtime/static: hit_rate {_pct(lift['hit_rate'])}, ndcg {_pct(lift['ndcg'])}"
-        )
+        for base in ("static", "naive"):
+            lift = part["lift" if base == "static" else "lift_over_naive"]
+            lines.append(
+                f"  lift realtime/{base}: hit_rate {_pct(lift['hit_rate'])}, "
+                f"ndcg {_pct(lift['ndcg'])}"
+            )
     return "\n".join(lines)
 
 

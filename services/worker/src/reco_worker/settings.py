@@ -58,6 +58,8 @@ class WorkerSettings(BaseSettings):
     exclude_seen: bool = True
     blend: Annotated[float, Field(ge=0, le=1)] = 0.75
     half_life_s: Positive = 1800.0
+    neighbour_weight: Annotated[float, Field(ge=0)] = 5.0
+    neighbour_history: Annotated[int, Field(ge=1, le=1000)] = 10
     action_weights: dict[ActionType, Positive] = Field(
         default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS)
     )
@@ -73,6 +75,8 @@ class WorkerSettings(BaseSettings):
         return Policy(
             blend=self.blend,
             half_life_s=self.half_life_s,
+            neighbour_weight=self.neighbour_weight,
+            neighbour_history=self.neighbour_history,
             action_weights={**DEFAULT_ACTION_WEIGHTS, **self.action_weights},
             top_n=self.top_n,
             exclude_seen=self.exclude_seen,

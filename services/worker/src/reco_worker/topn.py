@@ -7,8 +7,12 @@ Three stages, each vectorised over the whole batch (no Python loop per item or p
    of items so that, with overwhelming probability, a few hundred items score above it; the
    catalog is scored in cache-sized blocks and only items above the threshold are kept. A query
    left with too few candidates is scored in full, so the result is exact either way.
-2. *Exclusions* (the user's own items) never become candidates.
-3. *Re-scoring* of the candidates, each as its own dot product in a canonical order: BLAS rounds
+2. *Exclusions* (the user's own items) never become candidates. A query's optional *bonus*
+   (non-negative extra scores of a few items, e.g. neighbours of what the user just did) is
+   added before the cut on the exact path; on the sampled path its items join the candidates.
+   Either way the result stays exact: an item outside both sets scores no more than the
+   ``n``-th candidate.
+3. *Re-scoring* of the candidates, each as its own dot product (plus bonus) in a canonical order: BLAS rounds
    differently depending on the batch's shape, and this step makes a user's list independent of
    which other users shared the batch (a redelivery reproduces it exactly). Ties go to the lower
    item row.
@@ -28,6 +32,8 @@ from reco_common.artifact import FloatMatrix
 
 Rows = npt.NDArray[np.intp]
 Scores = npt.NDArray[np.float32]
+Bonus = tuple[Rows, Scores]
+"""Sorted, unique item rows and their non-negative extra scores, for one query."""
 
 logger = logging.getLogger(__name__)
 
@@ -78,27 +84,38 @@ class TopSelector:
             items[np.sort(rng.choice(self._n, size=size, replace=False))]
         )
 
-    def select(self, queries: FloatMatrix, exclude: Sequence[Rows], n: int) -> Selection:
-        """Per query, the best ``n`` item rows with ``exclude``d rows left out."""
+    def select(
+        self,
+        queries: FloatMatrix,
+        exclude: Sequence[Rows],
+        n: int,
+        bonus: Sequence[Bonus] | None = None,
+    ) -> Selection:
+        """Per query, the best ``n`` item rows with ``exclude``d rows left out; a query's
+        ``bonus`` rows (never excluded ones) score their dot product plus the bonus."""
         k = min(n + MARGIN, self._n)
         chunk = max(1, EXACT_CELLS // self._n) if self._exact else len(queries)
         parts = []
         for start in range(0, len(queries), chunk):
             q = queries[start : start + chunk]
             excl = exclude[start : start + chunk]
+            extra = _Extra.of(bonus[start : start + chunk] if bonus else None, self._n)
             if self._exact:
-                candidates = self._exact_candidates(q, excl, k)
+                candidates = self._exact_candidates(q, excl, k, extra)
             else:
-                candidates = self._sampled_candidates(q, excl, k)
-            parts.append(self._rescore(candidates, q, min(n, self._n)))
+                candidates = extra.joined(self._sampled_candidates(q, excl, k), self._n)
+            parts.append(self._rescore(candidates, q, min(n, self._n), extra))
         return Selection(
             np.concatenate([p.items for p in parts]), np.concatenate([p.scores for p in parts])
         )
 
     # ------------------------------------------------------------------ candidates
 
-    def _exact_candidates(self, q: FloatMatrix, exclude: Sequence[Rows], k: int) -> Rows:
+    def _exact_candidates(
+        self, q: FloatMatrix, exclude: Sequence[Rows], k: int, extra: _Extra
+    ) -> Rows:
         scores = q @ self._items.T
+        extra.add_to(scores)
         scores.ravel()[_flat(exclude, self._n)] = -np.inf
         top: Rows = np.argpartition(scores, self._n - k, axis=1)[:, self._n - k :]
         return _pad_excluded(top, np.take_along_axis(scores, top, axis=1), self._n)
@@ -183,17 +200,65 @@ class TopSelector:
 
     # ------------------------------------------------------------------ re-scoring
 
-    def _rescore(self, candidates: Rows, q: FloatMatrix, n: int) -> Selection:
-        """Each candidate's own dot product, ordered by (score desc, item row asc)."""
+    def _rescore(self, candidates: Rows, q: FloatMatrix, n: int, extra: _Extra) -> Selection:
+        """Each candidate's own dot product (plus bonus), ordered by (score desc, item row
+        asc); a candidate listed twice counts once."""
         cols = np.sort(candidates, axis=1)
         padding = cols == self._n
+        padding[:, 1:] |= cols[:, 1:] == cols[:, :-1]
+        cols[padding] = self._n
         gathered = self._items[np.minimum(cols, self._n - 1)]
         scores = np.einsum("bkd,bd->bk", gathered, q)
+        scores += extra.lookup(cols, self._n)
         scores[padding] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")[:, :n]
         return Selection(
             np.take_along_axis(cols, order, axis=1), np.take_along_axis(scores, order, axis=1)
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Extra:
+    """A chunk's bonuses as sorted flat keys ``query row * (n_items + 1) + item row`` (room
+    for the padding row) and values."""
+
+    keys: npt.NDArray[np.int64]
+    values: Scores
+    rows: list[Rows]
+
+    @staticmethod
+    def of(bonus: Sequence[Bonus] | None, width: int) -> _Extra:
+        if not bonus:
+            return _Extra(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), [])
+        rows = [b[0] for b in bonus]
+        values = np.concatenate([b[1] for b in bonus]).astype(np.float32)
+        return _Extra(_flat(rows, width + 1), values, rows)
+
+    def add_to(self, scores: Scores) -> None:
+        """Add the bonuses to a full ``[queries, n_items]`` score matrix."""
+        if self.rows:
+            scores.ravel()[_flat(self.rows, scores.shape[1])] += self.values
+
+    def joined(self, candidates: Rows, sentinel: int) -> Rows:
+        """``candidates`` with each query's bonus rows appended (``sentinel`` padding)."""
+        width = max((len(r) for r in self.rows), default=0)
+        if width == 0:
+            return candidates
+        extra = np.full((len(candidates), width), sentinel, dtype=candidates.dtype)
+        for i, rows in enumerate(self.rows):
+            extra[i, : len(rows)] = rows
+        return np.concatenate([candidates, extra], axis=1)
+
+    def lookup(self, cols: Rows, width: int) -> Scores:
+        """The bonus of each (query row, candidate column), 0 where there is none."""
+        out = np.zeros(cols.shape, dtype=np.float32)
+        if self.keys.size == 0:
+            return out
+        keys = np.arange(len(cols), dtype=np.int64)[:, None] * (width + 1) + cols
+        at = np.minimum(np.searchsorted(self.keys, keys), self.keys.size - 1)
+        found = self.keys[at] == keys
+        out[found] = self.values[at[found]]
+        return out
 
 
 def _flat(exclude: Sequence[Rows], width: int) -> npt.NDArray[np.int64]:

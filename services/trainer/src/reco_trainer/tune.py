@@ -1,0 +1,197 @@
+"""A budgeted hyper-parameter search with Optuna (``reco-trainer tune``, ``run --tune N``).
+
+Each trial trains with the job's own early stopping on the job's own validation part and
+reports the validation metric after every epoch; Optuna's median pruner abandons a trial that
+runs below the median of the earlier trials at the same epoch. The search ends after
+``trials`` trials or ``budget_s`` seconds, whichever comes first; a trial still running at the
+deadline is abandoned at the end of its epoch, so the budget is overrun by one epoch at most.
+The best trial's values (:data:`TUNED`) replace the job's parameters; the final model is then
+trained with them exactly as an untuned one, and the manifest records them (``tuning``) so
+that later runs can reuse them (``--params-from``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import optuna
+import scipy.sparse as sp
+
+from reco_trainer import dataset
+from reco_trainer.evaluation import EvalSet
+from reco_trainer.params import Loss, TrainParams, Weighting
+from reco_trainer.progress import EpochProgress
+from reco_trainer.training import Epoch, fit
+
+logger = logging.getLogger(__name__)
+
+TUNED = (
+    "loss",
+    "components",
+    "learning_rate",
+    "item_alpha",
+    "user_alpha",
+    "max_sampled",
+    "weighting",
+)
+"""The parameters a search chooses (and ``--params-from`` carries over)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    trials: int
+    budget_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TrialRecord:
+    number: int
+    state: str
+    value: float | None
+    best_epoch: int | None
+    epochs_run: int
+    seconds: float
+    params: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Search:
+    """What the search tried and what it kept (shown in the report, kept in the manifest)."""
+
+    metric: str
+    budget: Budget
+    best: dict[str, Any] = field(default_factory=dict)
+    best_value: float | None = None
+    trials: list[TrialRecord] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "max_trials": self.budget.trials,
+            "budget_s": self.budget.budget_s,
+            "seconds": round(self.seconds, 3),
+            "best": self.best,
+            "best_value": self.best_value,
+            "trials": [{**asdict(t), "seconds": round(t.seconds, 3)} for t in self.trials],
+        }
+
+
+def suggest(trial: optuna.Trial | optuna.trial.FixedTrial) -> dict[str, Any]:
+    """One point of the search space (ranges chosen on MovieLens, docs/quality.md)."""
+    loss = trial.suggest_categorical("loss", [Loss.WARP_KOS.value, Loss.WARP.value])
+    weightings = [Weighting.BINARY.value]  # warp-kos takes no sample weights
+    if loss == Loss.WARP.value:
+        weightings.append(Weighting.LOG.value)
+    return {
+        "loss": loss,
+        "components": trial.suggest_int("components", 16, 192, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 0.005, 0.1, log=True),
+        "item_alpha": trial.suggest_float("item_alpha", 1e-10, 1e-5, log=True),
+        "user_alpha": trial.suggest_float("user_alpha", 1e-10, 1e-5, log=True),
+        "max_sampled": trial.suggest_int("max_sampled", 5, 40, log=True),
+        "weighting": trial.suggest_categorical(f"weighting_{loss}", weightings),
+    }
+
+
+def search_parameters(
+    fit_matrix: sp.csr_matrix,
+    validation: EvalSet,
+    *,
+    params: TrainParams,
+    budget: Budget,
+    item_features: sp.csr_matrix | None,
+    user_features: sp.csr_matrix | None,
+    progress: Callable[[int], EpochProgress],
+    clock: Callable[[], float] = time.monotonic,
+) -> Search:
+    """Search :func:`suggest`'s space within ``budget`` (see the module docstring)."""
+    started = clock()
+    deadline = started + budget.budget_s
+    result = Search(metric=params.early_stopping_metric, budget=budget)
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=params.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=params.min_epochs),
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        values = suggest(trial)
+        trial_params = params.updated(values)
+        trial_started = clock()
+        epochs: list[Epoch] = []
+
+        def report(epoch: Epoch) -> None:
+            epochs.append(epoch)
+            trial.report(epoch.metrics[params.early_stopping_metric], epoch.number)
+            if clock() > deadline or trial.should_prune():
+                raise optuna.TrialPruned
+
+        def record(state: str, value: float | None = None, best: int | None = None) -> None:
+            seconds = clock() - trial_started
+            result.trials.append(
+                TrialRecord(trial.number, state, value, best, len(epochs), seconds, values)
+            )
+
+        try:
+            fitted = fit(
+                dataset.lightfm_input(fit_matrix, trial_params.weighting),
+                params=trial_params,
+                item_features=item_features,
+                user_features=user_features,
+                validation=validation,
+                progress=progress(params.epochs),
+                on_epoch=report,
+            )
+        except optuna.TrialPruned:
+            record("pruned")
+            raise
+        except ValueError:
+            record("failed")
+            raise
+        best = max(e.metrics[params.early_stopping_metric] for e in fitted.history)
+        record("complete", best, fitted.best_epoch)
+        return best
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(
+        objective,
+        n_trials=budget.trials,
+        timeout=budget.budget_s,
+        callbacks=[_stop_at(deadline, clock)],
+        catch=(ValueError,),  # a diverging trial (LightFM raises) is one failed trial
+    )
+    result.seconds = clock() - started
+    completed = [t for t in study.trials if t.state is optuna.trial.TrialState.COMPLETE]
+    if completed:
+        result.best = suggest(optuna.trial.FixedTrial(study.best_trial.params))
+        result.best_value = study.best_value
+    logger.info(
+        "search: %d trials (%d complete) in %.1f s, best %s=%s with %s",
+        len(result.trials),
+        len(completed),
+        result.seconds,
+        result.metric,
+        result.best_value,
+        result.best,
+    )
+    return result
+
+
+def _stop_at(
+    deadline: float, clock: Callable[[], float]
+) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    def callback(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+        if clock() > deadline:
+            study.stop()
+
+    return callback
+
+
+def tuned_values(params: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`TUNED` entries of a manifest's ``params`` (for ``--params-from``)."""
+    return {key: params[key] for key in TUNED if key in params}
