@@ -75,6 +75,12 @@ BENCHES = (
         quick=("--interactions", "30000", "--output", "{scratch}/worker-replay.json"),
     ),
     Bench(
+        "Worker",
+        "bench/worker/fencing.py",
+        full=("--rounds", "3", "--batches", "40"),
+        quick=("--rounds", "1", "--batches", "5"),
+    ),
+    Bench(
         "API",
         "bench/api/run.py",
         full=("--rounds", "3", "--duration", "8", "--connections", "32"),

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 import numpy as np
 from aiokafka import ConsumerRecord
 from redis.asyncio import Redis
+from threadpoolctl import threadpool_limits
 
 from reco_common.artifact import ModelArrays
 from reco_common.contracts import ActionType, HistoryEntry, RedisKeys, UserAction
@@ -96,8 +97,10 @@ class UnfencedHistory(HistoryStore):
                 args += (repr(ts), member)
         started = time.perf_counter()
         replies = await self._unfenced(keys=[self._keys.history(u) for u in additions], args=args)
-        self._timer.seconds += time.perf_counter() - started
-        return {u: self._decode(u, r) for u, r in zip(additions, replies, strict=True)}
+        try:
+            return {u: self._decode(u, r) for u, r in zip(additions, replies, strict=True)}
+        finally:
+            self._timer.seconds += time.perf_counter() - started
 
 
 class TimedHistory(HistoryStore):
@@ -278,6 +281,7 @@ async def main() -> None:
     parser.add_argument("--users", type=int, default=10_000, help="known users (as many cold)")
     parser.add_argument("--items", type=int, default=10_000)
     args = parser.parse_args()
+    threadpool_limits(limits=1)  # as the worker (RECO_WORKER_BLAS_THREADS)
     redis = connect(RedisSettings())
     serving = model(args.items, args.users)
     work = batches(args.batches, args.batch_size, args.users, args.items)

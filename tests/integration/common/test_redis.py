@@ -69,3 +69,21 @@ async def test_a_fenced_list_is_replaced_only_from_a_newer_position(
     assert (await write(4, partition=0, offset=11), await stored()) == (0, "v4")
     # Positions are compared within a partition (a user moved by new partitions starts anew).
     assert (await write(5, partition=1, offset=0), await stored()) == (0, "v5")
+
+
+async def test_a_batch_larger_than_luas_stack_is_fenced_per_partition(
+    redis: Redis, unique: str
+) -> None:
+    keys = RedisKeys(f"t{unique}")
+    lists = FencedLists(redis, keys)
+    users = [f"u{n}" for n in range(1500)]
+
+    def batch(generation: int, offset: int) -> dict[str, FencedWrite]:
+        value = encode(_list(generation))
+        return {u: FencedWrite(value, Position(n % 2, offset)) for n, u in enumerate(users)}
+
+    assert await lists.replace("shop", batch(1, offset=10)) == 0
+    assert await lists.replace("shop", batch(2, offset=5)) == len(users)
+    assert await lists.replace("shop", batch(3, offset=11)) == 0
+    stored = {(await read_list(redis, keys, "shop", u)).model_version for u in users}  # type: ignore[union-attr]
+    assert stored == {"v3"}

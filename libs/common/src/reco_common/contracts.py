@@ -329,8 +329,9 @@ class RedisKeys:
     - ``{p}:hist:{user}`` recent actions, a sorted set scored by event time (member = event);
     - ``{p}:active:{model}`` the active model version with its popular list (the fallback);
     - ``{p}:popular:{model}:{version}`` the popular list of every version that was active;
-    - ``{p}:fence:{user}`` a hash of the log positions the user's history and lists were written
-      at (see ``reco_common.redis_store``): a write from an older position is refused.
+    - ``{p}:fence:{partition}:history`` and ``{p}:fence:{partition}:lists:{model}`` hashes of
+      user → the log offset (in that ``user-actions`` partition) its history / list was last
+      written from (see ``reco_common.redis_store``): a write from an older offset is refused.
     """
 
     prefix: str = "reco"
@@ -347,8 +348,11 @@ class RedisKeys:
     def popular(self, model_name: str, version: str) -> str:
         return f"{self.prefix}:popular:{model_name}:{version}"
 
-    def fence(self, user_id: str) -> str:
-        return f"{self.prefix}:fence:{user_id}"
+    def history_fence(self, partition: int) -> str:
+        return f"{self.prefix}:fence:{partition}:history"
+
+    def lists_fence(self, partition: int, model_name: str) -> str:
+        return f"{self.prefix}:fence:{partition}:lists:{model_name}"
 
 
 class RecommendationList(Struct, kw_only=True, forbid_unknown_fields=True):

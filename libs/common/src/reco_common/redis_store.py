@@ -8,7 +8,8 @@ two values are decoded separately: a corrupt list falls back, a corrupt model re
 
 The worker's writes are *fenced*: each carries the log position (``user-actions`` partition and
 offset) of the event that caused it, and a server-side script applies it only when that position
-is newer than the one recorded in the user's ``fence`` hash, in the same atomic step. A worker
+is newer than the one recorded for the user in the partition's ``fence`` hash, in the same atomic
+step. A worker
 that lost its partitions while it held a batch (paused, stalled, slower than the rebalance) can
 then never overwrite the newer list of the partition's new owner, whatever its timing. The topic
 is keyed by user, so one user's events are ordered within one partition and positions are
@@ -17,7 +18,7 @@ compared per partition. The scripts take already-encoded values: they do not dep
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -70,34 +71,106 @@ class FencedWrite:
     position: Position
 
 
-# KEYS: per user its list key, then its fence key. ARGV[1]: the fence field prefix
-# ("rec:<model>:"), then per user: partition, offset, encoded list. A list is set (and its offset
-# recorded) only when its offset is greater than the one recorded for its partition. Returns how
-# many lists were refused as stale.
-_REPLACE_IF_NEWER = r"""
-local prefix = ARGV[1]
-local at = 2
-local refused = 0
-for k = 1, #KEYS, 2 do
-  local field = prefix .. ARGV[at]
-  local stored = tonumber(redis.call('HGET', KEYS[k + 1], field))
-  if stored == nil or tonumber(ARGV[at + 1]) > stored then
-    redis.call('SET', KEYS[k], ARGV[at + 2])
-    redis.call('HSET', KEYS[k + 1], field, ARGV[at + 1])
-  else
-    refused = refused + 1
+# Lua helpers of the fenced scripts: the arguments arrive framed (:func:`framed`); commands over
+# many arguments go in slices (Lua's stack takes a few thousand values; a key of false for commands
+# without one); HMGET of many fields; the fence's comparison (a missing offset is older than any).
+LUA_HELPERS = r"""
+local function unframed(lengths, data)
+  local out, at = {}, 1
+  for len in string.gmatch(lengths, '%d+') do
+    local n = tonumber(len)
+    out[#out + 1] = string.sub(data, at, at + n - 1)
+    at = at + n
   end
-  at = at + 3
+  return out
+end
+local function call_sliced(command, key, args)
+  for i = 1, #args, 1000 do
+    local j = math.min(i + 999, #args)
+    if key then
+      redis.call(command, key, unpack(args, i, j))
+    else
+      redis.call(command, unpack(args, i, j))
+    end
+  end
+end
+local function hmget(key, fields)
+  local out = {}
+  for i = 1, #fields, 1000 do
+    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + 999, #fields)))
+    for j = 1, #part do out[#out + 1] = part[j] end
+  end
+  return out
+end
+local function newer(offset, stored)
+  return (not stored) or tonumber(offset) > tonumber(stored)
+end
+"""
+
+# KEYS: one fence hash per partition group, then the groups' list keys in order. The framed
+# arguments: the number of groups; then per group a user count and per user: user id, offset,
+# encoded list.
+# Per group: one HMGET of the stored offsets, one MSET of the newer lists, one HSET of their
+# offsets. Returns how many lists were refused as stale.
+_REPLACE_IF_NEWER = (
+    LUA_HELPERS
+    + r"""
+local A = unframed(ARGV[1], ARGV[2])
+local groups = tonumber(A[1])
+local at, k = 2, groups + 1
+local refused = 0
+for g = 1, groups do
+  local count = tonumber(A[at])
+  at = at + 1
+  local users = {}
+  for i = 0, count - 1 do users[i + 1] = A[at + 3 * i] end
+  local stored = hmget(KEYS[g], users)
+  local sets, marks = {}, {}
+  for i = 0, count - 1 do
+    local offset = A[at + 3 * i + 1]
+    if newer(offset, stored[i + 1]) then
+      sets[#sets + 1] = KEYS[k + i]
+      sets[#sets + 1] = A[at + 3 * i + 2]
+      marks[#marks + 1] = users[i + 1]
+      marks[#marks + 1] = offset
+    else
+      refused = refused + 1
+    end
+  end
+  call_sliced('MSET', false, sets)
+  call_sliced('HSET', KEYS[g], marks)
+  at = at + 3 * count
+  k = k + count
 end
 return refused
 """
+)
+
+
+def framed(values: Sequence[bytes | str | int]) -> list[bytes | str]:
+    """Many script arguments as two, their lengths and their concatenation (see ``unframed``).
+
+    redis-py packs each argument of a command in Python (~5-10 µs each): a batch's thousands of
+    arguments cost more than the script itself, two cost nothing. Binary-safe.
+    """
+    parts = [v if isinstance(v, bytes) else str(v).encode() for v in values]
+    return [",".join([str(len(p)) for p in parts]), b"".join(parts)]
+
+
+def by_partition(positions: Mapping[str, Position]) -> dict[int, list[str]]:
+    """The users of a batch grouped by the partition of their position (one fence hash each)."""
+    groups: dict[int, list[str]] = {}
+    for user_id, position in positions.items():
+        groups.setdefault(position.partition, []).append(user_id)
+    return groups
 
 
 class FencedLists:
     """Replaces users' lists, each only from a newer log position than the list it replaces.
 
-    The script is registered once and called by its digest (``EVALSHA``; reloaded by redis-py
-    if the server lost it). One call per batch, atomic, like the ``MSET`` it replaces.
+    The fence is a hash per partition and model (user → offset). The script is registered once
+    and called by its digest (``EVALSHA``; reloaded by redis-py if the server lost it): one
+    atomic call per batch, like the ``MSET`` it replaces, whose few commands cover every user.
     """
 
     def __init__(self, redis: Redis, keys: RedisKeys) -> None:
@@ -108,12 +181,16 @@ class FencedLists:
         """Write every list that is newer than the stored one; return how many were stale."""
         if not lists:
             return 0
-        keys: list[str] = []
-        args: list[bytes | int | str] = [f"rec:{model_name}:"]
-        for user_id, write in lists.items():
-            keys += (self._keys.recommendations(model_name, user_id), self._keys.fence(user_id))
-            args += (write.position.partition, write.position.offset, write.value)
-        return int(await self._script(keys=keys, args=args))
+        groups = by_partition({user_id: write.position for user_id, write in lists.items()})
+        keys = [self._keys.lists_fence(partition, model_name) for partition in groups]
+        args: list[bytes | int | str] = [len(groups)]
+        for users in groups.values():
+            args.append(len(users))
+            for user_id in users:
+                write = lists[user_id]
+                keys.append(self._keys.recommendations(model_name, user_id))
+                args += (user_id, write.position.offset, write.value)
+        return int(await self._script(keys=keys, args=framed(args)))
 
 
 async def activate_model(redis: Redis, keys: RedisKeys, active: ActiveModel) -> None:

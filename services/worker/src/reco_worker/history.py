@@ -29,7 +29,7 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 
 from reco_common.contracts import HistoryEntry, RedisKeys, UserAction, decode_history_member
-from reco_common.redis_store import Position
+from reco_common.redis_store import LUA_HELPERS, Position, by_partition, framed
 
 logger = logging.getLogger(__name__)
 
@@ -42,42 +42,56 @@ def effective_ts(action: UserAction, *, record_ts_ms: int, max_future_skew_s: fl
     return min(ts, record_ts_ms / 1000 + max_future_skew_s)
 
 
-# KEYS: per user the history, then the fence hash. ARGV: max length, TTL, then per user: partition,
-# offset, a count and (score, member) pairs. A user's members are added only when the offset is
-# greater than the one recorded for the partition (field "hist:<partition>"): the fence, which also
-# makes a redelivered batch a no-op. Every history is trimmed and read back either way.
-# Returns per user "member<TAB>score" lines joined by newlines (members never hold a newline).
-_APPEND_AND_READ = r"""
-local max_len = tonumber(ARGV[1])
-local ttl = ARGV[2]
-local at = 3
+# KEYS: one fence hash per partition group, then the groups' histories in order. The framed
+# arguments: max length, TTL, the number of groups; then per group a user count and per user: user
+# id, offset, a member count and (score, member) pairs. A user's members are added (one ZADD) only when the offset is
+# greater than the one in the partition's fence (the fence, which also makes a redelivered batch a
+# no-op); every history is trimmed and read back either way. Returns per user, in KEYS order,
+# "member<TAB>score" lines joined by newlines (members never hold a newline).
+_APPEND_AND_READ = (
+    LUA_HELPERS
+    + r"""
+local A = unframed(ARGV[1], ARGV[2])
+local max_len = tonumber(A[1])
+local ttl = A[2]
+local groups = tonumber(A[3])
+local at, k = 4, groups + 1
 local out = {}
-for k = 1, #KEYS, 2 do
-  local key, fence = KEYS[k], KEYS[k + 1]
-  local field = 'hist:' .. ARGV[at]
-  local offset = ARGV[at + 1]
-  local count = tonumber(ARGV[at + 2])
-  at = at + 3
-  local stored = tonumber(redis.call('HGET', fence, field))
-  if stored == nil or tonumber(offset) > stored then
-    for i = at, at + 2 * count - 1, 2 do
-      redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
+for g = 1, groups do
+  local count = tonumber(A[at])
+  at = at + 1
+  local users, starts = {}, {}
+  for i = 1, count do
+    users[i], starts[i] = A[at], at
+    at = at + 3 + 2 * tonumber(A[at + 2])
+  end
+  local stored = hmget(KEYS[g], users)
+  local marks = {}
+  for i = 1, count do
+    local key, from = KEYS[k], starts[i]
+    local n = tonumber(A[from + 2])
+    if n > 0 and newer(A[from + 1], stored[i]) then
+      local scored = {}
+      for j = from + 3, from + 2 + 2 * n do scored[#scored + 1] = A[j] end
+      call_sliced('ZADD', key, scored)
+      marks[#marks + 1] = users[i]
+      marks[#marks + 1] = A[from + 1]
     end
-    redis.call('HSET', fence, field, offset)
+    redis.call('ZREMRANGEBYRANK', key, 0, -(max_len + 1))
+    redis.call('EXPIRE', key, ttl)
+    local flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    local lines = {}
+    for j = 1, #flat, 2 do
+      lines[#lines + 1] = flat[j] .. '\t' .. flat[j + 1]
+    end
+    out[#out + 1] = table.concat(lines, '\n')
+    k = k + 1
   end
-  at = at + 2 * count
-  redis.call('ZREMRANGEBYRANK', key, 0, -(max_len + 1))
-  redis.call('EXPIRE', key, ttl)
-  redis.call('EXPIRE', fence, ttl)
-  local flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-  local lines = {}
-  for i = 1, #flat, 2 do
-    lines[#lines + 1] = flat[i] .. '\t' .. flat[i + 1]
-  end
-  out[#out + 1] = table.concat(lines, '\n')
+  call_sliced('HSET', KEYS[g], marks)
 end
 return out
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,18 +118,23 @@ class HistoryStore:
         self, additions: Mapping[str, Addition]
     ) -> dict[str, list[HistoryEntry]]:
         """Add each user's members unless already applied, trim, refresh TTLs, read back."""
-        keys: list[str] = []
-        args: list[bytes | int | str] = [self._max_len, self._ttl_s]
-        for user_id, addition in additions.items():
-            keys += (self._keys.history(user_id), self._keys.fence(user_id))
-            position, members = addition.position, addition.members
-            args += (position.partition, position.offset, len(members))
-            for member, ts in members.items():
-                args += (repr(ts), member)
-        replies = await self._script(keys=keys, args=args)
+        groups = by_partition({user_id: a.position for user_id, a in additions.items()})
+        keys = [self._keys.history_fence(partition) for partition in groups]
+        args: list[bytes | int | str] = [self._max_len, self._ttl_s, len(groups)]
+        order: list[str] = []
+        for users in groups.values():
+            args.append(len(users))
+            for user_id in users:
+                addition = additions[user_id]
+                keys.append(self._keys.history(user_id))
+                args += (user_id, addition.position.offset, len(addition.members))
+                for member, ts in addition.members.items():
+                    args += (repr(ts), member)
+            order += users
+        replies = await self._script(keys=keys, args=framed(args))
         return {
             user_id: self._decode(user_id, reply)
-            for user_id, reply in zip(additions, replies, strict=True)
+            for user_id, reply in zip(order, replies, strict=True)
         }
 
     def _decode(self, user_id: str, reply: bytes) -> list[HistoryEntry]:
