@@ -62,11 +62,13 @@ async def test_api_keys_when_configured(make_api: MakeApi) -> None:
 
 
 async def test_the_rate_limit_is_per_client_and_spares_health(make_api: MakeApi) -> None:
-    async with make_api(rate_limit="3/minute") as api:
-        statuses = [(await api.client.get(URL)).status_code for _ in range(4)]
-        other = await api.client.get(URL, headers={"X-API-Key": "another-client"})
+    keys = [SecretStr("k-one"), SecretStr("k-two")]
+    async with make_api(rate_limit="3/minute", api_keys=keys) as api:
+        one = {"X-API-Key": "k-one"}
+        statuses = [(await api.client.get(URL, headers=one)).status_code for _ in range(4)]
+        other = await api.client.get(URL, headers={"X-API-Key": "k-two"})
         probes = [(await api.client.get("/readyz")).status_code for _ in range(5)]
-        limited = await api.client.get(URL)
+        limited = await api.client.get(URL, headers=one)
         counted = api.sample(
             "reco_api_http_requests_total",
             handler="/v1/users/{user_id}/recommendations",
@@ -78,6 +80,27 @@ async def test_the_rate_limit_is_per_client_and_spares_health(make_api: MakeApi)
     assert probes == [200] * 5
     assert limited.json()["error"]["code"] == "rate_limited"
     assert counted == 2
+
+
+async def test_without_keys_a_made_up_key_header_buys_no_fresh_quota(make_api: MakeApi) -> None:
+    """The limit used to key on X-API-Key even when nobody checked it: one header per request
+    and the limit was gone. Without keys the client is its address."""
+    async with make_api(rate_limit="3/minute") as api:
+        statuses = [
+            (await api.client.get(URL, headers={"X-API-Key": f"made-up-{n}"})).status_code
+            for n in range(4)
+        ]
+    assert statuses == [200, 200, 200, 429]
+
+
+async def test_a_query_with_too_many_fields_is_refused_before_parsing(api: Api) -> None:
+    """max_exclude (100) + the three scalars + 8 unknown fields are parsed; more are refused."""
+    allowed = "&".join(f"x{n}=1" for n in range(8))
+    assert (await api.client.get(f"{URL}?{allowed}")).status_code == 200
+    flood = "&".join(f"exclude=i{n}" for n in range(1_000))
+    reply = await api.client.get(f"{URL}?{flood}")
+    assert reply.status_code == 422
+    assert "at most 111 query fields" in reply.text
 
 
 async def test_metrics_cover_requests_and_fallbacks(api: Api) -> None:

@@ -52,3 +52,23 @@ def test_placeholder_api_keys_are_refused_outside_dev(monkeypatch: pytest.Monkey
         Settings()
     monkeypatch.setenv("RECO_API_API_KEYS", '["a-real-key"]')
     assert len(Settings().api.api_keys) == 1
+
+
+def test_outside_dev_the_api_refuses_to_start_without_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The API used to be open by default behind a public LoadBalancer."""
+    monkeypatch.setenv("RECO_ENV", "prod")
+    monkeypatch.setenv("RECO_S3_SECRET_KEY", "a-real-one")
+    monkeypatch.delenv("RECO_API_API_KEYS", raising=False)
+    with pytest.raises(ValidationError, match="RECO_API_API_KEYS is empty: RECO_ENV=prod"):
+        Settings()
+    monkeypatch.setenv("RECO_ENV", "dev")
+    assert Settings().api.api_keys == []
+
+
+@pytest.mark.parametrize("keys", ['[""]', '["  "]', '["k1", " "]'])
+def test_blank_api_keys_are_refused_everywhere(monkeypatch: pytest.MonkeyPatch, keys: str) -> None:
+    monkeypatch.setenv("RECO_API_API_KEYS", keys)
+    with pytest.raises(ConfigurationError, match="RECO_API_API_KEYS"):
+        load_settings(ApiSettings)

@@ -47,6 +47,7 @@ SETTINGS: dict[str, type[Any]] = {
 OUT_OF_BAND = {
     "reco-s3": {"RECO_S3_ACCESS_KEY": "AKIA-operator", "RECO_S3_SECRET_KEY": "operator-secret"},
     "reco-worker": {"control-token": "operator-token"},
+    "reco-api": {"api-keys": '["operator-key"]'},
 }
 FIELDS = {"metadata.namespace": "reco", "metadata.name": "pod-0"}
 MARGIN_S = 5  # docs/api.md: grace ≥ preStop + RECO_API_SHUTDOWN_TIMEOUT_S + 5 s

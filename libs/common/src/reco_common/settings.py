@@ -29,7 +29,7 @@ def _not_blank(token: SecretStr) -> SecretStr:
     return token
 
 
-# A bearer token a service accepts or presents: never empty, never blank, no white space.
+# A bearer token or API key a service accepts or presents: never empty or blank, no white space.
 BearerToken = Annotated[SecretStr, AfterValidator(_not_blank)]
 
 

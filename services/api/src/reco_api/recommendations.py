@@ -292,19 +292,43 @@ class _Route(Route):
 
 
 _SCALARS = ("n", "offset", "model")
+# Query fields beyond the known ones that a request may carry (cache busters, tracking tags).
+UNKNOWN_FIELDS_ALLOWED = 8
 
 
-def parse_request(request: Request, model: type[RecommendationRequest]) -> RecommendationRequest:
+def max_query_fields(settings: ApiSettings) -> int:
+    """Every ``exclude`` the bounds allow, each scalar, and a few unknown fields."""
+    return settings.max_exclude + len(_SCALARS) + UNKNOWN_FIELDS_ALLOWED
+
+
+def _query_fields(query: str, *, max_fields: int) -> list[tuple[str, str]]:
+    try:
+        return parse_qsl(query, keep_blank_values=True, max_num_fields=max_fields)
+    except ValueError:
+        error = {
+            "type": "too_many_fields",
+            "loc": ("query",),
+            "msg": f"at most {max_fields} query fields",
+            "input": None,
+        }
+        raise RequestValidationError([error]) from None
+
+
+def parse_request(
+    request: Request, model: type[RecommendationRequest], *, max_fields: int
+) -> RecommendationRequest:
     """The path and query of ``request`` as one ``model``, or a ``RequestValidationError``.
 
     Like FastAPI: a repeated scalar takes its last value, ``exclude`` takes every value, and
-    unknown parameters are ignored.
+    unknown parameters are ignored. A query of more than ``max_fields`` fields is refused before
+    any is parsed (the bounds on ``exclude`` only run after parsing, so ten thousand fields
+    would otherwise all be decoded first).
     """
     raw: dict[str, Any] = {"user_id": request.path_params["user_id"]}
     exclude: list[str] = []
     # Parsed as Starlette's request.query_params does, without building its multi-dict.
     query = request.scope["query_string"].decode("latin-1")
-    for name, value in parse_qsl(query, keep_blank_values=True):
+    for name, value in _query_fields(query, max_fields=max_fields):
         if name == "exclude":
             exclude.append(value)
         elif name in _SCALARS:
@@ -325,10 +349,11 @@ def recommendations_route(settings: ApiSettings, service: RecommendationService)
     """The served route: API key (when configured), then rate limit (when configured), then
     validation, then one ``MGET``. See the module docstring for why it is not a path operation."""
     params_model = bounded_request(settings)
+    max_fields = max_query_fields(settings)
     keys = ApiKeys(settings.api_keys) if settings.api_keys else None
 
     async def recommendations(request: Request) -> Response:
-        params = parse_request(request, params_model)
+        params = parse_request(request, params_model, max_fields=max_fields)
         body = await service.recommend(
             model=params.model,
             user_id=params.user_id,
@@ -340,7 +365,9 @@ def recommendations_route(settings: ApiSettings, service: RecommendationService)
 
     limited: Endpoint = recommendations
     if settings.rate_limit:
-        limited = rate_limited(recommendations, limit=settings.rate_limit)
+        limited = rate_limited(
+            recommendations, limit=settings.rate_limit, keys_checked=keys is not None
+        )
 
     async def get_recommendations(request: Request) -> Response:
         if keys is not None:

@@ -1,8 +1,10 @@
 """The optional guards: API keys (off unless keys are configured) and a per-client rate limit.
 
 The key is checked in constant time against each configured key (FastAPI's ``APIKeyHeader``
-describes it in the OpenAPI schema); the limit is slowapi over ``limits``. A client is its API key when it sends one,
-else its address (behind a proxy, see ``RECO_API_FORWARDED_ALLOW_IPS``).
+describes it in the OpenAPI schema); the limit is slowapi over ``limits``. A client is its API
+key when keys are configured (the key was checked before the limiter runs), else its address
+(behind a proxy, see ``RECO_API_FORWARDED_ALLOW_IPS``): never a header nobody checked, which
+would buy a fresh quota with every made-up value.
 """
 
 from __future__ import annotations
@@ -55,18 +57,25 @@ class ApiKeys:
         return [Security(_api_key_header)]
 
 
-def _client_key(request: Request) -> str:
-    key = request.headers.get(API_KEY_HEADER)
-    return f"key:{_digest(key).hex()}" if key else f"ip:{get_remote_address(request)}"
+def _by_checked_key(request: Request) -> str:
+    return f"key:{_digest(request.headers.get(API_KEY_HEADER) or '').hex()}"
 
 
-def rate_limited(endpoint: Endpoint, *, limit: str) -> Endpoint:
+def _by_address(request: Request) -> str:
+    return f"ip:{get_remote_address(request)}"
+
+
+def rate_limited(endpoint: Endpoint, *, limit: str, keys_checked: bool) -> Endpoint:
     """``endpoint`` limited to ``limit`` (e.g. ``"100/second"``) per client, in process memory.
+
+    ``keys_checked``: the API key was verified before the endpoint runs, so it names the client;
+    otherwise the client's address does.
 
     slowapi's route decorator rather than its ASGI middleware: only the served route is
     limited (never the probes or ``/metrics``), and no middleware runs on every request. The
     decorator needs the endpoint to take ``request: Request``.
     """
-    limiter = Limiter(key_func=_client_key, key_style="endpoint", storage_uri="memory://")
+    key_func = _by_checked_key if keys_checked else _by_address
+    limiter = Limiter(key_func=key_func, key_style="endpoint", storage_uri="memory://")
     limited: Endpoint = limiter.limit(limit)(endpoint)
     return limited

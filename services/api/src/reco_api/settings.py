@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Annotated, Self
 
 from limits import parse_many
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reco_common.contracts import Identifier, ModelName
-from reco_common.settings import CommonSettings, Environment, refuse_placeholder
+from reco_common.settings import BearerToken, CommonSettings, Environment, refuse_placeholder
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 NonNegativeSeconds = Annotated[float, Field(ge=0)]
@@ -47,7 +47,7 @@ class ApiSettings(BaseSettings):
     shutdown_timeout_s: PositiveSeconds = 25.0
 
     # guards
-    api_keys: list[SecretStr] = []
+    api_keys: list[BearerToken] = []
     rate_limit: str | None = None
     limit_concurrency: Annotated[int, Field(ge=1)] = 1000
     backlog: Annotated[int, Field(ge=1)] = 2048
@@ -86,8 +86,16 @@ class Settings(CommonSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
 
     @model_validator(mode="after")
-    def _no_placeholder_keys_outside_dev(self) -> Self:
+    def _keys_required_outside_dev(self) -> Self:
+        """Outside dev the API is never open: at least one key, none a placeholder. Several
+        keys are accepted at once so that a key is rotated without downtime (add the new one,
+        move the clients, remove the old one: docs/api.md)."""
         if self.env is not Environment.DEV:
+            if not self.api.api_keys:
+                raise ValueError(
+                    f"RECO_API_API_KEYS is empty: RECO_ENV={self.env.value} requires API keys"
+                    ' (a JSON list, e.g. ["<key>"]; several while rotating)'
+                )
             for key in self.api.api_keys:
                 refuse_placeholder("RECO_API_API_KEYS", key)
         return self
