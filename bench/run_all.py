@@ -61,6 +61,7 @@ class Bench:
 
 BENCHES = (
     Bench("Trainer", "bench/trainer/train_bench.py", quick=("--sizes", "100000")),
+    Bench("Trainer", "bench/trainer/read_bench.py", quick=("--rows", "100000", "--repeat", "1")),
     Bench(
         "Worker",
         "bench/worker/throughput.py",

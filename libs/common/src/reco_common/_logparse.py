@@ -150,7 +150,8 @@ class _Lines:
 
 
 def _read_delimited(uri: str, data: bytes, fmt: LogFormat) -> _Raw:
-    first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip("\r")
+    end = data.find(b"\n")
+    first = data[: end if end >= 0 else len(data)].decode("utf-8", errors="replace").strip("\r")
     delimiter = "\t" if fmt in (LogFormat.TSV, LogFormat.MOVIELENS) or "\t" in first else ","
     header = [h.strip().strip('"') for h in first.split(delimiter)]
     skip = 1
@@ -352,6 +353,7 @@ def _ids(raw: _Raw, column: str, values: pa.Array) -> pa.Array:
     empty = pc.equal(text, "")
     if column in (USER_ID, ITEM_ID):
         raw.refuse_first(column, empty, lambda _: "empty id")
+        return text
     return pc.if_else(empty, _NULL_TEXT, text)
 
 
