@@ -17,6 +17,7 @@ from reco_common.kafka import KafkaUnavailableError
 from reco_common.lifecycle import serve
 from reco_common.service import load_service_settings
 from reco_worker.model_store import load_serving_model
+from reco_worker.rebuild import rebuild_from_log
 from reco_worker.replay import replay, summary
 from reco_worker.settings import WorkerSettings
 from reco_worker.worker import Worker
@@ -85,6 +86,26 @@ def replay_command(
     )
     output.write_bytes(dumps(report))
     typer.echo(summary(report))
+
+
+@app.command("rebuild")
+def rebuild_command(
+    user: Annotated[
+        list[str] | None, typer.Option(help="Rebuild only this user (repeat); default: all.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model artifact URI; default: MODEL_URI.")
+    ] = None,
+) -> None:
+    """Rebuild histories and lists in Redis from the retained user-actions log."""
+    settings = _settings()
+    uri = model or settings.model_uri
+    if not uri:
+        typer.echo("rebuild needs a model: --model or MODEL_URI", err=True)
+        raise typer.Exit(2)
+    threadpool_limits(limits=settings.blas_threads)
+    report = asyncio.run(rebuild_from_log(settings, model_uri=uri, users=user or ()))
+    typer.echo(dumps(dataclasses.asdict(report) | {"events_per_s": report.events_per_s}))
 
 
 def main() -> None:

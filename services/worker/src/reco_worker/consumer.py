@@ -119,7 +119,7 @@ class ActionHandler:
         computed_at = datetime.now(UTC)
         lists = {
             user_id: FencedWrite(
-                encode(_stamped(r, model, update.last, computed_at)), update.position
+                encode(stamped(r, model, update.last, computed_at)), update.position
             )
             for (user_id, update), r in zip(updates.items(), ranked, strict=True)
         }
@@ -173,7 +173,7 @@ class ActionHandler:
 _WRITE_STAGES = frozenset({"history", "write"})
 
 
-def _stamped(
+def stamped(
     ranked: Ranked, model: ServingModel, trigger: UserAction, computed_at: datetime
 ) -> RecommendationList:
     return RecommendationList(

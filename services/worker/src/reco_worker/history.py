@@ -43,10 +43,10 @@ def effective_ts(action: UserAction, *, record_ts_ms: int, max_future_skew_s: fl
 
 
 # KEYS: one fence hash per partition group, then the groups' histories in order. The framed
-# arguments: max length, TTL, the number of groups; then per group a user count and per user: user
+# arguments: max length, TTL, whether to read back (1/0), the number of groups; then per group a user count and per user: user
 # id, offset, a member count and (score, member) pairs. A user's members are added (one ZADD) only when the offset is
 # greater than the one in the partition's fence (the fence, which also makes a redelivered batch a
-# no-op); every history is trimmed and read back either way. Returns per user, in KEYS order,
+# no-op); every history is trimmed (and read back) either way. Returns per user, in KEYS order,
 # "member<TAB>score" lines joined by newlines (members never hold a newline).
 _APPEND_AND_READ = (
     LUA_HELPERS
@@ -54,8 +54,9 @@ _APPEND_AND_READ = (
 local A = unframed(ARGV[1], ARGV[2])
 local max_len = tonumber(A[1])
 local ttl = A[2]
-local groups = tonumber(A[3])
-local at, k = 4, groups + 1
+local read = A[3] == '1'
+local groups = tonumber(A[4])
+local at, k = 5, groups + 1
 local out = {}
 for g = 1, groups do
   local count = tonumber(A[at])
@@ -79,10 +80,12 @@ for g = 1, groups do
     end
     redis.call('ZREMRANGEBYRANK', key, 0, -(max_len + 1))
     redis.call('EXPIRE', key, ttl)
-    local flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
     local lines = {}
-    for j = 1, #flat, 2 do
-      lines[#lines + 1] = flat[j] .. '\t' .. flat[j + 1]
+    if read then
+      local flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+      for j = 1, #flat, 2 do
+        lines[#lines + 1] = flat[j] .. '\t' .. flat[j + 1]
+      end
     end
     out[#out + 1] = table.concat(lines, '\n')
     k = k + 1
@@ -115,12 +118,13 @@ class HistoryStore:
         self._script = redis.register_script(_APPEND_AND_READ)
 
     async def append_and_read(
-        self, additions: Mapping[str, Addition]
+        self, additions: Mapping[str, Addition], *, read: bool = True
     ) -> dict[str, list[HistoryEntry]]:
-        """Add each user's members unless already applied, trim, refresh TTLs, read back."""
+        """Add each user's members unless already applied, trim, refresh TTLs, read back (empty
+        histories with ``read=False``: a rebuild appends first and reads once at the end)."""
         groups = by_partition({user_id: a.position for user_id, a in additions.items()})
         keys = [self._keys.history_fence(partition) for partition in groups]
-        args: list[bytes | int | str] = [self._max_len, self._ttl_s, len(groups)]
+        args: list[bytes | int | str] = [self._max_len, self._ttl_s, int(read), len(groups)]
         order: list[str] = []
         for users in groups.values():
             args.append(len(users))

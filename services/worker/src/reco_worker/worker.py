@@ -20,12 +20,12 @@ from threadpoolctl import threadpool_limits
 from reco_common.contracts import Topics, UserAction
 from reco_common.kafka import EventConsumer, ensure_topics, start_producer
 from reco_common.ops import OpsServer, Readiness
-from reco_common.redis_store import FencedLists, connect
+from reco_common.redis_store import connect
 from reco_worker.consumer import ActionHandler
-from reco_worker.history import HistoryStore
 from reco_worker.http import create_app
 from reco_worker.metrics import WorkerMetrics
 from reco_worker.model_store import ModelStore
+from reco_worker.rebuild import stores
 from reco_worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -132,17 +132,11 @@ class Worker:
         await self._consumer.run(self._stopping)
 
     def _handler(self) -> ActionHandler:
-        settings, keys, redis = self._settings, self._settings.common.redis.keys, self.started.redis
-        models = self.models
+        settings, models = self._settings, self.models
+        history, lists = stores(settings, self.started.redis, self._metrics)
         return ActionHandler(
-            lists=FencedLists(redis, keys),
-            history=HistoryStore(
-                redis,
-                keys,
-                max_len=settings.history_len,
-                ttl_s=settings.history_ttl_s,
-                bad_members=self._metrics.bad_history_members,
-            ),
+            lists=lists,
+            history=history,
             model=lambda: models.current,
             policy=settings.policy,
             max_future_skew_s=settings.max_future_skew_s,
