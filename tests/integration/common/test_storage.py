@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from reco_common.settings import S3Settings
-from reco_common.storage import ObjectNotFoundError, ObjectStore, file_sha256, open_store
+from reco_common.storage import (
+    ObjectExistsError,
+    ObjectNotFoundError,
+    ObjectStore,
+    file_sha256,
+    open_store,
+)
 
 
 def test_put_get_list_and_delete(store: ObjectStore) -> None:
@@ -60,3 +67,28 @@ def test_uris_name_the_object_and_reopen_the_same_store(
 def test_unknown_schemes_are_refused() -> None:
     with pytest.raises(ValueError, match="unsupported storage URI"):
         open_store("ftp://host/x")
+
+
+def test_a_write_once_object_is_created_once(store: ObjectStore) -> None:
+    assert store.create_bytes("once/manifest.json", b"first") == store.sha256("once/manifest.json")
+    with pytest.raises(ObjectExistsError):
+        store.create_bytes("once/manifest.json", b"second")
+    assert store.get_bytes("once/manifest.json") == b"first"
+    assert store.list("once/") == ["once/manifest.json"], "no temporary file is left"
+
+
+def test_of_racing_creators_exactly_one_wins(store: ObjectStore) -> None:
+    """Check-then-write let both believe they wrote it; the exclusive create does not."""
+    contenders = [f"writer-{n}".encode() for n in range(8)]
+
+    def create(data: bytes) -> bytes | None:
+        try:
+            store.create_bytes("race/manifest.json", data)
+        except ObjectExistsError:
+            return None
+        return data
+
+    with ThreadPoolExecutor(max_workers=len(contenders)) as pool:
+        winners = [w for w in pool.map(create, contenders) if w is not None]
+    assert len(winners) == 1
+    assert store.get_bytes("race/manifest.json") == winners[0]

@@ -52,7 +52,7 @@ from reco_common.contracts import (
     encode,
     loads,
 )
-from reco_common.storage import ObjectStore, file_sha256
+from reco_common.storage import ObjectExistsError, ObjectStore, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +227,12 @@ def write_artifact(
         files=entries,
         **manifest,
     )
-    store.put_bytes(f"{prefix}/{ObjectLayout.MANIFEST}", encode(doc))
+    try:  # the commit point, write-once: of two racing writers exactly one gets here
+        store.create_bytes(f"{prefix}/{ObjectLayout.MANIFEST}", encode(doc))
+    except ObjectExistsError:
+        raise ArtifactError(
+            f"{store.uri(prefix)} already exists; artifacts are immutable"
+        ) from None
     return store.uri(prefix)
 
 

@@ -8,8 +8,14 @@ requests are retried by the AWS SDK's standard strategy. Calls are blocking: asy
 them in ``asyncio.to_thread``.
 
 Deleting the last object of an S3 "directory" leaves a ``dir/`` marker object (pyarrow keeps
-the parent directory alive); :meth:`ObjectStore.list` shows objects only. pyarrow has no
-conditional put: an exclusive create (``If-None-Match``) would need the S3 API itself.
+the parent directory alive); :meth:`ObjectStore.list` shows objects only.
+
+Write-once objects (an artifact's manifest, its commit point) go through
+:meth:`ObjectStore.create_bytes`: an exclusive create, so that two writers (or a writer and a
+re-run) can never both believe they wrote it. pyarrow has no conditional put, so on S3 this one
+call is botocore's ``PutObject`` with ``If-None-Match: *`` (the server answers 412 when the key
+exists: AWS S3 since 2024, VersityGW, tested on the local one); on ``file://`` the temporary
+file is hard-linked to its name, which fails if the name exists.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import os
 import posixpath
 import uuid
 from collections.abc import Iterator
@@ -24,8 +31,12 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
+import botocore.session
 import pyarrow as pa
 import pyarrow.fs as pafs
+from botocore.client import BaseClient
+from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from reco_common.settings import S3Settings
 
@@ -37,14 +48,31 @@ class ObjectNotFoundError(FileNotFoundError):
     """No object at that key."""
 
 
+class ObjectExistsError(FileExistsError):
+    """A write-once object is already there."""
+
+
+# S3's answers to a conditional put whose condition does not hold (412), or that raced another
+# conditional write of the same key (409): either way, this writer did not create the object.
+_EXISTS_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+
+
 class ObjectStore:
     """Objects below one root URI on a pyarrow filesystem (see :func:`open_store`)."""
 
-    def __init__(self, root_uri: str, filesystem: pafs.FileSystem, base: str) -> None:
+    def __init__(
+        self,
+        root_uri: str,
+        filesystem: pafs.FileSystem,
+        base: str,
+        *,
+        s3: S3Settings | None = None,
+    ) -> None:
         self.root_uri = root_uri.rstrip("/")
         self._fs = filesystem
         self._base = base.rstrip("/")
         self._local = isinstance(filesystem, pafs.LocalFileSystem)
+        self._s3 = s3
 
     def uri(self, key: str) -> str:
         """The absolute URI of ``key``."""
@@ -52,7 +80,7 @@ class ObjectStore:
 
     def below(self, prefix: str) -> ObjectStore:
         """The store rooted at ``prefix`` (same filesystem and credentials)."""
-        return ObjectStore(self.uri(prefix), self._fs, self._path(prefix))
+        return ObjectStore(self.uri(prefix), self._fs, self._path(prefix), s3=self._s3)
 
     def _path(self, key: str) -> str:
         relative = posixpath.normpath(key.lstrip("/"))
@@ -63,6 +91,37 @@ class ObjectStore:
     def put_bytes(self, key: str, data: bytes) -> str:
         """Store ``data`` at ``key``; return its sha256."""
         return self._write(key, pa.BufferReader(data))
+
+    def create_bytes(self, key: str, data: bytes) -> str:
+        """Store ``data`` at ``key`` only if no object is there (write-once); return its sha256.
+        ``ObjectExistsError`` if one is."""
+        if self._local:
+            return self._create_local(self._path(key), data)
+        bucket, _, name = self._path(key).partition("/")
+        try:
+            _s3_client(self._s3 or S3Settings()).put_object(
+                Bucket=bucket, Key=name, Body=data, IfNoneMatch="*"
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _EXISTS_CODES:
+                raise ObjectExistsError(self.uri(key)) from None
+            raise
+        return hashlib.sha256(data).hexdigest()
+
+    def _create_local(self, path: str, data: bytes) -> str:
+        parent = posixpath.dirname(path)
+        self._fs.create_dir(parent, recursive=True)
+        temporary = f"{parent}/{_TMP}{uuid.uuid4().hex}"
+        try:
+            stream = self._fs.open_output_stream(temporary, compression=None)
+            digest = _copy(pa.BufferReader(data), stream)
+            os.link(temporary, path)  # atomic, and refused when ``path`` exists
+        except FileExistsError:
+            raise ObjectExistsError(path) from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        return digest
 
     def upload_file(self, key: str, path: Path) -> str:
         """Store the file at ``path`` under ``key``; return the sha256 of what was sent."""
@@ -159,7 +218,8 @@ def open_store(uri: str, *, s3: S3Settings | None = None) -> ObjectStore:
         if not parsed.netloc:
             raise ValueError(f"{uri!r}: an s3:// URI must name a bucket (s3://bucket/prefix)")
         base = f"{parsed.netloc}/{parsed.path.strip('/')}"
-        return ObjectStore(uri, s3_filesystem(s3 or S3Settings()), base)
+        settings = s3 or S3Settings()
+        return ObjectStore(uri, s3_filesystem(settings), base, s3=settings)
     raise ValueError(f"{uri!r}: unsupported storage URI (use s3://bucket/prefix or file:///dir)")
 
 
@@ -179,6 +239,26 @@ def _s3_filesystem(
         region=region,
         endpoint_override=endpoint,
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=5),
+    )
+
+
+def _s3_client(settings: S3Settings) -> BaseClient:
+    """The (shared) botocore S3 client for ``settings``: only for what pyarrow cannot do."""
+    secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+    return _cached_s3_client(settings.endpoint_url, settings.region, settings.access_key, secret)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_s3_client(
+    endpoint: str | None, region: str, access_key: str | None, secret_key: str | None
+) -> BaseClient:
+    return botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard"}),
     )
 
 
