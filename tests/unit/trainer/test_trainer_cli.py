@@ -4,13 +4,17 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from reco_common.contracts import ObjectLayout
 from reco_common.storage import open_store
 from reco_trainer.cli import EXIT_INPUT, app
+from reco_trainer.options import OWN_FLAGS
+from reco_trainer.params import TrainParams
 
 runner = CliRunner()
 TINY = ["--components", "4", "--epochs", "2", "--threads", "1", "--no-publish"]
@@ -161,3 +165,16 @@ def test_bad_column_maps_exit_non_zero_naming_the_column(
     assert result.exit_code == EXIT_INPUT
     assert "RECO_TRAINER_COLUMNS" in result.output + caplog.text
     assert open_store(store_uri).list() == []
+
+
+def test_every_training_parameter_has_its_option() -> None:
+    group: Any = typer.main.get_command(app)
+    for command in ("train", "tune"):
+        options = {p.name: p for p in group.commands[command].params}
+        for name, field in TrainParams.model_fields.items():
+            if name not in OWN_FLAGS:
+                assert options[name].help == field.description, (command, name)
+    train = {p.name: p for p in group.commands["train"].params}
+    assert train["ks"].opts == ["--k"]
+    assert train["refit"].opts == ["--refit"]
+    assert train["refit"].secondary_opts == ["--no-refit"]

@@ -27,7 +27,8 @@ from reco_common.service import load_service_settings
 from reco_common.settings import ConfigurationError, S3Settings
 from reco_common.storage import ObjectNotFoundError, as_uri, open_store
 from reco_trainer import producing
-from reco_trainer.params import Loss, SplitKind, TrainParams, Weighting
+from reco_trainer.options import with_param_options
+from reco_trainer.params import TrainParams
 from reco_trainer.pipeline import Inputs, Job, Outcome, run_job
 from reco_trainer.settings import Settings
 from reco_trainer.snapshot import SnapshotError, archive_location, archive_topic
@@ -98,7 +99,42 @@ def _action_weights(values: list[str]) -> dict[str, float]:
     return weights
 
 
+ParamsFrom = Annotated[
+    str | None,
+    typer.Option(help="Reuse the tuned parameters recorded in this model artifact's manifest."),
+]
+TuneTrials = Annotated[
+    int | None,
+    typer.Option(min=1, help="Search the parameters first, with at most this many trials."),
+]
+TuneMinutes = Annotated[
+    float, typer.Option(min=0.01, help="Time budget of the search (with --tune).")
+]
+
+
+Columns = Annotated[
+    str | None,
+    typer.Option(
+        help="The logs' column names, e.g. user=userId,item=movieId,weight=rating,"
+        "timestamp=timestamp (default: user_id, item_id, weight|rating, ts|timestamp, …)."
+    ),
+]
+MinWeight = Annotated[
+    float | None,
+    typer.Option(help="Keep only interactions weighing at least this, e.g. 4 (ratings ≥ 4)."),
+]
+
+
+def _reading(settings: Settings, columns: str | None, min_weight: float | None) -> dict[str, Any]:
+    """How the logs are read: the flags, else the settings (see :class:`Inputs`)."""
+    return {
+        "columns": column_map(columns) if columns else settings.trainer.columns,
+        "min_weight": settings.trainer.min_weight if min_weight is None else min_weight,
+    }
+
+
 @app.command()
+@with_param_options
 def train(
     interactions: Annotated[
         list[str],
@@ -106,6 +142,7 @@ def train(
             "--interactions", "-i", help="Interaction file, directory or URI (repeatable)."
         ),
     ],
+    overrides: dict[str, Any],
     test: Annotated[
         str | None, typer.Option(help="Explicit held-out interactions instead of a split.")
     ] = None,
@@ -121,72 +158,19 @@ def train(
     metrics_out: Annotated[
         Path | None, typer.Option(help="Write the evaluation JSON here (and a .png beside it).")
     ] = None,
-    columns: Annotated[
-        str | None,
-        typer.Option(
-            help="The logs' column names, e.g. user=userId,item=movieId,weight=rating,"
-            "timestamp=timestamp (default: user_id, item_id, weight|rating, ts|timestamp, …)."
-        ),
-    ] = None,
-    min_weight: Annotated[
-        float | None,
-        typer.Option(help="Keep only interactions weighing at least this, e.g. 4 (ratings ≥ 4)."),
-    ] = None,
-    loss: Annotated[Loss | None, typer.Option(help="LightFM loss.")] = None,
-    components: Annotated[int | None, typer.Option(help="Latent dimensions.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
-    learning_rate: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
-    item_alpha: Annotated[float | None, typer.Option(help="L2 penalty on item features.")] = None,
-    user_alpha: Annotated[float | None, typer.Option(help="L2 penalty on user features.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Training threads.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    split: Annotated[SplitKind | None, typer.Option(help="Held-out split.")] = None,
-    test_fraction: Annotated[float | None, typer.Option(help="Share held out.")] = None,
-    validation_fraction: Annotated[
-        float | None, typer.Option(help="Share of training data for early stopping (0: off).")
-    ] = None,
-    patience: Annotated[int | None, typer.Option(help="Epochs without improvement.")] = None,
-    weighting: Annotated[
-        Weighting | None, typer.Option(help="Summed weights → sample weight.")
-    ] = None,
+    columns: Columns = None,
+    min_weight: MinWeight = None,
     action_weight: Annotated[
         list[str] | None, typer.Option(help="ACTION=WEIGHT, e.g. purchase=10 (repeatable).")
-    ] = None,
-    k: Annotated[list[int] | None, typer.Option("--k", help="Cut-offs (repeatable).")] = None,
-    early_stopping_metric: Annotated[
-        str | None, typer.Option(help="Validation metric to stop on, e.g. ndcg@10.")
-    ] = None,
-    eval_users: Annotated[int | None, typer.Option(help="Users sampled for evaluation.")] = None,
-    refit: Annotated[
-        bool | None,
-        typer.Option("--refit/--no-refit", help="Retrain on all data after evaluation."),
     ] = None,
     params_from: ParamsFrom = None,
     tune: TuneTrials = None,
     tune_minutes: TuneMinutes = 10.0,
 ) -> None:
-    """Train on interaction files, evaluate against popularity, store and publish the model."""
-    settings = load_service_settings(Settings, service="trainer")
-    overrides: dict[str, Any] = {
-        "loss": loss,
-        "components": components,
-        "epochs": epochs,
-        "learning_rate": learning_rate,
-        "item_alpha": item_alpha,
-        "user_alpha": user_alpha,
-        "threads": threads,
-        "seed": seed,
-        "split": split,
-        "test_fraction": test_fraction,
-        "validation_fraction": validation_fraction,
-        "patience": patience,
-        "weighting": weighting,
-        "ks": tuple(k) if k else None,
-        "early_stopping_metric": early_stopping_metric,
-        "eval_users": eval_users,
-        "refit": refit,
-    }
+    """Train on interaction files, evaluate against popularity, store and publish the model.
 
+    Every training parameter has its option (``--components``, ``--epochs``, …)."""
+    settings = load_service_settings(Settings, service="trainer")
     weights = _action_weights(action_weight or [])
 
     def job() -> Outcome:
@@ -210,25 +194,11 @@ def train(
                 test=test,
                 item_features=item_features or settings.trainer.item_features,
                 user_features=user_features or settings.trainer.user_features,
-                columns=column_map(columns) if columns else settings.trainer.columns,
-                min_weight=settings.trainer.min_weight if min_weight is None else min_weight,
+                **_reading(settings, columns, min_weight),
             ),
         )
 
     _summarise(_guarded(job))
-
-
-ParamsFrom = Annotated[
-    str | None,
-    typer.Option(help="Reuse the tuned parameters recorded in this model artifact's manifest."),
-]
-TuneTrials = Annotated[
-    int | None,
-    typer.Option(min=1, help="Search the parameters first, with at most this many trials."),
-]
-TuneMinutes = Annotated[
-    float, typer.Option(min=0.01, help="Time budget of the search (with --tune).")
-]
 
 
 def _budget(trials: int | None, minutes: float) -> Budget | None:
@@ -253,6 +223,7 @@ def _params(base: TrainParams, overrides: dict[str, Any], weights: dict[str, flo
 
 
 @app.command()
+@with_param_options
 def tune(
     interactions: Annotated[
         list[str],
@@ -260,6 +231,7 @@ def tune(
             "--interactions", "-i", help="Interaction file, directory or URI (repeatable)."
         ),
     ],
+    overrides: dict[str, Any],
     trials: Annotated[int, typer.Option(min=1, help="At most this many trials.")] = 50,
     minutes: Annotated[float, typer.Option(min=0.01, help="Time budget of the search.")] = 10.0,
     test: Annotated[
@@ -275,13 +247,13 @@ def tune(
     metrics_out: Annotated[
         Path | None, typer.Option(help="Write the evaluation JSON here (and a .png beside it).")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="Training threads.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    columns: Columns = None,
+    min_weight: MinWeight = None,
 ) -> None:
     """Search the parameters with Optuna (validation metric, pruning), then train with the
-    best ones; the manifest keeps them for ``--params-from``. Other parameters: settings."""
+    best ones; the manifest keeps them for ``--params-from``. The options of the parameters
+    set the search's fixed values and its starting point."""
     settings = load_service_settings(Settings, service="trainer")
-    overrides = {"threads": threads, "seed": seed}
 
     def job() -> Outcome:
         do_publish = settings.trainer.publish if publish is None else publish
@@ -295,7 +267,7 @@ def tune(
                 metrics_out=metrics_out or settings.trainer.metrics_out,
                 tune=Budget(trials=trials, budget_s=minutes * 60),
             ),
-            Inputs(interactions=interactions, test=test),
+            Inputs(interactions=interactions, test=test, **_reading(settings, columns, min_weight)),
         )
 
     _summarise(_guarded(job))

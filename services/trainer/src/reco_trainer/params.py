@@ -41,41 +41,67 @@ class Weighting(enum.StrEnum):
 
 
 class TrainParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Each field's docstring is its ``reco-trainer train --<name>`` help (see cli.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     # Defaults measured on MovieLens against LightFM's own (docs/quality.md).
     loss: Loss = Loss.WARP_KOS
+    """LightFM loss."""
     components: Annotated[int, Field(ge=1, le=512)] = 96
+    """Latent dimensions."""
     epochs: Annotated[int, Field(ge=1, le=1000)] = 150
+    """Maximum epochs."""
     learning_rate: Positive = 0.02
+    """Learning rate."""
     item_alpha: Annotated[float, Field(ge=0)] = 0.0
+    """L2 penalty on item features."""
     user_alpha: Annotated[float, Field(ge=0)] = 0.0
+    """L2 penalty on user features."""
     max_sampled: Annotated[int, Field(ge=1)] = 10
+    """Negatives sampled per positive (WARP losses)."""
     threads: Annotated[int, Field(ge=1, le=256)] = 2
+    """Training threads (not part of the version)."""
     seed: int = 42
+    """Random seed."""
     action_weights: dict[ActionType, Positive] = Field(
         default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS)
     )
+    """Weight of each action type."""
     weighting: Weighting = Weighting.BINARY  # warp-kos takes no sample weights
+    """Summed weights → sample weight."""
     split: SplitKind = SplitKind.AUTO
+    """Held-out split."""
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    """Share held out."""
     validation_fraction: Fraction = 0.2
-    # How each user's validation share is drawn (auto: like the test split). Random measured
-    # better on MovieLens: it only picks the epochs and the bias scale (docs/quality.md).
+    """Share of training data for early stopping (0: off)."""
+    # Random measured better on MovieLens: it only picks the epochs and the bias scale
+    # (docs/quality.md).
     validation_split: SplitKind = SplitKind.RANDOM
+    """How each user's validation share is drawn (auto: like the test split)."""
     patience: Annotated[int, Field(ge=1)] = 20
+    """Epochs without improvement."""
     min_epochs: Annotated[int, Field(ge=1)] = 30
+    """Epochs before early stopping may stop."""
     fold_validation: bool = True
-    # Weight of the item bias in served scores; None: chosen on the validation part.
+    """Retrain on the fit and validation parts together for the epochs early stopping kept."""
     bias_scale: Annotated[float, Field(ge=0)] | None = None
+    """Weight of the item bias in served scores (default: chosen on the validation part)."""
     ks: tuple[int, ...] = (5, 10)
+    """Cut-offs (repeatable)."""
     early_stopping_metric: str = PRIMARY_METRIC
+    """Validation metric to stop on, e.g. ndcg@10."""
     eval_users: Annotated[int, Field(ge=1)] | None = 10_000
+    """Users sampled for evaluation."""
     validation_users: Annotated[int, Field(ge=1)] = 2_000
+    """Users sampled for early stopping."""
     popular_items: Annotated[int, Field(ge=1, le=10_000)] = 100
-    # Item-to-item neighbours per item in the artifact, for the real-time policy (0: none).
+    """Length of the popularity fallback list."""
     neighbours: Annotated[int, Field(ge=0, le=1000)] = 50
+    """Item-to-item neighbours per item in the artifact, for the real-time policy (0: none)."""
     refit: bool = False
+    """Retrain on all data after evaluation."""
 
     @model_validator(mode="after")
     def _metric_is_computed(self) -> Self:
