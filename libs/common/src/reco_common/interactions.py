@@ -8,10 +8,12 @@ with ``_`` or ``.`` are skipped). The format follows the file name (``.csv``, ``
 Columns of the files: ``user_id`` and ``item_id`` (required; ids are strings, integers are
 accepted and turned into strings), ``weight`` or ``rating`` (optional), ``timestamp`` or ``ts``
 (optional: epoch seconds, epoch milliseconds when above 1e11, ISO 8601 where a missing zone
-means UTC, or a Parquet timestamp), ``action`` (optional: view/click/cart/purchase) and
-``event_id`` (optional). A row's weight is its ``weight`` (or ``rating``) when given, else the
-weight of its action, else 1. Malformed input raises :class:`InteractionsError` naming the
-file, the line (or Parquet row) and the column.
+means UTC, or a Parquet timestamp), ``action`` (optional: any name the action weights know;
+by default view/click/cart/purchase) and ``event_id`` (optional). Files that name them
+otherwise are read with a column map (``columns={"user": "userId", …}``, see
+:func:`column_map`). A row's weight is its ``weight`` (or ``rating``) when given, else the
+weight of its action, else 1; ``min_weight`` drops the rows below it. Malformed input raises
+:class:`InteractionsError` naming the file, the line (or Parquet row) and the column.
 """
 
 from __future__ import annotations
