@@ -112,6 +112,19 @@ TuneMinutes = Annotated[
 ]
 
 
+Interactions = Annotated[
+    list[str],
+    typer.Option("--interactions", "-i", help="Interaction file, directory or URI (repeatable)."),
+]
+TestFile = Annotated[
+    str | None, typer.Option(help="Explicit held-out interactions instead of a split.")
+]
+Output = Annotated[str | None, typer.Option(help="Store root (file://… or s3://…) for models/.")]
+ModelName = Annotated[str | None, typer.Option(help="Model name (default: settings).")]
+Publish = Annotated[bool | None, typer.Option("--publish/--no-publish", help="Announce on Kafka.")]
+MetricsOut = Annotated[
+    Path | None, typer.Option(help="Write the evaluation JSON here (and a .png beside it).")
+]
 Columns = Annotated[
     str | None,
     typer.Option(
@@ -136,28 +149,15 @@ def _reading(settings: Settings, columns: str | None, min_weight: float | None) 
 @app.command()
 @with_param_options
 def train(
-    interactions: Annotated[
-        list[str],
-        typer.Option(
-            "--interactions", "-i", help="Interaction file, directory or URI (repeatable)."
-        ),
-    ],
+    interactions: Interactions,
     overrides: dict[str, Any],
-    test: Annotated[
-        str | None, typer.Option(help="Explicit held-out interactions instead of a split.")
-    ] = None,
-    output: Annotated[
-        str | None, typer.Option(help="Store root (file://… or s3://…) for models/.")
-    ] = None,
-    model_name: Annotated[str | None, typer.Option(help="Model name (default: settings).")] = None,
+    test: TestFile = None,
+    output: Output = None,
+    model_name: ModelName = None,
     item_features: Annotated[str | None, typer.Option(help="item_id + feature columns.")] = None,
     user_features: Annotated[str | None, typer.Option(help="user_id + feature columns.")] = None,
-    publish: Annotated[
-        bool | None, typer.Option("--publish/--no-publish", help="Announce on Kafka.")
-    ] = None,
-    metrics_out: Annotated[
-        Path | None, typer.Option(help="Write the evaluation JSON here (and a .png beside it).")
-    ] = None,
+    publish: Publish = None,
+    metrics_out: MetricsOut = None,
     columns: Columns = None,
     min_weight: MinWeight = None,
     action_weight: Annotated[
@@ -225,28 +225,15 @@ def _params(base: TrainParams, overrides: dict[str, Any], weights: dict[str, flo
 @app.command()
 @with_param_options
 def tune(
-    interactions: Annotated[
-        list[str],
-        typer.Option(
-            "--interactions", "-i", help="Interaction file, directory or URI (repeatable)."
-        ),
-    ],
+    interactions: Interactions,
     overrides: dict[str, Any],
     trials: Annotated[int, typer.Option(min=1, help="At most this many trials.")] = 50,
     minutes: Annotated[float, typer.Option(min=0.01, help="Time budget of the search.")] = 10.0,
-    test: Annotated[
-        str | None, typer.Option(help="Explicit held-out interactions instead of a split.")
-    ] = None,
-    output: Annotated[
-        str | None, typer.Option(help="Store root (file://… or s3://…) for models/.")
-    ] = None,
-    model_name: Annotated[str | None, typer.Option(help="Model name (default: settings).")] = None,
-    publish: Annotated[
-        bool | None, typer.Option("--publish/--no-publish", help="Announce on Kafka.")
-    ] = None,
-    metrics_out: Annotated[
-        Path | None, typer.Option(help="Write the evaluation JSON here (and a .png beside it).")
-    ] = None,
+    test: TestFile = None,
+    output: Output = None,
+    model_name: ModelName = None,
+    publish: Publish = None,
+    metrics_out: MetricsOut = None,
     columns: Columns = None,
     min_weight: MinWeight = None,
 ) -> None:
