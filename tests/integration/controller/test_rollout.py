@@ -26,7 +26,7 @@ from controller_kube import (
 )
 from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoreV1Api
 
-from reco_common.contracts import MODEL_URI_ENV, ModelPublished
+from reco_common.contracts import MODEL_MANIFEST_SHA256_ENV, MODEL_URI_ENV, ModelPublished
 from reco_controller.service import Controller
 from reco_controller.settings import Settings
 from reco_controller.targets.deployment import ACTIVE, FAILED_URI, PREVIOUS, Deployment, annotation
@@ -53,7 +53,8 @@ async def test_a_published_model_is_rolled_out(
     send: Send,
     rollout_log: RolloutLog,
 ) -> None:
-    await send(published("v2"))
+    event = published("v2")
+    await send(event)
     await rollout_log.reaches("v2", "succeeded")
 
     assert rollout_log.statuses("v2") == ["started", "succeeded"]
@@ -63,6 +64,7 @@ async def test_a_published_model_is_rolled_out(
     assert env == {
         "RECO_LOG_JSON": "true",
         MODEL_URI_ENV: uri("v2"),
+        MODEL_MANIFEST_SHA256_ENV: event.manifest_sha256,  # the pin the workers verify
         "RECO_KAFKA_BOOTSTRAP": "kafka:9092",
     }, "the other env vars are untouched"
     notes = after.metadata.annotations

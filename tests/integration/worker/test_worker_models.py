@@ -6,12 +6,21 @@ import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import msgspec
 from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from worker_stack import MODEL, N_USERS, corrupt, publish, running, until
 
-from reco_common.contracts import ActionType, RecommendationList, UserAction, decode
+from reco_common.artifact import Manifest, announcement
+from reco_common.contracts import (
+    ActionType,
+    ObjectLayout,
+    RecommendationList,
+    UserAction,
+    decode,
+    encode,
+)
 from reco_common.kafka import publish as publish_event
 from reco_common.redis_store import read_active, read_list
 from reco_common.settings import KafkaSettings, RedisSettings
@@ -170,3 +179,28 @@ async def test_a_worker_started_on_a_corrupt_model_stays_not_ready(
             await worker.http.post("/v1/model", json={"model_uri": model_v1})
         ).status_code == 202
         await until(worker.ready, what="readiness with a good model")
+
+
+async def test_a_pinned_load_refuses_an_artifact_rewritten_after_its_announcement(
+    make_settings: Callable[..., WorkerSettings], model_v1: str, s3_store: ObjectStore
+) -> None:
+    """Checksums from the same place as the files prove only self-consistency: a writer with the
+    store's credentials rewrites manifest and files alike. The announced pin is what holds."""
+    rewritten = publish(s3_store, "v2", seed=2)
+    artifact = s3_store.below(rewritten.removeprefix(s3_store.root_uri + "/"))
+    pin = announcement(artifact).manifest_sha256
+    manifest = decode(Manifest, artifact.get_bytes(ObjectLayout.MANIFEST))
+    artifact.put_bytes(
+        ObjectLayout.MANIFEST, encode(msgspec.structs.replace(manifest, params={"evil": True}))
+    )
+    async with running(make_settings(model_v1)) as worker:
+        body = {"model_uri": rewritten, "manifest_sha256": pin}
+        assert (await worker.http.post("/v1/model", json=body)).status_code == 202
+
+        async def refused() -> bool:
+            return (await worker.http.get("/v1/model")).json()["last_error"] is not None
+
+        await until(refused, what="the refusal")
+        state = (await worker.http.get("/v1/model")).json()
+        assert "not the published" in state["last_error"]["error"]
+        assert state["version"] == "v1"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from reco_common.contracts import MODEL_URI_ENV, EvalMetrics, decode
+from reco_common.contracts import MODEL_MANIFEST_SHA256_ENV, MODEL_URI_ENV, EvalMetrics, decode
 from reco_controller.targets.base import ModelRecord, TargetError
 from reco_controller.targets.deployment import (
     ACTIVE,
@@ -28,7 +28,8 @@ V1 = ModelRecord(
     metrics=METRICS,
     created_at=datetime(2026, 11, 1, tzinfo=UTC),
 )
-V2 = ModelRecord(uri="s3://reco/models/shop/v2", version="v2", metrics=METRICS)
+PIN = "a" * 64
+V2 = ModelRecord(uri="s3://reco/models/shop/v2", version="v2", metrics=METRICS, manifest_sha256=PIN)
 
 
 def _env(patch: dict[str, Any]) -> list[dict[str, Any]]:
@@ -39,10 +40,15 @@ def _env(patch: dict[str, Any]) -> list[dict[str, Any]]:
     return env
 
 
-def test_rollout_patch_sets_only_model_uri_and_records_both_models() -> None:
+def test_rollout_patch_sets_only_model_uri_and_its_pin_and_records_both_models() -> None:
     patch = rollout_patch(container="worker", env_name=MODEL_URI_ENV, model=V2, previous=V1)
-    assert _env(patch) == [{"name": MODEL_URI_ENV, "value": V2.uri, "valueFrom": None}]
+    assert _env(patch) == [
+        {"name": MODEL_URI_ENV, "value": V2.uri, "valueFrom": None},
+        {"name": MODEL_MANIFEST_SHA256_ENV, "value": PIN, "valueFrom": None},
+    ]
     notes = patch["metadata"]["annotations"]
+    assert notes[annotation(ACTIVE, "manifest-sha256")] == PIN
+    assert notes[annotation(PREVIOUS, "manifest-sha256")] is None  # v1 was never pinned
     assert notes[annotation(ACTIVE, "version")] == "v2"
     assert notes[annotation(ACTIVE, "created-at")] is None  # unknown: the key is removed
     assert notes[annotation(PREVIOUS, "uri")] == V1.uri
@@ -54,7 +60,10 @@ def test_rollout_patch_sets_only_model_uri_and_records_both_models() -> None:
 
 def test_revert_patch_restores_the_previous_model_and_remembers_the_failed_one() -> None:
     patch = revert_patch(container="worker", env_name=MODEL_URI_ENV, failed=V2, previous=V1)
-    assert _env(patch) == [{"name": MODEL_URI_ENV, "value": V1.uri, "valueFrom": None}]
+    assert _env(patch) == [
+        {"name": MODEL_URI_ENV, "value": V1.uri, "valueFrom": None},
+        {"name": MODEL_MANIFEST_SHA256_ENV, "$patch": "delete"},  # no pin: none is left behind
+    ]
     notes = patch["metadata"]["annotations"]
     assert notes[annotation(ACTIVE, "version")] == "v1"
     assert notes[annotation(PREVIOUS, "uri")] is None
@@ -63,7 +72,10 @@ def test_revert_patch_restores_the_previous_model_and_remembers_the_failed_one()
 
 def test_revert_without_a_previous_model_removes_the_env_var() -> None:
     patch = revert_patch(container="worker", env_name=MODEL_URI_ENV, failed=V2, previous=None)
-    assert _env(patch) == [{"name": MODEL_URI_ENV, "$patch": "delete"}]
+    assert _env(patch) == [
+        {"name": MODEL_URI_ENV, "$patch": "delete"},
+        {"name": MODEL_MANIFEST_SHA256_ENV, "$patch": "delete"},
+    ]
 
 
 def test_annotations_written_by_a_patch_read_back_as_the_same_records(

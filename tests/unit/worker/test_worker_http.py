@@ -27,14 +27,16 @@ class FakeModels:
     def __init__(self, active: ServingModel | None) -> None:
         self.active = active
         self.requested: list[str] = []
+        self.pins: list[str | None] = []
         self.failure: LoadFailure | None = None
 
     def status(self) -> ModelStatus:
         loading = self.requested[-1] if self.requested else None
         return ModelStatus(self.active, datetime.now(UTC), loading, self.failure)
 
-    def request(self, uri: str) -> None:
+    def request(self, uri: str, *, manifest_sha256: str | None = None) -> None:
         self.requested.append(uri)
+        self.pins.append(manifest_sha256)
 
 
 class Checks:
@@ -161,6 +163,17 @@ async def test_a_new_model_is_loaded_in_the_background(
     assert reply.json()["version"] == "v1"
     assert reply.json()["loading"] == "s3://reco/models/shop/v2"
     assert models.requested == ["s3://reco/models/shop/v2"]
+    assert models.pins == [None]
+
+
+async def test_a_load_request_carries_the_manifest_pin_to_the_store(
+    client: httpx.AsyncClient, models: FakeModels
+) -> None:
+    body = {"model_uri": "s3://reco/models/shop/v2", "manifest_sha256": "b" * 64}
+    assert (await client.post("/v1/model", json=body, headers=auth())).status_code == 202
+    assert models.pins == ["b" * 64]
+    bad = {"model_uri": "s3://reco/models/shop/v3", "manifest_sha256": "not-a-digest"}
+    assert (await client.post("/v1/model", json=bad, headers=auth())).status_code == 422
 
 
 async def test_the_served_model_needs_no_reload(

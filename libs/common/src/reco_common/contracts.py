@@ -427,12 +427,16 @@ MODEL_CONTROL_PATH: Final = "/v1/model"
 # The worker's environment variable naming the model it loads at start: the controller's
 # ``kubernetes`` target patches it into the worker Deployment (the source of truth of a rollout).
 MODEL_URI_ENV: Final = "MODEL_URI"
+# Beside it, the pin of that model: the sha256 of its manifest (``ModelPublished.manifest_sha256``).
+MODEL_MANIFEST_SHA256_ENV: Final = "MODEL_MANIFEST_SHA256"
 
 
 class ModelLoadRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``POST /v1/model``: load this artifact (the worker answers 202, or 200 if it serves it)."""
+    """``POST /v1/model``: load this artifact (the worker answers 202, or 200 if it serves it);
+    with ``manifest_sha256``, only if its manifest's bytes hash to it."""
 
     model_uri: Uri
+    manifest_sha256: Sha256Hex | msgspec.UnsetType = msgspec.UNSET
 
 
 class ModelLoadFailure(Struct, frozen=True, kw_only=True):

@@ -40,7 +40,7 @@ class ModelControl(Protocol):
 
     def status(self) -> ModelStatus: ...
 
-    def request(self, uri: str) -> None: ...
+    def request(self, uri: str, *, manifest_sha256: str | None = None) -> None: ...
 
 
 def _state(status_: ModelStatus) -> WorkerModelState:
@@ -107,7 +107,8 @@ async def post_model(request: Request, models: Models) -> Response:
     current = models.status()
     if current.active is not None and current.active.uri == body.model_uri:
         return _reply(_state(current))
-    models.request(body.model_uri)
+    pin = body.manifest_sha256
+    models.request(body.model_uri, manifest_sha256=pin if isinstance(pin, str) else None)
     logger.info("model %s requested over HTTP", body.model_uri)
     return _reply(_state(models.status()), status.HTTP_202_ACCEPTED)
 

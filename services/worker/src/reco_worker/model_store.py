@@ -33,13 +33,17 @@ class ModelRefusedError(RuntimeError):
     """A model that must not be served (missing, corrupt, or another model's name)."""
 
 
-def load_serving_model(uri: str, *, s3: S3Settings, cache_dir: Path) -> ServingModel:
-    """Download, verify and load the artifact at ``uri`` (blocking: call it in a thread).
+def load_serving_model(
+    uri: str, *, s3: S3Settings, cache_dir: Path, manifest_sha256: str | None = None
+) -> ServingModel:
+    """Download, verify and load the artifact at ``uri`` (blocking: call it in a thread);
+    with ``manifest_sha256`` (the pin of its announcement) only if its manifest matches.
 
     The model keeps ``uri`` as given: it is how callers of ``/v1/model`` recognise it.
     """
     try:
-        loaded = load_artifact(open_store(as_uri(uri), s3=s3), cache_dir=cache_dir)
+        store = open_store(as_uri(uri), s3=s3)
+        loaded = load_artifact(store, cache_dir=cache_dir, manifest_sha256=manifest_sha256)
     except (ArtifactError, OSError, ValueError) as exc:
         raise ModelRefusedError(f"{uri}: {exc}") from exc
     arrays, manifest = loaded.arrays, loaded.manifest
@@ -91,7 +95,12 @@ class ModelStore:
         self._loading: tuple[str, asyncio.Task[None]] | None = None
         self._queued: str | None = None
         self._swap = asyncio.Lock()
+        self._pins: dict[str, str] = {}
         self.loaded = asyncio.Event()
+
+    def pin(self, uri: str, manifest_sha256: str) -> None:
+        """Load ``uri`` only if its manifest's bytes hash to ``manifest_sha256`` from now on."""
+        self._pins[uri] = manifest_sha256
 
     @property
     def current(self) -> ServingModel:
@@ -110,7 +119,11 @@ class ModelStore:
         """
         try:
             model = await asyncio.to_thread(
-                load_serving_model, uri, s3=self._s3, cache_dir=self._cache_dir
+                load_serving_model,
+                uri,
+                s3=self._s3,
+                cache_dir=self._cache_dir,
+                manifest_sha256=self._pins.get(uri),
             )
             async with self._swap:
                 if first and self._current is not None:
@@ -162,8 +175,11 @@ class ModelStore:
             model.uri,
         )
 
-    def request(self, uri: str) -> None:
-        """Load ``uri`` in the background; while a load runs, the latest request waits its turn."""
+    def request(self, uri: str, *, manifest_sha256: str | None = None) -> None:
+        """Load ``uri`` in the background (pinned to ``manifest_sha256`` when given); while a
+        load runs, the latest request waits its turn."""
+        if manifest_sha256 is not None:
+            self.pin(uri, manifest_sha256)
         if self._loading is None:
             self._start(uri, first=False)
         else:

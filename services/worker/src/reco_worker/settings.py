@@ -8,7 +8,12 @@ from typing import Annotated, Self
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, MODEL_URI_ENV, ActionType
+from reco_common.contracts import (
+    DEFAULT_ACTION_WEIGHTS,
+    MODEL_MANIFEST_SHA256_ENV,
+    MODEL_URI_ENV,
+    ActionType,
+)
 from reco_common.kafka import GroupTimeouts
 from reco_common.settings import BearerToken, CommonSettings, Environment, refuse_placeholder
 from reco_worker.scoring import Policy
@@ -29,6 +34,12 @@ class WorkerSettings(BaseSettings):
     common: CommonSettings = Field(default_factory=CommonSettings)
     model_uri: str | None = Field(
         default=None, validation_alias=AliasChoices(MODEL_URI_ENV, "RECO_WORKER_MODEL_URI")
+    )
+    model_manifest_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            MODEL_MANIFEST_SHA256_ENV, "RECO_WORKER_MODEL_MANIFEST_SHA256"
+        ),
     )
     cache_dir: Path = Path("/tmp/reco-worker")
     http_host: str = "0.0.0.0"

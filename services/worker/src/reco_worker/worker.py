@@ -82,6 +82,8 @@ class Worker:
             cache_dir=self._settings.cache_dir,
             metrics=self._metrics,
         )
+        if self._settings.model_uri and self._settings.model_manifest_sha256:
+            models.pin(self._settings.model_uri, self._settings.model_manifest_sha256)
         try:
             producer = await start_producer(common.kafka)
         except Exception:

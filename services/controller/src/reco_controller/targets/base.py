@@ -26,14 +26,17 @@ class ModelRecord:
     version: str | None = None
     metrics: EvalMetrics | None = None
     created_at: datetime | None = None
+    manifest_sha256: str | None = None  # the pin the workers verify the manifest against
 
     @staticmethod
     def of(event: ModelPublished) -> ModelRecord:
+        pin = event.manifest_sha256
         return ModelRecord(
             uri=event.artifact_uri,
             version=event.version,
             metrics=event.metrics,
             created_at=event.created_at,
+            manifest_sha256=pin if isinstance(pin, str) else None,
         )
 
 

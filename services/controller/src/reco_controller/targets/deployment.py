@@ -2,7 +2,8 @@
 
 Only the fields the controller needs are parsed (the API's JSON, camelCase), so status fixtures
 copied from ``kubectl get deployment -o json`` drive the unit tests unchanged. The model the
-workers run is the ``MODEL_URI`` env var of the worker container (the source of truth); what is
+workers run is the ``MODEL_URI`` env var of the worker container (the source of truth, beside
+it ``MODEL_MANIFEST_SHA256``, the pin the worker verifies the manifest against); what is
 known about it, and about the one before, lives in ``reco.dev/*`` annotations.
 """
 
@@ -15,7 +16,13 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
-from reco_common.contracts import ContractError, EvalMetrics, decode, encode
+from reco_common.contracts import (
+    MODEL_MANIFEST_SHA256_ENV,
+    ContractError,
+    EvalMetrics,
+    decode,
+    encode,
+)
 from reco_controller.targets.base import ModelRecord, TargetError
 
 logger = logging.getLogger(__name__)
@@ -118,6 +125,7 @@ class Deployment(_Api):
             version=notes.get(annotation(slot, "version")),
             metrics=self._metrics(notes.get(annotation(slot, "metrics"))),
             created_at=_timestamp(notes.get(annotation(slot, "created-at"))),
+            manifest_sha256=notes.get(annotation(slot, "manifest-sha256")) or None,
         )
 
     def _metrics(self, raw: str | None) -> EvalMetrics | None:
@@ -152,23 +160,34 @@ def record_annotations(slot: str, record: ModelRecord | None) -> dict[str, str |
         annotation(slot, "created-at"): (
             record.created_at.isoformat() if record and record.created_at else None
         ),
+        annotation(slot, "manifest-sha256"): record.manifest_sha256 if record else None,
     }
     if slot != ACTIVE:  # the active model's URI is the env var itself
         values[annotation(slot, "uri")] = record.uri if record else None
     return values
 
 
-def _env_patch(env_name: str, uri: str | None) -> dict[str, Any]:
-    if uri is None:
+def _env_patch(env_name: str, value: str | None) -> dict[str, Any]:
+    if not value:  # nothing (or an annotation written empty): no variable at all
         return {"name": env_name, "$patch": "delete"}
     # valueFrom set to null: a URI that came from a ConfigMap is replaced, not merged with.
-    return {"name": env_name, "value": uri, "valueFrom": None}
+    return {"name": env_name, "value": value, "valueFrom": None}
 
 
-def _patch(container: str, env: dict[str, Any], notes: dict[str, str | None]) -> dict[str, Any]:
+def _model_env(env_name: str, record: ModelRecord | None) -> list[dict[str, Any]]:
+    """The model's URI and its pin (the worker verifies the manifest against it)."""
+    return [
+        _env_patch(env_name, record.uri if record else None),
+        _env_patch(MODEL_MANIFEST_SHA256_ENV, record.manifest_sha256 if record else None),
+    ]
+
+
+def _patch(
+    container: str, env: list[dict[str, Any]], notes: dict[str, str | None]
+) -> dict[str, Any]:
     return {
         "metadata": {"annotations": notes},
-        "spec": {"template": {"spec": {"containers": [{"name": container, "env": [env]}]}}},
+        "spec": {"template": {"spec": {"containers": [{"name": container, "env": env}]}}},
     }
 
 
@@ -177,7 +196,7 @@ def rollout_patch(
 ) -> dict[str, Any]:
     """Strategic merge patch: ``env_name`` := the model's URI (other env vars untouched)."""
     notes = record_annotations(ACTIVE, model) | record_annotations(PREVIOUS, previous)
-    return _patch(container, _env_patch(env_name, model.uri), notes)
+    return _patch(container, _model_env(env_name, model), notes)
 
 
 def revert_patch(
@@ -189,4 +208,4 @@ def revert_patch(
         | record_annotations(PREVIOUS, None)
         | {FAILED_URI: failed.uri}
     )
-    return _patch(container, _env_patch(env_name, previous.uri if previous else None), notes)
+    return _patch(container, _model_env(env_name, previous), notes)

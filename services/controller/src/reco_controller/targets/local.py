@@ -68,14 +68,14 @@ class LocalTarget:
 
     async def apply(self, *, model: ModelRecord, previous: ModelRecord | None) -> None:
         self._previous = previous
-        await self._load_everywhere(model.uri)
+        await self._load_everywhere(model)
 
     async def revert(self, *, failed: ModelRecord, previous: ModelRecord | None) -> None:
         self._failed_uri = failed.uri
         self._previous = None
         if previous is None:
             raise TargetError(f"{self.description}: no previous model to go back to")
-        await self._load_everywhere(previous.uri)
+        await self._load_everywhere(previous)
 
     async def wait(self, *, timeout_s: float) -> Progress:
         if self._refusals:
@@ -107,14 +107,15 @@ class LocalTarget:
             )
         return Progress.complete(f"all {len(reports)} workers serve {self._applied}")
 
-    async def _load_everywhere(self, uri: str) -> None:
-        self._applied = uri
+    async def _load_everywhere(self, model: ModelRecord) -> None:
+        self._applied = model.uri
         self._refusals = []
-        await asyncio.gather(*(self._load(worker, uri) for worker in self._workers))
+        await asyncio.gather(*(self._load(worker, model) for worker in self._workers))
 
-    async def _load(self, worker: ModelControlClient, uri: str) -> None:
+    async def _load(self, worker: ModelControlClient, model: ModelRecord) -> None:
+        uri = model.uri
         try:
-            await worker.load(uri)
+            await worker.load(uri, manifest_sha256=model.manifest_sha256)
         except httpx.HTTPStatusError as exc:
             self._raise_if_permanent(worker, exc)
             reason = (

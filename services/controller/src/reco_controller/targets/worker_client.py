@@ -49,9 +49,14 @@ class ModelControlClient:
         except ContractError as exc:
             raise WorkerReplyError(f"GET {self._url}: unexpected reply: {exc.reason}") from None
 
-    async def load(self, model_uri: str) -> None:
-        """Ask the worker to load ``model_uri``; raises ``httpx.HTTPStatusError`` if refused."""
-        request = ModelLoadRequest(model_uri=model_uri)
+    async def load(self, model_uri: str, *, manifest_sha256: str | None = None) -> None:
+        """Ask the worker to load ``model_uri`` (pinned to ``manifest_sha256`` when known);
+        raises ``httpx.HTTPStatusError`` if refused."""
+        request = (
+            ModelLoadRequest(model_uri=model_uri, manifest_sha256=manifest_sha256)
+            if manifest_sha256
+            else ModelLoadRequest(model_uri=model_uri)
+        )
         response = await self._http.post(
             self._url, content=encode(request), headers={"Content-Type": "application/json"}
         )
