@@ -250,7 +250,7 @@ async def one_pass(
             latencies.append(time.perf_counter() - t0)
         elapsed = time.perf_counter() - started
     finally:
-        await _delete_prefix(redis, keys.prefix)
+        await delete_prefix(redis, keys.prefix)
     events = sum(len(b) for b in work)
     return Pass(
         events_per_s=events / elapsed,
@@ -260,7 +260,7 @@ async def one_pass(
     )
 
 
-async def _delete_prefix(redis: Redis, prefix: str) -> None:
+async def delete_prefix(redis: Redis, prefix: str) -> None:
     batch = []
     async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
         batch.append(key)

@@ -1,22 +1,39 @@
-"""Redis is a rebuildable view: ``reco-worker rebuild`` restores the state of a clean pass."""
+"""Redis is a rebuildable view: a rebuild from the log, run by hand or automatically after a
+loss of Redis' data mid-stream, restores the state of a clean pass."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
-from worker_stack import all_applied, numbered, produce, running, snapshot, until
+from worker_stack import MODEL, all_applied, namespaced, numbered, produce, running, snapshot, until
 
+from reco_common.contracts import UserAction
 from reco_common.settings import RedisSettings
 from reco_worker.rebuild import rebuild_from_log
 from reco_worker.settings import WorkerSettings
+
+REBUILDS = "reco_worker_rebuilds_total"
 
 
 async def wipe(redis: Redis, prefix: str) -> None:
     """Data loss, scoped to the test's keys (FLUSHALL would wipe every other test's data)."""
     async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
         await redis.unlink(key)
+
+
+async def clean_pass(
+    settings: WorkerSettings, events: list[UserAction], producer: AIOKafkaProducer, redis: Redis
+) -> dict[str, Any]:
+    """The state one worker reaches from ``events`` without faults."""
+    async with running(settings):
+        await produce(producer, settings.common.kafka.topics.user_actions, events)
+        await until(lambda: all_applied(redis, settings, events), what="the clean pass")
+    return await snapshot(redis, settings.common.redis.key_prefix)
 
 
 async def test_a_rebuild_from_the_log_restores_the_state_of_a_clean_pass(
@@ -29,10 +46,7 @@ async def test_a_rebuild_from_the_log_restores_the_state_of_a_clean_pass(
     settings = make_settings(model_v1)
     events = [numbered(n) for n in range(1200)]  # 30 per user: histories of 30 are full
     prefix = redis_settings.key_prefix
-    async with running(settings):
-        await produce(producer, settings.common.kafka.topics.user_actions, events)
-        await until(lambda: all_applied(redis, settings, events), what="the clean pass")
-    clean = await snapshot(redis, prefix)
+    clean = await clean_pass(settings, events, producer, redis)
 
     await wipe(redis, prefix)
     report = await rebuild_from_log(settings, model_uri=model_v1)
@@ -40,11 +54,42 @@ async def test_a_rebuild_from_the_log_restores_the_state_of_a_clean_pass(
     assert await snapshot(redis, prefix) == clean
 
     # A rebuild on intact data changes nothing; a rebuild of some users restores just them.
-    again = await rebuild_from_log(settings, model_uri=model_v1)
-    assert again.stale_lists == again.users
+    await rebuild_from_log(settings, model_uri=model_v1)
+    assert await snapshot(redis, prefix) == clean
     await wipe(redis, prefix)
     some = await rebuild_from_log(settings, model_uri=model_v1, users=["u1", "u2"])
     assert some.users == 2
     assert await snapshot(redis, prefix) == {
         key: value for key, value in clean.items() if key.endswith((":u1", ":u2"))
     }
+
+
+async def test_redis_wiped_mid_stream_is_rebuilt_automatically(
+    make_settings: Callable[..., WorkerSettings],
+    model_v1: str,
+    producer: AIOKafkaProducer,
+    redis: Redis,
+    redis_settings: RedisSettings,
+) -> None:
+    clean_settings = make_settings(model_v1)
+    events = [numbered(n) for n in range(1200)]
+    clean = await clean_pass(clean_settings, events, producer, redis)
+
+    settings = namespaced(clean_settings, "w", generation_check_s=0.5, max_batch=50)
+    prefix, topic = settings.common.redis.key_prefix, settings.common.kafka.topics.user_actions
+    keys = settings.common.redis.keys
+    rebuilt = REGISTRY.get_sample_value(REBUILDS, {"outcome": "done"}) or 0.0
+
+    async def rebuilds() -> bool:
+        return (REGISTRY.get_sample_value(REBUILDS, {"outcome": "done"}) or 0.0) > rebuilt
+
+    async with running(settings):
+        await produce(producer, topic, events[:600])
+        await until(lambda: all_applied(redis, settings, events[:600]), what="the first half")
+        trickle = asyncio.create_task(produce(producer, topic, events[600:], chunk=20))
+        await wipe(redis, prefix)  # everything: histories, lists, fences, active record, marker
+        await until(rebuilds, what="the automatic rebuild")
+        await trickle
+        await until(lambda: all_applied(redis, settings, events), what="the second half")
+        assert await redis.exists(keys.active_model(MODEL))  # the model record is back too
+    assert await snapshot(redis, prefix) == clean

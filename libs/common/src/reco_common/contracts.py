@@ -329,6 +329,8 @@ class RedisKeys:
     - ``{p}:hist:{user}`` recent actions, a sorted set scored by event time (member = event);
     - ``{p}:active:{model}`` the active model version with its popular list (the fallback);
     - ``{p}:popular:{model}:{version}`` the popular list of every version that was active;
+    - ``{p}:generation`` a random marker the first worker sets: when it disappears (or changes),
+      Redis lost its data and the workers rebuild it from the log;
     - ``{p}:fence:{partition}:history`` and ``{p}:fence:{partition}:lists:{model}`` hashes of
       user → the log offset (in that ``user-actions`` partition) its history / list was last
       written from (see ``reco_common.redis_store``): a write from an older offset is refused.
@@ -347,6 +349,9 @@ class RedisKeys:
 
     def popular(self, model_name: str, version: str) -> str:
         return f"{self.prefix}:popular:{model_name}:{version}"
+
+    def generation(self) -> str:
+        return f"{self.prefix}:generation"
 
     def history_fence(self, partition: int) -> str:
         return f"{self.prefix}:fence:{partition}:history"

@@ -268,6 +268,7 @@ class EventConsumer(Generic[T]):
         self._timeouts = timeouts or GroupTimeouts()
         self._dead_letters = dead_letters or DeadLetterPolicy()
         self._lock = asyncio.Lock()
+        self._paused = False
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap,
             client_id=settings.client_id,
@@ -298,11 +299,29 @@ class EventConsumer(Generic[T]):
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch, handle and commit batches until ``stop`` is set."""
         while not stop.is_set():
+            if self._paused:
+                self._consumer.pause(*self._consumer.assignment())  # new partitions too
             batches = await self._consumer.getmany(timeout_ms=100, max_records=self._max_records)
             if not batches:
                 continue
+            if self._paused:  # fetched while the pause began: fetch it again afterwards
+                self._seek_back(batches)
+                continue
             async with self._lock:
                 await self.process(batches)
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Handle nothing while the body runs (from the end of the batch in hand). The member
+        keeps polling, so its heartbeats and partitions go on; fetching resumes on exit."""
+        async with self._lock:
+            self._paused = True
+            self._consumer.pause(*self._consumer.assignment())
+        try:
+            yield
+        finally:
+            self._paused = False
+            self._consumer.resume(*self._consumer.assignment())
 
     async def process(
         self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]

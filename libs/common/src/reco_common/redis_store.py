@@ -102,13 +102,15 @@ local function hmget(key, fields)
   end
   return out
 end
-local function newer(offset, stored)
-  return (not stored) or tonumber(offset) > tonumber(stored)
+local function newer(offset, stored, or_equal)
+  if not stored then return true end
+  if or_equal then return tonumber(offset) >= tonumber(stored) end
+  return tonumber(offset) > tonumber(stored)
 end
 """
 
 # KEYS: one fence hash per partition group, then the groups' list keys in order. The framed
-# arguments: the number of groups; then per group a user count and per user: user id, offset,
+# arguments: whether an equal offset wins too (1/0), the number of groups; then per group a user count and per user: user id, offset,
 # encoded list.
 # Per group: one HMGET of the stored offsets, one MSET of the newer lists, one HSET of their
 # offsets. Returns how many lists were refused as stale.
@@ -116,8 +118,9 @@ _REPLACE_IF_NEWER = (
     LUA_HELPERS
     + r"""
 local A = unframed(ARGV[1], ARGV[2])
-local groups = tonumber(A[1])
-local at, k = 2, groups + 1
+local or_equal = A[1] == '1'
+local groups = tonumber(A[2])
+local at, k = 3, groups + 1
 local refused = 0
 for g = 1, groups do
   local count = tonumber(A[at])
@@ -128,7 +131,7 @@ for g = 1, groups do
   local sets, marks = {}, {}
   for i = 0, count - 1 do
     local offset = A[at + 3 * i + 1]
-    if newer(offset, stored[i + 1]) then
+    if newer(offset, stored[i + 1], or_equal) then
       sets[#sets + 1] = KEYS[k + i]
       sets[#sets + 1] = A[at + 3 * i + 2]
       marks[#marks + 1] = users[i + 1]
@@ -177,13 +180,19 @@ class FencedLists:
         self._keys = keys
         self._script = redis.register_script(_REPLACE_IF_NEWER)
 
-    async def replace(self, model_name: str, lists: Mapping[str, FencedWrite]) -> int:
-        """Write every list that is newer than the stored one; return how many were stale."""
+    async def replace(
+        self, model_name: str, lists: Mapping[str, FencedWrite], *, or_equal: bool = False
+    ) -> int:
+        """Write every list that is newer than the stored one; return how many were stale.
+
+        ``or_equal``: a list from the same position wins too — a rebuild's, computed from the
+        complete history, replaces one written from the same event over a partial history.
+        """
         if not lists:
             return 0
         groups = by_partition({user_id: write.position for user_id, write in lists.items()})
         keys = [self._keys.lists_fence(partition, model_name) for partition in groups]
-        args: list[bytes | int | str] = [len(groups)]
+        args: list[bytes | int | str] = [int(or_equal), len(groups)]
         for users in groups.values():
             args.append(len(users))
             for user_id in users:

@@ -43,18 +43,21 @@ def effective_ts(action: UserAction, *, record_ts_ms: int, max_future_skew_s: fl
 
 
 # KEYS: one fence hash per partition group, then the groups' histories in order. The framed
-# arguments: max length, TTL, whether to read back (1/0), the number of groups; then per group a user count and per user: user
-# id, offset, a member count and (score, member) pairs. A user's members are added (one ZADD) only when the offset is
-# greater than the one in the partition's fence (the fence, which also makes a redelivered batch a
-# no-op); every history is trimmed (and read back) either way. Returns per user, in KEYS order,
-# "member<TAB>score" lines joined by newlines (members never hold a newline).
+# arguments: max length, TTL, whether this is a rebuild (1/0), the number of groups; then per
+# group a user count and per user: user id, offset, a member count and (score, member) pairs.
+# A user's members are added (one ZADD) only when the offset is greater than the one in the
+# partition's fence (the fence, which also makes a redelivered batch a no-op); every history is
+# trimmed and read back. A rebuild adds every member (adds are idempotent, and a fence written
+# between a data loss and its detection must not hide older events), keeps the greater offset,
+# and reads nothing back. Returns per user, in KEYS order, "member<TAB>score" lines joined by
+# newlines (members never hold a newline; empty for a rebuild).
 _APPEND_AND_READ = (
     LUA_HELPERS
     + r"""
 local A = unframed(ARGV[1], ARGV[2])
 local max_len = tonumber(A[1])
 local ttl = A[2]
-local read = A[3] == '1'
+local rebuilding = A[3] == '1'
 local groups = tonumber(A[4])
 local at, k = 5, groups + 1
 local out = {}
@@ -71,17 +74,20 @@ for g = 1, groups do
   for i = 1, count do
     local key, from = KEYS[k], starts[i]
     local n = tonumber(A[from + 2])
-    if n > 0 and newer(A[from + 1], stored[i]) then
+    local is_newer = newer(A[from + 1], stored[i])
+    if n > 0 and (is_newer or rebuilding) then
       local scored = {}
       for j = from + 3, from + 2 + 2 * n do scored[#scored + 1] = A[j] end
       call_sliced('ZADD', key, scored)
+    end
+    if n > 0 and is_newer then
       marks[#marks + 1] = users[i]
       marks[#marks + 1] = A[from + 1]
     end
     redis.call('ZREMRANGEBYRANK', key, 0, -(max_len + 1))
     redis.call('EXPIRE', key, ttl)
     local lines = {}
-    if read then
+    if not rebuilding then
       local flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
       for j = 1, #flat, 2 do
         lines[#lines + 1] = flat[j] .. '\t' .. flat[j + 1]
@@ -118,13 +124,16 @@ class HistoryStore:
         self._script = redis.register_script(_APPEND_AND_READ)
 
     async def append_and_read(
-        self, additions: Mapping[str, Addition], *, read: bool = True
+        self, additions: Mapping[str, Addition], *, rebuilding: bool = False
     ) -> dict[str, list[HistoryEntry]]:
-        """Add each user's members unless already applied, trim, refresh TTLs, read back (empty
-        histories with ``read=False``: a rebuild appends first and reads once at the end)."""
+        """Add each user's members unless already applied, trim, refresh TTLs, read back.
+
+        ``rebuilding``: add even behind the fence, read nothing back (empty histories): a
+        rebuild appends the whole log first and reads each history once at the end.
+        """
         groups = by_partition({user_id: a.position for user_id, a in additions.items()})
         keys = [self._keys.history_fence(partition) for partition in groups]
-        args: list[bytes | int | str] = [self._max_len, self._ttl_s, int(read), len(groups)]
+        args: list[bytes | int | str] = [self._max_len, self._ttl_s, int(rebuilding), len(groups)]
         order: list[str] = []
         for users in groups.values():
             args.append(len(users))

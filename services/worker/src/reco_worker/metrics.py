@@ -32,6 +32,7 @@ class WorkerMetrics:
     model_loads: Counter
     model_info: Gauge
     redis_writable: Gauge
+    rebuilds: Counter
 
     @staticmethod
     @functools.cache
@@ -89,6 +90,11 @@ class WorkerMetrics:
                 "redis_writable",
                 "1 while Redis accepts the worker's writes, 0 since a batch's writes failed "
                 "(out of memory, read-only replica, unreachable): the worker is then not ready",
+            ),
+            rebuilds=metric.counter(
+                "rebuilds",
+                "Rebuilds of Redis from the log after its data was lost, by outcome",
+                ["outcome"],
             ),
             model_info=metric.gauge(
                 "model_info",

@@ -145,6 +145,11 @@ class ModelStore:
                 "a worker serves one model name (start another worker for it)"
             )
 
+    async def reactivate(self) -> None:
+        """Write the current model's active record again (after Redis lost it)."""
+        async with self._swap:
+            await self._activate(self.current)
+
     async def _activate(self, model: ServingModel) -> None:
         self._activated_at = datetime.now(UTC)
         await activate_model(

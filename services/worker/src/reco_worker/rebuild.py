@@ -2,11 +2,14 @@
 
 :func:`rebuild` reads every partition from its beginning to the end it had when the rebuild
 started (no consumer group, nothing committed), in chunks of records. Each chunk is coalesced per
-user, as a live batch is, and appended to the histories by the worker's fenced history script
-(one call per chunk, no read-back). Then every user it met gets one list, computed from the
+user, as a live batch is, and appended to the histories by the worker's history script (one call
+per chunk, no read-back; behind the fence too, as adds are idempotent and a fence written between
+a data loss and its detection must not hide the older events). Then every user it met gets one list, computed from the
 rebuilt history with the given model and written fenced at the user's newest log position —
 scored in batches, like the live worker. Both writes are fenced, so a rebuild running next to
-live workers never overwrites a newer list, and running it on intact data changes nothing.
+live workers never overwrites a newer list, and running it on intact data changes nothing; a
+list from the *same* position is replaced (it may have been computed over a partial history,
+between a data loss and its detection).
 
 Limits: events older than the topic's retention are gone from the log; the trainer's snapshots
 in object storage are not read back yet (docs/worker.md, "Rebuild").
@@ -79,7 +82,7 @@ class Rebuilder:
             skipped += len(batch.rejections)
             additions = {u: Addition(up.position, up.members) for u, up in batch.updates.items()}
             if additions:
-                await self.history.append_and_read(additions, read=False)
+                await self.history.append_and_read(additions, rebuilding=True)
             last.update({u: (up.last, up.position) for u, up in batch.updates.items()})
         stale = await self._write_lists(last)
         report = RebuildReport(events, skipped, len(last), stale, time.perf_counter() - started)
@@ -102,7 +105,7 @@ class Rebuilder:
                 u: FencedWrite(encode(stamped(r, self.model, last[u][0], computed_at)), last[u][1])
                 for u, r in zip(chunk, ranked, strict=True)
             }
-            stale += await self.lists.replace(self.model.name, writes)
+            stale += await self.lists.replace(self.model.name, writes, or_equal=True)
         return stale
 
 

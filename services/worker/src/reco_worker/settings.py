@@ -58,6 +58,8 @@ class WorkerSettings(BaseSettings):
     # A member silent for session_timeout_s is evicted; its late writes are fenced in Redis.
     batch_timeout_s: Positive = 20.0
     session_timeout_s: Annotated[float, Field(ge=6, le=300)] = 10.0
+    # How often the generation marker is checked for a loss of Redis' data (then: rebuild).
+    generation_check_s: Positive = 5.0
 
     # History and timestamps
     history_len: Annotated[int, Field(ge=1, le=1000)] = 50

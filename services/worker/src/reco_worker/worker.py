@@ -9,10 +9,13 @@ commit, leaves the group and closes everything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import uuid
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from threadpoolctl import threadpool_limits
@@ -25,7 +28,7 @@ from reco_worker.consumer import ActionHandler
 from reco_worker.http import create_app
 from reco_worker.metrics import WorkerMetrics
 from reco_worker.model_store import ModelStore
-from reco_worker.rebuild import stores
+from reco_worker.rebuild import rebuilder, stores
 from reco_worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -131,7 +134,50 @@ class Worker:
         await self._consumer.start()
         self._consuming.set()
         logger.info("consuming %s as group %s", topic, group)
-        await self._consumer.run(self._stopping)
+        watch = asyncio.create_task(self._watch_generation(self._consumer))
+        try:
+            await self._consumer.run(self._stopping)
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+
+    async def _watch_generation(self, consumer: EventConsumer[UserAction]) -> None:
+        """Detect that Redis lost its data (the generation marker gone or replaced by another
+        worker's rebuild) and rebuild it from the log, consuming nothing meanwhile."""
+        redis, key = self.started.redis, self._settings.common.redis.keys.generation()
+        known: bytes | None = None
+        while True:
+            try:
+                if known is None:
+                    known = await self._generation(redis, key, None)
+                await asyncio.sleep(self._settings.generation_check_s)
+                current = await redis.get(key)
+                if current != known:
+                    known = await self._recover(consumer, redis, key, current)
+            except (RedisError, OSError, KafkaError) as exc:
+                self._metrics.rebuilds.labels("failed").inc()
+                logger.warning("generation check or rebuild failed, retrying: %r", exc)
+
+    async def _recover(
+        self, consumer: EventConsumer[UserAction], redis: Redis, key: str, current: object
+    ) -> bytes:
+        logger.error("Redis lost its data (generation marker gone or replaced): rebuilding")
+        async with consumer.paused():
+            await self.models.reactivate()
+            work = rebuilder(self._settings, redis, self.models.current, self._metrics)
+            report = await work.run(self._settings.common.kafka)
+        self._metrics.rebuilds.labels("done").inc()
+        logger.info("rebuilt Redis from the log: %s", report)
+        return await self._generation(redis, key, current)
+
+    @staticmethod
+    async def _generation(redis: Redis, key: str, current: object) -> bytes:
+        """The marker: ``current`` if another worker set one, else a new one (first wins)."""
+        if current is None:
+            await redis.set(key, uuid.uuid4().hex, nx=True)
+        value = await redis.get(key)
+        return value.encode() if isinstance(value, str) else (value or b"")
 
     def _handler(self) -> ActionHandler:
         settings, models = self._settings, self.models
