@@ -33,7 +33,7 @@ def install_rate_limit_handler(app: FastAPI) -> None:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
-        401: "Missing or unknown API key (only when API keys are configured)",
+        401: "Missing or unknown API key (API keys are required outside RECO_ENV=dev)",
         404: "No model of that name is active",
         422: "A parameter is invalid",
         429: "The client's rate limit is exceeded (only when a limit is configured)",

@@ -1,4 +1,4 @@
-"""The optional guards: API keys (off unless keys are configured) and a per-client rate limit.
+"""The guards: API keys (required outside dev, see the settings) and a per-client rate limit.
 
 The key is checked in constant time against each configured key (FastAPI's ``APIKeyHeader``
 describes it in the OpenAPI schema); the limit is slowapi over ``limits``. A client is its API
