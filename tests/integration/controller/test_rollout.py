@@ -25,11 +25,15 @@ from controller_kube import (
     write_model,
 )
 from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoreV1Api
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from reco_common.contracts import MODEL_MANIFEST_SHA256_ENV, MODEL_URI_ENV, ModelPublished
+from reco_controller.kube import api_client
 from reco_controller.service import Controller
 from reco_controller.settings import Settings
+from reco_controller.targets.base import ModelRecord
 from reco_controller.targets.deployment import ACTIVE, FAILED_URI, PREVIOUS, Deployment, annotation
+from reco_controller.targets.kubernetes import KubernetesTarget
 
 Send = Callable[[ModelPublished], Awaitable[None]]
 
@@ -231,3 +235,45 @@ async def test_an_event_that_misstates_its_artifact_is_rejected_and_nothing_chan
     after = await read_worker(admin, namespace)
     assert model_uri_of(after) == uri("v1")
     assert after.metadata.generation == worker.metadata.generation
+
+
+async def test_a_patch_does_not_overwrite_a_change_it_did_not_read(
+    admin: ApiClient, namespace: str, worker: Deployment, controller_kubeconfig: Path
+) -> None:
+    """Two controllers that both believe they lead (or an operator) cannot silently overwrite
+    each other: the patch carries the resourceVersion read, the API server refuses a stale one."""
+    api = await api_client(kubeconfig=controller_kubeconfig)
+    try:
+        target = KubernetesTarget(
+            api=api,
+            namespace=namespace,
+            name=WORKER,
+            container="worker",
+            env_name=MODEL_URI_ENV,
+            poll_interval_s=0.2,
+        )
+        state = await target.read()
+        await AppsV1Api(admin).patch_namespaced_deployment(
+            WORKER, namespace, {"metadata": {"annotations": {"operator": "was here"}}}
+        )
+        stale = ModelRecord(uri=uri("v2"), version="v2")
+        with pytest.raises(ApiException) as refused:
+            await target.apply(model=stale, previous=state.active)
+        assert refused.value.status == 409
+        assert model_uri_of(await read_worker(admin, namespace)) == uri("v1")
+
+        # What the retried batch does: read again, then patch (the Deployment controller may
+        # still be writing the status after the operator's change: a conflict again, retried).
+        await settled(admin, namespace)
+        conflicts = []
+        for _ in range(5):
+            await target.read()
+            try:
+                await target.apply(model=stale, previous=state.active)
+                break
+            except ApiException as exc:
+                conflicts.append(exc.status)
+        assert set(conflicts) <= {409}
+        assert model_uri_of(await read_worker(admin, namespace)) == uri("v2")
+    finally:
+        await api.close()

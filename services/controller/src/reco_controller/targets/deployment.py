@@ -92,6 +92,7 @@ class Metadata(_Api):
     name: str
     namespace: str = ""
     generation: int = 0
+    resource_version: str | None = None
     annotations: dict[str, str] = {}
 
 

@@ -5,6 +5,11 @@ containers are untouched) and records the model in ``reco.dev/*`` annotations; t
 controller then performs the rolling update, which :func:`rollout_progress` follows the way
 ``kubectl rollout status`` does. Going back is the same patch with the previous URI, so the
 old ReplicaSet, whose pod template matches again, is scaled back up.
+
+Every patch carries the ``resourceVersion`` of the Deployment as last read: a change made by
+anyone else in between (another controller that also believes it leads, an operator) makes the
+API server refuse the patch with 409 Conflict, and the batch is retried from a fresh read
+instead of overwriting what it did not see.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class KubernetesTarget:
         self._container = container
         self._env_name = env_name
         self._poll_interval_s = poll_interval_s
+        self._read_version: str | None = None  # resourceVersion of the last read
 
     @property
     def description(self) -> str:
@@ -113,10 +119,15 @@ class KubernetesTarget:
         except ApiException as exc:
             self._raise_if_permanent("read", exc)
             raise
-        return Deployment.parse(self._api.sanitize_for_serialization(found))
+        deployment = Deployment.parse(self._api.sanitize_for_serialization(found))
+        self._read_version = deployment.metadata.resource_version
+        return deployment
 
     async def _patch(self, body: dict[str, Any]) -> None:
-        """A dict body is sent as a strategic merge patch (the client's choice for PATCH + dict)."""
+        """A dict body is sent as a strategic merge patch (the client's choice for PATCH + dict),
+        conditional on the ``resourceVersion`` last read (409 Conflict if it changed)."""
+        if self._read_version is not None:
+            body = {**body, "metadata": {**body["metadata"], "resourceVersion": self._read_version}}
         try:
             patched = await self._apps.patch_namespaced_deployment(
                 self._name, self._namespace, body
@@ -124,6 +135,7 @@ class KubernetesTarget:
         except ApiException as exc:
             self._raise_if_permanent("patch", exc)
             raise
+        self._read_version = patched.metadata.resource_version  # our own write is seen
         logger.info("patched %s to generation %s", self.description, patched.metadata.generation)
 
     def _raise_if_permanent(self, verb: str, exc: ApiException) -> None:
