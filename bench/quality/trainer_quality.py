@@ -53,6 +53,7 @@ from reco_trainer.params import TrainParams
 from reco_trainer.pipeline import Inputs, Job, Outcome, run_job
 from reco_trainer.progress import LogProgress
 from reco_trainer.training import representations
+from reco_trainer.tune import Budget
 from reco_worker.model_store import load_serving_model
 from reco_worker.scoring import build_query
 from reco_worker.settings import WorkerSettings
@@ -66,7 +67,11 @@ def plain_lightfm(data: Matrices, seed: int) -> dict[str, float]:
 
 
 def trainer_job(
-    data_dir: Path, train_uri: str, test_uri: str | None, params: TrainParams
+    data_dir: Path,
+    train_uri: str,
+    test_uri: str | None,
+    params: TrainParams,
+    tune: Budget | None = None,
 ) -> Outcome:
     return run_job(
         Job(
@@ -76,6 +81,7 @@ def trainer_job(
             s3=S3Settings(),
             kafka=None,
             progress=LogProgress,
+            tune=tune,
         ),
         Inputs(interactions=[train_uri], test=test_uri),
     )
@@ -93,7 +99,9 @@ def artifact_metrics(outcome: Outcome, data: Matrices) -> dict[str, float]:
     return metrics(score, data.eval_set())
 
 
-def one_seed(table, seed: int, params: TrainParams, workdir: Path) -> dict[str, dict[str, float]]:
+def one_seed(
+    table: pa.Table, seed: int, params: TrainParams, workdir: Path, tune_minutes: float | None
+) -> dict[str, dict[str, float]]:
     train, test = per_user_split(table, seed=seed)
     data = Matrices.of(train, test)
     run_dir = workdir / f"seed{seed}"
@@ -109,6 +117,13 @@ def one_seed(table, seed: int, params: TrainParams, workdir: Path) -> dict[str, 
     outcome = trainer_job(run_dir, train_uri, test_uri, params.model_copy(update={"seed": seed}))
     results["defaults"] = artifact_metrics(outcome, data)
     results["defaults"]["seconds"] = time.perf_counter() - started
+    if tune_minutes:
+        started = time.perf_counter()
+        budget = Budget(trials=10_000, budget_s=tune_minutes * 60)
+        tuned = trainer_job(run_dir, train_uri, test_uri, params.updated({"seed": seed}), budget)
+        results["tuned"] = artifact_metrics(tuned, data)
+        results["tuned"]["seconds"] = time.perf_counter() - started
+        return results
     results["cold"] = cold_users(table, seed, params.model_copy(update={"seed": seed}), workdir)
     return results
 
@@ -173,6 +188,9 @@ def main() -> None:
     parser.add_argument("--ratings", type=Path, default=DEFAULT_RATINGS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=None, help="JSON results")
+    parser.add_argument(
+        "--tune-minutes", type=float, default=None, help="also tune (2 threads); skips cold users"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("reco_trainer.progress").setLevel(logging.WARNING)
@@ -180,7 +198,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="reco-quality-") as tmp:
         for seed in args.seeds:
-            result = one_seed(table, seed, TrainParams(threads=1), Path(tmp))
+            threads = 2 if args.tune_minutes else 1
+            result = one_seed(
+                table, seed, TrainParams(threads=threads), Path(tmp), args.tune_minutes
+            )
             rows.append({"seed": seed, **result})
             print(json.dumps(rows[-1]), flush=True)
     print_table(rows)

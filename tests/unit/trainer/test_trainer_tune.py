@@ -177,3 +177,12 @@ def test_the_tune_command_runs_a_bounded_search(
     assert report["search"]["max_trials"] == 2
     assert len(report["search"]["trials"]) <= 2
     assert np.isfinite(report["model"]["precision@10"])
+
+
+def test_the_first_trial_is_the_jobs_own_parameters(
+    fit_and_validation: tuple[sp.csr_matrix, EvalSet],
+) -> None:
+    search = _search(fit_and_validation, Budget(trials=1, budget_s=3600), components=24)
+    (first,) = search.trials
+    assert first.params["components"] == 24
+    assert first.params["loss"] == TrainParams().loss.value

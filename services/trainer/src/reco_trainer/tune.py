@@ -158,6 +158,7 @@ def search_parameters(
         return best
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.enqueue_trial(starting_point(params))
     study.optimize(
         objective,
         n_trials=budget.trials,
@@ -180,6 +181,24 @@ def search_parameters(
         result.best,
     )
     return result
+
+
+def starting_point(params: TrainParams) -> dict[str, Any]:
+    """The job's own parameters as the first trial (clipped into the space), so that the
+    search keeps them unless it finds better."""
+    loss = params.loss if params.loss in (Loss.WARP, Loss.WARP_KOS) else Loss.WARP_KOS
+    weighting = Weighting.BINARY
+    if loss is Loss.WARP and params.weighting is not Weighting.LINEAR:
+        weighting = params.weighting
+    return {
+        "loss": loss.value,
+        "components": min(max(params.components, 16), 192),
+        "learning_rate": min(max(params.learning_rate, 0.005), 0.1),
+        "item_alpha": min(max(params.item_alpha, 1e-10), 1e-5),
+        "user_alpha": min(max(params.user_alpha, 1e-10), 1e-5),
+        "max_sampled": min(max(params.max_sampled, 5), 40),
+        f"weighting_{loss.value}": weighting.value,
+    }
 
 
 def _stop_at(
