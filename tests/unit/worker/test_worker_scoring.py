@@ -281,7 +281,7 @@ def test_neighbours_of_the_last_items_lift_what_goes_with_them() -> None:
         arrays=dataclasses.replace(arrays, neighbours=ItemNeighbours(rows, scores)),
     )
     history = [entry("i2-0")]
-    (plain,) = recommend(model, [("u0", history)], Policy(top_n=5))
+    (plain,) = recommend(model, [("u0", history)], Policy(top_n=5, neighbour_weight=0.0))
     assert "i3-7" not in plain.items
     (lifted,) = recommend(model, [("u0", history)], Policy(top_n=5, neighbour_weight=100.0))
     assert lifted.items[0] == "i3-7"

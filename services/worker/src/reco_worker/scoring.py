@@ -43,14 +43,14 @@ class Policy:
     """The real-time policy's parameters (docs/worker.md explains how the defaults were chosen)."""
 
     blend: float = 0.75
-    half_life_s: float = 1800.0
+    half_life_s: float = 120.0
     action_weights: Mapping[ActionType, float] = field(
         default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS)
     )
     top_n: int = 100
     exclude_seen: bool = True
-    neighbour_weight: float = 0.0
-    neighbour_history: int = 10
+    neighbour_weight: float = 5.0
+    neighbour_history: int = 3
 
     def weight(self, entry: HistoryEntry) -> float:
         return entry.weight if entry.weight is not None else self.action_weights[entry.action]

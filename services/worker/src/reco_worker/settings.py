@@ -62,7 +62,7 @@ class WorkerSettings(BaseSettings):
     generation_check_s: Positive = 5.0
 
     # History and timestamps
-    history_len: Annotated[int, Field(ge=1, le=1000)] = 50
+    history_len: Annotated[int, Field(ge=1, le=1000)] = 200
     history_ttl_s: Annotated[int, Field(ge=60)] = 30 * 24 * 3600
     max_future_skew_s: Annotated[float, Field(ge=0)] = 300.0
 
@@ -70,9 +70,9 @@ class WorkerSettings(BaseSettings):
     top_n: Annotated[int, Field(ge=1, le=1000)] = 100
     exclude_seen: bool = True
     blend: Annotated[float, Field(ge=0, le=1)] = 0.75
-    half_life_s: Positive = 1800.0
+    half_life_s: Positive = 120.0
     neighbour_weight: Annotated[float, Field(ge=0)] = 5.0
-    neighbour_history: Annotated[int, Field(ge=1, le=1000)] = 10
+    neighbour_history: Annotated[int, Field(ge=1, le=1000)] = 3
     action_weights: dict[ActionType, Positive] = Field(
         default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS)
     )
