@@ -185,3 +185,22 @@ async def test_a_leader_cut_off_from_the_api_steps_down_before_anyone_takes_over
         assert (await _lease(admin, namespace)).spec.holder_identity == "b"
     finally:
         await cut_off_api.close()
+
+
+async def test_a_leader_whose_renewals_stopped_may_not_write_once_its_deadline_passed(
+    admin: ApiClient, namespace: str
+) -> None:
+    """What a SIGSTOP does to a leader: nothing renews, yet on waking ``leading`` is still set.
+    The write check counts the renew deadline from the last successful write (here the
+    acquisition: no consumer start or other work extends it) and refuses once it passed,
+    while a follower may take over one lease duration after the last renewal."""
+    a, b = _elector(admin, namespace, "a"), _elector(admin, namespace, "b")
+    stop = asyncio.Event()
+    assert await a.acquire(stop)
+    assert a.still_leading()
+    await asyncio.sleep(1.6)  # past renew_deadline_s (1.5), with no renewal: "paused"
+    assert a.leading, "its renewal loop has not run: the flag alone would still say yes"
+    assert not a.still_leading()
+    async with asyncio.timeout(30):
+        assert await b.acquire(stop)  # the follower takes over after the lease duration
+    assert not a.still_leading()

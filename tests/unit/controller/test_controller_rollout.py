@@ -21,7 +21,7 @@ from reco_common.contracts import (
 )
 from reco_controller.gate import GatePolicy
 from reco_controller.metrics import ControllerMetrics
-from reco_controller.rollout import Decision, Rollouts
+from reco_controller.rollout import Decision, LeadershipLostError, Rollouts
 from reco_controller.targets.base import ModelRecord, Progress, TargetError, TargetState
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -126,7 +126,9 @@ def reported() -> list[RolloutEvent]:
     return []
 
 
-def _rollouts(target: object, reported: list[RolloutEvent]) -> Rollouts:
+def _rollouts(
+    target: object, reported: list[RolloutEvent], *, leading: Callable[[], bool] = lambda: True
+) -> Rollouts:
     async def report(event: RolloutEvent) -> None:
         reported.append(event)
 
@@ -138,6 +140,7 @@ def _rollouts(target: object, reported: list[RolloutEvent]) -> Rollouts:
         metrics=ControllerMetrics.create(),
         manifests=_manifests,
         max_clock_skew_s=300,
+        leading=leading,
     )
 
 
@@ -368,3 +371,28 @@ async def test_an_active_model_without_readable_metrics_rejects_unless_forced(
     assert "has no readable metrics" in reported[0].reason
     forced = FakeTarget(unknown, outcomes=[Progress.complete("ok")])
     assert await _rollouts(forced, reported).handle(_event(), force=True) is Decision.ROLLED_OUT
+
+
+async def test_a_leader_whose_lease_expired_writes_nothing(reported: list[RolloutEvent]) -> None:
+    """A leader paused past its lease wakes up mid-decision: it must not patch (the follower
+    may already act), and the batch stays uncommitted for the next leader."""
+    target = FakeTarget(_settled())
+    with pytest.raises(LeadershipLostError, match="the lease expired before the write"):
+        await _rollouts(target, reported, leading=lambda: False).handle(_event())
+    assert target.calls == []
+    assert reported == []
+
+
+async def test_nor_does_it_roll_back_once_its_lease_expired(reported: list[RolloutEvent]) -> None:
+    leading = [True]
+
+    class PausedDuringTheWait(FakeTarget):
+        async def wait(self, *, timeout_s: float) -> Progress:
+            leading[0] = False  # the process was stopped while the rollout progressed
+            return await super().wait(timeout_s=timeout_s)
+
+    target = PausedDuringTheWait(_settled(), outcomes=[Progress.failure("deadline")])
+    rollouts = _rollouts(target, reported, leading=lambda: leading[0])
+    with pytest.raises(LeadershipLostError, match="not going to roll back"):
+        await rollouts.handle(_event())
+    assert target.calls == ["apply v2 after v1", "wait"]

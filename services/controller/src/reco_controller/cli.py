@@ -11,6 +11,7 @@ import typer
 from reco_common.lifecycle import serve
 from reco_common.service import load_service_settings
 from reco_controller import manifests
+from reco_controller.leader import AlwaysLeader
 from reco_controller.metrics import SERVICE
 from reco_controller.rollout import Decision
 from reco_controller.service import Controller, open_runtime
@@ -55,5 +56,5 @@ def rollout(
 async def _rollout_once(settings: Settings, artifact_uri: str, *, force: bool) -> Decision:
     event = await manifests.published(artifact_uri, s3=settings.s3)
     async with contextlib.AsyncExitStack() as stack:
-        runtime = await open_runtime(settings, stack)
+        runtime = await open_runtime(settings, stack, leading=AlwaysLeader().still_leading)
         return await runtime.rollouts.handle(event, force=force)

@@ -6,6 +6,10 @@ lease duration *as observed by this candidate's own clock* (no clock comparison 
 every write carries the resourceVersion it read, so that two candidates cannot both win. The
 leader renews every retry period and steps down when it could not renew for the renew deadline,
 which is shorter than the lease duration: it stops acting before anyone else may start.
+That deadline counts from the moment the last successful write was *sent* (the first one at
+acquisition, not when the consumer is up), and :meth:`LeaseElector.still_leading` checks it
+before each write to a Deployment: a leader that was paused (SIGSTOP, a long GC, a hung host)
+past its deadline refuses to write on waking, before its renewal loop even runs.
 On a graceful stop the leader releases the Lease so that a follower takes over at once.
 
 kubernetes_asyncio ships a ``leaderelection`` package, but it cannot release the Lease, writes
@@ -71,6 +75,7 @@ class LeaseElector:
         self._observed: tuple[str | None, datetime | None] | None = None
         self._observed_at = 0.0
         self._leading = False
+        self._valid_until = 0.0  # loop time: renew deadline after the last successful write
 
     @property
     def identity(self) -> str:
@@ -79,6 +84,10 @@ class LeaseElector:
     @property
     def leading(self) -> bool:
         return self._leading
+
+    def still_leading(self) -> bool:
+        """Leading, and the renew deadline since the last successful write has not passed."""
+        return self._leading and asyncio.get_running_loop().time() < self._valid_until
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Try every retry period until this candidate leads (``True``) or ``stop`` is set."""
@@ -96,9 +105,8 @@ class LeaseElector:
         whatever the API does meanwhile: no attempt and no pause runs past that deadline.
         """
         loop = asyncio.get_running_loop()
-        renewed_at = loop.time()
         while True:
-            deadline = renewed_at + self._renew_deadline_s
+            deadline = self._valid_until
             pause = min(self._retry_period_s, max(0.0, deadline - loop.time()))
             if await _sleep_unless(stop, pause):
                 return
@@ -108,11 +116,11 @@ class LeaseElector:
             except TimeoutError:
                 renewed = False
             if renewed:
-                renewed_at = loop.time()
-            elif not self._leading:
+                continue
+            if not self._leading:
                 logger.warning("%s lost the lease to %s", self._identity, self._holder)
                 return
-            elif loop.time() >= deadline:
+            if loop.time() >= deadline:
                 logger.error(
                     "%s could not renew the lease for %.1f s: stepping down",
                     self._identity,
@@ -185,10 +193,17 @@ class LeaseElector:
         await self._leases.replace_namespaced_lease(
             self._name, self._namespace, self._guarded(lease, self._renewed(lease.spec))
         )
-        self._leading = True
+        self._won(since=now)
         return True
 
+    def _won(self, *, since: float) -> None:
+        """This candidate holds the Lease: valid for the renew deadline from ``since``, a loop
+        time taken before the write was sent (never later than the API server's view)."""
+        self._leading = True
+        self._valid_until = since + self._renew_deadline_s
+
     async def _create(self) -> bool:
+        sent = asyncio.get_running_loop().time()
         now = micro_time()
         spec = V1LeaseSpec(
             holder_identity=self._identity,
@@ -199,7 +214,7 @@ class LeaseElector:
         )
         body = V1Lease(metadata=V1ObjectMeta(name=self._name, namespace=self._namespace), spec=spec)
         await self._leases.create_namespaced_lease(self._namespace, body)
-        self._leading = True
+        self._won(since=sent)
         return True
 
     def _renewed(self, spec: V1LeaseSpec) -> V1LeaseSpec:
@@ -240,6 +255,9 @@ class AlwaysLeader:
 
     identity: Final = "local"
     leading: Final = True
+
+    def still_leading(self) -> bool:
+        return True
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         return not stop.is_set()

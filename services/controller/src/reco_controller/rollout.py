@@ -38,6 +38,13 @@ from reco_controller.targets.base import (
 logger = logging.getLogger(__name__)
 
 Report = Callable[[RolloutEvent], Awaitable[None]]
+# Whether this process may still write (the leader's lease is valid), asked before every write.
+Leading = Callable[[], bool]
+
+
+class LeadershipLostError(RuntimeError):
+    """The lease expired before a write: the batch is abandoned uncommitted (the next leader
+    gets it again and, the target's state being the memory, resumes rather than repeats)."""
 
 
 class Decision(enum.StrEnum):
@@ -58,6 +65,7 @@ class _Policy:
     metrics: ControllerMetrics
     manifests: ManifestSource
     max_clock_skew: timedelta
+    leading: Leading
 
 
 class Rollouts:
@@ -73,6 +81,7 @@ class Rollouts:
         metrics: ControllerMetrics,
         manifests: ManifestSource,
         max_clock_skew_s: float,
+        leading: Leading,
     ) -> None:
         self._targets = targets
         self._policy = _Policy(
@@ -82,6 +91,7 @@ class Rollouts:
             metrics=metrics,
             manifests=manifests,
             max_clock_skew=timedelta(seconds=max_clock_skew_s),
+            leading=leading,
         )
 
     async def handle(
@@ -214,6 +224,7 @@ class _Run:
     async def _roll_out(
         self, previous: ModelRecord | None, reason: str, published_at: float | None
     ) -> Decision:
+        self._ensure_leading("roll out")
         await self.report(RolloutStatus.STARTED, reason)
         await self._target.apply(model=self._model, previous=previous)
         patched = time.monotonic()
@@ -232,6 +243,7 @@ class _Run:
         return Decision.FAILED
 
     async def _roll_back(self, previous: ModelRecord | None) -> None:
+        self._ensure_leading("roll back")
         await self._target.revert(failed=self._model, previous=previous)
         progress = await self._target.wait(timeout_s=self._policy.timeout_s)
         back_to = previous.uri if previous else "no model"
@@ -241,6 +253,13 @@ class _Run:
             reason = f"back to {back_to}, not settled yet: {progress.message}"
             logger.error("%s: %s", self._where, reason)
         await self.report(RolloutStatus.ROLLED_BACK, reason)
+
+    def _ensure_leading(self, what: str) -> None:
+        if not self._policy.leading():
+            raise LeadershipLostError(
+                f"{self._where}: the lease expired before the write: not going to {what}"
+                f" {self._model.uri}"
+            )
 
     async def report(self, status: RolloutStatus, reason: str) -> None:
         event = RolloutEvent(

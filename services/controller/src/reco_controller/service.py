@@ -25,7 +25,7 @@ from reco_controller.kube import api_client
 from reco_controller.leader import AlwaysLeader, LeaseElector
 from reco_controller.manifests import StoredManifests
 from reco_controller.metrics import ControllerMetrics
-from reco_controller.rollout import Rollouts
+from reco_controller.rollout import Leading, Rollouts
 from reco_controller.settings import Settings, TargetKind
 from reco_controller.targets.base import TargetResolver
 from reco_controller.targets.kubernetes import KubernetesTargets
@@ -43,8 +43,11 @@ class Runtime:
     kube: ApiClient | None
 
 
-async def open_runtime(settings: Settings, stack: contextlib.AsyncExitStack) -> Runtime:
-    """Connect to Kafka and to the target (Kubernetes API or workers) and build the rollouts."""
+async def open_runtime(
+    settings: Settings, stack: contextlib.AsyncExitStack, *, leading: Leading
+) -> Runtime:
+    """Connect to Kafka and to the target (Kubernetes API or workers) and build the rollouts;
+    ``leading`` is asked before every write."""
     producer = await start_producer(settings.kafka)
     stack.push_async_callback(producer.stop)
     conf = settings.controller
@@ -75,6 +78,7 @@ async def open_runtime(settings: Settings, stack: contextlib.AsyncExitStack) -> 
         metrics=ControllerMetrics.create(),
         manifests=StoredManifests(settings.s3),
         max_clock_skew_s=conf.max_clock_skew_s,
+        leading=leading,
     )
     return Runtime(rollouts=rollouts, producer=producer, kube=kube)
 
@@ -97,7 +101,10 @@ class Controller:
         topics = self._settings.kafka.topics
         try:
             await ensure_topics(self._settings.kafka, topics.model_published, topics.rollout_events)
-            self._runtime = await open_runtime(self._settings, self._stack)
+            # Late-bound: the elector is built below, once the API client exists.
+            self._runtime = await open_runtime(
+                self._settings, self._stack, leading=lambda: self._elector.still_leading()
+            )
             if self._runtime.kube is not None:
                 self._elector = LeaseElector(
                     api=self._runtime.kube,
