@@ -82,6 +82,12 @@ BENCHES = (
         quick=("--rounds", "1", "--batches", "5"),
     ),
     Bench(
+        "Worker",
+        "bench/worker/rebuild.py",
+        full=("--events", "1000000", "--users", "100000"),
+        quick=("--events", "20000", "--users", "2000"),
+    ),
+    Bench(
         "API",
         "bench/api/run.py",
         full=("--rounds", "3", "--duration", "8", "--connections", "32"),

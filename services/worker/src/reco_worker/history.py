@@ -49,8 +49,9 @@ def effective_ts(action: UserAction, *, record_ts_ms: int, max_future_skew_s: fl
 # partition's fence (the fence, which also makes a redelivered batch a no-op); every history is
 # trimmed and read back. A rebuild adds every member (adds are idempotent, and a fence written
 # between a data loss and its detection must not hide older events), keeps the greater offset,
-# and reads nothing back. Returns per user, in KEYS order, "member<TAB>score" lines joined by
-# newlines (members never hold a newline; empty for a rebuild).
+# and leaves trimming, the TTL and the read to its final read pass. Returns per user, in KEYS
+# order, "member<TAB>score" lines joined by newlines (members never hold a newline; empty for a
+# rebuild).
 _APPEND_AND_READ = (
     LUA_HELPERS
     + r"""
@@ -84,10 +85,10 @@ for g = 1, groups do
       marks[#marks + 1] = users[i]
       marks[#marks + 1] = A[from + 1]
     end
-    redis.call('ZREMRANGEBYRANK', key, 0, -(max_len + 1))
-    redis.call('EXPIRE', key, ttl)
     local lines = {}
     if not rebuilding then
+      redis.call('ZREMRANGEBYRANK', key, 0, -(max_len + 1))
+      redis.call('EXPIRE', key, ttl)
       local flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
       for j = 1, #flat, 2 do
         lines[#lines + 1] = flat[j] .. '\t' .. flat[j + 1]
@@ -128,8 +129,8 @@ class HistoryStore:
     ) -> dict[str, list[HistoryEntry]]:
         """Add each user's members unless already applied, trim, refresh TTLs, read back.
 
-        ``rebuilding``: add even behind the fence, read nothing back (empty histories): a
-        rebuild appends the whole log first and reads each history once at the end.
+        ``rebuilding``: add even behind the fence; no trim, TTL or read (empty histories): a
+        rebuild appends the whole log first, then trims and reads each history once.
         """
         groups = by_partition({user_id: a.position for user_id, a in additions.items()})
         keys = [self._keys.history_fence(partition) for partition in groups]

@@ -3,7 +3,7 @@
 :func:`rebuild` reads every partition from its beginning to the end it had when the rebuild
 started (no consumer group, nothing committed), in chunks of records. Each chunk is coalesced per
 user, as a live batch is, and appended to the histories by the worker's history script (one call
-per chunk, no read-back; behind the fence too, as adds are idempotent and a fence written between
+per chunk, no trim or read-back: the final pass trims; behind the fence too, as adds are idempotent and a fence written between
 a data loss and its detection must not hide the older events). Then every user it met gets one list, computed from the
 rebuilt history with the given model and written fenced at the user's newest log position —
 scored in batches, like the live worker. Both writes are fenced, so a rebuild running next to
@@ -21,7 +21,7 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +53,7 @@ class RebuildReport:
     users: int
     stale_lists: int
     seconds: float
+    lists_seconds: float  # of ``seconds``: scoring and writing the lists, after the histories
 
     @property
     def events_per_s(self) -> float:
@@ -75,38 +76,86 @@ class Rebuilder:
         wanted = frozenset(users)
         last: dict[str, tuple[UserAction, Position]] = {}
         events = skipped = 0
-        async for records in _read_log(kafka):
-            deliveries, bad = _decoded(records, wanted)
-            events, skipped = events + len(deliveries), skipped + bad
-            batch = coalesce(deliveries, max_future_skew_s=self.max_future_skew_s)
-            skipped += len(batch.rejections)
-            additions = {u: Addition(up.position, up.members) for u, up in batch.updates.items()}
-            if additions:
-                await self.history.append_and_read(additions, rebuilding=True)
-            last.update({u: (up.last, up.position) for u, up in batch.updates.items()})
+        async with _OneInFlight() as appends:
+            async for records in _read_log(kafka):
+                deliveries, bad = _decoded(records, wanted)
+                events, skipped = events + len(deliveries), skipped + bad
+                batch = coalesce(deliveries, max_future_skew_s=self.max_future_skew_s)
+                skipped += len(batch.rejections)
+                additions = {
+                    u: Addition(up.position, up.members) for u, up in batch.updates.items()
+                }
+                # In flight while the next chunk is read: rebuilding appends commute.
+                await appends.submit(self.history.append_and_read(additions, rebuilding=True))
+                last.update({u: (up.last, up.position) for u, up in batch.updates.items()})
+        histories_done = time.perf_counter()
         stale = await self._write_lists(last)
-        report = RebuildReport(events, skipped, len(last), stale, time.perf_counter() - started)
+        done = time.perf_counter()
+        report = RebuildReport(
+            events, skipped, len(last), stale, done - started, done - histories_done
+        )
         logger.info("rebuilt %d users from %d events: %s", len(last), events, report)
         return report
 
     async def _write_lists(self, last: dict[str, tuple[UserAction, Position]]) -> int:
+        """Score every user once from the rebuilt history; a batch's write is in flight while
+        the next batch is read and scored."""
         stale = 0
-        users = list(last)
-        for start in range(0, len(users), SCORE_BATCH):
-            chunk = users[start : start + SCORE_BATCH]
-            histories = await self.history.append_and_read(
-                {u: Addition(last[u][1], {}) for u in chunk}
-            )
-            ranked = await asyncio.to_thread(
-                recommend, self.model, [(u, histories[u]) for u in chunk], self.policy
-            )
-            computed_at = datetime.now(UTC)
-            writes = {
-                u: FencedWrite(encode(stamped(r, self.model, last[u][0], computed_at)), last[u][1])
-                for u, r in zip(chunk, ranked, strict=True)
-            }
+
+        async def write(writes: dict[str, FencedWrite]) -> None:
+            nonlocal stale
             stale += await self.lists.replace(self.model.name, writes, or_equal=True)
+
+        users = list(last)
+        async with _OneInFlight() as writing:
+            for start in range(0, len(users), SCORE_BATCH):
+                chunk = users[start : start + SCORE_BATCH]
+                histories = await self.history.append_and_read(
+                    {u: Addition(last[u][1], {}) for u in chunk}
+                )
+                ranked = await asyncio.to_thread(
+                    recommend, self.model, [(u, histories[u]) for u in chunk], self.policy
+                )
+                computed_at = datetime.now(UTC)
+                await writing.submit(
+                    write(
+                        {
+                            u: FencedWrite(
+                                encode(stamped(r, self.model, last[u][0], computed_at)),
+                                last[u][1],
+                            )
+                            for u, r in zip(chunk, ranked, strict=True)
+                        }
+                    )
+                )
         return stale
+
+
+class _OneInFlight:
+    """Runs one awaitable at a time in the background: ``submit`` waits for the previous one
+    (raising its error), then starts the next; leaving the block waits for the last."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[object] | None = None
+
+    async def submit(self, work: Coroutine[object, object, object]) -> None:
+        await self._drain()
+        self._task = asyncio.ensure_future(work)
+
+    async def _drain(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+
+    async def __aenter__(self) -> _OneInFlight:
+        return self
+
+    async def __aexit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            await self._drain()
+        elif self._task is not None:  # failing already: stop the work in flight, quietly
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 def rebuilder(
