@@ -21,9 +21,12 @@ REBUILDS = "reco_worker_rebuilds_total"
 
 
 async def wipe(redis: Redis, prefix: str) -> None:
-    """Data loss, scoped to the test's keys (FLUSHALL would wipe every other test's data)."""
-    async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
-        await redis.unlink(key)
+    """Data loss, scoped to the test's keys (FLUSHALL would wipe every other test's data); one
+    ``UNLINK`` of every key found, so that it is one step like a flush, not a slow sweep that
+    would also delete what a recovery already wrote."""
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}:*", count=1000)]
+    if keys:
+        await redis.unlink(*keys)
 
 
 async def clean_pass(
