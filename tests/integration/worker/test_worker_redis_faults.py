@@ -1,4 +1,5 @@
-"""The worker against a Redis of its own (started here, on another port): writes refused."""
+"""The worker against a Redis of its own (started here, on another port): writes refused, and
+the server restarted without its data mid-stream."""
 
 from __future__ import annotations
 
@@ -11,29 +12,40 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from worker_stack import all_applied, free_port, metric, numbered, produce, running, until
+from worker_stack import (
+    all_applied,
+    free_port,
+    metric,
+    namespaced,
+    numbered,
+    produce,
+    running,
+    snapshot,
+    until,
+)
 
 from reco_common.redis_store import connect
 from reco_common.settings import RedisSettings
 from reco_worker.settings import WorkerSettings
 
 
-@pytest.fixture
-async def own_redis(tmp_path: Path, unique: str) -> AsyncIterator[RedisSettings]:
-    """A throw-away ``redis-server`` (Debian's binary), so that faults touch no one else."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        binary,
-        *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-        *("--dir", str(tmp_path)),
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    settings = RedisSettings(url=f"redis://127.0.0.1:{port}/0", key_prefix=f"t{unique}")
-    client = connect(settings)
-    try:
+class OwnRedis:
+    """A throw-away ``redis-server`` (Debian's binary) on a port of its own, without
+    persistence, so that faults touch no one else; ``restart`` brings it back empty."""
+
+    def __init__(self, binary: str, workdir: Path, unique: str) -> None:
+        self._command = [binary, "--port", str(free_port()), "--bind", "127.0.0.1"]
+        self._command += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
+        self.settings = RedisSettings(
+            url=f"redis://127.0.0.1:{self._command[2]}/0", key_prefix=f"t{unique}"
+        )
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            *self._command, stdout=asyncio.subprocess.DEVNULL
+        )
+        client = connect(self.settings)
 
         async def answers() -> bool:
             try:
@@ -41,12 +53,37 @@ async def own_redis(tmp_path: Path, unique: str) -> AsyncIterator[RedisSettings]
             except (RedisError, OSError):
                 return False
 
-        await until(answers, what="the test's own redis-server")
-        yield settings
+        try:
+            await until(answers, what="the test's own redis-server")
+        finally:
+            await client.aclose()
+
+    async def stop(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.terminate()
+            await self._process.wait()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+
+@pytest.fixture
+async def own_server(tmp_path: Path, unique: str) -> AsyncIterator[OwnRedis]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    server = OwnRedis(binary, tmp_path, unique)
+    await server.start()
+    try:
+        yield server
     finally:
-        await client.aclose()
-        process.terminate()
-        await process.wait()
+        await server.stop()
+
+
+@pytest.fixture
+def own_redis(own_server: OwnRedis) -> RedisSettings:
+    return own_server.settings
 
 
 async def test_a_worker_whose_writes_fail_turns_not_ready_until_they_succeed(
@@ -82,3 +119,43 @@ async def test_a_worker_whose_writes_fail_turns_not_ready_until_they_succeed(
             assert await metric(worker.http, "reco_worker_redis_writable") == 1
     finally:
         await redis.aclose()
+
+
+async def test_redis_restarted_without_its_data_mid_stream_is_rebuilt(
+    make_settings: Callable[..., WorkerSettings],
+    model_v1: str,
+    producer: AIOKafkaProducer,
+    redis: Redis,
+    redis_settings: RedisSettings,
+    own_server: OwnRedis,
+) -> None:
+    events = [numbered(n) for n in range(1200)]
+    clean_settings = make_settings(model_v1)
+    async with running(clean_settings):  # the clean pass, on the shared Redis
+        await produce(producer, clean_settings.common.kafka.topics.user_actions, events)
+        await until(lambda: all_applied(redis, clean_settings, events), what="the clean pass")
+    clean = await snapshot(redis, redis_settings.key_prefix)
+
+    base = namespaced(clean_settings, "r", generation_check_s=0.5, max_batch=50)
+    own = own_server.settings.model_copy(update={"key_prefix": base.common.redis.key_prefix})
+    settings = base.model_copy(update={"common": base.common.model_copy(update={"redis": own})})
+    topic = settings.common.kafka.topics.user_actions
+    client = connect(own)
+    try:
+        async with running(settings):
+            await produce(producer, topic, events[:600])
+            await until(lambda: all_applied(client, settings, events[:600]), what="the first half")
+            trickle = asyncio.create_task(produce(producer, topic, events[600:], chunk=20))
+            await own_server.restart()  # empty: no RDB, no AOF
+            await trickle
+
+            async def recovered() -> bool:
+                try:
+                    return await all_applied(client, settings, events)
+                except RedisError:  # our own pooled connection did not survive the restart
+                    return False
+
+            await until(recovered, what="the recovery")
+        assert await snapshot(client, own.key_prefix) == clean
+    finally:
+        await client.aclose()
