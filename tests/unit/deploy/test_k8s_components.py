@@ -120,6 +120,14 @@ def test_the_dashboard_charts_only_metrics_the_services_export() -> None:
         assert topic in titles
 
 
+def test_the_alerts_use_only_metrics_the_services_export() -> None:
+    (rules,) = find(rendered("prod", ("monitoring",)), "PrometheusRule")
+    exprs = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
+    used = {m for e in exprs for m in METRIC.findall(e)}
+    assert used, "the alerts watch something"
+    assert used <= _exported(), sorted(used - _exported())
+
+
 def test_the_dashboard_ships_as_a_grafana_config_map() -> None:
     (config,) = [
         c
