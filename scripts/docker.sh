@@ -55,6 +55,19 @@ DEBIAN_SOURCES=(
   "deb http://deb.debian.org/debian bookworm-updates main"
   "deb http://deb.debian.org/debian-security bookworm-security main"
 )
+# A root filesystem: Debian bookworm minbase without docs, man pages or translations (as Debian's
+# slim images; the man1 directory stays for the alternatives some packages register, Java's
+# among them), merged /usr without the usrmerge package (and the Perl it pulls in), Python's
+# headers without its static library.
+ROOTFS_OPTS=(
+  --format=tar --variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
+  --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*'
+  --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias'
+  --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright'
+  --dpkgopt='path-exclude=/usr/lib/x86_64-linux-gnu/libpython3.11*.a'
+  --dpkgopt='path-exclude=/usr/lib/python3.11/config-3.11-x86_64-linux-gnu/*.a'
+  --setup-hook='mkdir -p "$1"/usr/share/man/man1'
+)
 ALL_IMAGES=(python uv kafka redis versitygw api controller trainer worker)
 
 usage() { sed -n '2,41p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
@@ -178,10 +191,11 @@ image_name() {
   esac
 }
 
-# Debian packages of each substitute's root filesystem.
+# Debian packages of each substitute's root filesystem. Python's headers as in the official
+# image (a source distribution's C extension builds against them: the trainer's LightFM).
 rootfs_packages() {
   case "$1" in
-    python) echo python3.11,python3,passwd,ca-certificates ;;
+    python) echo python3.11,python3,libpython3.11-dev,passwd,ca-certificates ;;
     kafka) echo openjdk-17-jre-headless,passwd ;;
     redis) echo redis-server,passwd ;;
     versitygw) echo wget,passwd ;;
@@ -193,23 +207,15 @@ rootfs_packages() {
 rootfs() { # <name> -> path of the tarball
   local name="$1" packages key tar debs="$CACHE_DIR/docker/debs" log
   packages="$(rootfs_packages "$name")"
-  key="$(printf '%s\n' "$packages" "${DEBIAN_SOURCES[@]}" | sha256sum | cut -c1-12)"
+  key="$(printf '%s\n' "$packages" "${DEBIAN_SOURCES[@]}" "${ROOTFS_OPTS[@]}" | sha256sum | cut -c1-12)"
   tar="$CACHE_DIR/docker/rootfs/$name-$key.tar"
   if [[ ! -f "$tar" ]]; then
     log="$(state_dir)/rootfs-$name.log"
     mkdir -p "$debs" "$(dirname "$tar")"
     rm -f "$tar.partial"
     say "$name: mmdebstrap bookworm minbase + $packages (a minute or two; log $log)"
-    # No docs, man pages or translations (as Debian's slim images: the man1 directory stays for
-    # the alternatives some packages register, Java's among them); merged /usr without the
-    # usrmerge package (and the Perl it pulls in).
-    mmdebstrap --format=tar --variant=minbase --include="$packages" \
-      --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
-      --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
-      --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
-      --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-      --skip=download/empty --skip=essential/unlink \
-      --setup-hook='mkdir -p "$1"/var/cache/apt/archives/ "$1"/usr/share/man/man1' \
+    mmdebstrap "${ROOTFS_OPTS[@]}" --include="$packages" --skip=download/empty --skip=essential/unlink \
+      --setup-hook='mkdir -p "$1"/var/cache/apt/archives/' \
       --setup-hook="sync-in $debs /var/cache/apt/archives/" \
       --customize-hook="sync-out /var/cache/apt/archives $debs" \
       bookworm "$tar.partial" "${DEBIAN_SOURCES[@]}" >"$log" 2>&1 ||
@@ -306,17 +312,25 @@ image_service() { # <service>
 }
 
 # What each image holds, pinned: Debian packages and Python distributions with versions.
+# Listed again only when the image changed (a container on vfs copies the whole image).
 package_list() { # <image>
-  local image out
+  local image id out
   image="$(image_name "$1")"
+  id="$(engine image inspect --format '{{.Id}}' "$image")"
   out="$(state_dir)/packages/${image//[\/:]/_}.txt"
-  mkdir -p "$(dirname "$out")"
-  engine run --rm --network none --entrypoint /bin/sh "$image" -c '
-    echo "# Debian packages (dpkg-query -W)"; dpkg-query -W
-    if [ -x /app/.venv/bin/python ]; then
-      echo "# Python distributions in /app/.venv"
-      /app/.venv/bin/python -c "import importlib.metadata as m; print(*sorted(f\"{d.name}=={d.version}\" for d in m.distributions()), sep=chr(10))"
-    fi' >"$out"
+  if [[ "$(head -n1 "$out" 2>/dev/null)" != "# $image $id" ]]; then
+    mkdir -p "$(dirname "$out")"
+    {
+      echo "# $image $id"
+      engine run --rm --network none --entrypoint /bin/sh "$image" -c '
+        echo "# Debian packages (dpkg-query -W)"; dpkg-query -W
+        if [ -x /app/.venv/bin/python ]; then
+          echo "# Python distributions in /app/.venv"
+          /app/.venv/bin/python -c "import importlib.metadata as m; print(*sorted(f\"{d.name}=={d.version}\" for d in m.distributions()), sep=chr(10))"
+        fi'
+    } >"$out.partial"
+    mv -f "$out.partial" "$out"
+  fi
   say "$image: $(engine image inspect --format '{{.Size}}' "$image" | numfmt --to=iec), packages in $out"
 }
 
@@ -349,12 +363,21 @@ cmd_env() {
     RECO_S3_IMAGE "$(image_name versitygw)"
 }
 
+# `compose ARGS` on this engine with the substitutes. An `up` that fails (a port in use, an
+# image missing) takes down what it started: nothing is left running.
 cmd_compose() {
   require_engine
-  install_component compose
+  [[ -x "$COMPOSE_BIN" ]] || install_component compose
   eval "$(cmd_env)"
   export DOCKER_HOST RECO_PYTHON_IMAGE RECO_UV_IMAGE RECO_KAFKA_IMAGE RECO_REDIS_IMAGE RECO_S3_IMAGE
-  exec "$COMPOSE_BIN" --project-directory "$REPO_ROOT" "$@"
+  local compose=("$COMPOSE_BIN" --project-directory "$REPO_ROOT") at=1 rc=0
+  while ((at <= $#)) && [[ "${!at}" != up ]]; do at=$((at + 1)); done
+  ((at <= $#)) || exec "${compose[@]}" "$@"
+  "${compose[@]}" "$@" || rc=$?
+  ((rc == 0)) && return 0
+  say "ERROR: compose: \`${*:at}\` failed (exit $rc); taking down what it started (volumes are kept). Engine log: $(comp_log docker)"
+  "${compose[@]}" "${@:1:at-1}" down >&2 || true
+  exit "$rc"
 }
 
 docker_main() {
