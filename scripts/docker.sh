@@ -83,6 +83,27 @@ address_pool() {
   printf '%s' "${RECO_DOCKER_ADDRESS_POOL:-10.$n.0.0/16}"
 }
 
+# overlay2 where the kernel lets us mount an overlay in the state directory (a layer is a diff);
+# vfs elsewhere (any filesystem, nested or not; but each layer is a full copy of the image:
+# several times the disk and the time). RECO_DOCKER_STORAGE_DRIVER chooses.
+storage_driver() {
+  local probe
+  if [[ -n "${RECO_DOCKER_STORAGE_DRIVER:-}" ]]; then
+    echo "$RECO_DOCKER_STORAGE_DRIVER"
+    return
+  fi
+  probe="$(state_dir)/overlay-probe"
+  mkdir -p "$probe/lower" "$probe/upper" "$probe/work" "$probe/merged"
+  if mount -t overlay overlay -o "lowerdir=$probe/lower,upperdir=$probe/upper,workdir=$probe/work" \
+    "$probe/merged" 2>/dev/null; then
+    umount "$probe/merged"
+    echo overlay2
+  else
+    echo vfs
+  fi
+  rm -rf "$probe"
+}
+
 engine() { DOCKER_HOST="$(socket)" "$DOCKER" "$@"; }
 engine_answers() { engine version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 
@@ -124,9 +145,9 @@ docker_start() {
   local dir
   dir="$(state_dir)"
   mkdir -p "$dir/data" "$dir/exec"
-  # vfs: works on any filesystem, nested or not. No iptables (the host's firewall is not
-  # ours) and no default bridge: compose's networks come from our own address pool.
-  spawn docker dockerd --storage-driver=vfs --iptables=false --bridge=none \
+  # No iptables (the host's firewall is not ours) and no default bridge: compose's networks
+  # come from our own address pool.
+  spawn docker dockerd --storage-driver="$(storage_driver)" --iptables=false --bridge=none \
     --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/dockerd.pid" \
     --host "$(socket)" --default-address-pool "base=$(address_pool),size=24"
 }
@@ -148,7 +169,7 @@ cmd_up() {
     ((SECONDS < deadline)) || fail_component docker "dockerd not answering on $(socket) after ${DOCKER_TIMEOUT}s"
     sleep 0.5
   done
-  say "docker: ready (pid $pid, $(socket), engine $(engine version --format '{{.Server.Version}}'))"
+  say "docker: ready (pid $pid, $(socket), engine $(engine info --format '{{.ServerVersion}}, storage {{.Driver}}'))"
 }
 
 cmd_status() {
@@ -346,6 +367,10 @@ cmd_images() {
     [[ "$name" == uv ]] || package_list "$name"
     say "$name: done in $((SECONDS - start))s"
   done
+  # What a rebuild replaced: the images it untagged, build cache beyond a bound (the wheels'
+  # cache mount is recent, so it stays).
+  engine image prune --force >/dev/null
+  engine builder prune --force --keep-storage "${RECO_DOCKER_BUILD_CACHE:-10GB}" >/dev/null
 }
 
 # ------------------------------------------------------------------ compose --
