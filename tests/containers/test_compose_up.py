@@ -290,3 +290,19 @@ def test_up_on_a_port_in_use_says_so_and_leaves_nothing_running(
     assert "compose: `up --detach --no-build redis` failed" in done.stderr
     assert "docker.log" in done.stderr, "and the engine's log"
     assert left == []
+
+
+def test_without_an_engine_a_command_names_the_component_and_its_log(tmp_path: Path) -> None:
+    stack = tmp_path.resolve()
+    done = subprocess.run(
+        [str(DOCKER_SH), "compose", "ps"],
+        env={**os.environ, "RECO_STACK_DIR": str(stack)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode != 0
+    assert f"docker: the engine is not running on unix://{stack}/docker/docker.sock" in done.stderr
+    assert f"log: {stack}/docker/docker.log" in done.stderr
