@@ -26,7 +26,7 @@
 # Debian packages, the Kafka jars, VersityGW and Compose are fetched once into the cache
 # (the Kafka and VersityGW steps are scripts/stack.sh's); the Python wheels are cached by
 # BuildKit (a cache mount) inside the engine's data root. State (data root, socket, log, pid)
-# lives in $RECO_STACK_DIR/docker; after `up`, a rebuild needs no network.
+# lives in $RECO_STACK_DIR/docker; once built, a rebuild needs no network.
 #
 # Settings (environment):
 #   RECO_CACHE_DIR (~/.cache/reco)          RECO_STACK_DIR (<repo>/.stack)
@@ -35,6 +35,8 @@
 #     checkouts on one machine never share a subnet)
 #   RECO_DOCKER_CA_BUNDLE (/etc/ssl/certs/ca-certificates.crt: given to the builds' `uv sync`
 #     as the secret `ca-bundle`, for a TLS-inspecting proxy)
+#   RECO_DOCKER_STORAGE_DRIVER (overlay2 if an overlay mounts in the state dir, else vfs)
+#   RECO_DOCKER_BUILD_CACHE (10GB: the build cache kept after `images`)
 set -euo pipefail
 
 # The dev stack's helpers (say, die, apt_install, spawn, fail_component, stop_component) and
@@ -70,7 +72,7 @@ ROOTFS_OPTS=(
 )
 ALL_IMAGES=(python uv kafka redis versitygw api controller trainer worker)
 
-usage() { sed -n '2,41p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
 
 state_dir() { comp_dir docker; }
 socket() { printf 'unix://%s/docker.sock' "$(state_dir)"; }
