@@ -20,8 +20,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from deploy_kube import Kube
 from deploy_manifests import Manifest, kustomize, wrapper
 
-from reco_common.artifact import ModelArrays, write_artifact
-from reco_common.contracts import MODEL_URI_ENV, EvalMetrics, ModelPublished, RolloutEvent, decode
+from reco_common.artifact import ModelArrays, announcement, write_artifact
+from reco_common.contracts import (
+    MODEL_URI_ENV,
+    EvalMetrics,
+    ModelPublished,
+    ObjectLayout,
+    RolloutEvent,
+    decode,
+)
 from reco_common.kafka import ensure_topics, publish
 from reco_common.settings import KafkaSettings
 from reco_common.storage import ObjectStore
@@ -157,7 +164,8 @@ async def rollout_events(kafka_settings: KafkaSettings) -> AsyncIterator[AIOKafk
         await consumer.stop()
 
 
-def _tiny_artifact(store: ObjectStore, version: str) -> tuple[str, EvalMetrics]:
+def _tiny_artifact(store: ObjectStore, version: str) -> ModelPublished:
+    """A small model written to ``store`` and the trainer's event for it (pinned manifest)."""
     rng = np.random.default_rng(7)
     metrics = EvalMetrics(model={"precision@10": 0.2}, baseline={"precision@10": 0.05})
     arrays = ModelArrays(
@@ -168,7 +176,7 @@ def _tiny_artifact(store: ObjectStore, version: str) -> tuple[str, EvalMetrics]:
         popular_items=["i-2", "i-1"],
         popular_scores=[2.0, 1.0],
     )
-    uri = write_artifact(
+    write_artifact(
         store,
         model_name=MODEL,
         version=version,
@@ -179,7 +187,7 @@ def _tiny_artifact(store: ObjectStore, version: str) -> tuple[str, EvalMetrics]:
         metrics=metrics,
         library_versions={},
     )
-    return uri, metrics
+    return announcement(store.below(ObjectLayout.model_dir(MODEL, version)))
 
 
 def _worker(kube: Kube, namespace: str) -> dict[str, Any]:
@@ -224,14 +232,8 @@ async def test_the_controller_rolls_the_worker_and_apply_keeps_the_model(
     kube.wait_workloads_ready(ns)
     assert _model_uri(_worker(kube, ns)) is None, "the manifests leave MODEL_URI to the controller"
 
-    uri, metrics = _tiny_artifact(s3_store, "v1")
-    event = ModelPublished(
-        model_name=MODEL,
-        version="v1",
-        artifact_uri=uri,
-        created_at=datetime.now(UTC),
-        metrics=metrics,
-    )
+    event = _tiny_artifact(s3_store, "v1")
+    uri = event.artifact_uri
     await publish(producer, kafka_settings.topics.model_published, MODEL, event)
     assert await _until_succeeded(rollout_events, "v1") == ["started", "succeeded"]
     rolled = _worker(kube, ns)

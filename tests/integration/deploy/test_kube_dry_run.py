@@ -14,8 +14,9 @@ from deploy_manifests import kustomize, wrapper
 pytestmark = pytest.mark.kube
 
 # The monitoring component needs the Prometheus Operator's CRDs, which the local control plane
-# does not have: its ServiceMonitors are checked by the unit tests; the rest is applied here.
-NEEDS_CRDS = {"ServiceMonitor"}
+# does not have: its ServiceMonitors and PrometheusRules are checked by the unit tests; the rest
+# is applied here.
+NEEDS_CRDS = {"ServiceMonitor", "PrometheusRule"}
 VARIANTS = {
     "dev": ("dev", ()),
     "prod": ("prod", ()),
