@@ -66,7 +66,7 @@ test-unit: install ## Unit tests only (no network)
 	$(UV) run pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: test
-test: lint stack-up kube-up ## Lint, type check and every test tier against the real servers
+test: lint stack-up kube-up images ## Lint, type check and every test tier against the real servers (and images)
 	$(UV) run pytest $(PYTEST_PATHS) $(PYTEST_ARGS)
 
 .PHONY: demo
