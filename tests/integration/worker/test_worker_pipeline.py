@@ -102,8 +102,12 @@ async def test_restart_and_kill_end_in_the_state_of_one_clean_pass(
     # mid-stream and restarted.
     topic = faulty_settings.common.kafka.topics.user_actions
     async with worker_process(faulty_settings, tmp_path / "killed.log") as process:
-        trickle = asyncio.create_task(produce(producer, topic, events[:800], chunk=50))
+        # The worker consumes first (its start takes longer than a whole trickle would), then is
+        # killed while the trickle goes on: events are left to redeliver whatever its speed.
+        await produce(producer, topic, events[:50])
         await until(lambda: _some(lists_written(faulty_settings)), what="the first lists")
+        trickle = asyncio.create_task(produce(producer, topic, events[50:800], chunk=50))
+        await asyncio.sleep(0.1)  # mid-trickle: 15 chunks, 20 ms apart
         process.kill()
         await trickle
     after_kill, end = await committed_and_end(faulty_settings)
