@@ -14,10 +14,14 @@ python="$(command -v python3 || true)"
 [[ -n "$python" ]] || { say "ERROR: python3 is needed to install uv $version (apt-get install python3-venv)"; exit 1; }
 say "installing uv $version into $dir (pip, from PyPI)"
 # A half-finished install from an interrupted run fails the version check above: start afresh.
+# The venv stays out of sight (venv/); bin/ holds only uv and uvx, so that the Makefile can put
+# it first on PATH without shadowing the machine's python3 and pip.
 rm -rf "$dir"
-if ! "$python" -m venv "$dir" >/dev/null 2>&1; then
-  say "ERROR: '$python -m venv $dir' failed: install python3-venv (Debian) and retry"
+if ! "$python" -m venv "$dir/venv" >/dev/null 2>&1; then
+  say "ERROR: '$python -m venv $dir/venv' failed: install python3-venv (Debian) and retry"
   exit 1
 fi
-"$dir/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$version"
+"$dir/venv/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$version"
+mkdir -p "$dir/bin"
+ln -s ../venv/bin/uv ../venv/bin/uvx "$dir/bin/"
 "$dir/bin/uv" --version >&2
