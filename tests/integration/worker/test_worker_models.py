@@ -10,7 +10,7 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
-from worker_stack import MODEL, N_USERS, corrupt, publish, running, until
+from worker_stack import MODEL, N_USERS, corrupt, pinned, publish, running, until
 
 from reco_common.artifact import Manifest, announcement
 from reco_common.contracts import (
@@ -83,7 +83,7 @@ async def test_a_hot_swap_under_load_completes_without_errors(
     async with running(make_settings(model_v1)) as worker:
         stream = asyncio.create_task(load())
         await until(lambda: read_list(redis, keys, MODEL, "u1"), what="lists under v1")
-        reply = await worker.http.post("/v1/model", json={"model_uri": model_v2})
+        reply = await worker.http.post("/v1/model", json=pinned(s3_store, model_v2))
         assert reply.status_code == 202
 
         async def serving_v2() -> bool:
@@ -126,7 +126,7 @@ async def test_a_corrupt_model_is_refused_and_the_old_one_kept(
     other = publish(s3_store, "v1", model_name="other")
     async with running(make_settings(model_v1)) as worker:
         for uri, reason in ((broken, "sha256"), (other, "'other' is not 'shop'")):
-            reply = await worker.http.post("/v1/model", json={"model_uri": uri})
+            reply = await worker.http.post("/v1/model", json=pinned(s3_store, uri))
             assert reply.status_code == 202
 
             async def refused(uri: str = uri) -> bool:
@@ -174,9 +174,11 @@ async def test_a_worker_started_on_a_corrupt_model_stays_not_ready(
         anonymous = await worker.http.get("/v1/model", headers={"Authorization": "Bearer"})
         assert anonymous.status_code == 401
 
-        # A good model posted over HTTP makes it ready.
+        # A load without the announcement's pin is refused; a good model, pinned, makes it ready.
+        unpinned = await worker.http.post("/v1/model", json={"model_uri": model_v1})
+        assert unpinned.status_code == 422
         assert (
-            await worker.http.post("/v1/model", json={"model_uri": model_v1})
+            await worker.http.post("/v1/model", json=pinned(s3_store, model_v1))
         ).status_code == 202
         await until(worker.ready, what="readiness with a good model")
 

@@ -23,7 +23,7 @@ from msgspec.structs import asdict
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from reco_common.artifact import ITEM_FACTORS, ModelArrays, write_artifact
+from reco_common.artifact import ITEM_FACTORS, ModelArrays, announcement, write_artifact
 from reco_common.contracts import (
     MODEL_URI_ENV,
     ActionType,
@@ -116,6 +116,12 @@ def publish(store: ObjectStore, version: str, *, seed: int = 0, model_name: str 
         metrics=EvalMetrics(model={}, baseline={}),
         library_versions={},
     )
+
+
+def pinned(store: ObjectStore, uri: str) -> dict[str, str]:
+    """A ``POST /v1/model`` body for ``uri`` with the pin its announcement would carry."""
+    artifact = store.below(uri.removeprefix(store.root_uri + "/"))
+    return {"model_uri": uri, "manifest_sha256": announcement(artifact).manifest_sha256}
 
 
 def corrupt(store: ObjectStore, uri: str) -> None:

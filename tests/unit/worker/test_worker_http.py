@@ -69,9 +69,14 @@ def checks() -> Checks:
 
 @asynccontextmanager
 async def serving(
-    models: FakeModels, checks: Checks, token: str = TOKEN
+    models: FakeModels, checks: Checks, token: str = TOKEN, *, allow_unpinned: bool = False
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(models=models, token=SecretStr(token), readiness=checks.as_readiness())
+    app = create_app(
+        models=models,
+        token=SecretStr(token),
+        readiness=checks.as_readiness(),
+        allow_unpinned=allow_unpinned,
+    )
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://worker") as client:
         yield client
@@ -156,13 +161,35 @@ async def test_loading_a_model_needs_the_token(
 async def test_a_new_model_is_loaded_in_the_background(
     client: httpx.AsyncClient, models: FakeModels
 ) -> None:
-    reply = await client.post(
-        "/v1/model", json={"model_uri": "s3://reco/models/shop/v2"}, headers=auth()
-    )
+    body = {"model_uri": "s3://reco/models/shop/v2", "manifest_sha256": "a" * 64}
+    reply = await client.post("/v1/model", json=body, headers=auth())
     assert reply.status_code == 202
     assert reply.json()["version"] == "v1"
     assert reply.json()["loading"] == "s3://reco/models/shop/v2"
     assert models.requested == ["s3://reco/models/shop/v2"]
+    assert models.pins == ["a" * 64]
+
+
+async def test_an_unpinned_load_is_refused_by_default(
+    client: httpx.AsyncClient, models: FakeModels
+) -> None:
+    reply = await client.post(
+        "/v1/model", json={"model_uri": "s3://reco/models/shop/v2"}, headers=auth()
+    )
+    assert reply.status_code == 422
+    assert reply.json()["error"]["code"] == "invalid_request"
+    assert "manifest_sha256" in reply.text
+    assert models.requested == []
+
+
+async def test_an_unpinned_load_is_accepted_when_explicitly_allowed(
+    models: FakeModels, checks: Checks
+) -> None:
+    async with serving(models, checks, allow_unpinned=True) as client:
+        reply = await client.post(
+            "/v1/model", json={"model_uri": "s3://reco/models/shop/v2"}, headers=auth()
+        )
+    assert reply.status_code == 202
     assert models.pins == [None]
 
 

@@ -11,7 +11,13 @@ from reco_worker.settings import WorkerSettings
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (MODEL_URI_ENV, "RECO_WORKER_MODEL_URI", "RECO_ENV", "RECO_WORKER_CONTROL_TOKEN"):
+    for name in (
+        MODEL_URI_ENV,
+        "RECO_WORKER_MODEL_URI",
+        "RECO_ENV",
+        "RECO_WORKER_CONTROL_TOKEN",
+        "RECO_WORKER_ALLOW_UNPINNED_LOADS",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -30,6 +36,19 @@ def test_prod_refuses_the_placeholder_token(monkeypatch: pytest.MonkeyPatch) -> 
         WorkerSettings()
     monkeypatch.setenv("RECO_WORKER_CONTROL_TOKEN", "a-real-token")
     assert WorkerSettings().control_token.get_secret_value() == "a-real-token"
+
+
+def test_unpinned_loads_are_refused_by_default_and_allowed_only_in_dev(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert WorkerSettings().allow_unpinned_loads is False
+    monkeypatch.setenv("RECO_WORKER_ALLOW_UNPINNED_LOADS", "true")
+    assert WorkerSettings().allow_unpinned_loads is True
+    monkeypatch.setenv("RECO_ENV", "prod")
+    monkeypatch.setenv("RECO_S3_SECRET_KEY", "a-real-s3-secret")
+    monkeypatch.setenv("RECO_WORKER_CONTROL_TOKEN", "a-real-token")
+    with pytest.raises(ValidationError, match="RECO_WORKER_ALLOW_UNPINNED_LOADS"):
+        WorkerSettings()
 
 
 def test_the_policy_follows_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,9 @@
   model is loaded, the Kafka consumer runs and Redis answers: :class:`reco_worker.worker.Worker`
   registers the checks);
 - ``GET /v1/model``, ``POST /v1/model`` (both need the bearer token): report the active model, or load a new
-  ``model_uri`` in the background and swap it in when verified (docs/worker.md).
+  ``model_uri`` in the background and swap it in when verified (docs/worker.md). A load must carry
+  the ``manifest_sha256`` pin of the model's announcement (422 without it) unless unpinned loads
+  were allowed, which only ``RECO_ENV=dev`` permits (:class:`reco_worker.settings.WorkerSettings`).
 
 Errors answer in the shared shape (:mod:`reco_common.http_errors`).
 """
@@ -107,8 +109,11 @@ async def post_model(request: Request, models: Models) -> Response:
     current = models.status()
     if current.active is not None and current.active.uri == body.model_uri:
         return _reply(_state(current))
-    pin = body.manifest_sha256
-    models.request(body.model_uri, manifest_sha256=pin if isinstance(pin, str) else None)
+    pin = body.manifest_sha256 if isinstance(body.manifest_sha256, str) else None
+    if pin is None and not request.app.state.allow_unpinned:
+        error = {"type": "missing", "loc": ("body", "manifest_sha256"), "input": None}
+        raise RequestValidationError([{**error, "msg": "a load must be pinned (manifest_sha256)"}])
+    models.request(body.model_uri, manifest_sha256=pin)
     logger.info("model %s requested over HTTP", body.model_uri)
     return _reply(_state(models.status()), status.HTTP_202_ACCEPTED)
 
@@ -130,9 +135,13 @@ def _reply(state: WorkerModelState, status_code: int = status.HTTP_200_OK) -> Re
 # --------------------------------------------------------------------------- app
 
 
-def create_app(*, models: ModelControl, token: SecretStr, readiness: Readiness) -> FastAPI:
+def create_app(
+    *, models: ModelControl, token: SecretStr, readiness: Readiness, allow_unpinned: bool = False
+) -> FastAPI:
+    """``allow_unpinned``: accept a ``POST /v1/model`` without ``manifest_sha256`` (dev only)."""
     app = ops_app(title="reco-worker", readiness=readiness)
     app.state.models = models
     app.state.token = token
+    app.state.allow_unpinned = allow_unpinned
     app.include_router(model)
     return app

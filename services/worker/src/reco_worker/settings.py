@@ -45,6 +45,8 @@ class WorkerSettings(BaseSettings):
     http_host: str = "0.0.0.0"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8081
     control_token: BearerToken = SecretStr("dev-token")
+    # POST /v1/model without the announcement's manifest pin: refused unless allowed, in dev only.
+    allow_unpinned_loads: bool = False
     grace_s: Positive = 20.0
     # BLAS threads for scoring: 1 leaves a core to the event loop and measured fastest on 2 cores.
     blas_threads: Annotated[int, Field(ge=1, le=64)] = 1
@@ -81,6 +83,8 @@ class WorkerSettings(BaseSettings):
     def _no_placeholder_token_outside_dev(self) -> Self:
         if self.common.env is not Environment.DEV:
             refuse_placeholder("RECO_WORKER_CONTROL_TOKEN", self.control_token)
+            if self.allow_unpinned_loads:
+                raise ValueError("RECO_WORKER_ALLOW_UNPINNED_LOADS is for RECO_ENV=dev only")
         return self
 
     @property

@@ -97,7 +97,12 @@ class Worker:
         readiness.add("kafka", self._consuming)
         readiness.add("redis", self._redis_answers)
         readiness.add("redis_writes", self._writable)
-        app = create_app(models=models, token=self._settings.control_token, readiness=readiness)
+        app = create_app(
+            models=models,
+            token=self._settings.control_token,
+            readiness=readiness,
+            allow_unpinned=self._settings.allow_unpinned_loads,
+        )
         http = OpsServer(app, host=self._settings.http_host, port=self._settings.http_port)
         self._started = _Started(redis=redis, producer=producer, models=models, http=http)
         await http.start()
