@@ -10,12 +10,19 @@
 #   scripts/stack.sh status  [component...]   one line each; exit 0 only if all running
 #   scripts/stack.sh logs    [component...]   last lines of each log file
 #   scripts/stack.sh env                      `export RECO_...=...` lines for clients
+#   scripts/stack.sh grant   <acls file>      also apply these Kafka users and ACLs (another
+#                                             topic namespace, e.g. a test's prefix)
 #
 # Components: kafka redis s3 (default: all three).
 #
 #   kafka  Apache Kafka (KRaft, single combined broker+controller node, no Zookeeper)
 #          from the official jars on Maven Central, resolved with Maven into
 #          $RECO_CACHE_DIR/kafka-<version>/libs and run with `java -cp 'libs/*'`.
+#          Two client listeners: SASL/SCRAM-SHA-512 on RECO_KAFKA_SASL_PORT with one
+#          user per service (password `<user>-dev-secret`) and the ACLs of
+#          scripts/stack/kafka/acls.txt, applied after the first start of a data dir;
+#          and the anonymous development listener on RECO_KAFKA_PORT (tests, tools),
+#          a super user (docs/security.md, "Kafka").
 #   redis  Debian's redis-server (apt-get installed if missing), AOF persistence.
 #   s3     VersityGW (`go install`ed into $RECO_CACHE_DIR/bin), posix backend on a
 #          data dir, so buckets/objects survive restarts. If it cannot be built,
@@ -29,6 +36,7 @@
 # Settings (environment):
 #   RECO_CACHE_DIR   (~/.cache/reco)      RECO_STACK_DIR (<repo>/.stack)
 #   RECO_KAFKA_PORT  (9092)               RECO_KAFKA_CONTROLLER_PORT (9093)
+#   RECO_KAFKA_SASL_PORT (9094)
 #   RECO_REDIS_PORT  (6379)               RECO_S3_PORT (9000)
 #   RECO_S3_ACCESS_KEY (recoadmin)        RECO_S3_SECRET_KEY (recoadmin-secret)
 #   RECO_S3_BUCKET   (reco)               RECO_S3_REGION (us-east-1)
@@ -52,6 +60,7 @@ MVN_DEPENDENCY_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 KAFKA_CLUSTER_ID="cmVjby1kZXYtc3RhY2sxMA" # base64("reco-dev-stack10"): fixed on purpose
 KAFKA_PORT="${RECO_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${RECO_KAFKA_CONTROLLER_PORT:-9093}"
+KAFKA_SASL_PORT="${RECO_KAFKA_SASL_PORT:-9094}"
 KAFKA_HEAP="${RECO_KAFKA_HEAP:-512m}"
 
 REDIS_PORT="${RECO_REDIS_PORT:-6379}"
@@ -103,7 +112,7 @@ comp_port() {
 # Every port a component binds (Kafka also has its controller listener).
 comp_ports() {
   case "$1" in
-    kafka) echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT" ;;
+    kafka) echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT $KAFKA_SASL_PORT" ;;
     *) comp_port "$1" ;;
   esac
 }
@@ -259,6 +268,7 @@ kafka_prepare() {
   dir="$(comp_dir kafka)"
   mkdir -p "$dir/data"
   sed -e "s#@PORT@#$KAFKA_PORT#g" -e "s#@CONTROLLER_PORT@#$KAFKA_CONTROLLER_PORT#g" \
+    -e "s#@SASL_PORT@#$KAFKA_SASL_PORT#g" \
     -e "s#@DATA_DIR@#$dir/data#g" "$TEMPLATE_DIR/kafka/server.properties.tmpl" >"$dir/server.properties"
   cp "$TEMPLATE_DIR/kafka/log4j2.yaml" "$dir/log4j2.yaml"
   [[ -f "$dir/data/meta.properties" ]] && return 0
@@ -301,6 +311,28 @@ kafka_ready() {
   offset="$(cat "$(comp_dir kafka)/log.offset" 2>/dev/null || echo 0)"
   tail -c +"$((offset + 1))" "$log" | grep -q 'Kafka Server started' || return 1
   kafka_answers
+}
+
+# The access matrix (reco_common.kafka_access, rendered to acls.txt): one SCRAM user per
+# principal and its ACLs, applied by Access.java through the super-user development listener.
+# Both live in the cluster metadata, so this runs once per data dir and again when acls.txt
+# changes: the data dir keeps a copy of the file last applied, whose grants are deleted first.
+kafka_access() { # kafka_access <acls file> [<previously applied file, whose grants go first>]
+  kafka_java "$TEMPLATE_DIR/kafka/log4j2-tools.yaml" -Xmx128m -XX:TieredStopAtLevel=1 \
+    "$TEMPLATE_DIR/kafka/Access.java" "127.0.0.1:$KAFKA_PORT" "$@" >>"$(comp_log kafka)" 2>&1
+}
+
+kafka_configure() {
+  local file applied args
+  file="$TEMPLATE_DIR/kafka/acls.txt"
+  applied="$(comp_dir kafka)/data/.reco-acls-applied"
+  cmp -s "$file" "$applied" && return 0
+  say "kafka: SCRAM users and ACLs of $file"
+  args=("$file")
+  [[ -f "$applied" ]] && args+=("$applied")
+  kafka_access "${args[@]}" || fail_component kafka "applying $file failed (Access.java)"
+  cp "$file" "$applied"
+  say "kafka: SASL/SCRAM listener 127.0.0.1:$KAFKA_SASL_PORT ready"
 }
 
 # --------------------------------------------------------------- redis -------
@@ -507,6 +539,11 @@ cmd_up() {
     started+=("$comp")
   done
   for comp in "${started[@]}"; do wait_ready "$comp"; done
+  # Principals and grants, for the components that have them (after readiness: they are made
+  # through the server's own API).
+  for comp in "${started[@]}"; do
+    if declare -F "${comp}_configure" >/dev/null; then "${comp}_configure"; fi
+  done
 }
 
 # Stop the requested components concurrently (each one waits for its own exit).
@@ -560,9 +597,20 @@ cmd_env() {
     RECO_S3_REGION "$S3_REGION"
 }
 
+cmd_grant() {
+  [[ -f "${1:-}" ]] || die "grant: give an acls file (lines: principal operations resource pattern name)"
+  kafka_answers || die "grant: kafka does not answer on 127.0.0.1:$KAFKA_PORT"
+  kafka_access "$(realpath "$1")" || die "grant: applying $1 failed (log: $(comp_log kafka))"
+  say "kafka: granted $1"
+}
+
 main() {
   local cmd="${1:-}"
   [[ $# -gt 0 ]] && shift
+  if [[ "$cmd" == grant ]]; then
+    cmd_grant "$@"
+    return
+  fi
   local comps=() comp
   for comp in "$@"; do
     case "$comp" in

@@ -33,6 +33,9 @@ def test_a_bad_setting_fails_fast_naming_it(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_placeholder_secret_is_refused_outside_dev(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECO_ENV", "prod")
+    monkeypatch.setenv("RECO_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("RECO_KAFKA_USERNAME", "reco-service")
+    monkeypatch.setenv("RECO_KAFKA_PASSWORD", "a-real-kafka-password")
     monkeypatch.delenv("RECO_S3_SECRET_KEY", raising=False)
     with pytest.raises(ValidationError, match="RECO_S3_SECRET_KEY"):
         CommonSettings()

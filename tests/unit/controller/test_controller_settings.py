@@ -55,6 +55,9 @@ def test_local_workers_need_a_real_token_outside_dev(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("RECO_CONTROLLER_TARGET", "local")
     monkeypatch.setenv("RECO_CONTROLLER_WORKER_URLS", '{"shop": ["http://127.0.0.1:8081"]}')
     monkeypatch.setenv("RECO_ENV", "prod")
+    monkeypatch.setenv("RECO_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("RECO_KAFKA_USERNAME", "reco-service")
+    monkeypatch.setenv("RECO_KAFKA_PASSWORD", "a-real-kafka-password")
     monkeypatch.setenv("RECO_S3_SECRET_KEY", "a-real-one")
     monkeypatch.delenv("RECO_CONTROLLER_WORKER_TOKEN", raising=False)
     with pytest.raises(ConfigurationError, match="RECO_CONTROLLER_WORKER_TOKEN"):

@@ -48,6 +48,10 @@ OUT_OF_BAND = {
     "reco-s3": {"RECO_S3_ACCESS_KEY": "AKIA-operator", "RECO_S3_SECRET_KEY": "operator-secret"},
     "reco-worker": {"control-token": "operator-token"},
     "reco-api": {"api-keys": '["operator-key"]'},
+    **{
+        f"reco-kafka-{p}": {"password": f"operator-{p}-password"}
+        for p in ("broker", "trainer", "controller", "worker", "shop")
+    },
 }
 FIELDS = {"metadata.namespace": "reco", "metadata.name": "pod-0"}
 MARGIN_S = 5  # docs/api.md: grace ≥ preStop + RECO_API_SHUTDOWN_TIMEOUT_S + 5 s

@@ -31,6 +31,9 @@ def test_the_model_uri_comes_from_the_environment(
 
 def test_prod_refuses_the_placeholder_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECO_ENV", "prod")
+    monkeypatch.setenv("RECO_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("RECO_KAFKA_USERNAME", "reco-service")
+    monkeypatch.setenv("RECO_KAFKA_PASSWORD", "a-real-kafka-password")
     monkeypatch.setenv("RECO_S3_SECRET_KEY", "a-real-s3-secret")
     with pytest.raises(ValidationError, match="RECO_WORKER_CONTROL_TOKEN"):
         WorkerSettings()
@@ -45,6 +48,9 @@ def test_unpinned_loads_are_refused_by_default_and_allowed_only_in_dev(
     monkeypatch.setenv("RECO_WORKER_ALLOW_UNPINNED_LOADS", "true")
     assert WorkerSettings().allow_unpinned_loads is True
     monkeypatch.setenv("RECO_ENV", "prod")
+    monkeypatch.setenv("RECO_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("RECO_KAFKA_USERNAME", "reco-service")
+    monkeypatch.setenv("RECO_KAFKA_PASSWORD", "a-real-kafka-password")
     monkeypatch.setenv("RECO_S3_SECRET_KEY", "a-real-s3-secret")
     monkeypatch.setenv("RECO_WORKER_CONTROL_TOKEN", "a-real-token")
     with pytest.raises(ValidationError, match="RECO_WORKER_ALLOW_UNPINNED_LOADS"):

@@ -163,7 +163,7 @@ async def start_client(
 @contextlib.asynccontextmanager
 async def admin_client(settings: KafkaSettings) -> AsyncIterator[AIOKafkaAdminClient]:
     """A started admin client, closed on exit."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=settings.client_id)
+    admin = AIOKafkaAdminClient(**settings.client_options(), client_id=settings.client_id)
     await start_client(settings, start=admin.start, close=admin.close)
     try:
         yield admin
@@ -174,7 +174,7 @@ async def admin_client(settings: KafkaSettings) -> AsyncIterator[AIOKafkaAdminCl
 async def start_producer(settings: KafkaSettings, *, linger_ms: int = 2) -> AIOKafkaProducer:
     """An idempotent producer (acks=all), started; fails fast naming the bootstrap setting."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap,
+        **settings.client_options(),
         client_id=settings.client_id,
         enable_idempotence=True,
         acks="all",
@@ -270,7 +270,7 @@ class EventConsumer(Generic[T]):
         self._lock = asyncio.Lock()
         self._paused = False
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap,
+            **settings.client_options(),
             client_id=settings.client_id,
             group_id=group_id,
             enable_auto_commit=False,

@@ -8,16 +8,20 @@ refused at start, naming the setting.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
+from aiokafka.helpers import create_ssl_context
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reco_common.contracts import RedisKeys, Topics
+from reco_common.kafka_access import Principal
 
 S = TypeVar("S", bound=BaseSettings)
 
-DEV_PLACEHOLDER_SECRETS = frozenset({"recoadmin-secret", "change-me", "dev-token"})
+DEV_PLACEHOLDER_SECRETS = frozenset(
+    {"recoadmin-secret", "change-me", "dev-token", *(p.dev_password for p in Principal)}
+)
 
 
 def _not_blank(token: SecretStr) -> SecretStr:
@@ -38,8 +42,17 @@ class Environment(enum.StrEnum):
     PROD = "prod"
 
 
+class KafkaSecurity(enum.StrEnum):
+    """How a client authenticates: not at all (the dev stack's development listener only), or
+    SASL/SCRAM as its service's principal, over plain TCP or TLS."""
+
+    PLAINTEXT = "PLAINTEXT"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
 class KafkaSettings(BaseSettings):
-    """``RECO_KAFKA_*``: the brokers and the topic namespace."""
+    """``RECO_KAFKA_*``: the brokers, the topic namespace and the client's principal."""
 
     model_config = SettingsConfigDict(env_prefix="RECO_KAFKA_", extra="ignore")
 
@@ -47,10 +60,45 @@ class KafkaSettings(BaseSettings):
     topic_prefix: str = ""
     client_id: str = "reco"
     request_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    security_protocol: KafkaSecurity = KafkaSecurity.PLAINTEXT
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
+    username: str | None = None
+    password: SecretStr | None = None
+    # SASL_SSL: the CA bundle that signed the brokers' certificates (the system's when unset).
+    ssl_cafile: str | None = None
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> Self:
+        if self.security_protocol is not KafkaSecurity.PLAINTEXT and not (
+            self.username and self.password and self.password.get_secret_value()
+        ):
+            raise ValueError(
+                f"RECO_KAFKA_SECURITY_PROTOCOL={self.security_protocol.value} needs "
+                "RECO_KAFKA_USERNAME and RECO_KAFKA_PASSWORD"
+            )
+        return self
 
     @property
     def topics(self) -> Topics:
         return Topics(self.topic_prefix)
+
+    def client_options(self) -> dict[str, Any]:
+        """The connection keywords of every aiokafka client (producer, consumer, admin)."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol.value,
+        }
+        if self.security_protocol is KafkaSecurity.PLAINTEXT:
+            return options
+        assert self.password is not None  # the validator made sure
+        options |= {
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.username,
+            "sasl_plain_password": self.password.get_secret_value(),
+        }
+        if self.security_protocol is KafkaSecurity.SASL_SSL:
+            options["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile)
+        return options
 
 
 class RedisSettings(BaseSettings):
@@ -83,6 +131,8 @@ class CommonSettings(BaseSettings):
     """What every service shares: environment, logging, and the three backends."""
 
     model_config = SettingsConfigDict(env_prefix="RECO_", extra="ignore")
+    # A service that never talks to Kafka (the API) is not asked for Kafka credentials.
+    uses_kafka: ClassVar[bool] = True
 
     env: Environment = Environment.DEV
     log_level: str = "INFO"
@@ -95,7 +145,19 @@ class CommonSettings(BaseSettings):
     def _no_placeholder_secrets_outside_dev(self) -> Self:
         if self.env is not Environment.DEV:
             refuse_placeholder("RECO_S3_SECRET_KEY", self.s3.secret_key)
+            if self.uses_kafka:
+                refuse_anonymous_kafka(self.kafka)
         return self
+
+
+def refuse_anonymous_kafka(kafka: KafkaSettings) -> None:
+    """Outside dev a client authenticates as its service's principal (docs/security.md)."""
+    if kafka.security_protocol is KafkaSecurity.PLAINTEXT:
+        raise ValueError(
+            "RECO_KAFKA_SECURITY_PROTOCOL=PLAINTEXT is for the dev stack only: set SASL_SSL (or "
+            "SASL_PLAINTEXT), RECO_KAFKA_USERNAME and RECO_KAFKA_PASSWORD outside dev"
+        )
+    refuse_placeholder("RECO_KAFKA_PASSWORD", kafka.password)
 
 
 def refuse_placeholder(name: str, value: SecretStr | None) -> None:

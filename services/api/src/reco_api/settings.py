@@ -6,7 +6,7 @@ Documented in docs/api.md. A wrong value fails at start naming its variable
 
 from __future__ import annotations
 
-from typing import Annotated, Self
+from typing import Annotated, ClassVar, Self
 
 from limits import parse_many
 from pydantic import Field, field_validator, model_validator
@@ -30,6 +30,9 @@ class ApiSettings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    # The internal port: /metrics, /docs, /openapi.json (and the probes); never published.
+    ops_host: str = "0.0.0.0"
+    ops_port: Annotated[int, Field(ge=0, le=65535)] = 8090
     default_model: ModelName = "default"
 
     # request bounds
@@ -65,6 +68,8 @@ class ApiSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _defaults_within_bounds(self) -> Self:
+        if self.ops_port == self.port:
+            raise ValueError("RECO_API_OPS_PORT must differ from RECO_API_PORT (the public one)")
         if self.default_n > self.max_n:
             raise ValueError("RECO_API_DEFAULT_N must not exceed RECO_API_MAX_N")
         if self.shutdown_timeout_s < self.drain_s + CLOSE_RESERVE_S + 1.0:
@@ -83,6 +88,7 @@ class ApiSettings(BaseSettings):
 class Settings(CommonSettings):
     """Everything the API process needs: the shared backends plus :class:`ApiSettings`."""
 
+    uses_kafka: ClassVar[bool] = False  # the API reads Redis only; it has no Kafka principal
     api: ApiSettings = Field(default_factory=ApiSettings)
 
     @model_validator(mode="after")

@@ -79,7 +79,7 @@ async def archive_topic(
         logger.warning("topic %s does not exist: nothing to archive", topic)
         return TopicSnapshot(topic=topic, offsets=previous)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap,
+        **kafka.client_options(),
         client_id=f"{kafka.client_id}-trainer-snapshot",
         group_id=None,
         enable_auto_commit=False,

@@ -219,7 +219,7 @@ async def _read_log(kafka: KafkaSettings) -> AsyncIterator[list[ConsumerRecord[b
     topic = kafka.topics.user_actions
     consumer = AIOKafkaConsumer(
         topic,  # no group: every partition is assigned, nothing is committed
-        bootstrap_servers=kafka.bootstrap,
+        **kafka.client_options(),
         client_id=f"{kafka.client_id}-rebuild",
         enable_auto_commit=False,
         auto_offset_reset="earliest",

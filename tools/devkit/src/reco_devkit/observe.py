@@ -159,7 +159,7 @@ class ModelTopics:
         await ensure_topics(self._kafka, topics.model_published, topics.rollout_events)
         # "earliest" for the initial position: a default "latest" reset can race a seek.
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._kafka.bootstrap,
+            **self._kafka.client_options(),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Final
 
 from reco_common.contracts import MODEL_URI_ENV
-from reco_common.settings import CommonSettings, KafkaSettings, RedisSettings
+from reco_common.kafka_access import Principal
+from reco_common.settings import CommonSettings, KafkaSecurity, KafkaSettings, RedisSettings
 from reco_devkit.procs import ServiceProcess, console_script, free_port
 
 logger = logging.getLogger(__name__)
@@ -36,26 +37,41 @@ class RunSpace:
     """One run's directory and namespaces on the shared Kafka and Redis.
 
     ``backends`` holds the servers' addresses, read from the ``RECO_*`` environment (the dev
-    stack's defaults otherwise); the run's own prefixes are added on top.
+    stack's defaults otherwise); the run's own prefixes are added on top. With
+    ``sasl_bootstrap`` (the dev stack's SASL/SCRAM listener) each service connects to Kafka as
+    its own principal (:mod:`reco_common.kafka_access`, development passwords) instead of
+    through the anonymous development listener, which the run's own tools keep using.
     """
 
     root: Path
     run_id: str
     model_name: str = MODEL_NAME
     backends: CommonSettings = field(default_factory=CommonSettings)
+    sasl_bootstrap: str | None = None
 
     @classmethod
     def create(
-        cls, parent: Path, *, label: str, backends: CommonSettings | None = None
+        cls,
+        parent: Path,
+        *,
+        label: str,
+        backends: CommonSettings | None = None,
+        sasl_bootstrap: str | None = None,
     ) -> RunSpace:
         run_id = f"{label}-{uuid.uuid4().hex[:8]}"
         root = parent.resolve() / run_id
         (root / "logs").mkdir(parents=True, exist_ok=True)
-        return cls(root=root, run_id=run_id, backends=backends or CommonSettings())
+        backends = backends or CommonSettings()
+        return cls(root=root, run_id=run_id, backends=backends, sasl_bootstrap=sasl_bootstrap)
 
     def sibling(self, label: str) -> RunSpace:
         """A fresh space next to this one, on the same servers (e.g. for a clean replay)."""
-        return RunSpace.create(self.root.parent, label=label, backends=self.backends)
+        return RunSpace.create(
+            self.root.parent,
+            label=label,
+            backends=self.backends,
+            sasl_bootstrap=self.sasl_bootstrap,
+        )
 
     @property
     def topic_prefix(self) -> str:
@@ -84,15 +100,38 @@ class RunSpace:
     def redis(self) -> RedisSettings:
         return self.backends.redis.model_copy(update={"key_prefix": self.key_prefix})
 
-    def env(self) -> dict[str, str]:
-        """The shared settings every service of this run gets."""
-        return {
+    def kafka_as(self, principal: Principal) -> KafkaSettings:
+        """The run's Kafka settings as ``principal`` (the development listener without SASL)."""
+        kafka = self.kafka
+        if self.sasl_bootstrap is None:
+            return kafka
+        return KafkaSettings.model_validate(
+            kafka.model_dump() | _credentials(self.sasl_bootstrap, principal)
+        )
+
+    def env(self, principal: Principal | None = None) -> dict[str, str]:
+        """The shared settings every service of this run gets; ``principal`` is the service's
+        Kafka principal (``None``: the service never talks to Kafka)."""
+        env = {
             "RECO_ENV": "dev",
             "RECO_KAFKA_BOOTSTRAP": self.backends.kafka.bootstrap,
             "RECO_KAFKA_TOPIC_PREFIX": self.topic_prefix,
             "RECO_REDIS_URL": self.backends.redis.url,
             "RECO_REDIS_KEY_PREFIX": self.key_prefix,
         }
+        if self.sasl_bootstrap is not None and principal is not None:
+            credentials = _credentials(self.sasl_bootstrap, principal)
+            env |= {f"RECO_KAFKA_{name.upper()}": value for name, value in credentials.items()}
+        return env
+
+
+def _credentials(bootstrap: str, principal: Principal) -> dict[str, str]:
+    return {
+        "bootstrap": bootstrap,
+        "security_protocol": KafkaSecurity.SASL_PLAINTEXT.value,
+        "username": principal.value,
+        "password": principal.dev_password,
+    }
 
 
 def _prefixed(prefix: str, settings: Mapping[str, str]) -> dict[str, str]:
@@ -108,7 +147,7 @@ def worker(
     """
     port = free_port()
     base = f"http://{LOCALHOST}:{port}"
-    env = space.env() | {
+    env = space.env(Principal.WORKER) | {
         "RECO_WORKER_HTTP_HOST": LOCALHOST,
         "RECO_WORKER_HTTP_PORT": str(port),
         "RECO_WORKER_CACHE_DIR": str(space.root / "cache" / f"worker-{index}"),
@@ -140,7 +179,7 @@ def _controller(space: RunSpace, name: str, env: dict[str, str]) -> ServiceProce
     return ServiceProcess(
         name=name,
         argv=[console_script("reco-controller"), "run"],
-        env=space.env() | common | env,
+        env=space.env(Principal.CONTROLLER) | common | env,
         log_path=space.logs / f"{name}.log",
         ready_url=f"{base}/readyz",
         base_url=base,
@@ -175,12 +214,16 @@ def kubernetes_controller(
 
 
 def api(space: RunSpace, *, port: int | None = None, **settings: str) -> ServiceProcess:
-    """``reco-api`` serving this run's model by default (on ``port``, or any free one)."""
+    """``reco-api`` serving this run's model by default (on ``port``, or any free one; its
+    internal port, ``/metrics`` and ``/docs``, on another free one: ``ops_url``)."""
     port = port or free_port()
     base = f"http://{LOCALHOST}:{port}"
+    ops_port = free_port()
     env = space.env() | {
         "RECO_API_HOST": LOCALHOST,
         "RECO_API_PORT": str(port),
+        "RECO_API_OPS_HOST": LOCALHOST,
+        "RECO_API_OPS_PORT": str(ops_port),
         "RECO_API_DEFAULT_MODEL": space.model_name,
     }
     return ServiceProcess(
@@ -190,12 +233,13 @@ def api(space: RunSpace, *, port: int | None = None, **settings: str) -> Service
         log_path=space.logs / "api.log",
         ready_url=f"{base}/readyz",
         base_url=base,
+        ops_url=f"http://{LOCALHOST}:{ops_port}",
     )
 
 
 def _trainer_env(space: RunSpace, settings: Mapping[str, str]) -> dict[str, str]:
     return (
-        space.env()
+        space.env(Principal.TRAINER)
         | {
             "RECO_TRAINER_MODEL_NAME": space.model_name,
             "RECO_TRAINER_STORE_URI": space.store_uri,
