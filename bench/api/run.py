@@ -174,6 +174,7 @@ def commands(port: int) -> dict[str, tuple[list[str], dict[str, str], str]]:
     api_env = {
         "RECO_API_HOST": "127.0.0.1",
         "RECO_API_PORT": str(port),
+        "RECO_API_OPS_PORT": "0",  # the internal port (/metrics, /docs): any free one
         "RECO_API_DRAIN_S": "0",
         "RECO_API_SHUTDOWN_TIMEOUT_S": "3",
         "RECO_LOG_LEVEL": "WARNING",

@@ -49,13 +49,13 @@ def test_the_docs_page_renders_the_operations_from_the_api_alone(
     start_api: StartApi, tmp_path: Path
 ) -> None:
     api = start_api()
-    page = httpx.get(f"{api.base_url}/docs", timeout=5).text
+    page = httpx.get(f"{api.ops_url}/docs", timeout=5).text
     loaded = re.findall(r'(?:src|href)="([^"]+)"', page)
     assert loaded, page
     assert all(url.startswith("/docs/assets/") for url in loaded), loaded
 
     rendered = subprocess.run(
-        chromium(f"{api.base_url}/docs", profile=tmp_path / "profile", output=["--dump-dom"]),
+        chromium(f"{api.ops_url}/docs", profile=tmp_path / "profile", output=["--dump-dom"]),
         capture_output=True,
         text=True,
         timeout=90,

@@ -26,7 +26,10 @@ async def test_serves_what_the_worker_wrote(
         newcomer = (await client.get("/v1/users/u99/recommendations")).json()
         unknown = await client.get("/v1/users/u2/recommendations", params={"model": "other"})
         ready = await client.get("/readyz")
-        metrics = (await client.get("/metrics")).text
+        public_metrics = await client.get("/metrics")
+    async with httpx.AsyncClient(base_url=api.ops_url) as ops:
+        metrics = (await ops.get("/metrics")).text
+        internal_docs = await ops.get("/docs")
     assert (own["source"], own["model_version"]) == ("personalized", "v1")
     assert [item["item_id"] for item in own["items"]] == ["i2-0", "i2-1"]
     assert (newcomer["source"], [i["item_id"] for i in newcomer["items"]]) == (
@@ -35,6 +38,9 @@ async def test_serves_what_the_worker_wrote(
     )
     assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "model_not_found")
     assert ready.status_code == 200
+    # The public port serves the API only; metrics and docs are on the internal port.
+    assert public_metrics.status_code == 404
+    assert internal_docs.status_code == 200
     assert "reco_api_redis_latency_seconds_count 3.0" in metrics
     assert 'reco_api_fallbacks_total{reason="no_list"} 1.0' in metrics
 

@@ -61,7 +61,8 @@ class FakeStore:
 
 
 class Api:
-    """A client on one app, with the app's store, draining flag and metrics registry."""
+    """A client on the public app and one on the internal app, with the store, the draining
+    flag and the metrics registry they share."""
 
     def __init__(
         self,
@@ -69,8 +70,10 @@ class Api:
         store: FakeStore,
         draining: asyncio.Event,
         registry: CollectorRegistry,
+        internal: httpx.AsyncClient,
     ) -> None:
         self.client = client
+        self.internal = internal
         self.store = store
         self.draining = draining
         self.registry = registry

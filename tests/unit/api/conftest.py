@@ -12,7 +12,7 @@ import pytest
 from api_fakes import MODEL, Api, FakeStore, MakeApi, a_list, an_active_model
 from prometheus_client import CollectorRegistry
 
-from reco_api.app import create_app
+from reco_api.app import create_app, create_internal_app
 from reco_api.metrics import ApiMetrics
 from reco_api.settings import ApiSettings
 
@@ -41,8 +41,12 @@ def make_api(store: FakeStore) -> MakeApi:
         transport = httpx.ASGITransport(
             app=app, client=("10.0.0.7", 4242), raise_app_exceptions=raise_app_exceptions
         )
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield Api(client, store, draining, registry)
+        internal = httpx.ASGITransport(app=create_internal_app(app, registry=registry))
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://api") as client,
+            httpx.AsyncClient(transport=internal, base_url="http://api-ops") as ops,
+        ):
+            yield Api(client, store, draining, registry, ops)
 
     return make
 

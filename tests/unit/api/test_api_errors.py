@@ -69,7 +69,7 @@ async def test_bounds_follow_the_settings(make_api: MakeApi) -> None:
         assert (await api.client.get(URL, params={"n": 6})).status_code == 422
         two = {"exclude": ["a", "b"]}
         assert (await api.client.get(URL, params=two)).status_code == 422
-        schema = (await api.client.get("/openapi.json")).json()
+        schema = (await api.internal.get("/openapi.json")).json()
     parameters = schema["paths"]["/v1/users/{user_id}/recommendations"]["get"]["parameters"]
     n = next(p for p in parameters if p["name"] == "n")
     assert (n["schema"]["maximum"], n["schema"]["default"]) == (5, 5)
@@ -103,22 +103,33 @@ async def test_an_unexpected_error_is_a_500_without_a_trace(
 
 
 async def test_the_openapi_schema_documents_the_route_and_the_error_shape(api: Api) -> None:
-    schema = (await api.client.get("/openapi.json")).json()
+    schema = (await api.internal.get("/openapi.json")).json()
     operation = schema["paths"]["/v1/users/{user_id}/recommendations"]["get"]
     for status in ("200", "404", "422", "503"):
         assert status in operation["responses"]
     ref = operation["responses"]["422"]["content"]["application/json"]["schema"]["$ref"]
     assert ref.endswith("/ErrorResponse")
     assert "/metrics" not in schema["paths"]
-    docs = await api.client.get("/docs")
+    docs = await api.internal.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
 
 
+@pytest.mark.parametrize(
+    "path", ["/metrics", "/docs", "/openapi.json", "/docs/assets/swagger-ui.css"]
+)
+async def test_the_public_port_serves_only_the_api(api: Api, path: str) -> None:
+    """Metrics, docs and the schema are on the internal port (RECO_API_OPS_PORT) alone."""
+    assert (await api.client.get(path)).status_code == 404
+    assert (await api.internal.get(path)).status_code == 200
+    for probe in ("/healthz", "/readyz"):  # a load balancer checks the port it sends to
+        assert (await api.client.get(probe)).status_code == 200
+
+
 async def test_the_docs_page_loads_swagger_ui_from_the_api_itself(api: Api) -> None:
-    page = (await api.client.get("/docs")).text
+    page = (await api.internal.get("/docs")).text
     assert '"/docs/assets/swagger-ui-bundle.js"' in page
     assert '"/docs/assets/swagger-ui.css"' in page
-    script = await api.client.get("/docs/assets/swagger-ui-bundle.js")
+    script = await api.internal.get("/docs/assets/swagger-ui-bundle.js")
     assert script.status_code == 200
     assert "SwaggerUIBundle" in script.text

@@ -54,7 +54,7 @@ async def test_api_keys_when_configured(make_api: MakeApi) -> None:
         wrong = await api.client.get(URL, headers={"X-API-Key": "k-three"})
         right = await api.client.get(URL, headers={"X-API-Key": "k-two"})
         health = await api.client.get("/readyz")
-        schema = (await api.client.get("/openapi.json")).json()
+        schema = (await api.internal.get("/openapi.json")).json()
     assert (missing.status_code, wrong.status_code, right.status_code) == (401, 401, 200)
     assert missing.json()["error"]["code"] == "unauthorized"
     assert health.status_code == 200
@@ -106,7 +106,7 @@ async def test_a_query_with_too_many_fields_is_refused_before_parsing(api: Api) 
 async def test_metrics_cover_requests_and_fallbacks(api: Api) -> None:
     await api.client.get(URL)
     await api.client.get("/v1/users/newcomer/recommendations")
-    text = (await api.client.get("/metrics")).text
+    text = (await api.internal.get("/metrics")).text
     assert 'reco_api_http_requests_total{handler="/v1/users/{user_id}/recommendations"' in text
     assert "reco_api_http_request_duration_seconds_bucket" in text
     assert "# TYPE reco_api_redis_latency_seconds histogram" in text
@@ -122,7 +122,7 @@ async def test_metrics_label_by_template_and_status_class_and_skip_made_up_paths
         await api.client.get(f"/nowhere/{'x' * 8}")
         store.bug = RuntimeError("boom")
         await api.client.get(URL)
-        text = (await api.client.get("/metrics")).text
+        text = (await api.internal.get("/metrics")).text
         not_allowed = api.sample(
             "reco_api_http_requests_total", handler=ROUTE, method="POST", status="4xx"
         )
@@ -136,6 +136,6 @@ async def test_metrics_label_by_template_and_status_class_and_skip_made_up_paths
 async def test_per_request_metrics_can_be_switched_off(make_api: MakeApi) -> None:
     async with make_api(http_metrics=False) as api:
         await api.client.get("/v1/users/newcomer/recommendations")
-        text = (await api.client.get("/metrics")).text
+        text = (await api.internal.get("/metrics")).text
     assert "reco_api_http_requests_total" not in text
     assert 'reco_api_fallbacks_total{reason="no_list"} 1.0' in text

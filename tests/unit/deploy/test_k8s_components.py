@@ -73,21 +73,42 @@ def test_every_service_monitor_scrapes_a_named_port_of_a_service() -> None:
 
 
 def test_prometheus_may_reach_every_scraped_port() -> None:
+    """Each ServiceMonitor endpoint, followed to the container port behind it, is opened."""
     docs = rendered("prod", ("monitoring",))
     policy = one(docs, "NetworkPolicy", "allow-prometheus")
     opened = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    for service in find(docs, "Service"):
-        if service["metadata"]["name"] in {"reco-api", "worker-shop", "reco-controller"}:
+    services = find(docs, "Service")
+    for monitor in find(docs, "ServiceMonitor"):
+        wanted = monitor["spec"]["selector"]["matchLabels"]
+        for service in (s for s in services if wanted.items() <= s["metadata"]["labels"].items()):
             deployment = next(
                 d
                 for d in find(docs, "Deployment")
                 if service["spec"]["selector"].items()
                 <= d["spec"]["template"]["metadata"]["labels"].items()
             )
-            ports = {
-                p["containerPort"] for c in pod_spec(deployment)["containers"] for p in c["ports"]
+            named = {
+                p["name"]: p["containerPort"]
+                for c in pod_spec(deployment)["containers"]
+                for p in c["ports"]
             }
-            assert ports <= opened, service["metadata"]["name"]
+            targets = {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}
+            for endpoint in monitor["spec"]["endpoints"]:
+                assert named[targets[endpoint["port"]]] in opened, monitor["metadata"]["name"]
+
+
+def test_the_apis_metrics_and_docs_are_not_on_its_public_service() -> None:
+    """The LoadBalancer exposes the API's public port only; /metrics and /docs are served on
+    the internal port, which only the ClusterIP Service reco-api-ops names."""
+    docs = rendered("prod", ("monitoring",))
+    public = one(docs, "Service", "reco-api")
+    internal = one(docs, "Service", "reco-api-ops")
+    assert public["spec"]["type"] == "LoadBalancer"
+    assert [p["targetPort"] for p in public["spec"]["ports"]] == ["http"]
+    assert internal["spec"]["type"] == "ClusterIP"
+    assert [p["targetPort"] for p in internal["spec"]["ports"]] == ["ops"]
+    monitor = one(docs, "ServiceMonitor", "reco-api")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["ops"]
 
 
 def _exported() -> set[str]:

@@ -1,8 +1,15 @@
-"""Assembles the FastAPI application: the recommendations route, the shared ops surface and shell.
+"""Assembles the two FastAPI applications: the public API and the internal (ops) one.
+
+- :func:`create_app`, the public port (``RECO_API_PORT``, behind the load balancer): the
+  recommendations route, ``/healthz`` and ``/readyz`` (a load balancer health-checks the port
+  it sends traffic to), and nothing else: no ``/metrics``, no ``/docs``, no ``/openapi.json``;
+- :func:`create_internal_app`, the internal port (``RECO_API_OPS_PORT``, reachable by
+  Prometheus and the cluster, never published): ``/metrics``, ``/docs`` and ``/openapi.json``
+  (the public API's schema) and the same probes.
 
 ``/healthz``, ``/readyz``, ``/metrics`` and the JSON error shape are :mod:`reco_common.ops`';
 the API registers its readiness checks (Redis answers, not draining). The only middleware is
-the HTTP metrics' (pure ASGI). The app holds no globals: the store, the draining flag and the
+the HTTP metrics' (pure ASGI). The apps hold no globals: the store, the draining flag and the
 metrics registry are passed in, so tests and benchmarks build as many apps as they need.
 """
 
@@ -27,7 +34,8 @@ from reco_api.recommendations import (
 )
 from reco_api.settings import ApiSettings
 from reco_api.store import Store
-from reco_common.ops import Readiness, install_ops
+from reco_common.http_errors import install_error_handlers
+from reco_common.ops import Readiness, install_ops, ops_router
 
 DESCRIPTION = """Serves each user's precomputed recommendations from Redis.
 
@@ -47,9 +55,10 @@ def create_app(
         title="reco API",
         version=version("reco-api"),
         description=DESCRIPTION,
-        docs_url=None,  # served by reco_api.docs, without a CDN
+        # The docs and the schema are served on the internal port (create_internal_app).
+        docs_url=None,
         redoc_url=None,
-        openapi_url="/openapi.json",
+        openapi_url=None,
         # Prometheus is the metrics path; FastAPI's OpenTelemetry hooks would only cost time.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
@@ -57,15 +66,33 @@ def create_app(
     checks = readiness(store=store, draining=draining)
     # Reported, not gating: the API still answers every user from its copy of the record.
     checks.add("active_records", service.active_records_present, required=False)
-    install_ops(app, readiness=checks, registry=registry)
+    install_error_handlers(app)
+    app.include_router(ops_router(checks))
     install_rate_limit_handler(app)
     # First in the routing table: every request is matched against the routes in order.
     app.router.routes.insert(0, recommendations_route(settings, service))
     document(app, documented_route(settings))
-    serve_docs(app)
     if settings.http_metrics:
         measure_requests(app, registry=registry)
+    app.state.readiness = checks
     return app
+
+
+def create_internal_app(public: FastAPI, *, registry: CollectorRegistry) -> FastAPI:
+    """The internal port's app: ``/metrics``, the public API's ``/openapi.json`` and ``/docs``
+    (Swagger UI from the package, no CDN), and the probes of ``public``."""
+    internal = FastAPI(
+        title=public.title,
+        version=public.version,
+        description=public.description,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    install_ops(internal, readiness=public.state.readiness, registry=registry)
+    internal.openapi = public.openapi  # type: ignore[method-assign]
+    serve_docs(internal)
+    return internal
 
 
 def readiness(*, store: Store, draining: asyncio.Event) -> Readiness:

@@ -21,12 +21,12 @@ import uvicorn
 from prometheus_client import REGISTRY, CollectorRegistry
 from uvicorn.loops.auto import auto_loop_factory
 
-from reco_api.app import create_app
+from reco_api.app import create_app, create_internal_app
 from reco_api.metrics import ApiMetrics
 from reco_api.settings import Settings
 from reco_api.store import ServedStore
 from reco_common.lifecycle import serve
-from reco_common.ops import Server
+from reco_common.ops import OpsServer, Server
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class ApiServer:
         self._exited = asyncio.Event()
         self._store: ServedStore | None = None
         self._server: Server | None = None
+        self._ops: OpsServer | None = None
 
     async def start(self) -> None:
         api = self._settings.api
@@ -70,6 +71,9 @@ class ApiServer:
             timeout_graceful_shutdown=max(int(api.in_flight_timeout_s), 1),
         )
         self._server = Server(config)
+        internal = create_internal_app(app, registry=self._registry)
+        self._ops = OpsServer(internal, host=api.ops_host, port=api.ops_port)
+        await self._ops.start()
         # Everything built so far lives as long as the process: move it out of the collector's
         # sight, so that the full collections the request garbage triggers do not walk ~70k
         # long-lived objects each time (the p99 at full load fell from ~60 ms to ~18 ms,
@@ -98,6 +102,8 @@ class ApiServer:
                 self._server.should_exit = True
                 await self._exited.wait()
         finally:
+            if self._ops is not None:
+                await asyncio.shield(self._ops.stop())
             if self._store is not None:
                 await asyncio.shield(self._store.close())
         logger.info("stopped")

@@ -394,7 +394,7 @@ class Demo:
         yield f"curl -s '{base}/{user}/recommendations?n=3&offset=2&exclude={top}'"
         yield f"curl -s '{base}/newcomer/recommendations?n=3'    # no history: popular items"
         yield f"curl -s {self.api_url}/readyz"
-        yield f"curl -s {self.api_url}/metrics | grep reco_api_http_requests_total"
+        yield f"curl -s {self.api.ops_url}/metrics | grep reco_api_http_requests_total"
 
     def stop(self) -> None:
         codes = stop_all(self.processes)

@@ -46,7 +46,8 @@ def console_script(name: str) -> str:
 
 @dataclass
 class ServiceProcess:
-    """One service process; ``ready_url`` answers 200 once it serves, under ``base_url``."""
+    """One service process; ``ready_url`` answers 200 once it serves, under ``base_url``
+    (``ops_url``: its internal port, when it has one apart, e.g. the API's ``/metrics``)."""
 
     name: str
     argv: list[str]
@@ -54,6 +55,7 @@ class ServiceProcess:
     log_path: Path
     ready_url: str | None = None
     base_url: str | None = None
+    ops_url: str | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
