@@ -27,6 +27,10 @@
 #   s3     VersityGW (`go install`ed into $RECO_CACHE_DIR/bin), posix backend on a
 #          data dir, so buckets/objects survive restarts. If it cannot be built,
 #          moto's server (pip, in a venv in the cache) is used instead, loudly.
+#          Besides the root credentials (tests, tools), one user per service in its
+#          internal IAM (secret `<user>-dev-secret`) held to the bucket policy of
+#          scripts/stack/s3/policy.json: the trainer writes models/ and snapshots/,
+#          the controller and the workers only read (docs/security.md).
 #
 # Every download (Maven repo, Go modules, the moto venv) lives in the cache, so an
 # `up` after the first one never touches the network. Data, logs and pid files live
@@ -430,9 +434,10 @@ s3_start() {
   case "$(s3_backend)" in
     versitygw)
       # credentials through the environment, so they do not show up in `ps`
+      mkdir -p "$dir/iam"
       ROOT_ACCESS_KEY_ID="$S3_ACCESS_KEY" ROOT_SECRET_ACCESS_KEY="$S3_SECRET_KEY" \
         spawn s3 "$(versitygw_bin)" --port "127.0.0.1:$S3_PORT" --region "$S3_REGION" \
-        --health /health --quiet posix "$dir/data"
+        --iam-dir "$dir/iam" --health /health --quiet posix "$dir/data"
       ;;
     moto)
       say "WARNING: s3: running moto's server (fallback), data is in memory only"
@@ -465,6 +470,36 @@ s3_ready() {
     echo "stack.sh: HEAD bucket $S3_BUCKET -> HTTP $code" >>"$(comp_log s3)"
   fi
   [[ "$(s3_signed HEAD "/$S3_BUCKET")" == 200 ]]
+}
+
+# The per-service users (VersityGW's internal IAM, role `user`: no bucket of their own) and the
+# bucket policy that grants them their rights (reco_common.storage_access, rendered to
+# policy.json); once per data dir, again when policy.json changes (the stamp is a copy of it).
+s3_configure() {
+  local policy applied user body sha code
+  [[ "$(s3_backend)" == versitygw ]] || {
+    say "WARNING: s3: moto has no users or policies: every client has the root credentials"
+    return 0
+  }
+  policy="$TEMPLATE_DIR/s3/policy.json"
+  applied="$(comp_dir s3)/iam/.reco-policy-applied"
+  cmp -s "$policy" "$applied" && return 0
+  local admin=("$(versitygw_bin)" admin --er "http://127.0.0.1:$S3_PORT" -a "$S3_ACCESS_KEY"
+    -s "$S3_SECRET_KEY" -r "$S3_REGION")
+  for user in $(grep -o '"reco-[a-z]*"' "$policy" | tr -d '"' | sort -u); do
+    "${admin[@]}" list-users 2>>"$(comp_log s3)" | grep -q "^$user " && continue
+    "${admin[@]}" create-user -a "$user" -s "$user-dev-secret" -r user >>"$(comp_log s3)" 2>&1 ||
+      fail_component s3 "creating the user $user failed"
+  done
+  body="$(comp_dir s3)/iam/policy.json"
+  sed "s#arn:aws:s3:::reco#arn:aws:s3:::$S3_BUCKET#g" "$policy" >"$body"
+  sha="$(sha256sum "$body" | cut -d' ' -f1)"
+  code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X PUT --data-binary "@$body" \
+    --aws-sigv4 "aws:amz:$S3_REGION:s3" --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" \
+    -H "x-amz-content-sha256: $sha" "http://127.0.0.1:$S3_PORT/$S3_BUCKET?policy=" || true)"
+  [[ "$code" == 200 || "$code" == 204 ]] || fail_component s3 "PutBucketPolicy answered HTTP $code"
+  cp "$policy" "$applied"
+  say "s3: users $(grep -o '"reco-[a-z]*"' "$policy" | tr -d '"' | sort -u | tr '\n' ' ')and the bucket policy"
 }
 
 # ----------------------------------------------------------- lifecycle -------

@@ -45,7 +45,10 @@ SETTINGS: dict[str, type[Any]] = {
 }
 # What docs/deploy.md tells an operator to put in the Secrets of prod (created out of band).
 OUT_OF_BAND = {
-    "reco-s3": {"RECO_S3_ACCESS_KEY": "AKIA-operator", "RECO_S3_SECRET_KEY": "operator-secret"},
+    **{
+        f"reco-s3-{s}": {"RECO_S3_ACCESS_KEY": f"AKIA-{s}", "RECO_S3_SECRET_KEY": f"{s}-secret"}
+        for s in ("trainer", "controller", "worker")
+    },
     "reco-worker": {"control-token": "operator-token"},
     "reco-api": {"api-keys": '["operator-key"]'},
     **{
@@ -290,8 +293,14 @@ def test_kafka_is_a_kraft_statefulset_with_a_headless_service_and_volumes(
     assert headless["spec"]["clusterIP"] == "None"
     assert kafka["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     c = container(kafka, "kafka")
-    env = container_env(docs, c, secrets=SecretSource(docs, {}), fields=_kafka_fields())
+    env = container_env(docs, c, secrets=SecretSource(docs, OUT_OF_BAND), fields=_kafka_fields())
     assert "ZOOKEEPER" not in json.dumps(env)
+    # Every listener authenticates and the ACLs are enforced (docs/security.md, "Kafka").
+    protocols = dict(x.split(":") for x in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(protocols.values()) == {"SASL_PLAINTEXT"}
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert env["KAFKA_SUPER_USERS"] == "User:reco-kafka"
+    assert "StandardAuthorizer" in env["KAFKA_AUTHORIZER_CLASS_NAME"]
     assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
     voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
     replicas = kafka["spec"]["replicas"]

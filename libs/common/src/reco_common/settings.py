@@ -16,11 +16,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reco_common.contracts import RedisKeys, Topics
 from reco_common.kafka_access import Principal
+from reco_common.storage_access import StoragePrincipal
 
 S = TypeVar("S", bound=BaseSettings)
 
 DEV_PLACEHOLDER_SECRETS = frozenset(
-    {"recoadmin-secret", "change-me", "dev-token", *(p.dev_password for p in Principal)}
+    {
+        "recoadmin-secret",
+        "change-me",
+        "dev-token",
+        *(p.dev_password for p in Principal),
+        *(p.dev_secret for p in StoragePrincipal),
+    }
 )
 
 
