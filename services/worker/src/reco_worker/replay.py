@@ -39,7 +39,6 @@ from reco_worker.scoring import (
     Policy,
     QueryBuilder,
     ServingModel,
-    build_query,
     naive_query,
     recommend,
 )
@@ -47,7 +46,7 @@ from reco_worker.scoring import (
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("static", "naive", "realtime", "popular")
-LIVE: dict[str, QueryBuilder] = {"naive": naive_query, "realtime": build_query}
+LIVE: dict[str, QueryBuilder | None] = {"naive": naive_query, "realtime": None}
 CHUNK_EVENTS = 2048
 
 

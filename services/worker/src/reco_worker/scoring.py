@@ -15,8 +15,15 @@ follows what the user just did, not only where their taste lies on average.
 
 Items the user interacted with (their training interactions, carried by the artifact, and their
 bounded live history) are excluded unless the policy says otherwise (shops of repeat
-purchases). A batch of users is scored
-at once by :class:`reco_worker.topn.TopSelector` (exact, and independent of the batch).
+purchases).
+
+A batch of users is scored at once, without a Python loop per user or per history entry: the
+histories arrive columnar (:class:`Histories`), the queries, exclusions and neighbour bonuses
+are built with segment operations over the whole batch, and the selection is one
+:class:`reco_worker.topn.TopSelector` call (exact). Every per-user quantity is reduced over that
+user's own entries in history order only, so a user's list does not depend on which other users
+shared the batch: the live worker (batches of a few hundred), a rebuild (thousands) and the
+replay give the same list for the same history.
 """
 
 from __future__ import annotations
@@ -25,17 +32,19 @@ import enum
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
 from reco_common.artifact import FloatMatrix, ItemNeighbours, ModelArrays, UserItems
 from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, ActionType, HistoryEntry
-from reco_worker.topn import Bonus, Rows, Selection, TopSelector
+from reco_worker.topn import Pairs, Rows, Selection, TopSelector
 
 Vector = npt.NDArray[np.float64]
-_NO_ROWS: Rows = np.empty(0, dtype=np.intp)
-_NO_BONUS: Bonus = (_NO_ROWS, np.empty(0, dtype=np.float32))
+Matrix = npt.NDArray[np.float64]
+_ACTIONS: Final = list(ActionType)
+_ACTION_CODE: Final = {action: code for code, action in enumerate(_ACTIONS)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,19 +116,6 @@ class ServingModel:
         row = self.user_index.get(user_id)
         return None if row is None else self.users[row, :-1].astype(np.float64)
 
-    def known_rows(self, history: Sequence[HistoryEntry]) -> Rows:
-        """The sorted catalog rows of the items in ``history`` (unknown items have none)."""
-        rows = {row for e in history if (row := self.item_index.get(e.item_id)) is not None}
-        return np.asarray(sorted(rows), dtype=np.intp)
-
-    def seen_rows(self, user_id: str, history: Sequence[HistoryEntry]) -> Rows:
-        """The sorted rows of everything the user has: training interactions and ``history``."""
-        live = self.known_rows(history)
-        row = self.user_index.get(user_id)
-        if row is None:
-            return live
-        return np.union1d(self.user_items.of(row), live).astype(np.intp)
-
     def popular(self, *, exclude: set[str], n: int) -> Ranked:
         pairs = [
             (i, s)
@@ -134,15 +130,21 @@ class ServingModel:
         return ids
 
     def select(
-        self,
-        queries: FloatMatrix,
-        exclude: Sequence[Rows],
-        n: int,
-        bonus: Sequence[Bonus] | None = None,
+        self, queries: FloatMatrix, exclude: Pairs, n: int, bonus: Pairs | None = None
     ) -> Selection:
         """The top ``n`` rows and scores of each query ``[q, 1]`` (plus its ``bonus``),
         ``exclude``d rows left out."""
         return self._selector.select(queries, exclude, n, bonus)
+
+    def user_rows(self, user_ids: Sequence[str]) -> Rows:
+        """Each user's row of the trained vectors, ``-1`` for a user the model does not know."""
+        index = self.user_index
+        return np.fromiter((index.get(u, -1) for u in user_ids), dtype=np.intp, count=len(user_ids))
+
+    def item_rows(self, item_ids: Sequence[str]) -> Rows:
+        """Each item's catalog row, ``-1`` for an item the model does not know."""
+        index = self.item_index
+        return np.fromiter((index.get(i, -1) for i in item_ids), dtype=np.intp, count=len(item_ids))
 
 
 def _median_norm(vectors: FloatMatrix) -> float:
@@ -152,68 +154,203 @@ def _median_norm(vectors: FloatMatrix) -> float:
     return norm if norm > 0 and math.isfinite(norm) else 1.0
 
 
-def recent_vector(
-    model: ServingModel, history: Sequence[HistoryEntry], policy: Policy
-) -> Vector | None:
-    """The decayed, weighted mean embedding of the user's known recent items, or ``None``.
+@dataclass(frozen=True, slots=True)
+class Histories:
+    """Many users' histories, columnar: user ``i``'s entries are ``[indptr[i], indptr[i + 1])``,
+    oldest first (as Redis returns a history: by time, then member)."""
 
-    Decay is relative to the user's newest action, so a list is a function of the history alone.
-    """
-    if not history:
-        return None
-    newest = max(e.ts for e in history)
-    rows: list[int] = []
-    weights: list[float] = []
-    for entry in history:
-        row = model.item_index.get(entry.item_id)
-        if row is None:
-            continue
-        rows.append(row)
-        weights.append(policy.weight(entry) * 0.5 ** ((newest - entry.ts) / policy.half_life_s))
-    if not rows:
-        return None
-    mean = np.asarray(weights) @ model.items[rows, :-1].astype(np.float64)
-    norm = float(np.linalg.norm(mean))
-    if not (norm > 0 and math.isfinite(norm)):
-        return None
-    return mean * (model.reference_norm / norm)
+    user_ids: Sequence[str]
+    indptr: Rows
+    item_ids: Sequence[str]
+    actions: Sequence[ActionType]
+    weights: Sequence[float | None]
+    ts: Vector
 
+    @staticmethod
+    def of(users: Sequence[tuple[str, Sequence[HistoryEntry]]]) -> Histories:
+        """From ``(user_id, entries)`` pairs."""
+        entries = [e for _, history in users for e in history]
+        lengths = [len(history) for _, history in users]
+        return Histories(
+            user_ids=[u for u, _ in users],
+            indptr=np.concatenate([[0], np.cumsum(lengths, dtype=np.intp)]).astype(np.intp),
+            item_ids=[e.item_id for e in entries],
+            actions=[e.action for e in entries],
+            weights=[e.weight for e in entries],
+            ts=np.fromiter((e.ts for e in entries), dtype=np.float64, count=len(entries)),
+        )
 
-def build_query(
-    model: ServingModel, user_id: str, history: Sequence[HistoryEntry], policy: Policy
-) -> tuple[Vector | None, Source]:
-    """The user's query ``[q, 1]`` under the real-time policy, and which branch produced it."""
-    trained = model.user_vector(user_id)
-    recent = recent_vector(model, history, policy)
-    if trained is None:
-        if recent is None:
-            return None, Source.POPULAR
-        return np.append(recent, 1.0), Source.RECENT
-    if recent is None or policy.blend == 0:
-        return np.append(trained, 1.0), Source.MODEL
-    blended = (1.0 - policy.blend) * trained + policy.blend * recent
-    return np.append(blended, 1.0), Source.BLEND
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def entries_of(self, user: int) -> list[HistoryEntry]:
+        """One user's entries as objects (for the few users a baseline scores one by one)."""
+        lo, hi = int(self.indptr[user]), int(self.indptr[user + 1])
+        return [
+            HistoryEntry("", self.item_ids[j], self.actions[j], self.weights[j], float(self.ts[j]))
+            for j in range(lo, hi)
+        ]
 
 
-def neighbour_bonus(
-    model: ServingModel, history: Sequence[HistoryEntry], policy: Policy, exclude: Rows
-) -> Bonus:
-    """The items near the user's last ``neighbour_history`` known items, each scored
-    ``neighbour_weight`` x the decayed sum of its similarities (sorted rows, ``exclude`` out)."""
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """A batch's histories as arrays the policy works on (see :func:`_columns`)."""
+
+    owner: Rows  # per entry: its user
+    rows: Rows  # per entry: its catalog row, -1 when unknown
+    weights: Vector  # per entry: the policy's weight of the action
+    newest: Vector  # per user: the newest entry's time (-inf without entries)
+    user_rows: Rows  # per user: the trained vector's row, -1 when unknown
+
+
+def _columns(model: ServingModel, histories: Histories, policy: Policy) -> _Columns:
+    lengths = np.diff(histories.indptr)
+    by_action = [policy.action_weights[a] for a in _ACTIONS]
+    weights = np.fromiter(
+        (
+            w if w is not None else by_action[_ACTION_CODE[a]]
+            for w, a in zip(histories.weights, histories.actions, strict=True)
+        ),
+        dtype=np.float64,
+        count=len(histories.ts),
+    )
+    return _Columns(
+        owner=np.repeat(np.arange(len(histories), dtype=np.intp), lengths),
+        rows=model.item_rows(histories.item_ids),
+        weights=weights,
+        newest=_segment_max(histories.ts, histories.indptr),
+        user_rows=model.user_rows(histories.user_ids),
+    )
+
+
+def _segment_max(values: Vector, indptr: Rows) -> Vector:
+    """The maximum of each segment ``values[indptr[i]:indptr[i + 1]]``, ``-inf`` if empty."""
+    out = np.full(len(indptr) - 1, -np.inf)
+    filled = np.flatnonzero(np.diff(indptr) > 0)
+    if len(filled):
+        out[filled] = np.maximum.reduceat(values, indptr[filled])
+    return out
+
+
+def _segment_sum(values: Matrix, owner: Rows, n: int) -> tuple[Matrix, npt.NDArray[np.bool_]]:
+    """Per owner (sorted), the sum of its rows of ``values`` added in order, and who has any."""
+    counts = np.bincount(owner, minlength=n)
+    has = counts > 0
+    out = np.zeros((n, values.shape[1]))
+    if len(values):
+        starts = np.cumsum(counts) - counts
+        out[has] = np.add.reduceat(values, starts[has], axis=0)
+    return out, has
+
+
+def _decay(policy: Policy, newest: Vector, ts: Vector) -> Vector:
+    decay: Vector = 0.5 ** ((newest - ts) / policy.half_life_s)
+    return decay
+
+
+def _recent(
+    model: ServingModel, histories: Histories, columns: _Columns, policy: Policy
+) -> tuple[Matrix, npt.NDArray[np.bool_]]:
+    """Per user, the decayed, weighted mean embedding of the known recent items, rescaled to
+    the model's reference norm, and whether the user has one. Decay is relative to the user's
+    newest action, so a list is a function of the history alone."""
+    known = np.flatnonzero(columns.rows >= 0)
+    owner = columns.owner[known]
+    weights = columns.weights[known] * _decay(policy, columns.newest[owner], histories.ts[known])
+    embedded = model.items[columns.rows[known], :-1].astype(np.float64) * weights[:, None]
+    mean, has = _segment_sum(embedded, owner, len(histories))
+    norm = np.sqrt(np.einsum("ij,ij->i", mean, mean))
+    usable = has & (norm > 0) & np.isfinite(norm)
+    scale = np.divide(model.reference_norm, norm, out=np.zeros_like(norm), where=usable)
+    return mean * scale[:, None], usable
+
+
+def _queries(
+    model: ServingModel, histories: Histories, columns: _Columns, policy: Policy
+) -> tuple[Matrix, list[Source]]:
+    """Every user's query ``[q, 1]`` under the real-time policy (a row of NaN for a user with
+    none: the popular items) and which branch produced it."""
+    recent, has_recent = _recent(model, histories, columns, policy)
+    trained_rows = columns.user_rows
+    has_trained = trained_rows >= 0
+    trained = model.users[np.maximum(trained_rows, 0), :-1].astype(np.float64)
+    blend = has_trained & has_recent & (policy.blend != 0)
+    q = np.where(has_trained[:, None], trained, recent)
+    q[blend] = (1.0 - policy.blend) * trained[blend] + policy.blend * recent[blend]
+    q = np.concatenate([q, np.ones((len(q), 1))], axis=1)
+    q[~has_trained & ~has_recent] = np.nan
+    sources = [
+        (Source.BLEND if b else Source.MODEL) if t else (Source.RECENT if r else Source.POPULAR)
+        for t, r, b in zip(has_trained.tolist(), has_recent.tolist(), blend.tolist(), strict=True)
+    ]
+    return q, sources
+
+
+def _seen(model: ServingModel, columns: _Columns, users: Rows) -> Pairs:
+    """The exclusions of the queried ``users`` (query ``j`` is user ``users[j]``): their
+    training items and the known items of their history, as sorted unique pairs."""
+    n = model.n_items
+    query_of = np.full(len(columns.user_rows), -1, dtype=np.intp)
+    query_of[users] = np.arange(len(users))
+    live = np.flatnonzero((columns.rows >= 0) & (query_of[columns.owner] >= 0))
+    live_keys = query_of[columns.owner[live]].astype(np.int64) * n + columns.rows[live]
+    trained_rows = columns.user_rows[users]
+    known = np.flatnonzero(trained_rows >= 0)
+    indptr = model.user_items.indptr
+    starts, stops = indptr[trained_rows[known]], indptr[trained_rows[known] + 1]
+    counts = (stops - starts).astype(np.intp)
+    offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    items = model.user_items.indices[np.repeat(starts, counts) + offsets]
+    trained_keys = np.repeat(known, counts).astype(np.int64) * n + items
+    keys = np.unique(np.concatenate([live_keys, trained_keys]))
+    return Pairs((keys // n).astype(np.intp), (keys % n).astype(np.intp))
+
+
+def _bonus(
+    model: ServingModel,
+    histories: Histories,
+    columns: _Columns,
+    users: Rows,
+    exclude: Pairs,
+    policy: Policy,
+) -> Pairs | None:
+    """Each queried user's neighbour bonus: the items near their last ``neighbour_history``
+    known items, each scored ``neighbour_weight`` x the decayed sum of its similarities
+    (decay relative to the newest of those items; excluded items left out)."""
     neighbours = model.neighbours
-    known = [(r, e) for e in history if (r := model.item_index.get(e.item_id)) is not None]
-    known = known[-policy.neighbour_history :]
-    if neighbours is None or not known or policy.neighbour_weight <= 0:
-        return _NO_BONUS
-    newest = max(e.ts for _, e in known)
-    decay = np.array([0.5 ** ((newest - e.ts) / policy.half_life_s) for _, e in known])
-    rows = neighbours.rows[[r for r, _ in known]]
-    scores = neighbours.scores[[r for r, _ in known]] * decay[:, None]
-    valid = (rows >= 0) & ~np.isin(rows, exclude)
-    items, inverse = np.unique(rows[valid], return_inverse=True)
-    summed = np.zeros(len(items), dtype=np.float32)
-    np.add.at(summed, inverse, scores[valid] * policy.neighbour_weight)
-    return items.astype(np.intp), summed
+    if neighbours is None or policy.neighbour_weight <= 0 or len(users) == 0:
+        return None
+    n = model.n_items
+    query_of = np.full(len(columns.user_rows), -1, dtype=np.intp)
+    query_of[users] = np.arange(len(users))
+    known = np.flatnonzero((columns.rows >= 0) & (query_of[columns.owner] >= 0))
+    owner = columns.owner[known]
+    counts = np.bincount(owner, minlength=len(histories))
+    position = np.arange(len(known)) - (np.cumsum(counts) - counts)[owner]
+    last = known[position >= counts[owner] - policy.neighbour_history]
+    if len(last) == 0:
+        return None
+    owner = columns.owner[last]
+    newest = _segment_max(histories.ts[last], _indptr(owner, len(histories)))
+    decay = _decay(policy, newest[owner], histories.ts[last])
+    rows = neighbours.rows[columns.rows[last]].astype(np.intp)
+    scores = neighbours.scores[columns.rows[last]] * (decay * policy.neighbour_weight)[:, None]
+    queries = np.broadcast_to(query_of[owner][:, None], rows.shape)
+    keys = queries.astype(np.int64) * n + rows
+    valid = (rows >= 0) & ~np.isin(keys, exclude.keys(n))
+    keys, scores = keys[valid], scores[valid]
+    order = np.argsort(keys, kind="stable")
+    keys, scores = keys[order], scores[order]
+    unique, starts = np.unique(keys, return_index=True)
+    summed = np.add.reduceat(scores, starts) if len(keys) else scores
+    return Pairs(
+        (unique // n).astype(np.intp), (unique % n).astype(np.intp), summed.astype(np.float32)
+    )
+
+
+def _indptr(owner: Rows, n: int) -> Rows:
+    counts = np.bincount(owner, minlength=n)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.intp)
 
 
 QueryBuilder = Callable[
@@ -241,38 +378,72 @@ def naive_query(
     return np.append(trained + recent, 1.0), Source.BLEND
 
 
+def build_query(
+    model: ServingModel, user_id: str, history: Sequence[HistoryEntry], policy: Policy
+) -> tuple[Vector | None, Source]:
+    """One user's query ``[q, 1]`` under the real-time policy (``None``: the popular items)."""
+    histories = Histories.of([(user_id, history)])
+    queries, sources = _queries(model, histories, _columns(model, histories, policy), policy)
+    return (None if sources[0] is Source.POPULAR else queries[0]), sources[0]
+
+
+def recent_vector(
+    model: ServingModel, history: Sequence[HistoryEntry], policy: Policy
+) -> Vector | None:
+    """The decayed, weighted mean embedding of the user's known recent items, or ``None``."""
+    histories = Histories.of([("", history)])
+    recent, usable = _recent(model, histories, _columns(model, histories, policy), policy)
+    return recent[0] if usable[0] else None
+
+
+def score(
+    model: ServingModel,
+    histories: Histories,
+    policy: Policy,
+    *,
+    query: QueryBuilder | None = None,
+) -> list[Ranked]:
+    """Each user's top-N under ``policy``, the whole batch at once (see the module docstring);
+    ``query`` replaces the policy's query vectors by a baseline's (built user by user)."""
+    columns = _columns(model, histories, policy)
+    if query is None:
+        queries, sources = _queries(model, histories, columns, policy)
+    else:
+        built = [
+            query(model, u, histories.entries_of(i), policy)
+            for i, u in enumerate(histories.user_ids)
+        ]
+        dim = model.items.shape[1]
+        queries = np.stack([np.full(dim, np.nan) if v is None else v for v, _ in built])
+        sources = [source for _, source in built]
+    users = np.flatnonzero(~np.isnan(queries[:, -1]))
+    exclude = _seen(model, columns, users) if policy.exclude_seen else Pairs.of([])
+    bonus = _bonus(model, histories, columns, users, exclude, policy)
+    selected = model.select(queries[users].astype(np.float32), exclude, policy.top_n, bonus)
+    results: list[Ranked | None] = [None] * len(histories)
+    items = model.ids_of(selected.items).tolist()
+    scores = selected.scores.tolist()
+    lengths = selected.lengths().tolist()
+    for j, user in enumerate(users.tolist()):
+        results[user] = Ranked(items[j][: lengths[j]], scores[j][: lengths[j]], sources[user])
+    for user, ranked in enumerate(results):
+        if ranked is None:
+            results[user] = _popular(model, histories, user, policy)
+    return [r for r in results if r is not None]
+
+
+def _popular(model: ServingModel, histories: Histories, user: int, policy: Policy) -> Ranked:
+    lo, hi = int(histories.indptr[user]), int(histories.indptr[user + 1])
+    seen = set(histories.item_ids[lo:hi]) if policy.exclude_seen else set()
+    return model.popular(exclude=seen, n=policy.top_n)
+
+
 def recommend(
     model: ServingModel,
     users: Sequence[tuple[str, Sequence[HistoryEntry]]],
     policy: Policy,
     *,
-    query: QueryBuilder = build_query,
+    query: QueryBuilder | None = None,
 ) -> list[Ranked]:
-    """Each ``(user_id, history)``'s top-N under ``policy`` (``query`` builds each user's query
-    vector: the real-time policy unless a baseline is measured): one matrix product per batch."""
-    results: dict[int, Ranked] = {}
-    queries: list[Vector] = []
-    excludes: list[Rows] = []
-    bonuses: list[Bonus] = []
-    pending: list[tuple[int, Source]] = []
-    for i, (user_id, history) in enumerate(users):
-        vector, source = query(model, user_id, history, policy)
-        if vector is None:
-            seen = {e.item_id for e in history} if policy.exclude_seen else set()
-            results[i] = model.popular(exclude=seen, n=policy.top_n)
-            continue
-        queries.append(vector)
-        excludes.append(model.seen_rows(user_id, history) if policy.exclude_seen else _NO_ROWS)
-        bonuses.append(neighbour_bonus(model, history, policy, excludes[-1]))
-        pending.append((i, source))
-    if queries:
-        selected = model.select(
-            np.stack(queries).astype(np.float32), excludes, policy.top_n, bonuses
-        )
-        items = model.ids_of(selected.items).tolist()
-        scores = selected.scores.tolist()
-        for (i, source), row_items, row_scores, length in zip(
-            pending, items, scores, selected.lengths().tolist(), strict=True
-        ):
-            results[i] = Ranked(row_items[:length], row_scores[:length], source)
-    return [results[i] for i in range(len(users))]
+    """Each ``(user_id, history)``'s top-N under ``policy``: :func:`score` of the batch."""
+    return score(model, Histories.of(users), policy, query=query)

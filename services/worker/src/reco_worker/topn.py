@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +34,7 @@ Rows = npt.NDArray[np.intp]
 Scores = npt.NDArray[np.float32]
 Bonus = tuple[Rows, Scores]
 """Sorted, unique item rows and their non-negative extra scores, for one query."""
+_NO_VALUES: Scores = np.empty(0, dtype=np.float32)
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,55 @@ class Selection:
         return counts
 
 
+@dataclass(frozen=True, slots=True)
+class Pairs:
+    """Sparse ``(query, item row)`` pairs of a batch, sorted by query then row and unique, each
+    with a value when they are bonuses: a batch's exclusions or bonuses as three flat arrays
+    (built without a Python loop per query by the scoring, or from per-query lists)."""
+
+    queries: Rows
+    rows: Rows
+    values: Scores = field(default_factory=lambda: _NO_VALUES)
+
+    @staticmethod
+    def of(rows: Sequence[Rows], values: Sequence[Scores] | None = None) -> Pairs:
+        """From one sorted, unique array of rows per query (and their values)."""
+        lengths = [len(r) for r in rows]
+        if not sum(lengths):
+            return Pairs(np.empty(0, dtype=np.intp), np.empty(0, dtype=np.intp))
+        queries = np.repeat(np.arange(len(rows), dtype=np.intp), lengths)
+        flat = np.concatenate(rows).astype(np.intp)
+        joined = _NO_VALUES if values is None else np.concatenate(values).astype(np.float32)
+        return Pairs(queries, flat, joined)
+
+    def window(self, start: int, stop: int) -> Pairs:
+        """The pairs of queries ``[start, stop)``, renumbered from 0."""
+        lo, hi = np.searchsorted(self.queries, (start, stop))
+        values = self.values[lo:hi] if len(self.values) else _NO_VALUES
+        return Pairs(self.queries[lo:hi] - start, self.rows[lo:hi], values)
+
+    def keys(self, width: int) -> npt.NDArray[np.int64]:
+        """``query * width + row`` of every pair (sorted, as the pairs are)."""
+        keys: npt.NDArray[np.int64] = self.queries.astype(np.int64) * width + self.rows
+        return keys
+
+    def counts(self, n_queries: int) -> npt.NDArray[np.intp]:
+        counts: npt.NDArray[np.intp] = np.bincount(self.queries, minlength=n_queries)
+        return counts
+
+    def of_query(self, query: int) -> Rows:
+        lo, hi = np.searchsorted(self.queries, (query, query + 1))
+        return self.rows[lo:hi]
+
+    def padded(self, n_queries: int, sentinel: int) -> Rows:
+        """The rows as a ``[n_queries, widest]`` matrix, ``sentinel`` where a query has fewer."""
+        counts = self.counts(n_queries)
+        out = np.full((n_queries, int(counts.max(initial=0))), sentinel, dtype=np.intp)
+        starts = np.cumsum(counts) - counts
+        out[self.queries, np.arange(len(self.queries)) - starts[self.queries]] = self.rows
+        return out
+
+
 class TopSelector:
     """The top ``n`` items of many queries ``[q, 1]`` against ``items`` ``[v, b]``."""
 
@@ -87,45 +137,54 @@ class TopSelector:
     def select(
         self,
         queries: FloatMatrix,
-        exclude: Sequence[Rows],
+        exclude: Pairs | Sequence[Rows],
         n: int,
-        bonus: Sequence[Bonus] | None = None,
+        bonus: Pairs | Sequence[Bonus] | None = None,
     ) -> Selection:
         """Per query, the best ``n`` item rows with ``exclude``d rows left out; a query's
         ``bonus`` rows (never excluded ones) score their dot product plus the bonus."""
+        if not isinstance(exclude, Pairs):
+            exclude = Pairs.of(exclude)
+        if bonus is None:
+            bonus = Pairs.of([])
+        elif not isinstance(bonus, Pairs):
+            bonus = Pairs.of([b[0] for b in bonus], [b[1] for b in bonus])
         k = min(n + MARGIN, self._n)
-        chunk = max(1, EXACT_CELLS // self._n) if self._exact else len(queries)
+        chunk = max(1, EXACT_CELLS // self._n) if self._exact else max(1, len(queries))
         parts = []
         for start in range(0, len(queries), chunk):
             q = queries[start : start + chunk]
-            excl = exclude[start : start + chunk]
-            extra = _Extra.of(bonus[start : start + chunk] if bonus else None, self._n)
+            excl = exclude.window(start, start + chunk)
+            extra = _Extra(bonus.window(start, start + chunk), self._n)
             if self._exact:
                 candidates = self._exact_candidates(q, excl, k, extra)
             else:
-                candidates = extra.joined(self._sampled_candidates(q, excl, k), self._n)
+                candidates = extra.joined(self._sampled_candidates(q, excl, k), len(q))
             parts.append(self._rescore(candidates, q, min(n, self._n), extra))
+        if not parts:
+            empty = np.empty((0, min(n, self._n)))
+            return Selection(empty.astype(np.intp), empty.astype(np.float32))
         return Selection(
             np.concatenate([p.items for p in parts]), np.concatenate([p.scores for p in parts])
         )
 
     # ------------------------------------------------------------------ candidates
 
-    def _exact_candidates(
-        self, q: FloatMatrix, exclude: Sequence[Rows], k: int, extra: _Extra
-    ) -> Rows:
+    def _exact_candidates(self, q: FloatMatrix, exclude: Pairs, k: int, extra: _Extra) -> Rows:
         scores = q @ self._items.T
         extra.add_to(scores)
-        scores.ravel()[_flat(exclude, self._n)] = -np.inf
+        scores.ravel()[exclude.keys(self._n)] = -np.inf
         top: Rows = np.argpartition(scores, self._n - k, axis=1)[:, self._n - k :]
         return _pad_excluded(top, np.take_along_axis(scores, top, axis=1), self._n)
 
-    def _sampled_candidates(self, q: FloatMatrix, exclude: Sequence[Rows], k: int) -> Rows:
-        thresholds = self._thresholds(q, k + max((len(e) for e in exclude), default=0))
+    def _sampled_candidates(self, q: FloatMatrix, exclude: Pairs, k: int) -> Rows:
+        thresholds = self._thresholds(q, k + int(exclude.counts(len(q)).max(initial=0)))
         rows, cols, vals = self._scan(q, thresholds[:, None])
-        keep = ~np.isin(rows.astype(np.int64) * self._n + cols, _flat(exclude, self._n))
+        keep = ~np.isin(rows.astype(np.int64) * self._n + cols, exclude.keys(self._n))
         rows, cols, vals = rows[keep], cols[keep], vals[keep]
-        short = np.flatnonzero(np.bincount(rows, minlength=len(q)) < self._reachable(exclude, k))
+        short = np.flatnonzero(
+            np.bincount(rows, minlength=len(q)) < self._reachable(exclude, len(q), k)
+        )
         if len(short):
             rows, cols, vals = self._rescan(q, exclude, short, k, (rows, cols, vals))
         return self._best_per_row(rows, cols, vals, len(q), k)
@@ -152,15 +211,14 @@ class TopSelector:
             vals.append(scores.ravel()[hits])
         return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
 
-    def _reachable(self, exclude: Sequence[Rows], k: int) -> npt.NDArray[np.intp]:
-        lengths = np.fromiter((len(e) for e in exclude), dtype=np.intp, count=len(exclude))
-        reachable: npt.NDArray[np.intp] = np.minimum(k, self._n - lengths)
+    def _reachable(self, exclude: Pairs, n_queries: int, k: int) -> npt.NDArray[np.intp]:
+        reachable: npt.NDArray[np.intp] = np.minimum(k, self._n - exclude.counts(n_queries))
         return reachable
 
     def _rescan(
         self,
         q: FloatMatrix,
-        exclude: Sequence[Rows],
+        exclude: Pairs,
         short: Rows,
         k: int,
         found: tuple[Rows, Rows, Scores],
@@ -172,7 +230,7 @@ class TopSelector:
         all_rows, all_cols, all_vals = [rows[keep]], [cols[keep]], [vals[keep]]
         for row in short:
             scores = self._items @ q[row]
-            scores[exclude[row]] = -np.inf
+            scores[exclude.of_query(row)] = -np.inf
             top = np.argpartition(scores, self._n - k)[self._n - k :]
             top = top[np.isfinite(scores[top])]
             all_rows.append(np.full(len(top), row))
@@ -209,7 +267,7 @@ class TopSelector:
         cols[padding] = self._n
         gathered = self._items[np.minimum(cols, self._n - 1)]
         scores = np.einsum("bkd,bd->bk", gathered, q)
-        scores += extra.lookup(cols, self._n)
+        scores += extra.lookup(cols)
         scores[padding] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")[:, :n]
         return Selection(
@@ -217,57 +275,37 @@ class TopSelector:
         )
 
 
-@dataclass(frozen=True, slots=True)
 class _Extra:
-    """A chunk's bonuses as sorted flat keys ``query row * (n_items + 1) + item row`` (room
-    for the padding row) and values."""
+    """A chunk's bonuses, with their keys ``query row * (n_items + 1) + item row`` (room for
+    the padding row) for looking them up."""
 
-    keys: npt.NDArray[np.int64]
-    values: Scores
-    rows: list[Rows]
-
-    @staticmethod
-    def of(bonus: Sequence[Bonus] | None, width: int) -> _Extra:
-        if not bonus:
-            return _Extra(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), [])
-        rows = [b[0] for b in bonus]
-        values = np.concatenate([b[1] for b in bonus]).astype(np.float32)
-        return _Extra(_flat(rows, width + 1), values, rows)
+    def __init__(self, bonus: Pairs, n_items: int) -> None:
+        self._bonus = bonus
+        self._width = n_items + 1
+        self._keys = bonus.keys(self._width)
 
     def add_to(self, scores: Scores) -> None:
         """Add the bonuses to a full ``[queries, n_items]`` score matrix."""
-        if self.rows:
-            scores.ravel()[_flat(self.rows, scores.shape[1])] += self.values
+        if len(self._keys):
+            scores.ravel()[self._bonus.keys(scores.shape[1])] += self._bonus.values
 
-    def joined(self, candidates: Rows, sentinel: int) -> Rows:
-        """``candidates`` with each query's bonus rows appended (``sentinel`` padding)."""
-        width = max((len(r) for r in self.rows), default=0)
-        if width == 0:
+    def joined(self, candidates: Rows, n_queries: int) -> Rows:
+        """``candidates`` with each query's bonus rows appended (padding row past the end)."""
+        if not len(self._keys):
             return candidates
-        extra = np.full((len(candidates), width), sentinel, dtype=candidates.dtype)
-        for i, rows in enumerate(self.rows):
-            extra[i, : len(rows)] = rows
+        extra = self._bonus.padded(n_queries, self._width - 1).astype(candidates.dtype)
         return np.concatenate([candidates, extra], axis=1)
 
-    def lookup(self, cols: Rows, width: int) -> Scores:
+    def lookup(self, cols: Rows) -> Scores:
         """The bonus of each (query row, candidate column), 0 where there is none."""
         out = np.zeros(cols.shape, dtype=np.float32)
-        if self.keys.size == 0:
+        if self._keys.size == 0:
             return out
-        keys = np.arange(len(cols), dtype=np.int64)[:, None] * (width + 1) + cols
-        at = np.minimum(np.searchsorted(self.keys, keys), self.keys.size - 1)
-        found = self.keys[at] == keys
-        out[found] = self.values[at[found]]
+        keys = np.arange(len(cols), dtype=np.int64)[:, None] * self._width + cols
+        at = np.minimum(np.searchsorted(self._keys, keys), self._keys.size - 1)
+        found = self._keys[at] == keys
+        out[found] = self._bonus.values[at[found]]
         return out
-
-
-def _flat(exclude: Sequence[Rows], width: int) -> npt.NDArray[np.int64]:
-    """``row * width + col`` of every excluded (query row, item col) pair."""
-    lengths = [len(e) for e in exclude]
-    if not sum(lengths):
-        return np.empty(0, dtype=np.int64)
-    rows = np.repeat(np.arange(len(exclude), dtype=np.int64), lengths)
-    return rows * width + np.concatenate(exclude).astype(np.int64)
 
 
 def _pad_excluded(cols: Rows, scores: Scores, sentinel: int) -> Rows:
