@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from threadpoolctl import threadpool_limits
 
 from reco_common.artifact import ModelArrays
-from reco_common.contracts import ActionType, HistoryEntry, RedisKeys, UserAction
+from reco_common.contracts import ActionType, HistoryColumns, RedisKeys, UserAction
 from reco_common.kafka import Delivery
 from reco_common.redis_store import FencedLists, FencedWrite, connect
 from reco_common.settings import RedisSettings
@@ -87,9 +87,7 @@ class UnfencedHistory(HistoryStore):
         self._unfenced = redis.register_script(_UNFENCED_APPEND_AND_READ)
         self._timer = timer
 
-    async def append_and_read(
-        self, additions: Mapping[str, Addition]
-    ) -> dict[str, list[HistoryEntry]]:
+    async def append_and_read(self, additions: Mapping[str, Addition]) -> dict[str, HistoryColumns]:
         args: list[bytes | int | str] = [self._max_len, self._ttl_s]
         for addition in additions.values():
             args.append(len(addition.members))
@@ -108,9 +106,7 @@ class TimedHistory(HistoryStore):
         super().__init__(redis, keys, **kwargs)  # type: ignore[arg-type]
         self._timer = timer
 
-    async def append_and_read(
-        self, additions: Mapping[str, Addition]
-    ) -> dict[str, list[HistoryEntry]]:
+    async def append_and_read(self, additions: Mapping[str, Addition]) -> dict[str, HistoryColumns]:
         started = time.perf_counter()
         try:
             return await super().append_and_read(additions)

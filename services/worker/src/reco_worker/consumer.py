@@ -26,7 +26,7 @@ from reco_common.kafka import Delivery, Rejection
 from reco_common.redis_store import FencedLists, FencedWrite, Position
 from reco_worker.history import Addition, HistoryStore, effective_ts
 from reco_worker.metrics import WorkerMetrics
-from reco_worker.scoring import Policy, Ranked, ServingModel, recommend
+from reco_worker.scoring import Histories, Policy, Ranked, ServingModel, score
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +112,8 @@ class ActionHandler:
             )
         with self._stage("score"):
             started = time.perf_counter()
-            ranked = await asyncio.to_thread(
-                recommend, model, [(user, histories[user]) for user in updates], self._policy
-            )
+            batch = Histories.of_columns([(user, histories[user]) for user in updates])
+            ranked = await asyncio.to_thread(score, model, batch, self._policy)
             self._metrics.recompute.observe(time.perf_counter() - started)
         computed_at = datetime.now(UTC)
         lists = {

@@ -10,9 +10,10 @@ event). Consequences:
 
 A batch's histories are appended (fenced by log position, like the lists: see
 ``reco_common.redis_store``), trimmed, given their TTL and read back by one Lua script call (one
-round trip, one reply string per user): redis-py spends ~100 µs of CPU per command and per reply
-element, which a pipeline of four commands per user turned into the worker's
-bottleneck. Like the API's ``MGET``, this assumes one Redis server, not a sharded cluster.
+round trip, one reply string per user, decoded with one split): redis-py spends ~100 µs of CPU
+per command and per reply element, which a pipeline of four commands per user turned into the
+worker's bottleneck. A rebuild writes whole histories folded from the log by another script
+of the same shape (``HistoryStore.rebuild``). Like the API's ``MGET``, this assumes one Redis server, not a sharded cluster.
 
 Timestamp rule: an event dated more than ``max_future_skew_s`` after its Kafka record's
 timestamp is clamped to that record timestamp (stable across redeliveries, unlike "now"); an
@@ -27,8 +28,15 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
-from reco_common.contracts import HistoryEntry, RedisKeys, UserAction, decode_history_member
+from reco_common.contracts import (
+    HistoryColumns,
+    RedisKeys,
+    UserAction,
+    decode_history,
+    decode_history_member,
+)
 from reco_common.redis_store import LUA_HELPERS, Position, by_partition, framed
 
 logger = logging.getLogger(__name__)
@@ -42,59 +50,116 @@ def effective_ts(action: UserAction, *, record_ts_ms: int, max_future_skew_s: fl
     return min(ts, record_ts_ms / 1000 + max_future_skew_s)
 
 
-# KEYS: one fence hash per partition group, then the groups' histories in order. The framed
-# arguments: max length, TTL, whether this is a rebuild (1/0), the number of groups; then per
-# group a user count and per user: user id, offset, a member count and (score, member) pairs.
-# A user's members are added (one ZADD) only when the offset is greater than the one in the
-# partition's fence (the fence, which also makes a redelivered batch a no-op); every history is
-# trimmed and read back. A rebuild adds every member (adds are idempotent, and a fence written
-# between a data loss and its detection must not hide older events), keeps the greater offset,
-# and leaves trimming, the TTL and the read to its final read pass. Returns per user, in KEYS
-# order, "member<TAB>score" lines joined by newlines (members never hold a newline; empty for a
-# rebuild).
-_APPEND_AND_READ = (
+# The history scripts' own helpers: a user's (score, member) pairs from the two joined
+# arguments, and a history read back as "member<TAB>score" lines.
+_HISTORY_HELPERS = (
     LUA_HELPERS
+    + r"""
+local function scored_of(members, scores)
+  local scored, j = {}, 2
+  for score in string.gmatch(scores, '[^\n]+') do
+    scored[j - 1] = score
+    j = j + 2
+  end
+  j = 2
+  for member in string.gmatch(members, '[^\n]+') do
+    scored[j] = member
+    j = j + 2
+  end
+  return scored
+end
+local function lines_of(key)
+  local flat, lines = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES'), {}
+  for j = 1, #flat, 2 do
+    lines[#lines + 1] = flat[j] .. '\t' .. flat[j + 1]
+  end
+  return table.concat(lines, '\n')
+end
+"""
+)
+
+# KEYS: one fence hash per partition group, then the groups' histories in order. The framed
+# arguments: max length, TTL, the number of groups; then per group a user count and per user:
+# user id, offset, the members joined by newlines and their scores joined by newlines (two
+# arguments however many members: redis-py packs each argument in Python). A user's members
+# are added (one ZADD) only when the offset is greater than the one in the partition's fence (the fence, which
+# also makes a redelivered batch a no-op); every history is trimmed, given its TTL and read
+# back. Returns per user, in KEYS order, "member<TAB>score" lines joined by newlines (members
+# never hold a newline).
+_APPEND_AND_READ = (
+    _HISTORY_HELPERS
     + r"""
 local A = unframed(ARGV[1], ARGV[2])
 local max_len = tonumber(A[1])
 local ttl = A[2]
-local rebuilding = A[3] == '1'
-local groups = tonumber(A[4])
-local at, k = 5, groups + 1
+local groups = tonumber(A[3])
+local at, k = 4, groups + 1
 local out = {}
 for g = 1, groups do
   local count = tonumber(A[at])
   at = at + 1
-  local users, starts = {}, {}
-  for i = 1, count do
-    users[i], starts[i] = A[at], at
-    at = at + 3 + 2 * tonumber(A[at + 2])
-  end
+  local users = {}
+  for i = 1, count do users[i] = A[at + 4 * (i - 1)] end
   local stored = hmget(KEYS[g], users)
   local marks = {}
   for i = 1, count do
-    local key, from = KEYS[k], starts[i]
-    local n = tonumber(A[from + 2])
-    local is_newer = newer(A[from + 1], stored[i])
-    if n > 0 and (is_newer or rebuilding) then
-      local scored = {}
-      for j = from + 3, from + 2 + 2 * n do scored[#scored + 1] = A[j] end
+    local key, offset = KEYS[k], A[at + 1]
+    local scored = scored_of(A[at + 2], A[at + 3])
+    if #scored > 0 and newer(offset, stored[i]) then
       call_sliced('ZADD', key, scored)
-    end
-    if n > 0 and is_newer then
       marks[#marks + 1] = users[i]
-      marks[#marks + 1] = A[from + 1]
+      marks[#marks + 1] = offset
     end
-    local lines = {}
-    if not rebuilding then
+    redis.call('ZREMRANGEBYRANK', key, 0, -(max_len + 1))
+    redis.call('EXPIRE', key, ttl)
+    out[#out + 1] = lines_of(key)
+    at = at + 4
+    k = k + 1
+  end
+  call_sliced('HSET', KEYS[g], marks)
+end
+return out
+"""
+)
+
+# A rebuild's write of whole histories, folded from the log (same KEYS and arguments). Every
+# member is added even behind the fence (adds are idempotent, and a fence written between a
+# data loss and its detection must not hide older events); the fence keeps the greater offset.
+# When the stored history holds nothing but what was sent (its size is the number sent, as the
+# fold trimmed it already), the caller scores what it sent. Otherwise the history is trimmed and
+# read back (a live worker added to it, or older members survived): the reply is a flat list of
+# (the user's 1-based place in KEYS after the fences, "member<TAB>score" lines) of just those.
+_REBUILD = (
+    _HISTORY_HELPERS
+    + r"""
+local A = unframed(ARGV[1], ARGV[2])
+local max_len = tonumber(A[1])
+local ttl = A[2]
+local groups = tonumber(A[3])
+local at, k = 4, groups + 1
+local out = {}
+for g = 1, groups do
+  local count = tonumber(A[at])
+  at = at + 1
+  local users = {}
+  for i = 1, count do users[i] = A[at + 4 * (i - 1)] end
+  local stored = hmget(KEYS[g], users)
+  local marks = {}
+  for i = 1, count do
+    local key, offset = KEYS[k], A[at + 1]
+    local scored = scored_of(A[at + 2], A[at + 3])
+    call_sliced('ZADD', key, scored)
+    if newer(offset, stored[i]) then
+      marks[#marks + 1] = users[i]
+      marks[#marks + 1] = offset
+    end
+    if redis.call('ZCARD', key) ~= #scored / 2 then
       redis.call('ZREMRANGEBYRANK', key, 0, -(max_len + 1))
-      redis.call('EXPIRE', key, ttl)
-      local flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-      for j = 1, #flat, 2 do
-        lines[#lines + 1] = flat[j] .. '\t' .. flat[j + 1]
-      end
+      out[#out + 1] = k - groups
+      out[#out + 1] = lines_of(key)
     end
-    out[#out + 1] = table.concat(lines, '\n')
+    redis.call('EXPIRE', key, ttl)
+    at = at + 4
     k = k + 1
   end
   call_sliced('HSET', KEYS[g], marks)
@@ -122,42 +187,66 @@ class HistoryStore:
         self._max_len = max_len
         self._ttl_s = ttl_s
         self._bad_members = bad_members
-        self._script = redis.register_script(_APPEND_AND_READ)
+        self._append = redis.register_script(_APPEND_AND_READ)
+        self._rebuild = redis.register_script(_REBUILD)
 
-    async def append_and_read(
-        self, additions: Mapping[str, Addition], *, rebuilding: bool = False
-    ) -> dict[str, list[HistoryEntry]]:
-        """Add each user's members unless already applied, trim, refresh TTLs, read back.
+    @property
+    def max_len(self) -> int:
+        return self._max_len
 
-        ``rebuilding``: add even behind the fence; no trim, TTL or read (empty histories): a
-        rebuild appends the whole log first, then trims and reads each history once.
-        """
+    async def append_and_read(self, additions: Mapping[str, Addition]) -> dict[str, HistoryColumns]:
+        """Add each user's members unless already applied, trim, refresh TTLs, read back."""
+        order, replies = await self._call(self._append, additions)
+        return {u: self._decode(u, reply) for u, reply in zip(order, replies, strict=True)}
+
+    async def rebuild(self, folded: Mapping[str, Addition]) -> dict[str, HistoryColumns]:
+        """Write whole histories folded from the log (each already trimmed to ``max_len``,
+        see ``_REBUILD``); return the histories that differ from what was sent, read back."""
+        order, replies = await self._call(self._rebuild, folded)
+        places, lines = replies[0::2], replies[1::2]
+        return {
+            order[int(p) - 1]: self._decode(order[int(p) - 1], r)
+            for p, r in zip(places, lines, strict=True)
+        }
+
+    async def _call(
+        self, script: AsyncScript, additions: Mapping[str, Addition]
+    ) -> tuple[list[str], list[bytes]]:
         groups = by_partition({user_id: a.position for user_id, a in additions.items()})
         keys = [self._keys.history_fence(partition) for partition in groups]
-        args: list[bytes | int | str] = [self._max_len, self._ttl_s, int(rebuilding), len(groups)]
+        args: list[bytes | int | str] = [self._max_len, self._ttl_s, len(groups)]
         order: list[str] = []
         for users in groups.values():
             args.append(len(users))
             for user_id in users:
                 addition = additions[user_id]
                 keys.append(self._keys.history(user_id))
-                args += (user_id, addition.position.offset, len(addition.members))
-                for member, ts in addition.members.items():
-                    args += (repr(ts), member)
+                members = addition.members
+                args += (
+                    user_id,
+                    addition.position.offset,
+                    b"\n".join(members),
+                    "\n".join(map(repr, members.values())),
+                )
             order += users
-        replies = await self._script(keys=keys, args=framed(args))
-        return {
-            user_id: self._decode(user_id, reply)
-            for user_id, reply in zip(order, replies, strict=True)
-        }
+        return order, await script(keys=keys, args=framed(args))
 
-    def _decode(self, user_id: str, reply: bytes) -> list[HistoryEntry]:
+    def _decode(self, user_id: str, reply: bytes) -> HistoryColumns:
+        try:
+            return decode_history(reply)
+        except ValueError:
+            pass  # a foreign member among them: decode one by one, skipping it
         entries = []
-        for line in reply.split(b"\n") if reply else ():
+        for line in reply.split(b"\n"):
             member, _, ts = line.rpartition(b"\t")
             try:
                 entries.append(decode_history_member(member, float(ts)))
             except ValueError as exc:
                 self._bad_members.inc()
                 logger.warning("history of %s: skipping a foreign member: %s", user_id, exc)
-        return entries
+        return HistoryColumns(
+            [e.item_id for e in entries],
+            [e.action for e in entries],
+            [e.weight for e in entries],
+            [e.ts for e in entries],
+        )

@@ -1,15 +1,21 @@
 """Rebuild histories and lists from the retained ``user-actions`` log: Redis is a rebuildable view.
 
 :func:`rebuild` reads every partition from its beginning to the end it had when the rebuild
-started (no consumer group, nothing committed), in chunks of records. Each chunk is coalesced per
-user, as a live batch is, and appended to the histories by the worker's history script (one call
-per chunk, no trim or read-back: the final pass trims; behind the fence too, as adds are idempotent and a fence written between
-a data loss and its detection must not hide the older events). Then every user it met gets one list, computed from the
-rebuilt history with the given model and written fenced at the user's newest log position —
-scored in batches, like the live worker. Both writes are fenced, so a rebuild running next to
-live workers never overwrites a newer list, and running it on intact data changes nothing; a
-list from the *same* position is replaced (it may have been computed over a partial history,
-between a data loss and its detection).
+started (no consumer group, nothing committed) and *folds* it per user (:class:`LogFold`): each
+user's history members (the same bytes and effective times as the live worker's, trimmed to the
+newest ``history_len`` as it goes, so memory is bounded by users x ``history_len``), their newest
+event and its log position. Then, a few thousand users at a time: one script call writes their
+whole histories (``HistoryStore.rebuild``: added even behind the fence, as adds are idempotent
+and a fence written between a data loss and its detection must not hide older events), the batch
+is scored at once from the folded histories (``reco_worker.scoring.score``, the live worker's
+code; a history that Redis holds more of is read back and scored as stored), and the lists are
+written fenced at each user's newest position, in flight while the next batch is scored. A
+rebuild running next to live workers never overwrites a newer list, and running it on intact
+data changes nothing; a list from the *same* position is replaced (it may have been computed
+over a partial history, between a data loss and its detection).
+
+Each user is written and scored once, whatever the number of their events: the cost is one
+decode and fold per event plus one score per user (docs/benchmarks.md).
 
 Limits: events older than the topic's retention are gone from the log; the trainer's snapshots
 in object storage are not read back yet (docs/worker.md, "Rebuild").
@@ -21,7 +27,7 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import AsyncIterator, Collection, Coroutine
+from collections.abc import AsyncIterator, Collection, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,21 +35,28 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from redis.asyncio import Redis
 
-from reco_common.contracts import ContractError, UserAction, decode, encode
-from reco_common.kafka import Delivery, start_client
+from reco_common.contracts import (
+    ContractError,
+    UserAction,
+    decode,
+    decode_history_members,
+    encode,
+    encode_history_member,
+)
+from reco_common.kafka import start_client
 from reco_common.redis_store import FencedLists, FencedWrite, Position, connect
 from reco_common.settings import KafkaSettings
-from reco_worker.consumer import coalesce, stamped
-from reco_worker.history import Addition, HistoryStore
+from reco_worker.consumer import stamped
+from reco_worker.history import Addition, HistoryStore, effective_ts
 from reco_worker.metrics import WorkerMetrics
 from reco_worker.model_store import load_serving_model
-from reco_worker.scoring import Policy, ServingModel, recommend
+from reco_worker.scoring import Histories, Policy, ServingModel, score
 from reco_worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
-READ_CHUNK = 20_000
-SCORE_BATCH = 500
+READ_CHUNK = 50_000
+WRITE_USERS = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +66,96 @@ class RebuildReport:
     users: int
     stale_lists: int
     seconds: float
-    lists_seconds: float  # of ``seconds``: scoring and writing the lists, after the histories
+    lists_seconds: float  # of ``seconds``: writing the histories, scoring and writing the lists
 
     @property
     def events_per_s(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
+
+
+@dataclass(slots=True)
+class _UserLog:
+    members: dict[bytes, float]
+    last: UserAction
+    partition: int
+    offset: int
+
+
+class LogFold:
+    """The log folded per user, in log order (see the module docstring): what a clean pass of
+    the live worker leaves in each history, with the newest event and its position."""
+
+    def __init__(
+        self, *, max_len: int, max_future_skew_s: float, users: Collection[str] = ()
+    ) -> None:
+        self.users: dict[str, _UserLog] = {}
+        self.events = 0
+        self.skipped = 0
+        self._max_len = max_len
+        self._skew = max_future_skew_s
+        self._wanted = frozenset(users)
+
+    def add_records(self, records: Iterable[ConsumerRecord[bytes, bytes]]) -> None:
+        """Fold records of the topic; those the live worker refuses (undecodable, keyed by
+        another user) are counted as skipped. (``add`` inlined: this runs once per event.)"""
+        wanted, users, skew, limit = self._wanted, self.users, self._skew, 2 * self._max_len
+        for record in records:
+            key = record.key or b""
+            if wanted and key.decode(errors="replace") not in wanted:
+                continue
+            try:
+                event = decode(UserAction, record.value)
+            except ContractError:
+                self.skipped += 1
+                continue
+            user_id = event.user_id
+            if key != user_id.encode():
+                self.skipped += 1
+                continue
+            ts = effective_ts(event, record_ts_ms=record.timestamp, max_future_skew_s=skew)
+            self.events += 1
+            log = users.get(user_id)
+            if log is None:
+                log = users[user_id] = _UserLog({}, event, record.partition, record.offset)
+            else:
+                log.last, log.partition, log.offset = event, record.partition, record.offset
+            log.members[encode_history_member(event)] = ts
+            if len(log.members) > limit:
+                log.members = dict(_newest(log.members, self._max_len))
+
+    def add(self, event: UserAction, partition: int, offset: int, ts: float) -> None:
+        """Fold one event at its log position, with its effective time."""
+        self.events += 1
+        log = self.users.get(event.user_id)
+        if log is None:
+            log = self.users[event.user_id] = _UserLog({}, event, partition, offset)
+        else:
+            log.last, log.partition, log.offset = event, partition, offset
+        log.members[encode_history_member(event)] = ts
+        if len(log.members) > 2 * self._max_len:
+            log.members = dict(_newest(log.members, self._max_len))
+
+    def addition(self, user_id: str) -> Addition:
+        """The user's history as the live worker would leave it (oldest first), at the
+        position of their newest event."""
+        log = self.users[user_id]
+        return Addition(
+            Position(log.partition, log.offset), dict(_newest(log.members, self._max_len))
+        )
+
+
+def _newest(members: dict[bytes, float], n: int) -> list[tuple[bytes, float]]:
+    """The ``n`` newest members by (time, member), as Redis trims a history, oldest first."""
+    ordered = sorted(zip(members.values(), members, strict=True))[-n:]
+    return [(member, ts) for ts, member in ordered]
+
+
+def _histories(users: list[str], additions: dict[str, Addition]) -> Histories:
+    """The folded histories of ``users`` as one batch (their members decoded at once)."""
+    members = [m for u in users for m in additions[u].members]
+    ts = [t for u in users for t in additions[u].members.values()]
+    lengths = [len(additions[u].members) for u in users]
+    return Histories.joined(users, lengths, decode_history_members(members, ts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,61 +171,53 @@ class Rebuilder:
     async def run(self, kafka: KafkaSettings, *, users: Collection[str] = ()) -> RebuildReport:
         """Rebuild ``users`` (all when empty) from the log; see the module docstring."""
         started = time.perf_counter()
-        wanted = frozenset(users)
-        last: dict[str, tuple[UserAction, Position]] = {}
-        events = skipped = 0
-        async with _OneInFlight() as appends:
-            async for records in _read_log(kafka):
-                deliveries, bad = _decoded(records, wanted)
-                events, skipped = events + len(deliveries), skipped + bad
-                batch = coalesce(deliveries, max_future_skew_s=self.max_future_skew_s)
-                skipped += len(batch.rejections)
-                additions = {
-                    u: Addition(up.position, up.members) for u, up in batch.updates.items()
-                }
-                # In flight while the next chunk is read: rebuilding appends commute.
-                await appends.submit(self.history.append_and_read(additions, rebuilding=True))
-                last.update({u: (up.last, up.position) for u, up in batch.updates.items()})
-        histories_done = time.perf_counter()
-        stale = await self._write_lists(last)
+        fold = LogFold(
+            max_len=self.history.max_len, max_future_skew_s=self.max_future_skew_s, users=users
+        )
+        async for records in _read_log(kafka):
+            fold.add_records(records)
+        read = time.perf_counter()
+        stale = await self._write(fold)
         done = time.perf_counter()
         report = RebuildReport(
-            events, skipped, len(last), stale, done - started, done - histories_done
+            fold.events, fold.skipped, len(fold.users), stale, done - started, done - read
         )
-        logger.info("rebuilt %d users from %d events: %s", len(last), events, report)
+        logger.info("rebuilt %d users from %d events: %s", len(fold.users), fold.events, report)
         return report
 
-    async def _write_lists(self, last: dict[str, tuple[UserAction, Position]]) -> int:
-        """Score every user once from the rebuilt history; a batch's write is in flight while
-        the next batch is read and scored."""
+    async def _write(self, fold: LogFold) -> int:
+        """Histories, then one list per user, ``WRITE_USERS`` at a time; a batch's lists are
+        in flight while the next batch is written and scored."""
         stale = 0
 
         async def write(writes: dict[str, FencedWrite]) -> None:
             nonlocal stale
             stale += await self.lists.replace(self.model.name, writes, or_equal=True)
 
-        users = list(last)
+        users = list(fold.users)
         async with _OneInFlight() as writing:
-            for start in range(0, len(users), SCORE_BATCH):
-                chunk = users[start : start + SCORE_BATCH]
-                histories = await self.history.append_and_read(
-                    {u: Addition(last[u][1], {}) for u in chunk}
-                )
-                ranked = await asyncio.to_thread(
-                    recommend, self.model, [(u, histories[u]) for u in chunk], self.policy
-                )
-                computed_at = datetime.now(UTC)
-                await writing.submit(
-                    write(
-                        {
-                            u: FencedWrite(
-                                encode(stamped(r, self.model, last[u][0], computed_at)),
-                                last[u][1],
-                            )
-                            for u, r in zip(chunk, ranked, strict=True)
-                        }
+            for start in range(0, len(users), WRITE_USERS):
+                chunk = users[start : start + WRITE_USERS]
+                additions = {u: fold.addition(u) for u in chunk}
+                stored = await self.history.rebuild(additions)
+                histories = _histories(chunk, additions)
+                if stored:  # Redis holds more than the log gave: score what it holds
+                    histories = Histories.of_columns(
+                        [
+                            (u, stored[u] if u in stored else histories.columns_of(i))
+                            for i, u in enumerate(chunk)
+                        ]
                     )
-                )
+                ranked = await asyncio.to_thread(score, self.model, histories, self.policy)
+                computed_at = datetime.now(UTC)
+                writes = {
+                    u: FencedWrite(
+                        encode(stamped(r, self.model, fold.users[u].last, computed_at)),
+                        additions[u].position,
+                    )
+                    for u, r in zip(chunk, ranked, strict=True)
+                }
+                await writing.submit(write(writes))
         return stale
 
 
@@ -196,21 +286,6 @@ async def rebuild_from_log(
         return await work.run(common.kafka, users=users)
     finally:
         await redis.aclose()
-
-
-def _decoded(
-    records: list[ConsumerRecord[bytes, bytes]], wanted: frozenset[str]
-) -> tuple[list[Delivery[UserAction]], int]:
-    """The records' events (of the ``wanted`` users, if any); how many did not decode."""
-    deliveries, bad = [], 0
-    for record in records:
-        if wanted and (record.key or b"").decode(errors="replace") not in wanted:
-            continue
-        try:
-            deliveries.append(Delivery(record, decode(UserAction, record.value)))
-        except ContractError:
-            bad += 1
-    return deliveries, bad
 
 
 async def _read_log(kafka: KafkaSettings) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:

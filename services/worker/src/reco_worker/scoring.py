@@ -32,13 +32,19 @@ import enum
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
 from reco_common.artifact import FloatMatrix, ItemNeighbours, ModelArrays, UserItems
-from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, ActionType, HistoryEntry
+from reco_common.contracts import (
+    DEFAULT_ACTION_WEIGHTS,
+    ActionType,
+    HistoryColumns,
+    HistoryEntry,
+)
 from reco_worker.topn import Pairs, Rows, Selection, TopSelector
 
 Vector = npt.NDArray[np.float64]
@@ -178,6 +184,43 @@ class Histories:
             actions=[e.action for e in entries],
             weights=[e.weight for e in entries],
             ts=np.fromiter((e.ts for e in entries), dtype=np.float64, count=len(entries)),
+        )
+
+    @staticmethod
+    def of_columns(users: Sequence[tuple[str, HistoryColumns]]) -> Histories:
+        """From ``(user_id, columns)`` pairs, as the history store returns them."""
+        return Histories.joined(
+            [u for u, _ in users],
+            [len(c) for _, c in users],
+            HistoryColumns(
+                list(chain.from_iterable(c.item_ids for _, c in users)),
+                list(chain.from_iterable(c.actions for _, c in users)),
+                list(chain.from_iterable(c.weights for _, c in users)),
+                list(chain.from_iterable(c.ts for _, c in users)),
+            ),
+        )
+
+    @staticmethod
+    def joined(
+        user_ids: Sequence[str], lengths: Sequence[int], entries: HistoryColumns
+    ) -> Histories:
+        """Users' histories of the given ``lengths``, one after the other in ``entries``."""
+        return Histories(
+            user_ids=user_ids,
+            indptr=np.concatenate([[0], np.cumsum(lengths, dtype=np.intp)]).astype(np.intp),
+            item_ids=entries.item_ids,
+            actions=entries.actions,
+            weights=entries.weights,
+            ts=np.asarray(entries.ts, dtype=np.float64),
+        )
+
+    def columns_of(self, user: int) -> HistoryColumns:
+        lo, hi = int(self.indptr[user]), int(self.indptr[user + 1])
+        return HistoryColumns(
+            list(self.item_ids[lo:hi]),
+            list(self.actions[lo:hi]),
+            list(self.weights[lo:hi]),
+            self.ts[lo:hi].tolist(),
         )
 
     def __len__(self) -> int:
