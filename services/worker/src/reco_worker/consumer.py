@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,14 +57,18 @@ def coalesce(deliveries: Sequence[Delivery[UserAction]], *, max_future_skew_s: f
     clamped = 0
     for delivery in deliveries:
         event, record = delivery.event, delivery.record
-        if record.key != event.user_id.encode():
-            rejections.append(Rejection(record, _key_mismatch(record.key, event.user_id)))
+        user_id = event.user_id
+        if record.key != user_id.encode():
+            rejections.append(Rejection(record, _key_mismatch(record.key, user_id)))
             continue
         ts = effective_ts(event, record_ts_ms=record.timestamp, max_future_skew_s=max_future_skew_s)
         clamped += ts < event.ts.timestamp()
         position = Position(record.partition, record.offset)
-        update = updates.setdefault(event.user_id, UserUpdate(last=event, position=position))
-        update.last, update.position = event, position
+        update = updates.get(user_id)
+        if update is None:
+            update = updates[user_id] = UserUpdate(last=event, position=position)
+        else:
+            update.last, update.position = event, position
         update.members[encode_history_member(event)] = ts
         update.event_times.append(ts)
         update.items.append(event.item_id)
@@ -133,15 +138,21 @@ class ActionHandler:
     def _observe(
         self, model: ServingModel, updates: dict[str, UserUpdate], ranked: list[Ranked]
     ) -> None:
+        """The batch's metrics: one observation per event for freshness, one increment per
+        counter and label otherwise (a prometheus_client call costs ~1 µs of Python)."""
         written = time.time()
+        observe = self._metrics.freshness.observe
+        events = unknown = 0
+        index = model.item_index
         for update in updates.values():
             for ts in update.event_times:
-                self._metrics.freshness.observe(max(0.0, written - ts))
-            self._metrics.actions.inc(len(update.event_times))
-            unknown = sum(item not in model.item_index for item in update.items)
-            self._metrics.unknown_items.inc(unknown)
-        for r in ranked:
-            self._metrics.lists.labels(r.source).inc()
+                observe(max(0.0, written - ts))
+            events += len(update.event_times)
+            unknown += sum(item not in index for item in update.items)
+        self._metrics.actions.inc(events)
+        self._metrics.unknown_items.inc(unknown)
+        for source, count in Counter(r.source for r in ranked).items():
+            self._metrics.lists.labels(source).inc(count)
 
     @contextmanager
     def _stage(self, stage: str) -> Iterator[None]:
