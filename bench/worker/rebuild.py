@@ -8,12 +8,24 @@ the whole rebuild (read, history appends, one list per user) and the time to ful
 The topic and the keys are deleted afterwards. Run (needs ``scripts/stack.sh up``):
 
     uv run python bench/worker/rebuild.py --events 1000000 --users 100000
+
+To compare two builds on the same log (filling 1M events takes minutes on a loaded machine):
+``--keep-topic`` leaves the topic (its prefix is printed) and ``--topic-prefix P`` rebuilds from
+an existing one without filling or deleting it, e.g. with a worktree of the old commit:
+
+    uv run python bench/worker/rebuild.py --events 1000000 --users 100000 --keep-topic
+    uv run python bench/worker/rebuild.py --topic-prefix bench-rebuild-1a2b3c4d-
+    (cd ../old && uv run python ../new/bench/worker/rebuild.py --topic-prefix bench-rebuild-1a2b3c4d-)
+
+Redis is given a 30 s socket timeout: a history script over thousands of users can take
+seconds on a shared, overloaded Redis.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -70,14 +82,18 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--keep-topic", action="store_true", help="leave the topic for reuse")
+    parser.add_argument("--topic-prefix", help="rebuild from this existing topic (no fill)")
     args = parser.parse_args()
     threadpool_limits(limits=1)
     run = uuid.uuid4().hex[:8]
-    kafka = KafkaSettings(topic_prefix=f"bench-rebuild-{run}-")
-    redis_settings = RedisSettings(key_prefix=f"bench-rebuild-{run}")
+    kafka = KafkaSettings(topic_prefix=args.topic_prefix or f"bench-rebuild-{run}-")
+    redis_settings = RedisSettings(key_prefix=f"bench-rebuild-{run}", socket_timeout_s=30.0)
     settings = WorkerSettings(common=CommonSettings(kafka=kafka, redis=redis_settings))
-    produced = await fill(kafka, events=args.events, users=args.users, items=args.items)
-    print(f"produced {args.events:,} events in {produced:.1f} s", flush=True)
+    if not args.topic_prefix:
+        produced = await fill(kafka, events=args.events, users=args.users, items=args.items)
+        print(f"produced {args.events:,} events in {produced:.1f} s", flush=True)
+    print(f"topic prefix {kafka.topic_prefix}; load average {os.getloadavg()}", flush=True)
     redis = connect(redis_settings)
     try:
         serving = model(args.items, args.users // 2)
@@ -86,8 +102,10 @@ async def main() -> None:
     finally:
         await delete_prefix(redis, redis_settings.key_prefix)
         await redis.aclose()
-        async with admin_client(kafka) as admin:
-            await admin.delete_topics([kafka.topics.user_actions])
+        if not (args.keep_topic or args.topic_prefix):
+            async with admin_client(kafka) as admin:
+                await admin.delete_topics([kafka.topics.user_actions])
+    print(f"load average {os.getloadavg()}")
     print(report, flush=True)
     print(
         "\n| events | users | items | rebuild events/s | full recovery | of which lists |\n"

@@ -1,5 +1,6 @@
-"""Redis is a rebuildable view: a rebuild from the log, run by hand or automatically after a
-loss of Redis' data mid-stream, restores the state of a clean pass."""
+"""Redis is a rebuildable view: a rebuild from the log (and the trainer's archive for what the
+topic no longer retains), run by hand or automatically after a loss of Redis' data mid-stream,
+restores the state of a clean pass."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import RecordsToDelete
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from worker_stack import MODEL, all_applied, namespaced, numbered, produce, running, snapshot, until
 
 from reco_common.contracts import UserAction
-from reco_common.settings import RedisSettings
+from reco_common.kafka import admin_client
+from reco_common.settings import KafkaSettings, RedisSettings
+from reco_common.storage import ObjectStore
+from reco_trainer.snapshot import archive_topic
 from reco_worker.rebuild import rebuild_from_log
 from reco_worker.settings import WorkerSettings
 
@@ -96,3 +101,48 @@ async def test_redis_wiped_mid_stream_is_rebuilt_automatically(
         await until(lambda: all_applied(redis, settings, events), what="the second half")
         assert await redis.exists(keys.active_model(MODEL))  # the model record is back too
     assert await snapshot(redis, prefix) == clean
+
+
+async def expire(kafka: KafkaSettings, before: dict[int, int]) -> None:
+    """Retention, on demand: the records of each partition before its offset are deleted."""
+    topic = kafka.topics.user_actions
+    async with admin_client(kafka) as admin:
+        await admin.delete_records(
+            {TopicPartition(topic, p): RecordsToDelete(before_offset=o) for p, o in before.items()}
+        )
+
+
+async def test_a_rebuild_past_the_retention_replays_the_archive_then_the_topic(
+    make_settings: Callable[..., WorkerSettings],
+    model_v1: str,
+    producer: AIOKafkaProducer,
+    redis: Redis,
+    s3_store: ObjectStore,
+    s3_root: str,
+) -> None:
+    events = [numbered(n) for n in range(1200)]
+    clean = await clean_pass(make_settings(model_v1), events, producer, redis)
+
+    # The same events on a topic of its own: the first 800 archived by the trainer, then expired
+    # from the topic (all of them on partitions 0 and 1, half on partition 2, which the topic
+    # still holds but the rebuild must not apply twice); the last 400 only in the topic.
+    settings = namespaced(make_settings(model_v1), "arch", archive_uri=s3_root)
+    kafka, prefix = settings.common.kafka, settings.common.redis.key_prefix
+    await produce(producer, kafka.topics.user_actions, events[:800])
+    snapshot_of = await archive_topic(kafka=kafka, store=s3_store, group="trainer", timeout_s=60)
+    assert snapshot_of.records == 800
+    archived_to = snapshot_of.offsets
+    await expire(kafka, {0: archived_to[0], 1: archived_to[1], 2: archived_to[2] // 2})
+    await produce(producer, kafka.topics.user_actions, events[800:])
+
+    report = await rebuild_from_log(settings, model_uri=model_v1)
+    assert (report.events, report.archived, report.lost) == (1200, 800, {})
+    assert await snapshot(redis, prefix) == clean
+
+    # Offsets expired before they were archived are reported lost, not silently skipped.
+    await expire(kafka, {0: archived_to[0] + 5})
+    lossy = namespaced(settings, "lossy")
+    lossy = lossy.model_copy(update={"common": lossy.common.model_copy(update={"kafka": kafka})})
+    report = await rebuild_from_log(lossy, model_uri=model_v1)
+    assert report.lost == {0: 5}
+    assert report.events == 1195

@@ -2,7 +2,8 @@
 
 Each run reads every partition from where the previous run stopped (recorded at
 ``ObjectLayout.snapshot_offsets``) up to the end offsets taken at start, writes the events as
-one Parquet file under ``ObjectLayout.snapshot_dir``, checks it by reading its checksum back,
+one Parquet file under ``ObjectLayout.snapshot_dir`` (with each record's coordinates, so that a
+worker can rebuild from it: ``reco_common.archive``), checks it by reading its checksum back,
 and only then moves the recorded offsets. The snapshot id is derived from the start offsets:
 a run that died before recording its offsets is redone into the same object, never duplicated.
 Kafka retention can then expire without losing training data.
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import UnknownTopicOrPartitionError
 
+from reco_common.archive import ArchivedRecord, archive_table
 from reco_common.contracts import (
     ArchivedOffsets,
     ContractError,
@@ -27,7 +29,7 @@ from reco_common.contracts import (
     decode,
     encode,
 )
-from reco_common.interactions import LogFormat, actions_table, encode_log
+from reco_common.interactions import LogFormat, encode_log
 from reco_common.kafka import admin_client, start_client
 from reco_common.settings import KafkaSettings
 from reco_common.storage import ObjectNotFoundError, ObjectStore
@@ -163,12 +165,12 @@ async def _range(
 
 async def _read(
     consumer: AIOKafkaConsumer, bounds: _Range, *, deadline: float
-) -> tuple[list[UserAction], int]:
+) -> tuple[list[ArchivedRecord], int]:
     pending = {tp for tp in bounds.end if bounds.start[tp] < bounds.end[tp]}
     for tp in pending:
         consumer.seek(tp, bounds.start[tp])
     consumer.pause(*(set(bounds.end) - pending))
-    actions: list[UserAction] = []
+    actions: list[ArchivedRecord] = []
     rejected = 0
     while pending:
         if time.monotonic() > deadline:
@@ -182,10 +184,16 @@ async def _read(
                 if record.offset >= bounds.end[tp]:
                     continue
                 try:
-                    actions.append(decode(UserAction, record.value))
+                    action = decode(UserAction, record.value)
                 except ContractError as exc:
                     rejected += 1
                     logger.warning("%s@%d skipped: %s", tp, record.offset, exc.reason)
+                    continue
+                actions.append(
+                    ArchivedRecord(
+                        action, record.partition, record.offset, record.timestamp, record.key
+                    )
+                )
         for tp in list(pending):
             if await consumer.position(tp) >= bounds.end[tp]:
                 pending.discard(tp)
@@ -200,11 +208,11 @@ def snapshot_id(start: dict[int, int]) -> str:
 
 
 def _write(
-    store: ObjectStore, topic: str, bounds: _Range, actions: list[UserAction], rejected: int
+    store: ObjectStore, topic: str, bounds: _Range, actions: list[ArchivedRecord], rejected: int
 ) -> str:
     ident = snapshot_id({tp.partition: o for tp, o in bounds.start.items()})
     key = ObjectLayout.snapshot_file(topic, ident, ObjectLayout.SNAPSHOT_ACTIONS)
-    data = encode_log(actions_table(actions), LogFormat.PARQUET)
+    data = encode_log(archive_table(actions), LogFormat.PARQUET)
     store.put_bytes(key, data)
     if store.sha256(key) != hashlib.sha256(data).hexdigest():
         raise SnapshotError(f"{store.uri(key)}: checksum differs after upload")

@@ -17,8 +17,11 @@ over a partial history, between a data loss and its detection).
 Each user is written and scored once, whatever the number of their events: the cost is one
 decode and fold per event plus one score per user (docs/benchmarks.md).
 
-Limits: events older than the topic's retention are gone from the log; the trainer's snapshots
-in object storage are not read back yet (docs/worker.md, "Rebuild").
+Past the topic's retention: with ``archive_uri`` (the trainer's store), the snapshots the trainer
+archived (``reco_common.archive``: the actions with their record coordinates) are folded first,
+in order, and the topic is read from the offsets where they end, so no event is applied twice;
+offsets that expired from the topic before they were archived are lost, logged and reported
+(``RebuildReport.lost``). docs/worker.md, "Rebuild", says what retention that needs.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ import logging
 import tempfile
 import time
 from collections.abc import AsyncIterator, Collection, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from redis.asyncio import Redis
 
+from reco_common.archive import ArchivedRecord, list_snapshots, read_snapshot
 from reco_common.contracts import (
     ContractError,
     UserAction,
@@ -46,6 +50,7 @@ from reco_common.contracts import (
 from reco_common.kafka import start_client
 from reco_common.redis_store import FencedLists, FencedWrite, Position, connect
 from reco_common.settings import KafkaSettings
+from reco_common.storage import ObjectStore, open_store
 from reco_worker.consumer import stamped
 from reco_worker.history import Addition, HistoryStore, effective_ts
 from reco_worker.metrics import WorkerMetrics
@@ -56,7 +61,7 @@ from reco_worker.settings import WorkerSettings
 logger = logging.getLogger(__name__)
 
 READ_CHUNK = 50_000
-WRITE_USERS = 2_000
+WRITE_USERS = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,8 @@ class RebuildReport:
     stale_lists: int
     seconds: float
     lists_seconds: float  # of ``seconds``: writing the histories, scoring and writing the lists
+    archived: int = 0  # of ``events``: replayed from the archive's snapshots
+    lost: dict[int, int] = field(default_factory=dict)  # per partition: neither archived nor kept
 
     @property
     def events_per_s(self) -> float:
@@ -123,6 +130,18 @@ class LogFold:
             if len(log.members) > limit:
                 log.members = dict(_newest(log.members, self._max_len))
 
+    def add_archived(self, records: Iterable[ArchivedRecord]) -> None:
+        """Fold records of a snapshot, as ``add_records`` folds the topic's."""
+        for record in records:
+            event = record.action
+            if self._wanted and event.user_id not in self._wanted:
+                continue
+            if record.key != event.user_id.encode():
+                self.skipped += 1
+                continue
+            ts = effective_ts(event, record_ts_ms=record.timestamp_ms, max_future_skew_s=self._skew)
+            self.add(event, record.partition, record.offset, ts)
+
     def add(self, event: UserAction, partition: int, offset: int, ts: float) -> None:
         """Fold one event at its log position, with its effective time."""
         self.events += 1
@@ -167,20 +186,36 @@ class Rebuilder:
     model: ServingModel
     policy: Policy
     max_future_skew_s: float
+    archive: ObjectStore | None = None
 
     async def run(self, kafka: KafkaSettings, *, users: Collection[str] = ()) -> RebuildReport:
-        """Rebuild ``users`` (all when empty) from the log; see the module docstring."""
+        """Rebuild ``users`` (all when empty) from the archive and the log; see the module
+        docstring."""
         started = time.perf_counter()
         fold = LogFold(
             max_len=self.history.max_len, max_future_skew_s=self.max_future_skew_s, users=users
         )
-        async for records in _read_log(kafka):
+        archived_to: dict[int, int] = {}
+        if self.archive is not None:
+            archived_to = await asyncio.to_thread(
+                _fold_archive, fold, self.archive, kafka.topics.user_actions
+            )
+        archived = fold.events
+        lost: dict[int, int] = {}
+        async for records in _read_log(kafka, after=archived_to, lost=lost):
             fold.add_records(records)
         read = time.perf_counter()
         stale = await self._write(fold)
         done = time.perf_counter()
         report = RebuildReport(
-            fold.events, fold.skipped, len(fold.users), stale, done - started, done - read
+            fold.events,
+            fold.skipped,
+            len(fold.users),
+            stale,
+            done - started,
+            done - read,
+            archived,
+            lost,
         )
         logger.info("rebuilt %d users from %d events: %s", len(fold.users), fold.events, report)
         return report
@@ -253,7 +288,12 @@ def rebuilder(
 ) -> Rebuilder:
     """A rebuilder writing with the worker's own stores and policy."""
     history, lists = stores(settings, redis, metrics)
-    return Rebuilder(history, lists, model, settings.policy, settings.max_future_skew_s)
+    archive = (
+        open_store(settings.archive_uri, s3=settings.common.s3) if settings.archive_uri else None
+    )
+    return Rebuilder(
+        history, lists, model, settings.policy, settings.max_future_skew_s, archive=archive
+    )
 
 
 def stores(
@@ -288,9 +328,25 @@ async def rebuild_from_log(
         await redis.aclose()
 
 
-async def _read_log(kafka: KafkaSettings) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
-    """Every ``user-actions`` record up to the end offsets at start, in chunks, per partition in
-    offset order (chunks interleave partitions; a user's events stay in order)."""
+def _fold_archive(fold: LogFold, store: ObjectStore, topic: str) -> dict[int, int]:
+    """Fold every snapshot of ``topic``, in order; return per partition the offset they end at
+    (the topic is read from there)."""
+    ends: dict[int, int] = {}
+    for snapshot in list_snapshots(store, topic):
+        fold.add_archived(read_snapshot(store, topic, snapshot.snapshot_id))
+        for partition, (_, end) in snapshot.held.offsets.items():
+            ends[partition] = max(end, ends.get(partition, 0))
+    logger.info("replayed %d archived events of %s up to offsets %s", fold.events, topic, ends)
+    return ends
+
+
+async def _read_log(
+    kafka: KafkaSettings, *, after: dict[int, int], lost: dict[int, int]
+) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+    """Every ``user-actions`` record from ``after`` (per partition; else its beginning) up to
+    the end offsets at start, in chunks, per partition in offset order (chunks interleave
+    partitions; a user's events stay in order). Records expired between ``after`` and what the
+    topic retains are counted in ``lost``."""
     topic = kafka.topics.user_actions
     consumer = AIOKafkaConsumer(
         topic,  # no group: every partition is assigned, nothing is committed
@@ -303,8 +359,20 @@ async def _read_log(kafka: KafkaSettings) -> AsyncIterator[list[ConsumerRecord[b
     await start_client(kafka, start=consumer.start, close=consumer.stop)
     try:
         partitions = sorted(consumer.assignment())
+        begins = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        for tp in partitions:
+            start = after.get(tp.partition, begins[tp])
+            if start < begins[tp]:
+                lost[tp.partition] = begins[tp] - start
+                logger.error(
+                    "%s: offsets %d..%d expired from the topic and are not archived: "
+                    "those events are not rebuilt",
+                    tp,
+                    start,
+                    begins[tp],
+                )
+            consumer.seek(tp, max(start, begins[tp]))
         while remaining := [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
             fetched = await consumer.getmany(*remaining, timeout_ms=500, max_records=READ_CHUNK)
             chunk = [r for tp, part in fetched.items() for r in part if r.offset < ends[tp]]

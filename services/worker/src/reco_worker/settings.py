@@ -62,6 +62,10 @@ class WorkerSettings(BaseSettings):
     session_timeout_s: Annotated[float, Field(ge=6, le=300)] = 10.0
     # How often the generation marker is checked for a loss of Redis' data (then: rebuild).
     generation_check_s: Positive = 5.0
+    # The trainer's store (its RECO_TRAINER_STORE_URI): a rebuild replays the snapshots archived
+    # there for events the topic no longer retains, then the topic from where they end. Unset:
+    # the topic alone (docs/worker.md, "Rebuild").
+    archive_uri: Annotated[str | None, Field(pattern=r"^(s3|file)://")] = None
 
     # History and timestamps
     history_len: Annotated[int, Field(ge=1, le=1000)] = 200
