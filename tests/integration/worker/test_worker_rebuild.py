@@ -6,20 +6,36 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+import msgspec
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import RecordsToDelete
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
-from worker_stack import MODEL, all_applied, namespaced, numbered, produce, running, snapshot, until
+from worker_stack import (
+    BASE,
+    MODEL,
+    all_applied,
+    arrays,
+    namespaced,
+    numbered,
+    produce,
+    running,
+    snapshot,
+    until,
+)
 
-from reco_common.contracts import UserAction
-from reco_common.kafka import admin_client
+from reco_common.contracts import ContractError, UserAction, decode, encode
+from reco_common.kafka import Delivery, admin_client
 from reco_common.settings import KafkaSettings, RedisSettings
 from reco_common.storage import ObjectStore
 from reco_trainer.snapshot import archive_topic
-from reco_worker.rebuild import rebuild_from_log
+from reco_worker.consumer import ActionHandler
+from reco_worker.metrics import WorkerMetrics
+from reco_worker.rebuild import LogFold, rebuild_from_log, rebuilder
+from reco_worker.scoring import ServingModel
 from reco_worker.settings import WorkerSettings
 
 REBUILDS = "reco_worker_rebuilds_total"
@@ -146,3 +162,86 @@ async def test_a_rebuild_past_the_retention_replays_the_archive_then_the_topic(
     report = await rebuild_from_log(lossy, model_uri=model_v1)
     assert report.lost == {0: 5}
     assert report.events == 1195
+
+
+def hostile_log() -> list[ConsumerRecord[bytes, bytes]]:
+    """Numbered events as records, with what a live batch meets: events out of time order,
+    redeliveries, explicit weights, a timestamp far in the future (clamped), a record keyed by
+    another user and one that does not decode; 30 events per user (histories of 20 trim)."""
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    offsets = [0, 0, 0]
+
+    def append(partition: int, key: bytes, value: bytes) -> None:
+        records.append(record(partition, offsets[partition], key, value))
+        offsets[partition] += 1
+
+    for n in range(1200):
+        event = numbered(n)
+        ts = BASE + timedelta(seconds=(n * 7919) % 1200)  # out of order
+        if n % 97 == 0:
+            ts = BASE + timedelta(days=30)
+        event = msgspec.structs.replace(event, ts=ts, weight=2.5 if n % 11 == 0 else None)
+        key = b"u-other" if n == 501 else event.user_id.encode()
+        value = b"{not json" if n == 601 else encode(event)
+        append(n % 40 % 3, key, value)  # a user's events on one partition
+        if n % 50 == 0:  # produced twice
+            append(n % 40 % 3, key, value)
+    return records
+
+
+def record(partition: int, offset: int, key: bytes, value: bytes) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic="user-actions",
+        partition=partition,
+        offset=offset,
+        timestamp=int((BASE + timedelta(hours=1)).timestamp() * 1000),
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key),
+        serialized_value_size=len(value),
+        headers=(),
+    )
+
+
+async def test_the_fold_of_a_rebuild_equals_the_live_handler_batch_by_batch(
+    make_settings: Callable[..., WorkerSettings], redis: Redis
+) -> None:
+    """The rebuild's fold (each user written and scored once) against the live worker's batch
+    handler (batches of 50, the history read back and trimmed each time) on the same records,
+    on real Redis and the real scoring: the same histories and lists."""
+    log = hostile_log()
+    model = ServingModel(name=MODEL, version="v1", uri="mem://v1", arrays=arrays(seed=1))
+    states = []
+    for suffix in ("live", "fold"):
+        settings = namespaced(make_settings(None), suffix, history_len=20)
+        metrics = WorkerMetrics.create()
+        work = rebuilder(settings, redis, model, metrics)
+        if suffix == "live":
+            handler = ActionHandler(
+                lists=work.lists,
+                history=work.history,
+                model=lambda: model,
+                policy=work.policy,
+                max_future_skew_s=work.max_future_skew_s,
+                metrics=metrics,
+                writable=asyncio.Event(),
+            )
+            deliveries = []
+            for r in log:
+                try:
+                    deliveries.append(Delivery(r, decode(UserAction, r.value)))
+                except ContractError:
+                    continue  # dead-lettered by the consumer, never seen by the handler
+            for start in range(0, len(deliveries), 50):
+                await handler(deliveries[start : start + 50])
+        else:
+            fold = LogFold(max_len=20, max_future_skew_s=work.max_future_skew_s)
+            fold.add_records(log)
+            assert (fold.events, fold.skipped) == (len(log) - 2, 2)
+            await work.write(fold)
+        states.append(await snapshot(redis, settings.common.redis.key_prefix))
+    live, folded = states
+    assert len(live) == 80  # 40 histories and 40 lists
+    assert folded == live

@@ -205,7 +205,7 @@ class Rebuilder:
         async for records in _read_log(kafka, after=archived_to, lost=lost):
             fold.add_records(records)
         read = time.perf_counter()
-        stale = await self._write(fold)
+        stale = await self.write(fold)
         done = time.perf_counter()
         report = RebuildReport(
             fold.events,
@@ -220,7 +220,7 @@ class Rebuilder:
         logger.info("rebuilt %d users from %d events: %s", len(fold.users), fold.events, report)
         return report
 
-    async def _write(self, fold: LogFold) -> int:
+    async def write(self, fold: LogFold) -> int:
         """Histories, then one list per user, ``WRITE_USERS`` at a time; a batch's lists are
         in flight while the next batch is written and scored."""
         stale = 0
