@@ -105,10 +105,8 @@ async def test_a_hot_swap_under_load_completes_without_errors(
         values = await redis.mget([keys.recommendations(MODEL, e.user_id) for e in finals])
         assert {decode(RecommendationList, v).model_version for v in values} == {"v2"}
         assert (await worker.ready()) is True
-    active = await read_active(redis, keys, MODEL)
-    assert active is not None
-    assert (active.version, active.artifact_uri) == ("v2", model_v2)
-    assert await redis.exists(keys.popular(MODEL, "v1"), keys.popular(MODEL, "v2")) == 2
+    # Loading a model is not activating it: the controller does that once the rollout succeeded.
+    assert await read_active(redis, keys, MODEL) is None
     assert trouble() == before
 
 

@@ -43,10 +43,8 @@ async def test_an_event_updates_the_users_list(
 ) -> None:
     keys = redis_settings.keys
     async with running(make_settings(model_v1)):
-        active = await read_active(redis, keys, MODEL)
-        assert active is not None
-        assert active.version == "v1"
-        assert active.popular_items[:3] == ["i0", "i1", "i2"]
+        # The active record (the API's fallback) is the controller's to write, not a worker's.
+        assert await read_active(redis, keys, MODEL) is None
         event = UserAction(
             event_id="first",
             user_id="u0",

@@ -10,15 +10,19 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
+from controller_fakes import MemoryRecords
 
-from reco_common.artifact import REQUIRED_FILES, ArtifactError, FileEntry, Manifest
+from reco_common.artifact import REQUIRED_FILES, ArtifactError, FileEntry, Manifest, PopularList
 from reco_common.contracts import (
+    ActiveModel,
     EvalMetrics,
     ModelPublished,
     RolloutEvent,
     RolloutStatus,
     encode,
 )
+from reco_common.redis_store import Epoch
+from reco_controller.activation import Activations
 from reco_controller.gate import GatePolicy
 from reco_controller.metrics import ControllerMetrics
 from reco_controller.rollout import Decision, LeadershipLostError, Rollouts
@@ -56,6 +60,9 @@ def _stored(manifest: Manifest) -> str:
     return digest
 
 
+_stored(_manifest("v1", metrics=GOOD, created_at=T0))
+
+
 def _event(
     version: str = "v2",
     *,
@@ -80,9 +87,32 @@ async def _manifests(uri: str, *, sha256: str | None) -> Manifest:
     return found[-1]
 
 
+async def _popular(uri: str, *, sha256: str | None) -> tuple[Manifest, PopularList]:
+    manifest = await _manifests(uri, sha256=sha256)
+    return manifest, PopularList(items=[f"popular-of-{manifest.version}"], scores=[1.0])
+
+
+def _state(
+    active: ModelRecord | None,
+    *,
+    previous: ModelRecord | None = None,
+    failed_uri: str | None = None,
+    settled: bool,
+    epoch: int = 1,
+) -> TargetState:
+    return TargetState(
+        active=active,
+        previous=previous,
+        failed_uri=failed_uri,
+        settled=settled,
+        epoch=Epoch("fake", epoch),
+    )
+
+
 @dataclass
 class FakeTarget:
-    """Workers in memory: ``apply``/``revert`` change the state, ``wait`` plays ``outcomes``."""
+    """Workers in memory: ``apply``/``revert`` change the state (a new epoch), ``wait`` plays
+    ``outcomes`` (a complete one settles the target, as the workers all run it then)."""
 
     state: TargetState
     outcomes: list[Progress] = field(default_factory=list)
@@ -98,16 +128,21 @@ class FakeTarget:
         if self.refuse:
             raise TargetError("403 Forbidden: patch deployments")
         self.calls.append(f"apply {model.version} after {previous.version if previous else None}")
-        self.state = TargetState(active=model, previous=previous, failed_uri=None, settled=False)
+        self.state = _state(
+            model, previous=previous, settled=False, epoch=self.state.epoch.number + 1
+        )
 
     async def wait(self, *, timeout_s: float) -> Progress:
         self.calls.append("wait")
-        return self.outcomes.pop(0)
+        progress = self.outcomes.pop(0)
+        if progress.done:
+            self.state = replace(self.state, settled=True)
+        return progress
 
     async def revert(self, *, failed: ModelRecord, previous: ModelRecord | None) -> None:
         self.calls.append(f"revert to {previous.version if previous else None}")
-        self.state = TargetState(
-            active=previous, previous=None, failed_uri=failed.uri, settled=False
+        self.state = _state(
+            previous, failed_uri=failed.uri, settled=False, epoch=self.state.epoch.number + 1
         )
 
 
@@ -126,11 +161,33 @@ def reported() -> list[RolloutEvent]:
     return []
 
 
+def _active(version: str) -> ActiveModel:
+    return ActiveModel(
+        model_name="shop",
+        version=version,
+        artifact_uri=f"s3://reco/models/shop/{version}",
+        activated_at=T0,
+        popular_items=[f"popular-of-{version}"],
+        popular_scores=[1.0],
+    )
+
+
+def _records() -> MemoryRecords:
+    """Redis as the controller left it: v1 active."""
+    return MemoryRecords(actives={"shop": _active("v1")})
+
+
 def _rollouts(
-    target: object, reported: list[RolloutEvent], *, leading: Callable[[], bool] = lambda: True
+    target: object,
+    reported: list[RolloutEvent],
+    *,
+    leading: Callable[[], bool] = lambda: True,
+    records: MemoryRecords | None = None,
 ) -> Rollouts:
     async def report(event: RolloutEvent) -> None:
         reported.append(event)
+        if records is not None:
+            records.writes.append(f"report {event.status.value}")
 
     return Rollouts(
         targets=lambda name: target if name == "shop" else None,  # type: ignore[return-value]
@@ -141,11 +198,16 @@ def _rollouts(
         manifests=_manifests,
         max_clock_skew_s=300,
         leading=leading,
+        activations=Activations(
+            records=records if records is not None else _records(),
+            popular=_popular,
+            metrics=ControllerMetrics.create(),
+        ),
     )
 
 
 def _settled(active: ModelRecord | None = ACTIVE, **changes: object) -> TargetState:
-    state = TargetState(active=active, previous=None, failed_uri=None, settled=True)
+    state = _state(active, settled=True)
     return replace(state, **changes)  # type: ignore[arg-type]
 
 
@@ -237,9 +299,7 @@ async def test_an_interrupted_rollout_is_resumed_with_its_recorded_previous_mode
     reported: list[RolloutEvent],
 ) -> None:
     event = _event(metrics=BAD)  # the gate was passed (or forced) before: not judged again
-    unsettled = TargetState(
-        active=ModelRecord.of(event), previous=ACTIVE, failed_uri=None, settled=False
-    )
+    unsettled = _state(ModelRecord.of(event), previous=ACTIVE, settled=False)
     target = FakeTarget(unsettled, outcomes=[Progress.failure("deadline"), Progress.complete("")])
     assert await _rollouts(target, reported).handle(event) is Decision.FAILED
     assert target.calls == ["apply v2 after v1", "wait", "revert to v1", "wait"]
@@ -396,3 +456,73 @@ async def test_nor_does_it_roll_back_once_its_lease_expired(reported: list[Rollo
     with pytest.raises(LeadershipLostError, match="not going to roll back"):
         await rollouts.handle(_event())
     assert target.calls == ["apply v2 after v1", "wait"]
+
+
+# --------------------------------------------------------------------------- activation
+
+
+async def test_the_active_record_switches_once_the_rollout_succeeded(
+    reported: list[RolloutEvent],
+) -> None:
+    records = _records()
+    target = FakeTarget(_settled(), outcomes=[Progress.complete("2 replicas updated")])
+    assert await _rollouts(target, reported, records=records).handle(_event())
+    assert records.writes == ["report started", "active v2", "report succeeded"]
+    assert records.actives["shop"].popular_items == ["popular-of-v2"]
+    assert records.actives["shop"].artifact_uri == "s3://reco/models/shop/v2"
+
+
+async def test_a_failed_rollout_never_switches_the_active_record(
+    reported: list[RolloutEvent],
+) -> None:
+    records = _records()
+    target = FakeTarget(_settled(), outcomes=[Progress.failure("deadline"), Progress.complete("")])
+    assert await _rollouts(target, reported, records=records).handle(_event()) is Decision.FAILED
+    assert records.writes == ["report started", "report failed", "report rolled_back"]
+    assert records.actives["shop"].version == "v1"
+
+
+async def test_a_rollback_switches_the_record_back_when_it_was_lost_meanwhile(
+    reported: list[RolloutEvent],
+) -> None:
+    records = MemoryRecords()  # Redis lost its data during the rollout
+    target = FakeTarget(_settled(), outcomes=[Progress.failure("deadline"), Progress.complete("")])
+    assert await _rollouts(target, reported, records=records).handle(_event()) is Decision.FAILED
+    assert records.writes == ["report started", "report failed", "active v1", "report rolled_back"]
+
+
+async def test_a_rollback_that_does_not_settle_leaves_the_record_alone(
+    reported: list[RolloutEvent],
+) -> None:
+    records = MemoryRecords()
+    target = FakeTarget(_settled(), outcomes=[Progress.failure("a"), Progress.failure("b")])
+    assert await _rollouts(target, reported, records=records).handle(_event()) is Decision.FAILED
+    assert "active v1" not in records.writes
+
+
+async def test_a_duplicate_of_a_rollout_whose_controller_died_activates_it(
+    reported: list[RolloutEvent],
+) -> None:
+    """The Deployment finished alone after the controller was killed: the redelivered event
+    finds it settled and switches the record the dead run could not."""
+    records = _records()
+    event = _event()
+    target = FakeTarget(_settled(active=ModelRecord.of(event)))
+    assert await _rollouts(target, reported, records=records).handle(event) is Decision.DUPLICATE
+    assert records.writes == ["active v2"]
+
+
+async def test_no_activation_once_the_lease_expired(reported: list[RolloutEvent]) -> None:
+    leading = [True]
+    records = _records()
+
+    class PausedDuringTheWait(FakeTarget):
+        async def wait(self, *, timeout_s: float) -> Progress:
+            leading[0] = False
+            return await super().wait(timeout_s=timeout_s)
+
+    target = PausedDuringTheWait(_settled(), outcomes=[Progress.complete("ok")])
+    rollouts = _rollouts(target, reported, leading=lambda: leading[0], records=records)
+    with pytest.raises(LeadershipLostError, match="not going to activate"):
+        await rollouts.handle(_event())
+    assert records.actives["shop"].version == "v1"

@@ -9,9 +9,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from controller_fakes import MemoryRecords
 
 from reco_common.artifact import ModelArrays, write_artifact
 from reco_common.contracts import EvalMetrics
+from reco_common.redis_store import Epoch
 from reco_common.settings import S3Settings
 from reco_common.storage import open_store
 from reco_controller.targets.base import ModelRecord, TargetError
@@ -95,7 +97,7 @@ def _artifact(root: Path, version: str) -> str:
 
 
 async def _target(
-    workers: list[FakeWorker], token: str = TOKEN
+    workers: list[FakeWorker], token: str = TOKEN, *, memory: MemoryRecords | None = None
 ) -> tuple[LocalTarget, httpx.AsyncClient]:
     by_host = {f"w{i}": w for i, w in enumerate(workers)}
     client = httpx.AsyncClient(
@@ -106,6 +108,7 @@ async def _target(
         model_name="shop",
         workers=[ModelControlClient(http=client, base_url=f"http://{h}:8081/") for h in by_host],
         s3=S3Settings(),
+        records=memory if memory is not None else MemoryRecords(),
         poll_interval_s=0.001,
     )
     return target, client
@@ -207,4 +210,49 @@ async def test_a_wrong_token_is_a_permanent_error() -> None:
     target, client = await _target([FakeWorker("file:///m/v1")], token="wrong")
     async with client:
         with pytest.raises(TargetError, match="401"):
+            await target.apply(model=ModelRecord(uri="file:///m/v2"), previous=None)
+
+
+# --------------------------------------------------------------------------- persisted state
+
+
+async def test_an_interrupted_rollout_is_known_to_the_next_controller() -> None:
+    """The controller dies after telling the workers: a new one (a new target on the same
+    Redis) knows what was asked, what ran before, and that it is not settled yet."""
+    memory = MemoryRecords()
+    workers = [FakeWorker("file:///m/v1"), FakeWorker("file:///m/v1", lag=10**9)]
+    target, client = await _target(workers, memory=memory)
+    v1, v2 = ModelRecord(uri="file:///m/v1", version="v1"), ModelRecord(uri="file:///m/v2")
+    async with client:
+        await target.apply(model=v2, previous=v1)
+    restarted, client = await _target(workers, memory=memory)
+    async with client:
+        state = await restarted.read()
+    assert (state.active, state.previous, state.settled) == (v2, v1, False)
+    assert state.epoch == Epoch("local", 1)
+
+
+async def test_a_rolled_back_model_is_remembered_by_the_next_controller() -> None:
+    memory = MemoryRecords()
+    workers = [FakeWorker("file:///m/v1", refuse=422)]
+    target, client = await _target(workers, memory=memory)
+    v1, v2 = ModelRecord(uri="file:///m/v1"), ModelRecord(uri="file:///m/v2")
+    async with client:
+        await target.apply(model=v2, previous=v1)
+        workers[0].refuse = None
+        await target.revert(failed=v2, previous=v1)
+        await target.wait(timeout_s=5)
+    restarted, client = await _target(workers, memory=memory)
+    async with client:
+        state = await restarted.read()
+    assert (state.active, state.failed_uri, state.settled) == (v1, v2.uri, True)
+    assert state.epoch == Epoch("local", 2)
+
+
+async def test_a_state_written_meanwhile_by_a_newer_run_is_not_overwritten() -> None:
+    memory = MemoryRecords()
+    target, client = await _target([FakeWorker("file:///m/v1")], memory=memory)
+    memory.fences["shop"] = Epoch("local", 9)  # written after this target read epoch 0
+    async with client:
+        with pytest.raises(TargetError, match="a newer rollout state"):
             await target.apply(model=ModelRecord(uri="file:///m/v2"), previous=None)

@@ -274,6 +274,22 @@ def announcement(store: ObjectStore) -> ModelPublished:
     return manifest.published(artifact_uri=store.root_uri, manifest_sha256=digest)
 
 
+def read_popular(store: ObjectStore, manifest: Manifest) -> PopularList:
+    """The popularity fallback of the artifact the store is rooted at, only if its bytes match
+    the checksum in ``manifest`` (which the caller verified against its pin)."""
+    entry = manifest.files[POPULAR]
+    try:
+        data = store.get_bytes(POPULAR)
+    except FileNotFoundError:
+        raise ArtifactError(f"{store.uri(POPULAR)}: missing") from None
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise ArtifactError(f"{store.uri(POPULAR)}: sha256 does not match the manifest")
+    try:
+        return decode(PopularList, data)
+    except ContractError as exc:
+        raise ArtifactError(f"{store.uri(POPULAR)}: not a popular list: {exc.reason}") from None
+
+
 def _manifest_bytes(store: ObjectStore) -> bytes:
     try:
         return store.get_bytes(ObjectLayout.MANIFEST)

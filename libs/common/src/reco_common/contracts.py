@@ -327,8 +327,12 @@ class RedisKeys:
 
     - ``{p}:rec:{model}:{user}`` the user's current list (one JSON value, replaced atomically);
     - ``{p}:hist:{user}`` recent actions, a sorted set scored by event time (member = event);
-    - ``{p}:active:{model}`` the active model version with its popular list (the fallback);
+    - ``{p}:active:{model}`` the active model version with its popular list (the fallback),
+      written by the controller only, once a rollout has succeeded (and again on rollback);
     - ``{p}:popular:{model}:{version}`` the popular list of every version that was active;
+    - ``{p}:fence:active:{model}`` the epoch (lineage and number) of the controller's last
+      write of the model's ``active`` and ``rollout`` records: an older epoch is refused;
+    - ``{p}:rollout:{model}`` the ``local`` rollout target's state (:class:`LocalRollout`);
     - ``{p}:generation`` a random marker the first worker sets: when it disappears (or changes),
       Redis lost its data and the workers rebuild it from the log;
     - ``{p}:fence:{partition}:history`` and ``{p}:fence:{partition}:lists:{model}`` hashes of
@@ -349,6 +353,12 @@ class RedisKeys:
 
     def popular(self, model_name: str, version: str) -> str:
         return f"{self.prefix}:popular:{model_name}:{version}"
+
+    def active_fence(self, model_name: str) -> str:
+        return f"{self.prefix}:fence:active:{model_name}"
+
+    def rollout(self, model_name: str) -> str:
+        return f"{self.prefix}:rollout:{model_name}"
 
     def generation(self) -> str:
         return f"{self.prefix}:generation"
@@ -381,6 +391,28 @@ class ActiveModel(Struct, kw_only=True, forbid_unknown_fields=True):
     activated_at: datetime
     popular_items: list[str]
     popular_scores: list[float]
+
+
+class ModelRef(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A model as the controller remembers it: where it is and what pins its manifest."""
+
+    uri: str
+    version: str | None = None
+    manifest_sha256: str | None = None
+    created_at: datetime | None = None
+    metrics: EvalMetrics | None = None
+
+
+class LocalRollout(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The value of a ``rollout`` key: the ``local`` target's memory (a Deployment keeps the
+    same in its env and annotations). ``desired``: what the workers were last told to run;
+    ``previous``: what ran before it; ``failed_uri``: the last model rolled back; ``epoch``:
+    incremented by each change, the fence of the ``active`` record."""
+
+    desired: ModelRef | None = None
+    previous: ModelRef | None = None
+    failed_uri: str | None = None
+    epoch: int = 0
 
 
 # A ``hist`` member is one event as ``1<TAB>event_id<TAB>item_id<TAB>action<TAB>weight``, its

@@ -1,5 +1,5 @@
-"""Redis on ``redis.asyncio``: the served lists and the active-model record, written by the
-worker and read by the API, both through the contract's codec.
+"""Redis on ``redis.asyncio``: the served lists, written by the worker, and the active-model
+record, written by the controller, both read by the API through the contract's codec.
 
 A user's list is one JSON value under one key, so replacing it is a single atomic ``SET``: a
 reader sees the old list or the new one, never a partial or empty one. The API's read is one
@@ -14,6 +14,12 @@ that lost its partitions while it held a batch (paused, stalled, slower than the
 then never overwrite the newer list of the partition's new owner, whatever its timing. The topic
 is keyed by user, so one user's events are ordered within one partition and positions are
 compared per partition. The scripts take already-encoded values: they do not depend on a codec.
+
+The controller's writes (a model's ``active`` record and the ``local`` target's rollout state)
+are fenced the same way by an *epoch*: the generation of the worker Deployment (its lineage the
+Deployment's uid) or the ``local`` state's own counter. A write from an older epoch of the same
+lineage is refused, so a slow or paused writer that read the target before a newer rollout can
+never switch the fallback back to what that rollout replaced.
 """
 
 from __future__ import annotations
@@ -23,7 +29,15 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from reco_common.contracts import ActiveModel, RecommendationList, RedisKeys, S, decode, encode
+from reco_common.contracts import (
+    ActiveModel,
+    LocalRollout,
+    RecommendationList,
+    RedisKeys,
+    S,
+    decode,
+    encode,
+)
 from reco_common.settings import RedisSettings
 
 
@@ -203,12 +217,79 @@ class FencedLists:
 
 
 async def activate_model(redis: Redis, keys: RedisKeys, active: ActiveModel) -> None:
-    """Record ``active`` as the model's served version, with its popular list for the fallback."""
+    """Record ``active`` as the model's served version, unfenced: for seeding (tests,
+    benchmarks); the controller writes through :class:`ModelRecords`."""
     payload = encode(active)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.set(keys.popular(active.model_name, active.version), payload)
         pipe.set(keys.active_model(active.model_name), payload)
         await pipe.execute()
+
+
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    """The position of a controller's write: ``number`` grows within one ``lineage``."""
+
+    lineage: str
+    number: int
+
+
+# KEYS[1]: the fence hash (lineage, epoch); KEYS[2..]: keys to SET to ARGV[3..]. Applied, with
+# the fence raised, unless the fence holds a newer epoch of the same lineage (an equal one wins:
+# the same decision written again, e.g. after Redis lost it). Returns 1 if applied, else 0.
+_SET_IF_NOT_OLDER = r"""
+local stored = redis.call('HMGET', KEYS[1], 'lineage', 'epoch')
+if stored[1] == ARGV[1] and stored[2] and tonumber(ARGV[2]) < tonumber(stored[2]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'lineage', ARGV[1], 'epoch', ARGV[2])
+for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1]) end
+return 1
+"""
+
+
+class ModelRecords:
+    """The controller's records of each model: the ``active`` record (with the version's
+    ``popular`` copy) and the ``local`` target's rollout state, each write fenced by epoch."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._script = redis.register_script(_SET_IF_NOT_OLDER)
+
+    async def activate(self, active: ActiveModel, *, epoch: Epoch) -> bool:
+        """Make ``active`` the model's served version; ``False`` if a newer epoch was written."""
+        payload = encode(active)
+        keys = self._keys
+        return await self._set_if_not_older(
+            active.model_name,
+            epoch,
+            {
+                keys.popular(active.model_name, active.version): payload,
+                keys.active_model(active.model_name): payload,
+            },
+        )
+
+    async def remember_rollout(self, model_name: str, state: LocalRollout, *, lineage: str) -> bool:
+        """Store the ``local`` target's state (its ``epoch`` the fence); ``False`` if stale."""
+        epoch = Epoch(lineage, state.epoch)
+        return await self._set_if_not_older(
+            model_name, epoch, {self._keys.rollout(model_name): encode(state)}
+        )
+
+    async def rollout(self, model_name: str) -> LocalRollout | None:
+        return _decoded(LocalRollout, await self._redis.get(self._keys.rollout(model_name)))
+
+    async def active(self, model_name: str) -> ActiveModel | None:
+        return await read_active(self._redis, self._keys, model_name)
+
+    async def _set_if_not_older(
+        self, model_name: str, epoch: Epoch, values: Mapping[str, bytes]
+    ) -> bool:
+        fence = self._keys.active_fence(model_name)
+        args: list[bytes | str | int] = [epoch.lineage, epoch.number, *values.values()]
+        applied = await self._script(keys=[fence, *values], args=args)
+        return bool(int(applied))
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ class ControllerMetrics:
     rollout_duration: Histogram
     leader: Gauge
     leadership_changes: Counter
+    activations: Counter
 
     @staticmethod
     @functools.cache
@@ -48,5 +49,11 @@ class ControllerMetrics:
                 "leadership_changes",
                 "Times this replica became or stopped being the leader",
                 ["change"],
+            ),
+            activations=metric.counter(
+                "activations",
+                "Writes of a model's active record: switched, stale (a newer epoch was there)"
+                " or failed (retried by the next check)",
+                ["result"],
             ),
         )

@@ -6,7 +6,10 @@ version, creation time and metrics; the event's copies are ignored); refuse a mo
 further in the future than the allowed clock skew; skip what is already done (the target
 already runs that URI, or rolled it back before, or serves a newer model); judge it with the
 quality gate (unless forced); then roll out, wait, and on failure go back to the previous
-model. Every step that changes something is published as a ``RolloutEvent``.
+model. Every step that changes something is published as a ``RolloutEvent``. The model's
+``active`` record (the API's fallback and ``model_version``) is switched once the rollout has
+succeeded, before ``succeeded`` is reported, and switched back once a rollback settled
+(:mod:`reco_controller.activation`): never while a rollout is in flight.
 
 Idempotency comes from the target's own state, not from memory: a redelivered event whose
 URI is already active and settled is a no-op; one whose rollout was interrupted (the leader
@@ -24,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from reco_common.artifact import ArtifactError, Manifest
 from reco_common.contracts import EvalMetrics, ModelPublished, RolloutEvent, RolloutStatus
+from reco_controller.activation import Activations
 from reco_controller.gate import GatePolicy, Verdict, evaluate
 from reco_controller.manifests import ManifestSource
 from reco_controller.metrics import ControllerMetrics
@@ -66,6 +70,7 @@ class _Policy:
     manifests: ManifestSource
     max_clock_skew: timedelta
     leading: Leading
+    activations: Activations
 
 
 class Rollouts:
@@ -82,6 +87,7 @@ class Rollouts:
         manifests: ManifestSource,
         max_clock_skew_s: float,
         leading: Leading,
+        activations: Activations,
     ) -> None:
         self._targets = targets
         self._policy = _Policy(
@@ -92,6 +98,7 @@ class Rollouts:
             manifests=manifests,
             max_clock_skew=timedelta(seconds=max_clock_skew_s),
             leading=leading,
+            activations=activations,
         )
 
     async def handle(
@@ -110,7 +117,8 @@ class Rollouts:
             return self._decided(Decision.REJECTED)
         run = _Run(self._policy, target, trusted)
         try:
-            decision = await run.decide_and_act(force=force, published_at=published_at)
+            async with self._policy.activations.lock(trusted.model_name):
+                decision = await run.decide_and_act(force=force, published_at=published_at)
         except TargetError as exc:
             logger.error("%s refused the rollout of %s: %s", target.description, event.version, exc)
             await run.report(RolloutStatus.FAILED, str(exc))
@@ -151,6 +159,7 @@ class _Run:
         if active is not None and active.uri == self._model.uri:
             if state.settled:
                 logger.info("%s already runs %s: nothing to do", self._where, self._model.uri)
+                await self._activate(state)  # the run that rolled it out may have died first
                 return Decision.DUPLICATE
             logger.info("%s: resuming the unfinished rollout of %s", self._where, self._model.uri)
             return await self._roll_out(state.previous, "resumed", published_at)
@@ -233,6 +242,7 @@ class _Run:
         progress = await self._target.wait(timeout_s=self._policy.timeout_s)
         self._policy.metrics.rollout_duration.observe(time.monotonic() - patched)
         if progress.done:
+            await self._activate(await self._target.read())
             await self.report(RolloutStatus.SUCCEEDED, progress.message)
             return Decision.ROLLED_OUT
         logger.error(
@@ -249,10 +259,16 @@ class _Run:
         back_to = previous.uri if previous else "no model"
         if progress.done:
             reason = f"back to {back_to}: {progress.message}"
+            await self._activate(await self._target.read())
         else:
             reason = f"back to {back_to}, not settled yet: {progress.message}"
             logger.error("%s: %s", self._where, reason)
         await self.report(RolloutStatus.ROLLED_BACK, reason)
+
+    async def _activate(self, state: TargetState) -> None:
+        """The ``active`` record onto what the target is settled on (idempotent)."""
+        self._ensure_leading("activate")
+        await self._policy.activations.settle(self._event.model_name, state)
 
     def _ensure_leading(self, what: str) -> None:
         if not self._policy.leading():

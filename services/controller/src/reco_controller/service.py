@@ -1,4 +1,5 @@
-"""The controller role: connect, win the lease, consume ``model-published`` while leading.
+"""The controller role: connect, win the lease, consume ``model-published`` while leading, and
+keep each model's ``active`` record in line with its target (:mod:`reco_controller.activation`).
 
 Only the leader is a member of the consumer group, so only it acts. When leadership is lost the
 batch in hand is abandoned uncommitted (the next leader gets it again and, the target's state
@@ -19,11 +20,13 @@ from kubernetes_asyncio.client import ApiClient
 from reco_common.contracts import RolloutEvent
 from reco_common.kafka import ensure_topics, publish, start_producer
 from reco_common.ops import OpsServer, Readiness, ops_app
+from reco_common.redis_store import ModelRecords, connect
+from reco_controller.activation import Activations
 from reco_controller.consumer import model_published_consumer
 from reco_controller.gate import GatePolicy
 from reco_controller.kube import api_client
 from reco_controller.leader import AlwaysLeader, LeaseElector
-from reco_controller.manifests import StoredManifests
+from reco_controller.manifests import StoredManifests, StoredPopular
 from reco_controller.metrics import ControllerMetrics
 from reco_controller.rollout import Leading, Rollouts
 from reco_controller.settings import Settings, TargetKind
@@ -39,6 +42,8 @@ class Runtime:
     """The connected pieces; closed by the exit stack they were opened on."""
 
     rollouts: Rollouts
+    activations: Activations
+    targets: TargetResolver
     producer: AIOKafkaProducer
     kube: ApiClient | None
 
@@ -50,6 +55,11 @@ async def open_runtime(
     ``leading`` is asked before every write."""
     producer = await start_producer(settings.kafka)
     stack.push_async_callback(producer.stop)
+    redis = connect(settings.redis)
+    stack.push_async_callback(redis.aclose)
+    records = ModelRecords(redis, settings.redis.keys)
+    metrics = ControllerMetrics.create()
+    activations = Activations(records=records, popular=StoredPopular(settings.s3), metrics=metrics)
     conf = settings.controller
     kube: ApiClient | None = None
     targets: TargetResolver
@@ -60,7 +70,7 @@ async def open_runtime(
     else:
         http = worker_http(conf)
         stack.push_async_callback(http.aclose)
-        targets = LocalTargets(http=http, settings=conf, s3=settings.s3)
+        targets = LocalTargets(http=http, settings=conf, s3=settings.s3, records=records)
     topic = settings.kafka.topics.rollout_events
 
     async def report(event: RolloutEvent) -> None:
@@ -75,12 +85,15 @@ async def open_runtime(
             metrics=tuple(conf.gate_metrics),
         ),
         timeout_s=conf.rollout_timeout_s,
-        metrics=ControllerMetrics.create(),
+        metrics=metrics,
         manifests=StoredManifests(settings.s3),
         max_clock_skew_s=conf.max_clock_skew_s,
         leading=leading,
+        activations=activations,
     )
-    return Runtime(rollouts=rollouts, producer=producer, kube=kube)
+    return Runtime(
+        rollouts=rollouts, activations=activations, targets=targets, producer=producer, kube=kube
+    )
 
 
 class Controller:
@@ -169,14 +182,24 @@ class Controller:
         self._metrics.leadership_changes.labels("acquired").inc()
         work = asyncio.create_task(consumer.run(self._stopping), name="consume")
         hold = asyncio.create_task(self._elector.hold(self._stopping), name="hold-lease")
+        keep = asyncio.create_task(self._keep_active_records(), name="keep-active-records")
         try:
             await asyncio.wait({work, hold}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            work.cancel()
-            hold.cancel()
-            await asyncio.gather(work, hold, return_exceptions=True)
+            for task in (work, hold, keep):
+                task.cancel()
+            await asyncio.gather(work, hold, keep, return_exceptions=True)
             await asyncio.shield(consumer.stop())
             self._metrics.leader.set(0)
             self._metrics.leadership_changes.labels("lost").inc()
         if not work.cancelled() and work.exception() is not None:
             raise work.exception()  # type: ignore[misc]
+
+    async def _keep_active_records(self) -> None:
+        assert self._runtime is not None, "start() first"
+        await self._runtime.activations.keep(
+            self._runtime.targets,
+            leading=self._elector.still_leading,
+            interval_s=self._settings.controller.activation_check_s,
+            stop=self._stopping,
+        )

@@ -67,6 +67,8 @@ class ControllerSettings(BaseSettings):
     max_regression: Annotated[float, Field(ge=0, lt=1)] = 0.05
     baseline_margin: Annotated[float, Field(ge=-1)] = 0.0
     rollout_timeout_s: Annotated[float, Field(gt=0, le=MAX_ROLLOUT_TIMEOUT_S)] = 240.0
+    # how often the leader checks each model's active record against its target
+    activation_check_s: PositiveSeconds = 5.0
 
     # leader election
     lease_name: Annotated[str, Field(min_length=1)] = "reco-controller"

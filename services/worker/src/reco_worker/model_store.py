@@ -1,9 +1,14 @@
-"""The active model: loading and verifying artifacts, the atomic swap, and activation in Redis.
+"""The model in memory: loading and verifying artifacts, and the atomic swap.
 
 A model is only ever swapped in whole: the artifact is downloaded, its checksums verified, its
-arrays checked and loaded into memory in a thread, the activation (popular fallback and active
-version) written to Redis, and only then does one reference assignment make it current. A load
-that fails at any step leaves the current model in place and is reported by :meth:`status`.
+arrays checked and loaded into memory in a thread, and only then does one reference assignment
+make it current. A load that fails at any step leaves the current model in place and is
+reported by :meth:`status`.
+
+The worker does not write the model's ``active`` record (the API's fallback and
+``model_version``): one worker loading a model says nothing about the rollout, which may still
+fail and be rolled back. The controller writes it once the rollout has succeeded
+(``reco_controller.activation``).
 """
 
 from __future__ import annotations
@@ -15,12 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from redis.asyncio import Redis
 from tenacity import AsyncRetrying, retry_if_result, wait_exponential
 
 from reco_common.artifact import ArtifactError, load_artifact
-from reco_common.contracts import MODEL_CONTROL_PATH, MODEL_URI_ENV, ActiveModel, RedisKeys
-from reco_common.redis_store import activate_model
+from reco_common.contracts import MODEL_CONTROL_PATH, MODEL_URI_ENV
 from reco_common.settings import S3Settings
 from reco_common.storage import as_uri, open_store
 from reco_worker.metrics import WorkerMetrics
@@ -78,14 +81,10 @@ class ModelStore:
     def __init__(
         self,
         *,
-        redis: Redis,
-        keys: RedisKeys,
         s3: S3Settings,
         cache_dir: Path,
         metrics: WorkerMetrics,
     ) -> None:
-        self._redis = redis
-        self._keys = keys
         self._s3 = s3
         self._cache_dir = cache_dir
         self._metrics = metrics
@@ -113,7 +112,7 @@ class ModelStore:
         return ModelStatus(self._current, self._activated_at, loading, self._last_error)
 
     async def load(self, uri: str, *, first: bool = False) -> ServingModel:
-        """Load, verify, activate and swap in the model at ``uri``; raise if it is refused.
+        """Load, verify and swap in the model at ``uri``; raise if it is refused.
 
         ``first``: only if no model is current yet (a model posted meanwhile wins).
         """
@@ -129,7 +128,6 @@ class ModelStore:
                 if first and self._current is not None:
                     return self._current
                 self._check_name(model)
-                await self._activate(model)
                 self._swap_in(model)
         except Exception as exc:
             self._metrics.model_loads.labels("refused").inc()
@@ -145,28 +143,9 @@ class ModelStore:
                 "a worker serves one model name (start another worker for it)"
             )
 
-    async def reactivate(self) -> None:
-        """Write the current model's active record again (after Redis lost it)."""
-        async with self._swap:
-            await self._activate(self.current)
-
-    async def _activate(self, model: ServingModel) -> None:
-        self._activated_at = datetime.now(UTC)
-        await activate_model(
-            self._redis,
-            self._keys,
-            ActiveModel(
-                model_name=model.name,
-                version=model.version,
-                artifact_uri=model.uri,
-                activated_at=self._activated_at,
-                popular_items=model.popular_items,
-                popular_scores=model.popular_scores,
-            ),
-        )
-
     def _swap_in(self, model: ServingModel) -> None:
         old, self._current = self._current, model
+        self._activated_at = datetime.now(UTC)
         if old is not None:
             self._metrics.model_info.remove(old.name, old.version)
         self._metrics.model_info.labels(model.name, model.version).set(1)

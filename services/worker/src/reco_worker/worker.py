@@ -79,8 +79,6 @@ class Worker:
         threadpool_limits(limits=self._settings.blas_threads)
         redis = connect(common.redis)
         models = ModelStore(
-            redis=redis,
-            keys=common.redis.keys,
             s3=common.s3,
             cache_dir=self._settings.cache_dir,
             metrics=self._metrics,
@@ -169,7 +167,6 @@ class Worker:
     ) -> bytes:
         logger.error("Redis lost its data (generation marker gone or replaced): rebuilding")
         async with consumer.paused():
-            await self.models.reactivate()
             work = rebuilder(self._settings, redis, self.models.current, self._metrics)
             report = await work.run(self._settings.common.kafka)
         self._metrics.rebuilds.labels("done").inc()

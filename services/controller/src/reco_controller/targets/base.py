@@ -7,11 +7,13 @@ control endpoint. Both are driven the same way by :class:`reco_controller.rollou
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from reco_common.contracts import EvalMetrics, ModelPublished
+from reco_common.contracts import EvalMetrics, ModelPublished, ModelRef
+from reco_common.redis_store import Epoch
 
 
 class TargetError(RuntimeError):
@@ -39,6 +41,28 @@ class ModelRecord:
             manifest_sha256=pin if isinstance(pin, str) else None,
         )
 
+    @staticmethod
+    def of_ref(ref: ModelRef | None) -> ModelRecord | None:
+        if ref is None:
+            return None
+        return ModelRecord(
+            uri=ref.uri,
+            version=ref.version,
+            metrics=ref.metrics,
+            created_at=ref.created_at,
+            manifest_sha256=ref.manifest_sha256,
+        )
+
+    def ref(self) -> ModelRef:
+        """As the ``local`` target stores it in Redis."""
+        return ModelRef(
+            uri=self.uri,
+            version=self.version,
+            manifest_sha256=self.manifest_sha256,
+            created_at=self.created_at,
+            metrics=self.metrics,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class TargetState:
@@ -47,12 +71,15 @@ class TargetState:
     ``settled``: every worker runs ``active`` (no rollout in flight). ``previous``: what ran
     before ``active`` (to roll back an interrupted rollout). ``failed_uri``: the last model
     that was rolled back, so that its redelivered event does not start a second attempt.
+    ``epoch``: grows with every change of the target (the Deployment's generation, the
+    ``local`` state's counter); the ``active`` record is written with it as its fence.
     """
 
     active: ModelRecord | None
     previous: ModelRecord | None
     failed_uri: str | None
     settled: bool
+    epoch: Epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,3 +137,7 @@ class TargetResolver(Protocol):
     """Finds the target serving a model; ``None`` when this controller does not manage it."""
 
     def __call__(self, model_name: str) -> RolloutTarget | None: ...
+
+    def managed(self) -> Mapping[str, RolloutTarget]:
+        """Every model this controller manages, with its target."""
+        ...

@@ -91,6 +91,7 @@ class DeploymentSpec(_Api):
 class Metadata(_Api):
     name: str
     namespace: str = ""
+    uid: str = ""
     generation: int = 0
     resource_version: str | None = None
     annotations: dict[str, str] = {}

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any, Final
 
 from kubernetes_asyncio.client import ApiClient, AppsV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from reco_common.redis_store import Epoch
 from reco_controller.settings import ControllerSettings
 from reco_controller.targets.base import ModelRecord, Progress, TargetError, TargetState
 from reco_controller.targets.deployment import (
@@ -78,6 +80,8 @@ class KubernetesTarget:
             previous=deployment.record(PREVIOUS, notes.get(annotation(PREVIOUS, "uri"))),
             failed_uri=notes.get(FAILED_URI),
             settled=rollout_progress(deployment).done,
+            # A Deployment deleted and created again starts a new lineage at generation 1.
+            epoch=Epoch(deployment.metadata.uid, deployment.metadata.generation),
         )
 
     async def apply(self, *, model: ModelRecord, previous: ModelRecord | None) -> None:
@@ -173,3 +177,6 @@ class KubernetesTargets:
 
     def __call__(self, model_name: str) -> KubernetesTarget | None:
         return self._targets.get(model_name)
+
+    def managed(self) -> Mapping[str, KubernetesTarget]:
+        return self._targets

@@ -1,21 +1,27 @@
 """The ``local`` target: workers running as plain processes (docker-compose, the local demo).
 
-There is no Deployment to remember anything, so the workers' own report (``GET /v1/model``) is
-the truth about what runs, the artifact's manifest tells the active model's metrics, and what
-ran before and what failed are remembered by this process only.
+There is no Deployment to remember anything, so the target keeps what a Deployment keeps in its
+env and annotations (the model the workers were told to run, the one before it, the last one
+rolled back) in Redis, under the model's ``rollout`` key, as a :class:`LocalRollout` whose
+``epoch`` fences the ``active`` record: Redis is the durable store this deployment already runs
+(append-only file), and the state survives a restart of the controller, so that a failed model
+is not retried and an interrupted rollout is resumed (or rolled back) by the next run. The
+workers' own reports (``GET /v1/model``) tell whether they all run it. Without a stored state
+(the first run, or Redis lost its data) what the workers report is taken as it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Mapping, Sequence
+from typing import Final, Protocol
 
 import httpx
 
 from reco_common.artifact import ArtifactError
-from reco_common.contracts import ContractError, WorkerModelState
+from reco_common.contracts import ContractError, LocalRollout, WorkerModelState
+from reco_common.redis_store import Epoch
 from reco_common.settings import S3Settings
 from reco_controller import manifests
 from reco_controller.settings import ControllerSettings
@@ -26,6 +32,18 @@ logger = logging.getLogger(__name__)
 
 # A worker that refuses our credentials or has no model-control endpoint: configuration.
 PERMANENT_STATUSES: Final = frozenset({401, 403, 404, 405})
+# The lineage of the local target's epochs (a Deployment's is its uid).
+LINEAGE: Final = "local"
+
+
+class RolloutMemory(Protocol):
+    """Where the state is kept (:class:`reco_common.redis_store.ModelRecords`)."""
+
+    async def rollout(self, model_name: str) -> LocalRollout | None: ...
+
+    async def remember_rollout(
+        self, model_name: str, state: LocalRollout, *, lineage: str
+    ) -> bool: ...
 
 
 class LocalTarget:
@@ -39,14 +57,14 @@ class LocalTarget:
         model_name: str,
         workers: Sequence[ModelControlClient],
         s3: S3Settings,
+        records: RolloutMemory,
         poll_interval_s: float,
     ) -> None:
         self._model_name = model_name
         self._workers = list(workers)
         self._s3 = s3
+        self._records = records
         self._poll_interval_s = poll_interval_s
-        self._previous: ModelRecord | None = None
-        self._failed_uri: str | None = None
         self._applied: str | None = None
         self._refusals: list[str] = []
 
@@ -55,27 +73,58 @@ class LocalTarget:
         return f"{len(self._workers)} local workers of {self._model_name!r}"
 
     async def read(self) -> TargetState:
+        saved = await self._saved()
         reports = await self._reports()
-        first = reports[0]
+        desired = ModelRecord.of_ref(saved.desired)
+        if desired is None:
+            first = reports[0]
+            desired = (
+                await self._describe(first.model_uri, first.version) if first.model_uri else None
+            )
+            settled = len({r.model_uri for r in reports}) == 1
+        else:
+            settled = all(r.model_uri == desired.uri for r in reports)
         return TargetState(
-            active=await self._describe(first.model_uri, first.version)
-            if first.model_uri
-            else None,
-            previous=self._previous,
-            failed_uri=self._failed_uri,
-            settled=len({r.model_uri for r in reports}) == 1,
+            active=desired,
+            previous=ModelRecord.of_ref(saved.previous),
+            failed_uri=saved.failed_uri,
+            settled=settled,
+            epoch=Epoch(LINEAGE, saved.epoch),
         )
 
     async def apply(self, *, model: ModelRecord, previous: ModelRecord | None) -> None:
-        self._previous = previous
+        saved = await self._saved()
+        await self._remember(
+            LocalRollout(
+                desired=model.ref(),
+                previous=previous.ref() if previous else None,
+                failed_uri=saved.failed_uri,
+                epoch=saved.epoch + 1,
+            )
+        )
         await self._load_everywhere(model)
 
     async def revert(self, *, failed: ModelRecord, previous: ModelRecord | None) -> None:
-        self._failed_uri = failed.uri
-        self._previous = None
         if previous is None:
             raise TargetError(f"{self.description}: no previous model to go back to")
+        saved = await self._saved()
+        await self._remember(
+            LocalRollout(desired=previous.ref(), failed_uri=failed.uri, epoch=saved.epoch + 1)
+        )
         await self._load_everywhere(previous)
+
+    async def _saved(self) -> LocalRollout:
+        try:
+            saved = await self._records.rollout(self._model_name)
+        except ContractError as exc:
+            logger.error("%s: unreadable rollout state, starting afresh: %s", self.description, exc)
+            saved = None
+        return saved or LocalRollout()
+
+    async def _remember(self, state: LocalRollout) -> None:
+        """Store the state before the workers are told (a crash in between resumes it)."""
+        if not await self._records.remember_rollout(self._model_name, state, lineage=LINEAGE):
+            raise TargetError(f"{self.description}: a newer rollout state was stored meanwhile")
 
     async def wait(self, *, timeout_s: float) -> Progress:
         if self._refusals:
@@ -159,13 +208,19 @@ class LocalTargets:
     """Resolves a model name to its workers (``RECO_CONTROLLER_WORKER_URLS``)."""
 
     def __init__(
-        self, *, http: httpx.AsyncClient, settings: ControllerSettings, s3: S3Settings
+        self,
+        *,
+        http: httpx.AsyncClient,
+        settings: ControllerSettings,
+        s3: S3Settings,
+        records: RolloutMemory,
     ) -> None:
         self._targets = {
             model: LocalTarget(
                 model_name=model,
                 workers=[ModelControlClient(http=http, base_url=str(url)) for url in urls],
                 s3=s3,
+                records=records,
                 poll_interval_s=settings.poll_interval_s,
             )
             for model, urls in settings.worker_urls.items()
@@ -173,6 +228,9 @@ class LocalTargets:
 
     def __call__(self, model_name: str) -> LocalTarget | None:
         return self._targets.get(model_name)
+
+    def managed(self) -> Mapping[str, LocalTarget]:
+        return self._targets
 
 
 def worker_http(settings: ControllerSettings) -> httpx.AsyncClient:
