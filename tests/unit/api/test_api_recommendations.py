@@ -68,10 +68,22 @@ async def test_the_default_model_is_configurable(make_api: MakeApi, store: FakeS
 
 
 async def test_404_only_when_the_model_is_not_active(api: Api, store: FakeStore) -> None:
-    del store.active[MODEL]
-    response = await api.client.get(URL.format(user="u1"))
+    response = await api.client.get(URL.format(user="u1") + "?model=unknown")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "model_not_found"
+
+
+async def test_the_default_model_without_its_record_is_unavailable_not_unknown(
+    api: Api, store: FakeStore
+) -> None:
+    """A process started after Redis lost the record never saw it: the model it serves is
+    still known to exist, and the controller writes the record again within seconds."""
+    del store.active[MODEL]
+    response = await api.client.get(URL.format(user="u1"))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["error"]["code"] == "model_unavailable"
+    assert api.sample("reco_api_active_record_missing_total") == 1
 
 
 async def test_a_lost_active_record_is_served_from_the_last_copy_and_reported(

@@ -37,6 +37,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         404: "No model of that name is active",
         422: "A parameter is invalid",
         429: "The client's rate limit is exceeded (only when a limit is configured)",
-        503: "The recommendation store is unreachable; retry later",
+        503: "The recommendation store is unreachable, or the default model's record is"
+        " missing while it is written again; retry later",
     }.items()
 }

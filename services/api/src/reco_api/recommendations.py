@@ -66,6 +66,15 @@ def _not_found(model: str) -> HttpError:
     return HttpError(status=404, code="model_not_found", message=f"no active model {model!r}")
 
 
+def _not_active_yet(model: str) -> HttpError:
+    return HttpError(
+        status=503,
+        code="model_unavailable",
+        message=f"the active record of {model!r} is missing; retry shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
 class Source(enum.StrEnum):
     PERSONALIZED = "personalized"  # the user's own list, computed by the worker
     FALLBACK = "fallback"  # the active model's popular list: the user has no list yet
@@ -121,13 +130,17 @@ class RecommendationService:
     It keeps the last active-model record it read for each model, in process: when the record
     is missing from Redis (lost data, a flush), requests are answered with that copy instead of
     a 404 for every user, counted and reported (:attr:`active_records_present`, a readiness
-    detail). A 404 remains for a model this process never saw active.
+    detail). Without a copy (a process started after the loss) the model it serves by default
+    answers 503 until the controller writes the record again: it is known to exist, so a 404
+    would tell clients something false. A 404 remains for any other model this process never
+    saw active.
     """
 
     def __init__(self, *, store: Store, settings: ApiSettings, metrics: ApiMetrics) -> None:
         self._store = store
         self._metrics = metrics
         self._static = settings.static_fallback_items
+        self._served = settings.default_model
         self._known: dict[str, tuple[bytes | str, ActiveModel]] = {}
         self._missing: set[str] = set()  # models whose record was missing at their last read
 
@@ -177,14 +190,18 @@ class RecommendationService:
             return None
 
     def _record_missing(self, model: str) -> None:
-        if model not in self._known:
+        if model not in self._known and model != self._served:
             raise _not_found(model)
         if model not in self._missing:
             logger.error(
-                "the active record of %s is missing in Redis: serving its last copy", model
+                "the active record of %s is missing in Redis: %s",
+                model,
+                "serving its last copy" if model in self._known else "answering 503",
             )
         self._missing.add(model)
         self._metrics.active_record_missing.inc()
+        if model not in self._known:
+            raise _not_active_yet(model)
 
     def _remember(self, model: str, raw: bytes | str, view: ServedView) -> None:
         """Keep the active record's last readable value (decoded only when it changes)."""
@@ -392,8 +409,8 @@ def documented_route(settings: ApiSettings) -> APIRoute:
     ) -> Recommendations:
         """The user's own list (``source: personalized``) or, when the user has none yet, the
         active model's popular list (``source: fallback``). 404 only when the model is not
-        active; 503 when Redis is unreachable (or the configured static list, ``source:
-        static``)."""
+        active (for the default model: 503 while its record is missing); 503 when Redis is
+        unreachable (or the configured static list, ``source: static``)."""
         raise NotImplementedError("documentation only: served by recommendations_route")
 
     guards = ApiKeys.documented() if settings.api_keys else []

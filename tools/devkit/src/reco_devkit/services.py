@@ -213,9 +213,12 @@ def kubernetes_controller(
     return _controller(space, "controller", env | _prefixed("RECO_CONTROLLER_", settings))
 
 
-def api(space: RunSpace, *, port: int | None = None, **settings: str) -> ServiceProcess:
+def api(
+    space: RunSpace, *, port: int | None = None, name: str = "api", **settings: str
+) -> ServiceProcess:
     """``reco-api`` serving this run's model by default (on ``port``, or any free one; its
-    internal port, ``/metrics`` and ``/docs``, on another free one: ``ops_url``)."""
+    internal port, ``/metrics`` and ``/docs``, on another free one: ``ops_url``); ``name``
+    names its log (``logs/<name>.log``) when a run has more than one."""
     port = port or free_port()
     base = f"http://{LOCALHOST}:{port}"
     ops_port = free_port()
@@ -227,10 +230,10 @@ def api(space: RunSpace, *, port: int | None = None, **settings: str) -> Service
         "RECO_API_DEFAULT_MODEL": space.model_name,
     }
     return ServiceProcess(
-        name="api",
+        name=name,
         argv=[console_script("reco-api")],
         env=env | _prefixed("RECO_API_", settings),
-        log_path=space.logs / "api.log",
+        log_path=space.logs / f"{name}.log",
         ready_url=f"{base}/readyz",
         base_url=base,
         ops_url=f"http://{LOCALHOST}:{ops_port}",

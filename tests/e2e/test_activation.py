@@ -1,0 +1,295 @@
+"""The model's active record (the API's fallback and ``model_version``) follows the rollout, not
+the workers; the controller's rollout state survives its own death; the API answers through a
+Redis that restarts empty. Real processes: workers, the controller (``local`` target), the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import httpx
+import pytest
+from e2e_support import (
+    Launcher,
+    Model,
+    now,
+    numbered,
+    quick_api,
+    start_workers,
+    until,
+    users_for,
+)
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from reco_common.contracts import RolloutEvent
+from reco_common.kafka import publish, start_producer
+from reco_common.redis_store import connect, read_active
+from reco_common.settings import CommonSettings, RedisSettings
+from reco_devkit import services
+from reco_devkit.observe import ModelTopics
+from reco_devkit.procs import ServiceProcess, free_port
+from reco_devkit.services import CONTROL_HEADERS, RunSpace
+from reco_devkit.traffic import ActionSender, ShopFiles
+
+
+async def _serves(worker: ServiceProcess, uri: str) -> bool:
+    async with httpx.AsyncClient(headers=CONTROL_HEADERS, timeout=2) as http:
+        state = (await http.get(f"{worker.base_url}/v1/model")).json()
+    return bool(state["model_uri"] == uri)
+
+
+async def _active_version(redis: Redis, space: RunSpace) -> str | None:
+    """The version the active record names (``None``: no record, or Redis does not answer)."""
+    try:
+        active = await read_active(redis, space.redis.keys, space.model_name)
+    except (RedisError, OSError):
+        return None
+    return active.version if active else None
+
+
+async def _rollouts(topics: ModelTopics, version: str) -> list[RolloutEvent]:
+    await topics.poll(timeout_ms=200)
+    return [e for e in topics.rollouts if e.version == version]
+
+
+def _copy(model: Model, space: RunSpace) -> Model:
+    """``model``'s artifact copied into this run's store (same manifest, same pin)."""
+    source = Path(unquote(urlparse(model.uri).path))
+    target = space.root / "store" / "models" / space.model_name / model.version
+    shutil.copytree(source, target)
+    return Model(uri=target.as_uri(), version=model.version)
+
+
+def _corrupt(model: Model) -> None:
+    path = Path(unquote(urlparse(model.uri).path)) / "item_factors.npy"
+    path.write_bytes(path.read_bytes()[:-8] + b"corrupt!")
+
+
+class ActiveRecordWatch:
+    """Every version the active record names, sampled every 50 ms while it runs."""
+
+    def __init__(self, redis: Redis, space: RunSpace) -> None:
+        self.seen: list[str | None] = []
+        self._task = asyncio.create_task(self._sample(redis, space))
+
+    async def _sample(self, redis: Redis, space: RunSpace) -> None:
+        while True:
+            self.seen.append(await _active_version(redis, space))
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> set[str | None]:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        return set(self.seen)
+
+
+async def test_a_controller_killed_mid_rollout_rolls_it_back_after_restart(
+    space: RunSpace, launcher: Launcher, models: tuple[Model, Model], redis: Redis
+) -> None:
+    """Worker 0 loads v2 while worker 1 is paused: one worker runs v2, yet the fallback stays
+    v1. The controller is SIGKILLed there; v2 turns out unloadable for worker 1. The restarted
+    controller resumes the rollout from the state it persisted, sees it fail, and rolls back to
+    the recorded previous model: the active record never named v2, and v2 is not retried."""
+    v1, v2 = models[0], _copy(models[1], space)
+    workers = await start_workers(launcher, space, 2, model_uri=v1.uri)
+    settings = {"max_regression": "0.5", "activation_check_s": "0.5", "worker_timeout_s": "30"}
+    controller = await launcher.start(services.local_controller(space, workers, **settings))
+    await until(lambda: _active_version(redis, space), what="v1 activated", timeout_s=30)
+    assert await _active_version(redis, space) == v1.version
+    topics = ModelTopics(space.kafka)
+    await topics.start()
+    watch = ActiveRecordWatch(redis, space)
+    producer = await start_producer(space.kafka)
+    try:
+        os.kill(workers[1].pid, signal.SIGSTOP)
+        try:
+            await publish(producer, space.kafka.topics.model_published, "shop", v2.published())
+            await until(lambda: _serves(workers[0], v2.uri), what="worker 0 on v2", timeout_s=60)
+            await asyncio.sleep(1.0)  # time for a wrong activation to show
+            assert await _active_version(redis, space) == v1.version, "v2 is not rolled out yet"
+            controller.kill()
+            _corrupt(v2)
+        finally:
+            os.kill(workers[1].pid, signal.SIGCONT)
+
+        await launcher.start(controller)  # a new process: nothing of the old one in memory
+
+        async def rolled_back() -> bool:
+            return "rolled_back" in [e.status.value for e in await _rollouts(topics, v2.version)]
+
+        await until(rolled_back, what="the rollback", timeout_s=120)
+        statuses = [e.status.value for e in await _rollouts(topics, v2.version)]
+        assert statuses == ["started", "started", "failed", "rolled_back"], statuses
+        assert (await _rollouts(topics, v2.version))[1].reason == "resumed"
+        for worker in workers:
+            await until(partial(_serves, worker, v1.uri), what="back on v1", timeout_s=60)
+
+        # Published again, the failed model is not retried (the state survived the restart).
+        await publish(producer, space.kafka.topics.model_published, "shop", v2.published())
+        await until(lambda: _decided(controller, "already_failed"), what="refused", timeout_s=60)
+    finally:
+        seen = await watch.stop()
+        await producer.stop()
+        await topics.stop()
+    assert seen == {v1.version}, f"the active record named {seen}"
+
+
+async def _decided(controller: ServiceProcess, decision: str) -> bool:
+    async with httpx.AsyncClient(timeout=2) as http:
+        metrics = (await http.get(f"{controller.base_url}/metrics")).text
+    return f'reco_controller_decisions_total{{decision="{decision}"}} 1.0' in metrics
+
+
+# --------------------------------------------------------------------------- Redis outage
+
+
+class ScratchRedis:
+    """A ``redis-server`` of this test's own on a free port, without persistence: stopping
+    and starting it again brings it back empty (the shared one is never touched)."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.port = free_port()
+        self._argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        self._argv += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            *self._argv, stdout=asyncio.subprocess.DEVNULL
+        )
+        client = Redis.from_url(self.url)
+
+        async def answers() -> bool:
+            try:
+                return bool(await client.ping())
+            except (RedisError, OSError):
+                return False
+
+        try:
+            await until(answers, what="the test's redis-server", timeout_s=30)
+        finally:
+            await client.aclose()
+
+    async def kill(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
+
+
+@pytest.fixture
+async def scratch_redis(tmp_path: Path) -> AsyncIterator[ScratchRedis]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    server = ScratchRedis(binary, tmp_path)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.kill()
+
+
+class Traffic:
+    """Clients asking one API for random users' lists; every answer's status and source."""
+
+    def __init__(self, api: ServiceProcess, users: list[str], *, clients: int = 3) -> None:
+        self.answers: list[tuple[float, int | str, str | None]] = []
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._client(api, users, n)) for n in range(clients)]
+
+    async def _client(self, api: ServiceProcess, users: list[str], n: int) -> None:
+        loop = asyncio.get_running_loop()
+        async with httpx.AsyncClient(base_url=str(api.base_url), timeout=5) as http:
+            for request in range(1_000_000):
+                if self._stop.is_set():
+                    return
+                user = users[(n * 7 + request) % len(users)]
+                try:
+                    response = await http.get(f"/v1/users/{user}/recommendations")
+                except httpx.HTTPError as exc:
+                    self.answers.append((loop.time(), repr(exc), None))
+                    continue
+                body = response.json()
+                source = body.get("source") if response.status_code == 200 else None
+                code = body["error"]["code"] if response.status_code >= 400 else None
+                self.answers.append((loop.time(), response.status_code, source or code))
+                await asyncio.sleep(0.01)
+
+    def count(self, status: int | str) -> int:
+        return sum(1 for _, s, _ in self.answers if s == status)
+
+    async def stop(self) -> Counter[tuple[int | str, str | None]]:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        return Counter((status, detail) for _, status, detail in self.answers)
+
+
+async def test_the_api_through_a_redis_restarted_empty_answers_200_or_a_bounded_503(
+    e2e_root: Path,
+    launcher: Launcher,
+    models: tuple[Model, Model],
+    shop: ShopFiles,
+    scratch_redis: ScratchRedis,
+) -> None:
+    """Redis is killed mid-traffic and comes back empty. An API that served the model before,
+    and one started during the outage (it never saw the model), answer only 200 (personalized
+    or fallback) or 503, never 404 for the model they serve; 503 stops within a bound once
+    Redis is back, the controller writes the active record again and the worker rebuilds."""
+    backends = CommonSettings(redis=RedisSettings(url=scratch_redis.url))
+    space = RunSpace.create(e2e_root, label="outage", backends=backends)
+    redis = connect(space.redis)
+    workers = await start_workers(
+        launcher, space, 1, model_uri=models[0].uri, generation_check_s="0.5"
+    )
+    await launcher.start(
+        services.local_controller(space, workers, activation_check_s="2", max_regression="0.5")
+    )
+    first = await launcher.start(quick_api(space))
+    await until(lambda: _active_version(redis, space), what="the active record", timeout_s=30)
+    users = users_for(shop.users, known=30, cold=10)
+    async with ActionSender(space.kafka) as sender:
+        await sender.send(numbered(120, users=users[:20], items=shop.items, start=now()))
+
+    traffic = Traffic(first, users)
+    try:
+        await until(lambda: traffic.count(200) >= 100, what="answers before", timeout_s=60)
+        await scratch_redis.kill()
+        await until(lambda: traffic.count(503) >= 10, what="503 while down", timeout_s=30)
+        second_api = services.api(space, name="api-2", drain_s="0", shutdown_timeout_s="5")
+        await launcher.live(second_api)  # started while Redis is down: it never saw the model
+        fresh = Traffic(second_api, users)
+        await scratch_redis.start()  # empty
+        loop = asyncio.get_running_loop()
+        await until(lambda: _active_version(redis, space), what="the record back", timeout_s=60)
+        restored = loop.time()
+        await asyncio.sleep(2.0)
+
+        async def personalized_again() -> bool:
+            return any(d == "personalized" for t, _, d in traffic.answers if t > restored)
+
+        await until(personalized_again, what="the rebuilt lists", timeout_s=90)
+    finally:
+        counts = await traffic.stop()
+        fresh_counts = await fresh.stop() if "fresh" in locals() else Counter()
+        await redis.aclose()
+
+    for name, answers, seen in (("first", traffic, counts), ("fresh", fresh, fresh_counts)):
+        statuses = {status for status, _ in seen}
+        assert statuses <= {200, 503}, f"{name} API answered {seen}"
+        late = [a for a in answers.answers if a[0] > restored + 1.0 and a[1] != 200]
+        assert not late, f"{name} API still failing 1 s after the record was back: {late[:5]}"
+    assert counts[(200, "fallback")]
+    assert counts[(200, "personalized")]
