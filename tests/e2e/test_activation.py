@@ -32,10 +32,10 @@ from redis.exceptions import RedisError
 
 from reco_common.contracts import RolloutEvent
 from reco_common.kafka import publish, start_producer
-from reco_common.redis_store import connect, read_active
+from reco_common.redis_store import connect
 from reco_common.settings import CommonSettings, RedisSettings
 from reco_devkit import services
-from reco_devkit.observe import ModelTopics
+from reco_devkit.observe import ActiveVersions, ModelTopics, active_version
 from reco_devkit.procs import ServiceProcess, free_port
 from reco_devkit.services import CONTROL_HEADERS, RunSpace
 from reco_devkit.traffic import ActionSender, ShopFiles
@@ -48,12 +48,7 @@ async def _serves(worker: ServiceProcess, uri: str) -> bool:
 
 
 async def _active_version(redis: Redis, space: RunSpace) -> str | None:
-    """The version the active record names (``None``: no record, or Redis does not answer)."""
-    try:
-        active = await read_active(redis, space.redis.keys, space.model_name)
-    except (RedisError, OSError):
-        return None
-    return active.version if active else None
+    return await active_version(redis, space.redis, space.model_name)
 
 
 async def _rollouts(topics: ModelTopics, version: str) -> list[RolloutEvent]:
@@ -74,24 +69,6 @@ def _corrupt(model: Model) -> None:
     path.write_bytes(path.read_bytes()[:-8] + b"corrupt!")
 
 
-class ActiveRecordWatch:
-    """Every version the active record names, sampled every 50 ms while it runs."""
-
-    def __init__(self, redis: Redis, space: RunSpace) -> None:
-        self.seen: list[str | None] = []
-        self._task = asyncio.create_task(self._sample(redis, space))
-
-    async def _sample(self, redis: Redis, space: RunSpace) -> None:
-        while True:
-            self.seen.append(await _active_version(redis, space))
-            await asyncio.sleep(0.05)
-
-    async def stop(self) -> set[str | None]:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        return set(self.seen)
-
-
 async def test_a_controller_killed_mid_rollout_rolls_it_back_after_restart(
     space: RunSpace, launcher: Launcher, models: tuple[Model, Model], redis: Redis
 ) -> None:
@@ -107,7 +84,7 @@ async def test_a_controller_killed_mid_rollout_rolls_it_back_after_restart(
     assert await _active_version(redis, space) == v1.version
     topics = ModelTopics(space.kafka)
     await topics.start()
-    watch = ActiveRecordWatch(redis, space)
+    watch = ActiveVersions(redis, space.redis, space.model_name)
     producer = await start_producer(space.kafka)
     try:
         os.kill(workers[1].pid, signal.SIGSTOP)

@@ -31,7 +31,7 @@ from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoreV1Api, V1Namespa
 
 from reco_common.contracts import ModelPublished
 from reco_common.kafka import ensure_topics, publish
-from reco_common.settings import KafkaSettings
+from reco_common.settings import KafkaSettings, RedisSettings
 from reco_controller.kube import api_client
 from reco_controller.service import Controller
 from reco_controller.settings import ControllerSettings, Settings
@@ -119,10 +119,15 @@ async def worker(admin: ApiClient, namespace: str, progress_deadline_s: int) -> 
 
 @pytest.fixture
 def settings(
-    kafka_settings: KafkaSettings, namespace: str, controller_kubeconfig: Path, unique: str
+    kafka_settings: KafkaSettings,
+    redis_settings: RedisSettings,
+    namespace: str,
+    controller_kubeconfig: Path,
+    unique: str,
 ) -> Settings:
     return Settings(
         kafka=kafka_settings,
+        redis=redis_settings,
         controller=ControllerSettings(
             namespace=namespace,
             deployments={MODEL: WORKER},
@@ -130,6 +135,7 @@ def settings(
             group_id=f"controller-{unique}",
             identity=f"test-{unique}",
             poll_interval_s=0.2,
+            activation_check_s=0.5,
             rollout_timeout_s=60,
             lease_duration_s=4,
             renew_deadline_s=3,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
-from collections.abc import Callable
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +15,8 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer
-from kubernetes_asyncio.client import ApiClient, AppsV1Api
+from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoordinationV1Api, CoreV1Api, V1Lease
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from reco_common.artifact import ModelArrays, announcement, write_artifact
 from reco_common.contracts import (
@@ -24,6 +28,7 @@ from reco_common.contracts import (
     decode,
 )
 from reco_common.storage import open_store
+from reco_controller.settings import Settings
 from reco_controller.targets.base import ModelRecord
 from reco_controller.targets.deployment import ACTIVE, Deployment, record_annotations
 from reco_controller.targets.rollout_status import rollout_progress
@@ -140,6 +145,17 @@ def worker_deployment(*, progress_deadline_s: int = 600) -> dict[str, Any]:
     }
 
 
+async def exhaust_pod_quota(admin: ApiClient, namespace: str) -> None:
+    """The namespace's pod quota, exhausted by the two running workers: no new pod can be
+    created, so a new ReplicaSet never becomes ready (until the quota is deleted)."""
+    quota = {"metadata": {"name": "pods"}, "spec": {"hard": {"pods": "2"}}}
+    core = CoreV1Api(admin)
+    await core.create_namespaced_resource_quota(namespace, quota)
+    async with asyncio.timeout(30):
+        while not (await core.read_namespaced_resource_quota("pods", namespace)).status.hard:
+            await asyncio.sleep(0.1)
+
+
 async def read_worker(admin: ApiClient, namespace: str) -> Deployment:
     found = await AppsV1Api(admin).read_namespaced_deployment(WORKER, namespace)
     return Deployment.parse(admin.sanitize_for_serialization(found))
@@ -182,3 +198,77 @@ class RolloutLog:
 
     async def reaches(self, version: str, status: str, *, timeout_s: float = 60) -> None:
         await self.until(lambda log: status in log.statuses(version), timeout_s=timeout_s)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def controller_env(settings: Settings, identity: str, **extra: str) -> dict[str, str]:
+    """What ``reco-controller run`` gets as the process ``identity`` (``extra``: more
+    ``RECO_CONTROLLER_*`` by lower-case name)."""
+    conf = settings.controller
+    return {
+        **os.environ,
+        "RECO_KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
+        "RECO_KAFKA_TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "RECO_REDIS_URL": settings.redis.url,
+        "RECO_REDIS_KEY_PREFIX": settings.redis.key_prefix,
+        "RECO_CONTROLLER_NAMESPACE": conf.namespace,
+        "RECO_CONTROLLER_DEPLOYMENTS": f'{{"{MODEL}": "{WORKER}"}}',
+        "RECO_CONTROLLER_KUBECONFIG": str(conf.kubeconfig),
+        "RECO_CONTROLLER_GROUP_ID": conf.group_id,
+        "RECO_CONTROLLER_IDENTITY": identity,
+        "RECO_CONTROLLER_POLL_INTERVAL_S": "0.2",
+        "RECO_CONTROLLER_ACTIVATION_CHECK_S": "0.5",
+        "RECO_CONTROLLER_LEASE_DURATION_S": "4",
+        "RECO_CONTROLLER_RENEW_DEADLINE_S": "3",
+        "RECO_CONTROLLER_RETRY_PERIOD_S": "0.5",
+        "RECO_CONTROLLER_HEALTH_HOST": "127.0.0.1",
+        "RECO_CONTROLLER_HEALTH_PORT": "0",
+    } | {f"RECO_CONTROLLER_{name.upper()}": value for name, value in extra.items()}
+
+
+@asynccontextmanager
+async def controllers(
+    settings: Settings, logs: Path, *identities: str, **extra: str
+) -> AsyncIterator[dict[str, asyncio.subprocess.Process]]:
+    """``reco-controller run`` once per identity, each logging to ``logs/<identity>.log``
+    (appended to: a process started again under the same identity continues its log)."""
+    procs = {}
+    try:
+        for identity in identities:
+            with (logs / f"{identity}.log").open("ab") as log:
+                procs[identity] = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "reco_controller",
+                    "run",
+                    env=controller_env(settings, identity, **extra),
+                    stdout=log,
+                    stderr=log,
+                )
+        yield procs
+    finally:
+        for proc in procs.values():
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+
+
+async def read_lease(admin: ApiClient, namespace: str) -> V1Lease:
+    return await CoordinationV1Api(admin).read_namespaced_lease("reco-controller", namespace)
+
+
+async def lease_holder(admin: ApiClient, namespace: str, among: set[str]) -> str:
+    """The Lease's holder once it is one of ``among`` (bounded)."""
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                holder = (await read_lease(admin, namespace)).spec.holder_identity
+            except ApiException as exc:
+                if exc.status != 404:  # 404: not created yet
+                    raise
+                holder = None
+            if holder in among:
+                return str(holder)
+            await asyncio.sleep(0.2)

@@ -17,6 +17,7 @@ from controller_kube import (
     WORKER,
     WORSE,
     RolloutLog,
+    exhaust_pod_quota,
     model_uri_of,
     published,
     read_worker,
@@ -24,16 +25,19 @@ from controller_kube import (
     uri,
     write_model,
 )
-from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoreV1Api
+from kubernetes_asyncio.client import ApiClient, AppsV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
+from redis.asyncio import Redis
 
 from reco_common.contracts import MODEL_MANIFEST_SHA256_ENV, MODEL_URI_ENV, ModelPublished
+from reco_common.redis_store import read_active
 from reco_controller.kube import api_client
 from reco_controller.service import Controller
 from reco_controller.settings import Settings
 from reco_controller.targets.base import ModelRecord
 from reco_controller.targets.deployment import ACTIVE, FAILED_URI, PREVIOUS, Deployment, annotation
 from reco_controller.targets.kubernetes import KubernetesTarget
+from reco_devkit.observe import ActiveVersions, active_version
 
 Send = Callable[[ModelPublished], Awaitable[None]]
 
@@ -49,6 +53,13 @@ async def _replica_sets(admin: ApiClient, namespace: str) -> dict[str, int]:
     }
 
 
+async def _active_is(redis: Redis, settings: Settings, version: str) -> None:
+    """Bounded wait until the model's active record names ``version``."""
+    async with asyncio.timeout(30):
+        while await active_version(redis, settings.redis, MODEL) != version:
+            await asyncio.sleep(0.1)
+
+
 async def test_a_published_model_is_rolled_out(
     admin: ApiClient,
     namespace: str,
@@ -56,10 +67,17 @@ async def test_a_published_model_is_rolled_out(
     controller: Controller,
     send: Send,
     rollout_log: RolloutLog,
+    redis: Redis,
+    settings: Settings,
 ) -> None:
+    await _active_is(redis, settings, "v1")  # what the Deployment runs, once the leader checked
     event = published("v2")
     await send(event)
     await rollout_log.reaches("v2", "succeeded")
+    active = await read_active(redis, settings.redis.keys, MODEL)
+    assert active is not None, "switched before the succeeded event"
+    assert (active.version, active.artifact_uri) == ("v2", uri("v2"))
+    assert active.popular_items == ["i1"], "the popular list of v2's artifact"
 
     assert rollout_log.statuses("v2") == ["started", "succeeded"]
     after = await settled(admin, namespace)
@@ -128,18 +146,16 @@ async def test_a_rollout_that_cannot_become_ready_is_rolled_back(
     controller: Controller,
     send: Send,
     rollout_log: RolloutLog,
+    redis: Redis,
+    settings: Settings,
 ) -> None:
-    # The namespace's pod quota is exhausted by the two running workers: no new pod can ever be
-    # created, so the new ReplicaSet never becomes ready and the progress deadline passes.
-    quota = {"metadata": {"name": "pods"}, "spec": {"hard": {"pods": "2"}}}
-    core = CoreV1Api(admin)
-    await core.create_namespaced_resource_quota(namespace, quota)
-    async with asyncio.timeout(30):
-        while not (await core.read_namespaced_resource_quota("pods", namespace)).status.hard:
-            await asyncio.sleep(0.1)
-
+    await exhaust_pod_quota(admin, namespace)
+    await _active_is(redis, settings, "v1")
+    watch = ActiveVersions(redis, settings.redis, MODEL)
     await send(published("v2"))
     await rollout_log.reaches("v2", "rolled_back")
+    await asyncio.sleep(1.0)  # a late switch would show within a few checks of the leader
+    assert await watch.stop() == {"v1"}, "the failed rollout left the active record on v1"
 
     assert rollout_log.statuses("v2") == ["started", "failed", "rolled_back"]
     failed, rolled_back = rollout_log.events[-2:]
@@ -165,6 +181,8 @@ async def _cli(settings: Settings, *args: str) -> tuple[int, str]:
     env = {
         **os.environ,
         "RECO_KAFKA_TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "RECO_REDIS_URL": settings.redis.url,
+        "RECO_REDIS_KEY_PREFIX": settings.redis.key_prefix,
         "RECO_CONTROLLER_NAMESPACE": conf.namespace,
         "RECO_CONTROLLER_DEPLOYMENTS": f'{{"{MODEL}": "{WORKER}"}}',
         "RECO_CONTROLLER_KUBECONFIG": str(conf.kubeconfig),

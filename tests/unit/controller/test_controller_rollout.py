@@ -453,9 +453,10 @@ async def test_nor_does_it_roll_back_once_its_lease_expired(reported: list[Rollo
 
     target = PausedDuringTheWait(_settled(), outcomes=[Progress.failure("deadline")])
     rollouts = _rollouts(target, reported, leading=lambda: leading[0])
-    with pytest.raises(LeadershipLostError, match="not going to roll back"):
+    with pytest.raises(LeadershipLostError, match="not going to report failed"):
         await rollouts.handle(_event())
     assert target.calls == ["apply v2 after v1", "wait"]
+    assert _statuses(reported) == ["started"], "no verdict on a rollout it no longer owns"
 
 
 # --------------------------------------------------------------------------- activation

@@ -278,6 +278,10 @@ class _Run:
             )
 
     async def report(self, status: RolloutStatus, reason: str) -> None:
+        """Publish the event: a write too, so only while the lease is valid (a leader that woke
+        from a pause past its lease must not tell the world how a rollout it no longer owns
+        ended: the next leader decides that, and reports it)."""
+        self._ensure_leading(f"report {status.value} for")
         event = RolloutEvent(
             model_name=self._event.model_name,
             version=self._event.version,

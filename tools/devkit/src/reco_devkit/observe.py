@@ -1,7 +1,8 @@
 """What a run shows: the workers' Prometheus metrics, the model and rollout topics, the API.
 
 Everything is read from the outside, as an operator would: ``/metrics`` and ``/v1/model`` of
-each worker, ``model-published`` and ``rollout-events`` on Kafka, and the public API.
+each worker, ``model-published`` and ``rollout-events`` on Kafka, the active record in Redis,
+and the public API.
 Freshness quantiles come from the workers' ``reco_worker_freshness_seconds`` histogram, summed
 over the workers and interpolated inside a bucket like Prometheus' ``histogram_quantile``.
 """
@@ -19,6 +20,8 @@ from typing import Any, Final
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from reco_common.contracts import (
     MODEL_CONTROL_PATH,
@@ -29,7 +32,8 @@ from reco_common.contracts import (
     decode,
 )
 from reco_common.kafka import ensure_topics
-from reco_common.settings import KafkaSettings
+from reco_common.redis_store import read_active
+from reco_common.settings import KafkaSettings, RedisSettings
 
 logger = logging.getLogger(__name__)
 
@@ -214,3 +218,38 @@ class ModelTopics:
                 raise TimeoutError(f"model #{count} not published within {timeout_s:g} s")
             await self.poll(timeout_ms=200)
         return self.published[count - 1]
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+async def active_version(redis: Redis, settings: RedisSettings, model_name: str) -> str | None:
+    """The version a model's active record names (``None``: no record, or no answer)."""
+    try:
+        active = await read_active(redis, settings.keys, model_name)
+    except (RedisError, OSError):
+        return None
+    return active.version if active else None
+
+
+class ActiveVersions:
+    """Every version a model's active record names, sampled every ``every_s`` while it runs
+    (``None`` for no record): what the API's fallback showed over a stretch of time."""
+
+    def __init__(
+        self, redis: Redis, settings: RedisSettings, model_name: str, *, every_s: float = 0.05
+    ) -> None:
+        self.seen: list[str | None] = []
+        self._task = asyncio.create_task(self._sample(redis, settings, model_name, every_s))
+
+    async def _sample(
+        self, redis: Redis, settings: RedisSettings, model_name: str, every_s: float
+    ) -> None:
+        while True:
+            self.seen.append(await active_version(redis, settings, model_name))
+            await asyncio.sleep(every_s)
+
+    async def stop(self) -> set[str | None]:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        return set(self.seen)
