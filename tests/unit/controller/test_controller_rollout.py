@@ -527,3 +527,21 @@ async def test_no_activation_once_the_lease_expired(reported: list[RolloutEvent]
     with pytest.raises(LeadershipLostError, match="not going to activate"):
         await rollouts.handle(_event())
     assert records.actives["shop"].version == "v1"
+
+
+async def test_an_activation_that_fails_does_not_undo_the_rollout(
+    reported: list[RolloutEvent],
+) -> None:
+    """Redis down (or the artifact unreadable) when the rollout succeeded: the rollout stands,
+    is reported, and the leader's next check writes the record."""
+
+    class Unwritable(MemoryRecords):
+        async def activate(self, active: ActiveModel, *, epoch: Epoch) -> bool:
+            raise ConnectionError("Redis is down")
+
+    records = Unwritable(actives={"shop": _active("v1")})
+    target = FakeTarget(_settled(), outcomes=[Progress.complete("ok")])
+    decision = await _rollouts(target, reported, records=records).handle(_event())
+    assert decision is Decision.ROLLED_OUT
+    assert _statuses(reported) == ["started", "succeeded"]
+    assert records.actives["shop"].version == "v1"

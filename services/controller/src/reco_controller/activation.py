@@ -128,12 +128,23 @@ class Activations:
                 continue
 
     async def _keep_one(self, model_name: str, target: RolloutTarget) -> None:
-        """One check; any failure (Redis, object storage, the target's API) is logged and
-        counted, and the next round tries again."""
         try:
-            await self.settle(model_name, await target.read())
+            state = await target.read()
         except Exception as exc:
             self._metrics.activations.labels("failed").inc()
             logger.warning(
-                "%s: the active record could not be kept in line: %r", target.description, exc
+                "%s: could not be read to check its active record: %r", target.description, exc
             )
+            return
+        await self.try_settle(model_name, state, where=target.description)
+
+    async def try_settle(self, model_name: str, state: TargetState, *, where: str) -> bool:
+        """:meth:`settle`, any failure (Redis, object storage, a refused artifact) logged and
+        counted instead of raised: the rollout goes on, the next check of :meth:`keep` tries
+        again."""
+        try:
+            return await self.settle(model_name, state)
+        except Exception as exc:
+            self._metrics.activations.labels("failed").inc()
+            logger.error("%s: the active record could not be written (retried): %r", where, exc)
+            return False

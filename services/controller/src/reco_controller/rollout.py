@@ -266,9 +266,10 @@ class _Run:
         await self.report(RolloutStatus.ROLLED_BACK, reason)
 
     async def _activate(self, state: TargetState) -> None:
-        """The ``active`` record onto what the target is settled on (idempotent)."""
+        """The ``active`` record onto what the target is settled on (idempotent). A failure
+        does not undo or block the rollout: the leader's next check writes the record."""
         self._ensure_leading("activate")
-        await self._policy.activations.settle(self._event.model_name, state)
+        await self._policy.activations.try_settle(self._event.model_name, state, where=self._where)
 
     def _ensure_leading(self, what: str) -> None:
         if not self._policy.leading():
