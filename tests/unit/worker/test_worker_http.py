@@ -203,12 +203,14 @@ async def test_a_load_request_carries_the_manifest_pin_to_the_store(
     assert (await client.post("/v1/model", json=bad, headers=auth())).status_code == 422
 
 
-async def test_the_served_model_needs_no_reload(
+async def test_the_served_model_answers_200_and_is_still_the_latest_request(
     client: httpx.AsyncClient, models: FakeModels
 ) -> None:
+    """200: nothing to load; still passed on, so that it wins over another model's load in
+    progress (the model store does not reload what it serves)."""
     reply = await client.post("/v1/model", json={"model_uri": SERVED}, headers=auth())
     assert reply.status_code == 200
-    assert models.requested == []
+    assert models.requested == [SERVED]
 
 
 async def test_a_refused_model_is_reported(client: httpx.AsyncClient, models: FakeModels) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from reco_common.artifact import ITEM_FACTORS, ModelArrays, write_artifact
 from reco_common.contracts import EvalMetrics
 from reco_common.settings import S3Settings
 from reco_common.storage import open_store
-from reco_worker.model_store import ModelRefusedError, load_serving_model
+from reco_worker.metrics import WorkerMetrics
+from reco_worker.model_store import ModelRefusedError, ModelStore, load_serving_model
 
 
 def publish(root: Path, arrays: ModelArrays, *, version: str = "v1") -> str:
@@ -67,3 +69,28 @@ def test_factors_with_nan_are_refused(tmp_path: Path) -> None:
     uri = publish(tmp_path / "store", arrays)
     with pytest.raises(ModelRefusedError, match="NaN"):
         load(uri, tmp_path)
+
+
+async def test_the_latest_request_wins_over_a_load_in_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollback asks for the served v1 while v2 still loads (the controller's revert right
+    after the failure of another worker): v2 must not be swapped in when its load ends."""
+    v1 = publish(tmp_path / "store", random_arrays(n_items=40, n_users=5, dim=4))
+    v2 = publish(tmp_path / "store", random_arrays(n_items=40, n_users=5, dim=4), version="v2")
+    store = ModelStore(
+        s3=S3Settings(), cache_dir=tmp_path / "cache", metrics=WorkerMetrics.create()
+    )
+    await store.load(v1)
+    served = [store.current.uri]
+    swap_in = store._swap_in
+    monkeypatch.setattr(store, "_swap_in", lambda m: (served.append(m.uri), swap_in(m)))
+    store.request(v2)
+    store.request(v1)  # already served: supersedes the load of v2
+    while store.status().loading is not None:
+        await asyncio.sleep(0.01)
+    assert served == [v1], "v2 never served, not even for a moment"
+    store.request(v2)  # asked for again, it is swapped in
+    while store.status().loading is not None:
+        await asyncio.sleep(0.01)
+    assert served == [v1, v2]

@@ -106,16 +106,19 @@ async def get_model(models: Models) -> Response:
 async def post_model(request: Request, models: Models) -> Response:
     """Load ``model_uri`` in the background (202), or nothing to do when it is served (200)."""
     body = await _load_request(request)
-    current = models.status()
-    if current.active is not None and current.active.uri == body.model_uri:
-        return _reply(_state(current))
     pin = body.manifest_sha256 if isinstance(body.manifest_sha256, str) else None
-    if pin is None and not request.app.state.allow_unpinned:
+    current = models.status()
+    served = current.active is not None and current.active.uri == body.model_uri
+    if pin is None and not served and not request.app.state.allow_unpinned:
         error = {"type": "missing", "loc": ("body", "manifest_sha256"), "input": None}
         raise RequestValidationError([{**error, "msg": "a load must be pinned (manifest_sha256)"}])
+    # Also when it is served: the latest request wins over a load of another model in progress.
     models.request(body.model_uri, manifest_sha256=pin)
+    current = models.status()
+    if served:
+        return _reply(_state(current))
     logger.info("model %s requested over HTTP", body.model_uri)
-    return _reply(_state(models.status()), status.HTTP_202_ACCEPTED)
+    return _reply(_state(current), status.HTTP_202_ACCEPTED)
 
 
 async def _load_request(request: Request) -> ModelLoadRequest:

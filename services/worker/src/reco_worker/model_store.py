@@ -93,6 +93,7 @@ class ModelStore:
         self._last_error: LoadFailure | None = None
         self._loading: tuple[str, asyncio.Task[None]] | None = None
         self._queued: str | None = None
+        self._wanted: str | None = None  # the latest model asked for over HTTP
         self._swap = asyncio.Lock()
         self._pins: dict[str, str] = {}
         self.loaded = asyncio.Event()
@@ -127,6 +128,9 @@ class ModelStore:
             async with self._swap:
                 if first and self._current is not None:
                     return self._current
+                if self._superseded(uri) and self._current is not None:
+                    logger.info("model %s loaded, but %s was asked for since", uri, self._wanted)
+                    return self._current
                 self._check_name(model)
                 self._swap_in(model)
         except Exception as exc:
@@ -159,11 +163,20 @@ class ModelStore:
             model.uri,
         )
 
+    def _superseded(self, uri: str) -> bool:
+        return self._wanted is not None and self._wanted != uri
+
     def request(self, uri: str, *, manifest_sha256: str | None = None) -> None:
         """Load ``uri`` in the background (pinned to ``manifest_sha256`` when given); while a
-        load runs, the latest request waits its turn."""
+        load runs, the latest request waits its turn. The latest request wins: asking for the
+        model already served (a rollback while the rolled-back model still loads) drops what
+        was queued, and a load in progress of another model is not swapped in when done."""
         if manifest_sha256 is not None:
             self.pin(uri, manifest_sha256)
+        self._wanted = uri
+        if self._current is not None and self._current.uri == uri:
+            self._queued = None
+            return
         if self._loading is None:
             self._start(uri, first=False)
         else:
