@@ -2,13 +2,17 @@
 
     uv run python bench/trainer/train_bench.py                 # 100k, 1M, 5M
     uv run python bench/trainer/train_bench.py --sizes 100000  # one size
+    uv run python bench/trainer/train_bench.py --sizes 1000000 --params '{}' \
+        --params '{"loss": "warp", "components": 32}'          # configurations side by side
 
 For each size a child process generates the shop (with taste drift) into a Parquet file, then a
 fresh child process runs the whole training job on it exactly as ``reco-trainer train
 --no-publish`` does (read, temporal split, LightFM WARP with early stopping on 2 threads,
 evaluation of the model and the popularity baseline, report, artifact on a file:// store).
 The child's own ``ru_maxrss`` is its peak resident memory (LightFM's C arrays included).
-Results are printed as a Markdown table and JSON lines.
+Results are printed as a Markdown table and JSON lines. ``--params JSON`` (repeatable) trains
+each set of parameter overrides on the same shop, one after the other (default: ``{}``, the
+trainer's defaults).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def generate(size: int, directory: Path, seed: int) -> dict[str, float]:
     }
 
 
-def train(directory: Path, threads: int) -> dict[str, object]:
+def train(directory: Path, threads: int, overrides: dict[str, object]) -> dict[str, object]:
     from reco_common.settings import S3Settings
     from reco_trainer.params import TrainParams
     from reco_trainer.pipeline import Inputs, Job, run_job
@@ -49,7 +53,7 @@ def train(directory: Path, threads: int) -> dict[str, object]:
         Job(
             model_name="bench",
             store_uri=(directory / "store").as_uri(),
-            params=TrainParams(threads=threads),
+            params=TrainParams.model_validate({**overrides, "threads": threads}),
             s3=S3Settings(),
             kafka=None,
             progress=LogProgress,
@@ -65,6 +69,7 @@ def train(directory: Path, threads: int) -> dict[str, object]:
         "train_s": details["seconds"]["train"],
         "evaluate_s": details["seconds"]["evaluate"],
         "epochs_run": details["epochs_run"],
+        "params": details["params"],
         "best_epoch": outcome.report.best_epoch,
         "fit_pairs": details["fit_pairs"],
         "model": outcome.metrics.model,
@@ -87,6 +92,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--params", action="append", default=None, help="JSON parameter overrides (repeatable)"
+    )
     parser.add_argument("--child", choices=["generate", "train"], help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -94,32 +102,45 @@ def main() -> None:
         print(json.dumps(generate(args.sizes[0], args.dir, args.seed)))
         return
     if args.child == "train":
-        print(json.dumps(train(args.dir, args.threads)))
+        print(json.dumps(train(args.dir, args.threads, json.loads(args.params[0]))))
         return
     rows = []
     for size in args.sizes:
         with tempfile.TemporaryDirectory(prefix="reco-bench-") as tmp:
             shop = _child("--child", "generate", "--sizes", str(size), "--dir", tmp)
-            shop.update(_child("--child", "train", "--dir", tmp, "--threads", str(args.threads)))
-        shop["interactions"] = size
-        rows.append(shop)
-        print(json.dumps(shop), file=sys.stderr, flush=True)
+            for overrides in args.params or ["{}"]:
+                row = {**shop, "interactions": size, "overrides": overrides}
+                row.update(
+                    _child(
+                        "--child",
+                        "train",
+                        "--dir",
+                        tmp,
+                        "--threads",
+                        str(args.threads),
+                        "--params",
+                        overrides,
+                    )
+                )
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
     print(table(rows))
 
 
 def table(rows: list[dict[str, object]]) -> str:
     lines = [
-        "| interactions | users | items | train+evaluate (s) | CPU (s) | of which training | evaluation "
+        "| interactions | params | users | items | train+evaluate (s) | CPU (s) | of which training "
+        "| evaluation "
         "| epochs (kept) | peak RSS (MiB) | precision@10 model | popularity | ndcg@10 model "
         "| popularity | AUC model | popularity |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         model, base = r["model"], r["baseline"]
         assert isinstance(model, dict)
         assert isinstance(base, dict)
         lines.append(
-            f"| {r['interactions']:,} | {r['users']:,} | {r['items']:,} | {r['total_s']} | {r['cpu_s']} "
+            f"| {r['interactions']:,} | `{r['overrides']}` | {r['users']:,} | {r['items']:,} | {r['total_s']} | {r['cpu_s']} "
             f"| {r['train_s']} | {r['evaluate_s']} | {r['epochs_run']} ({r['best_epoch']}) "
             f"| {r['peak_rss_mb']} | {model['precision@10']:.4f} | {base['precision@10']:.4f} "
             f"| {model['ndcg@10']:.4f} | {base['ndcg@10']:.4f} | {model['auc']:.3f} "

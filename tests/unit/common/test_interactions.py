@@ -14,6 +14,7 @@ from reco_common.contracts import ActionType, UserAction
 from reco_common.interactions import (
     InteractionsError,
     LogFormat,
+    action_weight_map,
     actions_table,
     column_map,
     format_of,
@@ -313,3 +314,28 @@ def test_jsonl_keeps_ids_that_look_like_dates_and_reads_well_typed_files_in_bulk
     path = _write(tmp_path / "e.jsonl", '{"user_id": "u", "item_id": "i", "weight": true}\n')
     with pytest.raises(InteractionsError, match=r"e\.jsonl: line 1, column 'weight': True"):
         read_interactions(path)
+
+
+def test_any_action_name_weighs_as_mapped_and_bad_entries_are_named(tmp_path: Path) -> None:
+    assert action_weight_map(["view=1", " like = 2.5", "purchase=5"]) == {
+        "view": 1.0,
+        "like": 2.5,
+        "purchase": 5.0,
+    }
+    path = _write(tmp_path / "log.csv", "user_id,item_id,action\nu,a,like\nu,b,play\nv,a,like\n")
+    log = read_interactions(path, action_weights={"like": 3, "play": 0.5})
+    assert log.weights().tolist() == [3.0, 0.5, 3.0]
+    with pytest.raises(InteractionsError, match=r"log\.csv: line 3.*unknown action 'play'"):
+        read_interactions(path, action_weights={"like": 3})
+    for bad, why in [
+        ("purchase", "expected ACTION=WEIGHT"),
+        ("=3", "action name is empty"),
+        ("like=lots", "not a number"),
+        ("like=0", "positive number"),
+        ("like=-1", "positive number"),
+        ("like=nan", "positive number"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            action_weight_map([bad])
+    with pytest.raises(ValueError, match="positive number"):
+        read_interactions(path, action_weights={"like": -1, "play": 1})

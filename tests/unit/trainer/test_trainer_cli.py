@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,12 @@ from reco_trainer.options import OWN_FLAGS
 from reco_trainer.params import TrainParams
 
 runner = CliRunner()
+
+
+def said(output: str) -> str:
+    """The output's words, without the frame and line breaks of typer's error box."""
+    return " ".join(re.sub("[│╭╮╰╯─]", " ", output).split())
+
 TINY = ["--components", "4", "--epochs", "2", "--threads", "1", "--no-publish"]
 
 
@@ -100,8 +107,9 @@ def test_invalid_parameters_and_settings_exit_non_zero(
     result = runner.invoke(app, [*args, "--test-fraction", "1.5"])
     assert result.exit_code == EXIT_INPUT
     assert "test_fraction" in result.output
-    result = runner.invoke(app, [*args, "--action-weight", "wishlist=3"])
+    result = runner.invoke(app, [*args, "--action-weight", "purchase=0"])
     assert result.exit_code == EXIT_INPUT
+    assert "purchase=0: the weight must be a positive number" in said(result.output)
     monkeypatch.setenv("RECO_TRAINER_MODEL_NAME", "Not A Name")
     result = runner.invoke(app, args)
     assert result.exit_code == EXIT_INPUT
@@ -178,3 +186,64 @@ def test_every_training_parameter_has_its_option() -> None:
     assert train["ks"].opts == ["--k"]
     assert train["refit"].opts == ["--refit"]
     assert train["refit"].secondary_opts == ["--no-refit"]
+
+
+def _action_log(path: Path) -> str:
+    """A log with the action names of a video site (none of the shop's)."""
+    rows = [
+        f"u{u},v{(u * 7 + n) % 23},{('play', 'like', 'share')[n % 3]},{1_700_000_000 + 60 * n}"
+        for u in range(30)
+        for n in range(12)
+    ]
+    path.write_text("user_id,item_id,action,timestamp\n" + "\n".join(rows) + "\n")
+    return str(path)
+
+
+def test_any_action_name_gets_its_weight(store_uri: str, tmp_path: Path) -> None:
+    log = _action_log(tmp_path / "actions.csv")
+    metrics = tmp_path / "m.json"
+    args = ["train", "-i", log, "--output", store_uri, "--metrics-out", str(metrics), *TINY]
+    weights = ["--action-weight", "play=1", "--action-weight", "like=3", "--action-weight", "share=5"]
+    result = runner.invoke(app, [*args, *weights])
+    assert result.exit_code == 0, result.output
+    params = json.loads(metrics.read_text())["params"]
+    assert params["action_weights"] == {
+        "view": 1.0,
+        "click": 2.0,
+        "cart": 4.0,
+        "purchase": 8.0,
+        "play": 1.0,
+        "like": 3.0,
+        "share": 5.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("share", "'share': expected ACTION=WEIGHT"),
+        ("share=much", "share=much: the weight is not a number"),
+        ("share=-2", "share=-2: the weight must be a positive number"),
+        ("=2", "the action name is empty"),
+    ],
+)
+def test_malformed_action_weights_exit_before_reading(
+    store_uri: str, tmp_path: Path, flag: str, message: str
+) -> None:
+    args = ["train", "-i", str(tmp_path / "absent.csv"), "--output", store_uri, *TINY]
+    result = runner.invoke(app, [*args, "--action-weight", flag])
+    assert result.exit_code == EXIT_INPUT
+    assert message in said(result.output)
+    assert "--action-weight" in said(result.output)
+
+
+def test_an_action_without_a_weight_is_named_with_its_line(
+    store_uri: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = _action_log(tmp_path / "actions.csv")
+    args = ["train", "-i", log, "--output", store_uri, *TINY]
+    result = runner.invoke(app, [*args, "--action-weight", "play=1", "--action-weight", "like=3"])
+    assert result.exit_code == EXIT_INPUT
+    assert "actions.csv: line 4" in result.output + caplog.text
+    assert "unknown action 'share'" in result.output + caplog.text
+    assert open_store(store_uri).list() == []

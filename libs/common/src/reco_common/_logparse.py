@@ -77,6 +77,38 @@ def column_map(mapping: Mapping[str, str] | str) -> dict[str, str]:
     return resolved
 
 
+def action_weight_map(values: Mapping[str, float] | Sequence[str]) -> dict[str, float]:
+    """``{action: weight}`` from a mapping or from ``ACTION=WEIGHT`` texts, e.g.
+    ``["view=1", "purchase=5"]``; any action name the logs use is allowed (kept as written,
+    compared exactly with the ``action`` column). Raise ``ValueError`` naming the bad entry: no
+    ``=``, an empty name, a weight that is not a finite positive number.
+    """
+    pairs = (
+        [(str(k), v) for k, v in values.items()]
+        if isinstance(values, Mapping)
+        else [_action_pair(text) for text in values]
+    )
+    weights: dict[str, float] = {}
+    for name, raw in pairs:
+        try:
+            weight = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}={raw}: the weight is not a number") from None
+        if not name.strip():
+            raise ValueError(f"{name}={raw}: the action name is empty")
+        if not (np.isfinite(weight) and weight > 0):
+            raise ValueError(f"{name}={raw}: the weight must be a positive number")
+        weights[name.strip()] = weight
+    return weights
+
+
+def _action_pair(text: str) -> tuple[str, str]:
+    name, sep, weight = text.partition("=")
+    if not sep:
+        raise ValueError(f"{text!r}: expected ACTION=WEIGHT, e.g. purchase=5")
+    return name, weight.strip()
+
+
 @dataclass(frozen=True, slots=True)
 class LogSchema:
     """How a file's columns become an interaction log.

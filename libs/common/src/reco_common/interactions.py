@@ -46,6 +46,7 @@ from reco_common._logparse import (
     InteractionsError,
     LogFormat,
     LogSchema,
+    action_weight_map,
     column_map,
     feature_table,
     interactions_table,
@@ -68,6 +69,7 @@ __all__ = [
     "LogFormat",
     "LogSchema",
     "LogSource",
+    "action_weight_map",
     "actions_table",
     "column_map",
     "encode_log",
@@ -172,9 +174,7 @@ def read_interactions(
     format instead of guessing it from each file name.
     """
     schema = LogSchema(
-        action_weights={
-            str(k): float(v) for k, v in (action_weights or DEFAULT_ACTION_WEIGHTS).items()
-        },
+        action_weights=action_weight_map(action_weights or DEFAULT_ACTION_WEIGHTS),
         columns=column_map(columns or {}),
         min_weight=min_weight,
     )

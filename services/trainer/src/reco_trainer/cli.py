@@ -20,8 +20,14 @@ from rich.console import Console
 from rich.table import Table
 
 from reco_common.artifact import ArtifactError, read_manifest
-from reco_common.contracts import ActionType, describe_validation_error
-from reco_common.interactions import InteractionsError, LogFormat, column_map, is_log_file
+from reco_common.contracts import describe_validation_error
+from reco_common.interactions import (
+    InteractionsError,
+    LogFormat,
+    action_weight_map,
+    column_map,
+    is_log_file,
+)
 from reco_common.kafka import KafkaUnavailableError
 from reco_common.service import load_service_settings
 from reco_common.settings import ConfigurationError, S3Settings
@@ -81,22 +87,10 @@ def _guarded(action: Callable[[], T]) -> T:
 
 
 def _action_weights(values: list[str]) -> dict[str, float]:
-    weights: dict[str, float] = {}
-    for value in values:
-        name, sep, number = value.partition("=")
-        if not sep or name.strip().lower() not in set(ActionType):
-            raise typer.BadParameter(
-                f"{value!r}: expected ACTION=WEIGHT with ACTION one of "
-                f"{', '.join(a.value for a in ActionType)}",
-                param_hint="--action-weight",
-            )
-        try:
-            weights[name.strip().lower()] = float(number)
-        except ValueError:
-            raise typer.BadParameter(
-                f"{value!r}: the weight is not a number", param_hint="--action-weight"
-            ) from None
-    return weights
+    try:
+        return action_weight_map(values)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--action-weight") from None
 
 
 ParamsFrom = Annotated[
@@ -161,7 +155,12 @@ def train(
     columns: Columns = None,
     min_weight: MinWeight = None,
     action_weight: Annotated[
-        list[str] | None, typer.Option(help="ACTION=WEIGHT, e.g. purchase=10 (repeatable).")
+        list[str] | None,
+        typer.Option(
+            help="ACTION=WEIGHT for the logs' action column, any action name, e.g. "
+            "--action-weight view=1 --action-weight purchase=5 (repeatable; merged into the "
+            "defaults view=1, click=2, cart=4, purchase=8)."
+        ),
     ] = None,
     params_from: ParamsFrom = None,
     tune: TuneTrials = None,

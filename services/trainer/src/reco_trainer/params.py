@@ -9,9 +9,10 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, PRIMARY_METRIC, ActionType
+from reco_common.contracts import DEFAULT_ACTION_WEIGHTS, PRIMARY_METRIC
+from reco_common.interactions import action_weight_map
 
 Positive = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
@@ -64,10 +65,10 @@ class TrainParams(BaseModel):
     """Training threads (not part of the version)."""
     seed: int = 42
     """Random seed."""
-    action_weights: dict[ActionType, Positive] = Field(
-        default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS)
+    action_weights: dict[str, Positive] = Field(
+        default_factory=lambda: {str(a): w for a, w in DEFAULT_ACTION_WEIGHTS.items()}
     )
-    """Weight of each action type."""
+    """Weight of each action name in the logs (any name; the defaults are the shop's)."""
     weighting: Weighting = Weighting.BINARY  # warp-kos takes no sample weights
     """Summed weights → sample weight."""
     split: SplitKind = SplitKind.AUTO
@@ -102,6 +103,11 @@ class TrainParams(BaseModel):
     """Item-to-item neighbours per item in the artifact, for the real-time policy (0: none)."""
     refit: bool = False
     """Retrain on all data after evaluation."""
+
+    @field_validator("action_weights", mode="before")
+    @classmethod
+    def _action_names(cls, value: object) -> object:
+        return action_weight_map(value) if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _metric_is_computed(self) -> Self:

@@ -177,9 +177,8 @@ def run_job(job: Job, inputs: Inputs) -> Outcome:
 
 
 def _read(job: Job, inputs: Inputs) -> _Data:
-    weights = {a.value: w for a, w in job.params.action_weights.items()}
     options: dict[str, Any] = {
-        "action_weights": weights,
+        "action_weights": job.params.action_weights,
         "columns": inputs.columns,
         "min_weight": inputs.min_weight,
         "s3": job.s3,

@@ -12,7 +12,7 @@ import typer
 from threadpoolctl import threadpool_limits
 
 from reco_common.contracts import dumps
-from reco_common.interactions import read_interactions
+from reco_common.interactions import InteractionsError, column_map, read_interactions
 from reco_common.kafka import KafkaUnavailableError
 from reco_common.lifecycle import serve
 from reco_common.service import load_service_settings
@@ -58,8 +58,24 @@ def replay_command(
     exclude_seen: Annotated[
         bool | None, typer.Option("--exclude-seen/--keep-seen", help="Default: settings.")
     ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help="The log's column names as for reco-trainer, e.g. user=userId,item=movieId,"
+            "weight=rating,timestamp=timestamp (default: user_id, item_id, weight|rating, "
+            "ts|timestamp, …)."
+        ),
+    ] = None,
+    min_weight: Annotated[
+        float | None,
+        typer.Option(min=0, help="Replay only events weighing at least this, e.g. 4."),
+    ] = None,
 ) -> None:
     """Replay EVENTS through the worker's scoring: static vs real-time vs popular lists."""
+    try:
+        mapping = column_map(columns or {})
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--columns") from None
     settings = _settings()
     threadpool_limits(limits=settings.blas_threads)
     policy = settings.policy
@@ -72,11 +88,17 @@ def replay_command(
     )
     with tempfile.TemporaryDirectory(prefix="reco-replay-") as cache:
         serving = load_serving_model(model, s3=settings.common.s3, cache_dir=Path(cache))
-    log = read_interactions(
-        events,
-        action_weights={str(a): w for a, w in policy.action_weights.items()},
-        s3=settings.common.s3,
-    )
+    try:
+        log = read_interactions(
+            events,
+            action_weights={str(a): w for a, w in policy.action_weights.items()},
+            columns=mapping,
+            min_weight=min_weight,
+            s3=settings.common.s3,
+        )
+    except InteractionsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
     report = replay(
         serving,
         log,
