@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -117,12 +118,20 @@ def one_seed(
     outcome = trainer_job(run_dir, train_uri, test_uri, params.model_copy(update={"seed": seed}))
     results["defaults"] = artifact_metrics(outcome, data)
     results["defaults"]["seconds"] = time.perf_counter() - started
+    results["defaults"]["load"] = os.getloadavg()[0]
     if tune_minutes:
         started = time.perf_counter()
         budget = Budget(trials=10_000, budget_s=tune_minutes * 60)
         tuned = trainer_job(run_dir, train_uri, test_uri, params.updated({"seed": seed}), budget)
         results["tuned"] = artifact_metrics(tuned, data)
         results["tuned"]["seconds"] = time.perf_counter() - started
+        results["tuned"]["load"] = os.getloadavg()[0]
+        assert tuned.report is not None
+        assert tuned.report.search is not None
+        search = tuned.report.search
+        results["tuned"]["trials"] = len(search["trials"])
+        results["tuned"]["complete"] = sum(t["state"] == "complete" for t in search["trials"])
+        results["tuned"]["best"] = search["best"]
         return results
     results["cold"] = cold_users(table, seed, params.model_copy(update={"seed": seed}), workdir)
     return results
@@ -211,11 +220,23 @@ def main() -> None:
 
 def print_table(rows: list[dict]) -> None:
     methods = [m for m in ("plain", "defaults", "tuned", "popularity") if m in rows[0]]
-    print("| method | " + " | ".join(SHOWN) + " |")
-    print("|---" * (len(SHOWN) + 1) + "|")
+    ratios = ("precision@5", "precision@10")
+    print(
+        "| method | "
+        + " | ".join(SHOWN)
+        + " | "
+        + " | ".join(f"x plain {r}" for r in ratios)
+        + " |"
+    )
+    print("|---" * (len(SHOWN) + len(ratios) + 1) + "|")
     for method in methods:
-        means = [np.mean([r[method][m] for r in rows]) for m in SHOWN]
-        print(f"| {method} | " + " | ".join(f"{v:.4f}" for v in means) + " |")
+        means = {m: np.mean([r[method][m] for r in rows]) for m in SHOWN}
+        times = [means[m] / np.mean([r["plain"][m] for r in rows]) for m in ratios]
+        cells = [f"{means[m]:.4f}" for m in SHOWN] + [f"{t:.2f}" for t in times]
+        print(f"| {method} | " + " | ".join(cells) + " |")
+    for method in methods:
+        per_seed = ["/".join(f"{r[method][m] / r['plain'][m]:.3f}" for m in ratios) for r in rows]
+        print(f"{method} / plain (p@5/p@10) per seed {[r['seed'] for r in rows]}: {per_seed}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def said(output: str) -> str:
     """The output's words, without the frame and line breaks of typer's error box."""
     return " ".join(re.sub("[│╭╮╰╯─]", " ", output).split())
 
+
 TINY = ["--components", "4", "--epochs", "2", "--threads", "1", "--no-publish"]
 
 
@@ -203,7 +204,14 @@ def test_any_action_name_gets_its_weight(store_uri: str, tmp_path: Path) -> None
     log = _action_log(tmp_path / "actions.csv")
     metrics = tmp_path / "m.json"
     args = ["train", "-i", log, "--output", store_uri, "--metrics-out", str(metrics), *TINY]
-    weights = ["--action-weight", "play=1", "--action-weight", "like=3", "--action-weight", "share=5"]
+    weights = [
+        "--action-weight",
+        "play=1",
+        "--action-weight",
+        "like=3",
+        "--action-weight",
+        "share=5",
+    ]
     result = runner.invoke(app, [*args, *weights])
     assert result.exit_code == 0, result.output
     params = json.loads(metrics.read_text())["params"]

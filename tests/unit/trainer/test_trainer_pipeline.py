@@ -186,3 +186,22 @@ def test_explicit_test_file_item_features_and_refit(
     assert outcome.report.details["explicit_test"] is True
     # Refit on train + test: every user of both files is in the artifact.
     assert manifest.n_users >= outcome.report.details["users"]
+
+
+def test_members_are_served_as_one_model(
+    shop_files: dict[str, str],
+    tiny_params: TrainParams,
+    store_uri: str,
+    tmp_path: Path,
+    no_kafka: None,
+) -> None:
+    params = tiny_params.updated({"members": 3})
+    outcome = run_job(_job(store_uri, params), Inputs(interactions=[shop_files["interactions"]]))
+    loaded = load_artifact(open_store(outcome.artifact_uri), cache_dir=tmp_path / "cache")
+    assert loaded.manifest.params["members"] == 3
+    assert loaded.arrays.item_factors.shape == (loaded.manifest.n_items, 3 * 8 + 1)
+    assert loaded.arrays.user_factors.shape[1] == 3 * 8 + 1
+    single = run_job(
+        _job(store_uri, tiny_params), Inputs(interactions=[shop_files["interactions"]])
+    )
+    assert single.version != outcome.version

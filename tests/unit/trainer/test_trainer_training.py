@@ -147,3 +147,21 @@ def test_the_progress_bar_shows_epochs_and_the_metric() -> None:
     text = out.getvalue()
     assert "2/3" in text
     assert "precision@10=0.2345" in text
+
+
+def test_members_side_by_side_score_the_sum_of_their_scores() -> None:
+    rng = np.random.default_rng(0)
+    members = [
+        (
+            rng.normal(size=(5, d + 1)).astype(np.float32),
+            rng.normal(size=(7, d + 1)).astype(np.float32),
+        )
+        for d in (3, 4)
+    ]
+    users, items = training.side_by_side(members)
+    assert users.shape == (5, 3 + 4 + 1)
+    assert items.shape == (7, 3 + 4 + 1)
+    rows = np.arange(5)
+    summed = sum(factor_scorer(u, v)(rows) for u, v in members)
+    np.testing.assert_allclose(factor_scorer(users, items)(rows), summed, rtol=1e-5, atol=1e-5)
+    assert training.side_by_side(members[:1]) == members[0]

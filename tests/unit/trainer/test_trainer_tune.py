@@ -113,17 +113,19 @@ def test_tuned_parameters_go_into_the_manifest_and_are_reused(
             s3=S3Settings(),
             kafka=None,
             progress=LogProgress,
-            tune=Budget(trials=2, budget_s=3600),
+            tune=Budget(trials=2, budget_s=3600, members=2),
         ),
         Inputs(interactions=[shop_files["interactions"]]),
     )
     manifest = load_artifact(open_store(outcome.artifact_uri), cache_dir=tmp_path / "c").manifest
     assert manifest.params["tuning"]["trials"] == 2
     found = tune.tuned_values(manifest.params)
-    assert set(found) == set(tune.TUNED)
+    assert set(found) == set(tune.REUSED)
+    assert found["members"] == 2
     report = json.loads(open_store(outcome.artifact_uri).get_bytes("evaluation.json"))
     assert len(report["search"]["trials"]) == 2
-    assert report["search"]["best"] == found
+    assert report["search"]["best"] == {k: found[k] for k in tune.TUNED}
+    assert report["search"]["members"] == 2
     monkeypatch.setenv("RECO_TRAINER_PARAMS__EPOCHS", "1")
     monkeypatch.setenv("RECO_TRAINER_PARAMS__THREADS", "1")
     result = CliRunner().invoke(
@@ -143,7 +145,7 @@ def test_tuned_parameters_go_into_the_manifest_and_are_reused(
     )
     assert result.exit_code == 0, result.output
     again = json.loads((tmp_path / "again.json").read_text())
-    assert {k: again["params"][k] for k in tune.TUNED} == found
+    assert {k: again["params"][k] for k in tune.REUSED} == found
     assert "search" not in again
 
 

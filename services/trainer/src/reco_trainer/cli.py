@@ -102,7 +102,8 @@ TuneTrials = Annotated[
     typer.Option(min=1, help="Search the parameters first, with at most this many trials."),
 ]
 TuneMinutes = Annotated[
-    float, typer.Option(min=0.01, help="Time budget of the search (with --tune).")
+    float,
+    typer.Option(min=0.01, help="Time budget of the search and the final training (--tune)."),
 ]
 
 
@@ -186,7 +187,7 @@ def train(
                 s3=settings.s3,
                 kafka=settings.kafka if do_publish else None,
                 metrics_out=metrics_out or settings.trainer.metrics_out,
-                tune=_budget(tune, tune_minutes),
+                tune=_budget(tune, tune_minutes, overrides.get("members")),
             ),
             Inputs(
                 interactions=interactions,
@@ -200,8 +201,11 @@ def train(
     _summarise(_guarded(job))
 
 
-def _budget(trials: int | None, minutes: float) -> Budget | None:
-    return None if trials is None else Budget(trials=trials, budget_s=minutes * 60)
+def _budget(trials: int | None, minutes: float, members: int | None = None) -> Budget | None:
+    """The search's budget; the tuned model has ``--members`` models, else :class:`Budget`'s."""
+    if trials is None:
+        return None
+    return Budget(trials=trials, budget_s=minutes * 60, **({"members": members} if members else {}))
 
 
 def _reused(base: TrainParams, artifact: str | None, s3: S3Settings) -> TrainParams:
@@ -227,7 +231,10 @@ def tune(
     interactions: Interactions,
     overrides: dict[str, Any],
     trials: Annotated[int, typer.Option(min=1, help="At most this many trials.")] = 50,
-    minutes: Annotated[float, typer.Option(min=0.01, help="Time budget of the search.")] = 10.0,
+    minutes: Annotated[
+        float,
+        typer.Option(min=0.01, help="Time budget of the search and the final training."),
+    ] = 10.0,
     test: TestFile = None,
     output: Output = None,
     model_name: ModelName = None,
@@ -236,9 +243,10 @@ def tune(
     columns: Columns = None,
     min_weight: MinWeight = None,
 ) -> None:
-    """Search the parameters with Optuna (validation metric, pruning), then train with the
-    best ones; the manifest keeps them for ``--params-from``. The options of the parameters
-    set the search's fixed values and its starting point."""
+    """Search the parameters with Optuna (validation metric, pruning), then train an ensemble
+    of ``--members`` models (default 3) with the best ones; the manifest keeps them for
+    ``--params-from``. The options of the parameters set the search's fixed values and its
+    starting point."""
     settings = load_service_settings(Settings, service="trainer")
 
     def job() -> Outcome:
@@ -251,7 +259,7 @@ def tune(
                 s3=settings.s3,
                 kafka=settings.kafka if do_publish else None,
                 metrics_out=metrics_out or settings.trainer.metrics_out,
-                tune=Budget(trials=trials, budget_s=minutes * 60),
+                tune=_budget(trials, minutes, overrides.get("members")),
             ),
             Inputs(interactions=interactions, test=test, **_reading(settings, columns, min_weight)),
         )

@@ -57,6 +57,7 @@ from reco_trainer.training import (
     choose_bias_scale,
     fit,
     representations,
+    side_by_side,
     with_bias_scale,
 )
 from reco_trainer.tune import Budget, Search, search_parameters
@@ -248,7 +249,7 @@ def _train(job: Job, data: _Data, *, version: str, fingerprint: str) -> _Trained
             user_features=user_features,
             progress=job.progress,
         )
-        params = params.updated(search.best)
+        params = params.updated({**search.best, "members": job.tune.members})
     result = fit(
         dataset.lightfm_input(prepared.fit, params.weighting),
         params=params,
@@ -259,11 +260,21 @@ def _train(job: Job, data: _Data, *, version: str, fingerprint: str) -> _Trained
     )
     bias_scale = _bias_scale(result.model, validation, params, item_features, user_features)
     model = result.model
-    if params.fold_validation and validation is not None and validation.users.size:
+    folded = params.fold_validation and validation is not None and bool(validation.users.size)
+    if folded:
         model = _fold_validation(
             job, params, prepared, result.best_epoch, item_features, user_features
         )
-    user_factors, item_factors = representations(model, item_features, user_features)
+    members = [representations(model, item_features, user_features)]
+    members += _more_members(
+        job,
+        params,
+        prepared.known_at_test if folded else prepared.fit,
+        result.best_epoch,
+        item_features,
+        user_features,
+    )
+    user_factors, item_factors = side_by_side(members)
     item_factors = with_bias_scale(item_factors, bias_scale)
     trained_s = time.perf_counter() - started
     metrics, validation_baseline = _evaluate(
@@ -368,6 +379,33 @@ def _fold_validation(
     ).model
 
 
+def _more_members(
+    job: Job,
+    params: TrainParams,
+    interactions: sp.csr_matrix,
+    epochs: int,
+    item_features: sp.csr_matrix | None,
+    user_features: sp.csr_matrix | None,
+) -> list[tuple[Factors, Factors]]:
+    """Members 2…n (``params.members``): the same parameters with the next seeds, trained on
+    ``interactions`` for the epochs early stopping kept for the first."""
+    found = []
+    for offset in range(1, params.members):
+        member = params.updated({"seed": params.seed + offset})
+        logger.info("member %d of %d: %d epochs", offset + 1, params.members, epochs)
+        model = fit(
+            dataset.lightfm_input(interactions, member.weighting),
+            params=member,
+            item_features=item_features,
+            user_features=user_features,
+            validation=None,
+            progress=job.progress(epochs),
+            epochs=max(epochs, 1),
+        ).model
+        found.append(representations(model, item_features, user_features))
+    return found
+
+
 def _evaluate(
     prepared: Prepared,
     user_factors: Factors,
@@ -426,7 +464,9 @@ def _refit(
         progress=job.progress(epochs),
         epochs=max(epochs, 1),
     )
-    user_factors, item_factors = representations(result.model, item_features, user_features)
+    members = [representations(result.model, item_features, user_features)]
+    members += _more_members(job, params, seen, epochs, item_features, user_features)
+    user_factors, item_factors = side_by_side(members)
     return users, items, seen, user_factors, item_factors
 
 

@@ -173,6 +173,16 @@ def with_bias_scale(items: Factors, scale: float) -> Factors:
     return out
 
 
+def side_by_side(members: list[tuple[Factors, Factors]]) -> tuple[Factors, Factors]:
+    """One model's ``(users, items)`` factors from several: embeddings side by side, item
+    biases summed, so that ``[u, 1] · [v, b]`` is the sum of the members' scores."""
+    if len(members) == 1:
+        return members[0]
+    users = np.hstack([u[:, :-1] for u, _ in members] + [members[0][0][:, -1:]])
+    items = np.hstack([v[:, :-1] for _, v in members] + [sum(v[:, -1:] for _, v in members)])
+    return users.astype(np.float32), items.astype(np.float32)
+
+
 def representations(
     model: LightFM, item_features: sp.csr_matrix | None, user_features: sp.csr_matrix | None
 ) -> tuple[Factors, Factors]:
