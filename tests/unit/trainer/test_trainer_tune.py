@@ -16,7 +16,7 @@ from reco_common.artifact import load_artifact
 from reco_common.interactions import read_interactions
 from reco_common.settings import S3Settings
 from reco_common.storage import open_store
-from reco_trainer import dataset, tune
+from reco_trainer import dataset, pipeline, tune
 from reco_trainer.cli import app
 from reco_trainer.dataset import Vocab
 from reco_trainer.evaluation import EvalSet
@@ -188,3 +188,34 @@ def test_the_first_trial_is_the_jobs_own_parameters(
     (first,) = search.trials
     assert first.params["components"] == 24
     assert first.params["loss"] == TrainParams().loss.value
+
+
+def test_the_best_trial_is_not_trained_again(
+    shop_files: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int | None] = []
+    real_fit = pipeline.fit
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("epochs"))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fit", counted)
+    outcome = run_job(
+        Job(
+            model_name="shop",
+            store_uri=(tmp_path / "store").as_uri(),
+            params=TrainParams(epochs=3, min_epochs=1, threads=1),
+            s3=S3Settings(),
+            kafka=None,
+            progress=LogProgress,
+            tune=Budget(trials=1, budget_s=3600, members=2),
+        ),
+        Inputs(interactions=[shop_files["interactions"]]),
+    )
+    # Only the fold-in runs of the two members, for the kept epochs: no early-stopped run.
+    assert len(calls) == 2
+    assert all(epochs is not None for epochs in calls)
+    assert outcome.report is not None
+    assert outcome.report.search is not None
+    assert outcome.report.search["reserved_s"] > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -154,3 +155,51 @@ def test_the_naive_baseline_gets_no_neighbours_and_static_lists_no_training_item
     # After i2-0 only the real-time list brings its neighbour i3-0 to the top.
     assert report["all"]["realtime"]["hit_rate"] == 2 / 3
     assert report["all"]["naive"]["hit_rate"] == 1 / 3
+
+
+def _artifact(tmp_path: Path) -> str:
+    return write_artifact(
+        open_store((tmp_path / "store").as_uri()),
+        model_name="shop",
+        version="v1",
+        arrays=clustered_arrays(),
+        created_at=datetime.now(UTC),
+        data_snapshot="test",
+        params={},
+        metrics=EvalMetrics(model={}, baseline={}),
+        library_versions={},
+    )
+
+
+def test_the_command_reads_a_log_through_a_column_map(tmp_path: Path) -> None:
+    """The trainer's --columns syntax: a log with its own column names (and a threshold)."""
+    events = tmp_path / "ratings.csv"
+    rows = drifting_log().to_pylist()
+    lines = [
+        f"{r['user_id']},{r['item_id']},{4 + n % 2},{int(r['ts'])}" for n, r in enumerate(rows)
+    ]
+    lines.append(f"u0,i2-0,1,{int(T0) + 10_000}")  # below --min-weight: not replayed
+    events.write_text("who,what,stars,when\n" + "\n".join(lines) + "\n")
+    output = tmp_path / "report.json"
+    args = ["replay", "--model", _artifact(tmp_path), "--events", str(events), "--k", "25"]
+    mapping = "user=who,item=what,weight=stars,timestamp=when"
+    flags = ["--output", str(output), "--blend", "0.7", "--columns", mapping, "--min-weight", "4"]
+    result = CliRunner().invoke(app, [*args, *flags])
+    assert result.exit_code == 0, result.output
+    report = json.loads(output.read_text())
+    assert report["events"] == 16
+    assert report["first_time"]["realtime"]["hit_rate"] == 15 / 16
+
+
+def test_the_command_names_a_bad_map_or_column(tmp_path: Path) -> None:
+    events = tmp_path / "ratings.csv"
+    events.write_text("who,what\nu0,i2-0\n")
+    args = ["replay", "--model", _artifact(tmp_path), "--events", str(events)]
+    args += ["--output", str(tmp_path / "r.json")]
+    bad_map = CliRunner().invoke(app, [*args, "--columns", "colour=who"])
+    assert bad_map.exit_code == 2
+    assert "COLUMN one of" in " ".join(re.sub("[│╭╮╰╯─]", " ", bad_map.output).split())
+    missing = CliRunner().invoke(app, [*args, "--columns", "user=who,item=film"])
+    assert missing.exit_code == 2
+    assert "no column 'film' (mapped to 'item_id')" in missing.output
+    assert not (tmp_path / "r.json").exists()

@@ -250,14 +250,16 @@ def _train(job: Job, data: _Data, *, version: str, fingerprint: str) -> _Trained
             progress=job.progress,
         )
         params = params.updated({**search.best, "members": job.tune.members})
-    result = fit(
-        dataset.lightfm_input(prepared.fit, params.weighting),
-        params=params,
-        item_features=item_features,
-        user_features=user_features,
-        validation=validation if validation is not None and validation.users.size else None,
-        progress=job.progress(params.epochs),
-    )
+    result = search.best_fit if search is not None else None
+    if result is None:
+        result = fit(
+            dataset.lightfm_input(prepared.fit, params.weighting),
+            params=params,
+            item_features=item_features,
+            user_features=user_features,
+            validation=validation if validation is not None and validation.users.size else None,
+            progress=job.progress(params.epochs),
+        )
     bias_scale = _bias_scale(result.model, validation, params, item_features, user_features)
     model = result.model
     folded = params.fold_validation and validation is not None and bool(validation.users.size)

@@ -11,8 +11,10 @@ precision more than any point of the space did (docs/quality.md). The manifest r
 values (``tuning``) so that later runs can reuse them (``--params-from``).
 
 ``budget_s`` covers the search and the final training: once the first trial has run, its
-timing estimates the final training (the best trial again, then each member's run on the fit
-and validation parts) and the search stops early enough to leave that time. The search also
+timing estimates the final training (each member's run on the fit and validation parts; the
+best trial's model is kept, not trained again) and the search stops early enough to leave that
+time: under load that can be after the first trial, and the final training still trains every
+member, so a loaded machine overruns the budget. The search also
 ends after ``trials`` trials; a trial still running at the deadline is abandoned at the end of
 its epoch, so the search overruns its share by one epoch at most.
 """
@@ -32,7 +34,7 @@ from reco_trainer import dataset
 from reco_trainer.evaluation import EvalSet
 from reco_trainer.params import Loss, TrainParams, Weighting
 from reco_trainer.progress import EpochProgress
-from reco_trainer.training import Epoch, fit
+from reco_trainer.training import Epoch, FitResult, fit
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +86,7 @@ class Search:
     trials: list[TrialRecord] = field(default_factory=list)
     seconds: float = 0.0
     reserved_s: float = 0.0  # left for the final training
+    best_fit: FitResult | None = None  # the best trial's model: the final training's first
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -175,6 +178,8 @@ def search_parameters(
             raise
         best = max(e.metrics[params.early_stopping_metric] for e in fitted.history)
         record("complete", best, fitted.best_epoch)
+        if result.best_value is None or best > result.best_value:
+            result.best_value, result.best_fit = best, fitted
         if not result.reserved_s:
             result.reserved_s = final_training_s(result.trials[-1], budget.members)
             deadline[0] = min(deadline[0], started + budget.budget_s - result.reserved_s)
@@ -195,6 +200,8 @@ def search_parameters(
     if completed:
         result.best = suggest(optuna.trial.FixedTrial(study.best_trial.params))
         result.best_value = study.best_value
+    else:
+        result.best_fit = None
     logger.info(
         "search: %d trials (%d complete) in %.1f s, best %s=%s with %s",
         len(result.trials),
@@ -226,11 +233,11 @@ def starting_point(params: TrainParams) -> dict[str, Any]:
 
 
 def final_training_s(trial: TrialRecord, members: int) -> float:
-    """The final training's time as ``trial`` predicts it: the trial again, then each member
-    for the kept epochs on the fit and validation parts."""
+    """The final training's time as ``trial`` predicts it: each member for the kept epochs on
+    the fit and validation parts (the best trial's own model is not trained again)."""
     per_epoch = trial.seconds / max(trial.epochs_run, 1)
     kept = trial.best_epoch or trial.epochs_run
-    return trial.seconds + members * kept * per_epoch * FOLD_SHARE
+    return members * kept * per_epoch * FOLD_SHARE
 
 
 def _stop_at(
