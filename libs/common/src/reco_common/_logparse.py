@@ -77,7 +77,7 @@ def column_map(mapping: Mapping[str, str] | str) -> dict[str, str]:
     return resolved
 
 
-def action_weight_map(values: Mapping[str, float] | Sequence[str]) -> dict[str, float]:
+def action_weight_map(values: Mapping[Any, float] | Sequence[str]) -> dict[str, float]:
     """``{action: weight}`` from a mapping or from ``ACTION=WEIGHT`` texts, e.g.
     ``["view=1", "purchase=5"]``; any action name the logs use is allowed (kept as written,
     compared exactly with the ``action`` column). Raise ``ValueError`` naming the bad entry: no
