@@ -6,22 +6,28 @@ import orjson
 import pytest
 
 from reco_common.contracts import (
+    PLAIN_IDS,
     READABLE_SCHEMA_VERSIONS,
     SCHEMA_VERSION,
+    SERVED_LIST_MAGIC,
     ActionType,
     ArchivedOffsets,
     ContractError,
     EvalMetrics,
     ModelPublished,
     ObjectLayout,
+    RecommendationList,
     RedisKeys,
+    ServedList,
     SnapshotRange,
     Topics,
     UserAction,
     decode,
     decode_history_member,
+    decode_recommendations,
     encode,
     encode_history_member,
+    encode_recommendations,
 )
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
@@ -184,3 +190,73 @@ def test_the_snapshot_files_keep_their_json_shape() -> None:
     held = SnapshotRange(topic="ua", offsets={0: (3, 12)}, events=9, rejected=0)
     assert orjson.loads(encode(held))["offsets"] == {"0": [3, 12]}
     assert decode(SnapshotRange, encode(held)) == held
+
+
+# --------------------------------------------------------------------------- served lists
+
+PLAIN = ["i1", "i-2", "é", "x,y", "7"]
+ESCAPED = ['a"b', "c\\d", "é", 'q","score":1', "z"]
+
+
+def _stored(items: list[str]) -> RecommendationList:
+    return RecommendationList(
+        model_version="v3",
+        computed_at=NOW,
+        event_id="e-9",
+        event_ts=NOW,
+        items=items,
+        scores=[float(len(items) - k) / 3 for k in range(len(items))],
+    )
+
+
+@pytest.mark.parametrize("items", [[], ["a"], PLAIN, ESCAPED], ids=["empty", "one", "plain", "esc"])
+def test_a_served_list_decodes_to_what_was_encoded(items: list[str]) -> None:
+    value = _stored(items)
+    raw = encode_recommendations(value)
+    assert raw.startswith(SERVED_LIST_MAGIC)
+    assert decode_recommendations(raw) == value
+    assert decode_recommendations(encode(value)) == value  # format 1 is still read
+    parsed = ServedList.parse(raw)
+    assert orjson.loads(b"{" + parsed.head + b"}") == {
+        "model_version": "v3",
+        "computed_at": "2026-11-23T08:00:00Z",
+    }
+    assert bool(parsed.flags & PLAIN_IDS) == (items is not ESCAPED)
+
+
+@pytest.mark.parametrize("items", [PLAIN, ESCAPED], ids=["plain", "escaped"])
+@pytest.mark.parametrize("offset", [0, 1, 4, 5, 9])
+@pytest.mark.parametrize("n", [1, 2, 5, 100])
+@pytest.mark.parametrize("exclude", [(), ("x,y",), ('a"b', "i1", "nope")])
+def test_a_served_list_selects_like_decoding_and_slicing(
+    items: list[str], offset: int, n: int, exclude: tuple[str, ...]
+) -> None:
+    value = _stored(items)
+    kept = [
+        {"item_id": item, "score": score}
+        for item, score in zip(value.items, value.scores, strict=True)
+        if item not in exclude
+    ]
+    parsed = ServedList.parse(encode_recommendations(value))
+    selected = parsed.select(exclude=frozenset(exclude), offset=offset, n=n)
+    assert orjson.loads(selected) == kept[offset : offset + n]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xffRL2",  # header cut short
+        b"\xffRL3" + bytes(20),  # another format
+        encode_recommendations(_stored(PLAIN))[:-9],  # value cut short
+    ],
+)
+def test_a_damaged_served_list_is_a_contract_error(raw: bytes) -> None:
+    with pytest.raises(ContractError):
+        ServedList.parse(raw).select(exclude=frozenset(), offset=0, n=100)
+
+
+def test_a_served_list_that_lies_about_its_count_is_a_contract_error() -> None:
+    raw = bytearray(encode_recommendations(_stored(PLAIN)))
+    raw[8:12] = (50).to_bytes(4, "little")  # the count says 50, the arrays hold 5
+    with pytest.raises(ContractError):
+        ServedList.parse(bytes(raw)).select(exclude=frozenset(), offset=0, n=100)

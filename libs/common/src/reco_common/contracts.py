@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
+from itertools import islice
 from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
@@ -413,6 +415,211 @@ class LocalRollout(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     previous: ModelRef | None = None
     failed_uri: str | None = None
     epoch: int = 0
+
+
+# --------------------------------------------------------------------------- served lists
+#
+# A ``rec`` value is stored so that the API answers ``n``, ``offset`` and ``exclude`` by slicing
+# bytes instead of decoding the whole list and encoding a response (format 2). Little-endian,
+# after the 4-byte magic:
+#
+#   u32 flags | u32 count | u32 len(head) | u32 len(extra) | u32 len(ids) | head | extra | ids | scores
+#
+# - ``head``: the JSON members a response repeats, ``"model_version":…,"computed_at":…``;
+# - ``extra``: the other members of :class:`RecommendationList` (``"event_id":…,"event_ts":…``);
+# - ``ids``, ``scores``: the JSON arrays ``["i-1","i-7"]`` and ``[3.2,2.9]``;
+# - flag 1 (``PLAIN_IDS``): no id needed escaping, so ``","`` occurs in ``ids`` only between
+#   two ids and ``,`` in ``scores`` only between two scores: a reader cuts out items with one
+#   ``bytes.split`` per array (in C, stopping after ``offset + n``), and the worker writes no
+#   per-item index (the write costs about one msgspec encode of the list). Without the flag,
+#   the reader decodes the arrays.
+#
+# Format 1, a JSON :class:`RecommendationList`, is still read (values written before format 2).
+# The magic starts with 0xff, which no JSON text (format 1 starts with ``{``) and no UTF-8 has.
+
+SERVED_LIST_MAGIC: Final = b"\xffRL2"
+PLAIN_IDS: Final = 1
+_SERVED_HEADER: Final = struct.Struct("<4sIIIII")
+_ID_SEP: Final = b'","'
+_OPEN, _CLOSE = b"[]"  # the arrays' brackets, as byte values
+
+
+class _ServedHead(Struct):
+    model_version: str | None
+    computed_at: datetime | None
+
+
+class _ServedExtra(Struct):
+    event_id: str | None = None
+    event_ts: datetime | None = None
+
+
+def _members(value: Struct) -> bytes:
+    return _encoder.encode(value)[1:-1]  # the object's members without its braces
+
+
+def encode_served_list(
+    *,
+    model_version: str | None,
+    computed_at: datetime | None,
+    items: Sequence[str],
+    scores: Sequence[float | None],
+    event_id: str | None = None,
+    event_ts: datetime | None = None,
+) -> bytes:
+    """A list in format 2 (see above): a user's ``rec`` value, or a popular / static list."""
+    if len(items) != len(scores):
+        raise ContractError(f"items: {len(items)} items but {len(scores)} scores")
+    head = _members(_ServedHead(model_version, computed_at))
+    extra = _members(_ServedExtra(event_id, event_ts))
+    ids = _encoder.encode(items)
+    flags = 0 if b"\\" in ids else PLAIN_IDS
+    header = _SERVED_HEADER.pack(
+        SERVED_LIST_MAGIC, flags, len(items), len(head), len(extra), len(ids)
+    )
+    return b"".join((header, head, extra, ids, _encoder.encode(scores)))
+
+
+def encode_recommendations(value: RecommendationList) -> bytes:
+    """The ``rec`` value of ``value`` (what the worker writes)."""
+    return encode_served_list(
+        model_version=value.model_version,
+        computed_at=value.computed_at,
+        items=value.items,
+        scores=value.scores,
+        event_id=value.event_id,
+        event_ts=value.event_ts,
+    )
+
+
+class ServedList:
+    """A format-2 list, parsed just enough to slice (the arrays without their brackets)."""
+
+    __slots__ = ("count", "extra", "flags", "head", "ids", "scores")
+
+    def __init__(
+        self, *, flags: int, count: int, head: bytes, extra: bytes, ids: bytes, scores: bytes
+    ) -> None:
+        self.flags = flags
+        self.count = count
+        self.head = head  # the response's members: "model_version":…,"computed_at":…
+        self.extra = extra
+        self.ids = ids  # "i-1","i-7"
+        self.scores = scores  # 3.2,2.9
+
+    @staticmethod
+    def parse(raw: bytes) -> ServedList:
+        """Split ``raw`` by its header. The framing is checked (lengths, the arrays' brackets,
+        the item count as the arrays are sliced), not every byte of the JSON the codec wrote."""
+        try:
+            magic, flags, count, head_len, extra_len, ids_len = _SERVED_HEADER.unpack_from(raw)
+        except struct.error:
+            raise ContractError("<payload>: shorter than a served list's header") from None
+        extra_at = _SERVED_HEADER.size + head_len
+        ids_at = extra_at + extra_len
+        scores_at = ids_at + ids_len
+        framed = (
+            scores_at + 2 <= len(raw)
+            and raw[ids_at] == raw[scores_at] == _OPEN
+            and raw[scores_at - 1] == raw[-1] == _CLOSE
+        )
+        if magic != SERVED_LIST_MAGIC or not framed:
+            raise ContractError("<payload>: not a served list of format 2, or cut short")
+        return ServedList(
+            flags=flags,
+            count=count,
+            head=raw[_SERVED_HEADER.size : extra_at],
+            extra=raw[extra_at:ids_at],
+            ids=raw[ids_at + 1 : scores_at - 1],
+            scores=raw[scores_at + 1 : -1],
+        )
+
+    def item_arrays(self) -> tuple[list[str], list[float | None]]:
+        """The ids and scores, decoded (the API's path for lists whose ids needed escaping)."""
+        both = b'{"ids":[' + self.ids + b'],"scores":[' + self.scores + b"]}"
+        arrays = decode(_ServedArrays, both)
+        if len(arrays.ids) != self.count or len(arrays.scores) != self.count:
+            raise ContractError(f"items: {len(arrays.ids)} ids, {len(arrays.scores)} scores")
+        return arrays.ids, arrays.scores
+
+    def select(self, *, exclude: frozenset[str], offset: int, n: int) -> bytes:
+        """The JSON array of the ``n`` items after ``offset`` once the ``exclude`` ids are
+        taken out, as ``{"item_id":…,"score":…}`` objects (the API's response items)."""
+        if not self.flags & PLAIN_IDS:
+            return self._select_decoded(exclude=exclude, offset=offset, n=n)
+        if exclude:
+            ids, scores = self._plain(self.count)
+            out = {item.encode() for item in exclude}
+            kept = [k for k, item in enumerate(ids) if item not in out][offset : offset + n]
+            ids, scores = [ids[k] for k in kept], [scores[k] for k in kept]
+        else:
+            ids, scores = self._plain(offset + n)
+            ids, scores = ids[offset : offset + n], scores[offset : offset + n]
+        fields: list[bytes] = [b""] * (2 * len(ids))
+        fields[0::2] = ids
+        fields[1::2] = scores
+        return _items_template(len(ids)) % tuple(fields)
+
+    def _plain(self, first: int) -> tuple[list[bytes], list[bytes]]:
+        """The raw bytes of the ids and scores of (at least) the ``first`` items, unparsed:
+        one ``split`` each, in C (the last part is the rest when the list is longer)."""
+        if not self.count:
+            return [], []
+        ids = self.ids[1:-1].split(_ID_SEP, first)  # the arrays' outer quotes off
+        scores = self.scores.split(b",", first)
+        if len(ids) != len(scores) or len(ids) < min(first, self.count):
+            raise ContractError(f"items: fewer than the {self.count} the header says")
+        return ids, scores
+
+    def _select_decoded(self, *, exclude: frozenset[str], offset: int, n: int) -> bytes:
+        ids, scores = self.item_arrays()
+        pairs = (
+            (item, score) for item, score in zip(ids, scores, strict=True) if item not in exclude
+        )
+        return _encoder.encode([_ServedItem(i, s) for i, s in islice(pairs, offset, offset + n)])
+
+    def decoded(self) -> RecommendationList:
+        """The whole list as a :class:`RecommendationList` (tests, tools; not the API's path)."""
+        head = decode(_ServedHead, b"{" + self.head + b"}")
+        extra = decode(_ServedExtra, b"{" + self.extra + b"}")
+        if head.model_version is None or head.computed_at is None:
+            raise ContractError("<payload>: a user's list needs its model version and time")
+        ids, scores = self.item_arrays()
+        return RecommendationList(
+            model_version=head.model_version,
+            computed_at=head.computed_at,
+            event_id=extra.event_id,
+            event_ts=extra.event_ts,
+            items=ids,
+            scores=[0.0 if score is None else score for score in scores],
+        )
+
+
+class _ServedItem(Struct):
+    item_id: str
+    score: float | None
+
+
+@cache
+def _items_template(count: int) -> bytes:
+    """``[{"item_id":"%b","score":%b},…]`` for ``count`` items whose ids need no escaping."""
+    return b"[" + b",".join([b'{"item_id":"%b","score":%b}'] * count) + b"]"
+
+
+class _ServedArrays(Struct, array_like=False):
+    ids: list[str]
+    scores: list[float | None]
+
+    def astuple(self) -> tuple[list[str], list[float | None]]:
+        return self.ids, self.scores
+
+
+def decode_recommendations(raw: bytes | str) -> RecommendationList:
+    """A ``rec`` value of either format as a :class:`RecommendationList`."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if data[:1] == b"{":
+        return decode(RecommendationList, data)
+    return ServedList.parse(data).decoded()
 
 
 # A ``hist`` member is one event as ``1<TAB>event_id<TAB>item_id<TAB>action<TAB>weight``, its

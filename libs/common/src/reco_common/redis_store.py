@@ -36,7 +36,9 @@ from reco_common.contracts import (
     RedisKeys,
     S,
     decode,
+    decode_recommendations,
     encode,
+    encode_recommendations,
 )
 from reco_common.settings import RedisSettings
 
@@ -65,7 +67,10 @@ async def replace_lists(
     """
     if lists:
         await redis.mset(
-            {keys.recommendations(model_name, user): encode(value) for user, value in lists.items()}
+            {
+                keys.recommendations(model_name, user): encode_recommendations(value)
+                for user, value in lists.items()
+            }
         )
 
 
@@ -301,7 +306,10 @@ class ServedView:
     active: bytes | str | None
 
     def recommendation_list(self) -> RecommendationList | None:
-        return _decoded(RecommendationList, self.recommendations)
+        """The user's list, of either stored format, decoded whole (not the API's path)."""
+        return (
+            None if self.recommendations is None else decode_recommendations(self.recommendations)
+        )
 
     def active_model(self) -> ActiveModel | None:
         return _decoded(ActiveModel, self.active)
@@ -311,10 +319,13 @@ def _decoded(model: type[S], raw: bytes | str | None) -> S | None:
     return None if raw is None else decode(model, raw)
 
 
+def served_keys(keys: RedisKeys, model_name: str, user_id: str) -> tuple[str, str]:
+    """The two keys of the API's read, in :class:`ServedView`'s order."""
+    return keys.recommendations(model_name, user_id), keys.active_model(model_name)
+
+
 async def read_served(redis: Redis, keys: RedisKeys, model_name: str, user_id: str) -> ServedView:
-    rec, active = await redis.mget(
-        keys.recommendations(model_name, user_id), keys.active_model(model_name)
-    )
+    rec, active = await redis.mget(*served_keys(keys, model_name, user_id))
     return ServedView(rec, active)
 
 
@@ -325,4 +336,5 @@ async def read_active(redis: Redis, keys: RedisKeys, model_name: str) -> ActiveM
 async def read_list(
     redis: Redis, keys: RedisKeys, model_name: str, user_id: str
 ) -> RecommendationList | None:
-    return _decoded(RecommendationList, await redis.get(keys.recommendations(model_name, user_id)))
+    raw = await redis.get(keys.recommendations(model_name, user_id))
+    return None if raw is None else decode_recommendations(raw)

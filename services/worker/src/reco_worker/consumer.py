@@ -22,7 +22,12 @@ from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
 
-from reco_common.contracts import RecommendationList, UserAction, encode, encode_history_member
+from reco_common.contracts import (
+    RecommendationList,
+    UserAction,
+    encode_history_member,
+    encode_recommendations,
+)
 from reco_common.kafka import Delivery, Rejection
 from reco_common.redis_store import FencedLists, FencedWrite, Position
 from reco_worker.history import Addition, HistoryStore, effective_ts
@@ -123,7 +128,7 @@ class ActionHandler:
         computed_at = datetime.now(UTC)
         lists = {
             user_id: FencedWrite(
-                encode(stamped(r, model, update.last, computed_at)), update.position
+                encode_recommendations(stamped(r, model, update.last, computed_at)), update.position
             )
             for (user_id, update), r in zip(updates.items(), ranked, strict=True)
         }

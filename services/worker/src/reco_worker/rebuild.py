@@ -44,8 +44,8 @@ from reco_common.contracts import (
     UserAction,
     decode,
     decode_history_members,
-    encode,
     encode_history_member,
+    encode_recommendations,
 )
 from reco_common.kafka import start_client
 from reco_common.redis_store import FencedLists, FencedWrite, Position, connect
@@ -247,7 +247,9 @@ class Rebuilder:
                 computed_at = datetime.now(UTC)
                 writes = {
                     u: FencedWrite(
-                        encode(stamped(r, self.model, fold.users[u].last, computed_at)),
+                        encode_recommendations(
+                            stamped(r, self.model, fold.users[u].last, computed_at)
+                        ),
                         additions[u].position,
                     )
                     for u, r in zip(chunk, ranked, strict=True)
