@@ -17,7 +17,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -30,7 +29,7 @@ from reco_api.app import create_app
 from reco_api.metrics import ApiMetrics
 from reco_api.recommendations import RecommendationService
 from reco_api.settings import ApiSettings
-from reco_common.contracts import ActiveModel, RecommendationList, encode
+from reco_common.contracts import ActiveModel, RecommendationList, encode, encode_recommendations
 from reco_common.redis_store import ServedView
 
 MODEL = "default"
@@ -56,7 +55,7 @@ class MemoryStore:
         rec = RecommendationList(
             model_version="v1", computed_at=now, items=items, scores=[0.5] * 50
         )
-        self.lists = {f"u{user}": encode(rec) for user in range(USERS)}
+        self.lists = {f"u{user}": encode_recommendations(rec) for user in range(USERS)}
 
     async def read(self, model_name: str, user_id: str) -> ServedView:
         return ServedView(self.lists.get(user_id), self.active)
@@ -74,7 +73,7 @@ def variants(store: MemoryStore) -> dict[str, ASGIApp]:
         body = await service.recommend(
             model=MODEL, user_id=request.path_params["user_id"], exclude=frozenset(), offset=0, n=10
         )
-        return Response(orjson.dumps(body), media_type="application/json")
+        return Response(body, media_type="application/json")
 
     minimal = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False})
 
@@ -83,7 +82,7 @@ def variants(store: MemoryStore) -> dict[str, ASGIApp]:
         body = await service.recommend(
             model=MODEL, user_id=user_id, exclude=frozenset(), offset=0, n=10
         )
-        return Response(orjson.dumps(body), media_type="application/json")
+        return Response(body, media_type="application/json")
 
     def ours(**settings: Any) -> ASGIApp:
         registry = CollectorRegistry()

@@ -121,7 +121,7 @@ async def seed(server: RedisServer, prefix: str, *, users: int, popular: list[st
 
 
 class ApiProcess:
-    """``python -m reco_api`` as a real uvicorn process, as a pod would run it."""
+    """``python -m reco_api`` as a real process, as a pod would run it."""
 
     def __init__(self, *, redis_url: str, key_prefix: str, log: Path, **api: str) -> None:
         self.port = free_port()

@@ -1,4 +1,5 @@
-"""The API as a real uvicorn process over a real Redis: serving, SIGTERM drain, Redis outage."""
+"""The API as a real process over a real Redis: serving, SIGTERM drain (on both HTTP servers),
+Redis outage."""
 
 from __future__ import annotations
 
@@ -45,11 +46,12 @@ async def test_serves_what_the_worker_wrote(
     assert 'reco_api_fallbacks_total{reason="no_list"} 1.0' in metrics
 
 
+@pytest.mark.parametrize("server", ["granian", "uvicorn"])
 async def test_sigterm_drains_with_no_failed_request_and_exits_0_within_the_bound(
-    redis_server: RedisServer, keys: RedisKeys, start_api: StartApi
+    redis_server: RedisServer, keys: RedisKeys, start_api: StartApi, server: str
 ) -> None:
     await seed(redis_server, keys.prefix, users=100, popular=["p1", "p2"])
-    api = start_api(drain_s=str(DRAIN_S), shutdown_timeout_s=str(SHUTDOWN_TIMEOUT_S))
+    api = start_api(drain_s=str(DRAIN_S), shutdown_timeout_s=str(SHUTDOWN_TIMEOUT_S), server=server)
     load = Load(api.base_url, clients=8, users=120)
     running = asyncio.create_task(load.run())
     watching = asyncio.create_task(stop_when_not_ready(api.base_url, load.stop, timeout_s=90))

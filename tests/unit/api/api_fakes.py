@@ -11,18 +11,18 @@ import httpx
 from prometheus_client import CollectorRegistry
 
 from reco_api.store import StoreUnavailable
-from reco_common.contracts import ActiveModel, RecommendationList, encode
+from reco_common.contracts import ActiveModel, RecommendationList, encode, encode_recommendations
 from reco_common.redis_store import ServedView
 
 MODEL = "default"
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
 
-def a_list(items: list[str], *, version: str = "v2") -> bytes:
+def a_list(items: list[str], *, version: str = "v2", legacy: bool = False) -> bytes:
+    """A stored list as the worker writes it (format 2), or as it did before (``legacy``)."""
     scores = [float(len(items) - i) for i in range(len(items))]
-    return encode(
-        RecommendationList(model_version=version, computed_at=NOW, items=items, scores=scores)
-    )
+    value = RecommendationList(model_version=version, computed_at=NOW, items=items, scores=scores)
+    return encode(value) if legacy else encode_recommendations(value)
 
 
 def an_active_model(popular: list[str], *, version: str = "v2") -> bytes:

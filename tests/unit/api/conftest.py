@@ -41,7 +41,7 @@ def make_api(store: FakeStore) -> MakeApi:
         transport = httpx.ASGITransport(
             app=app, client=("10.0.0.7", 4242), raise_app_exceptions=raise_app_exceptions
         )
-        internal = httpx.ASGITransport(app=create_internal_app(app, registry=registry))
+        internal = httpx.ASGITransport(app=create_internal_app(app.app, registry=registry))
         async with (
             httpx.AsyncClient(transport=transport, base_url="http://api") as client,
             httpx.AsyncClient(transport=internal, base_url="http://api-ops") as ops,

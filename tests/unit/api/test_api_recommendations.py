@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
 from api_fakes import MODEL, Api, FakeStore, MakeApi, a_list, an_active_model
-
-from reco_api.recommendations import select
 
 URL = "/v1/users/{user}/recommendations"
 
@@ -150,19 +147,10 @@ async def test_redis_down_serves_the_static_list_when_configured(
     assert body["items"] == [{"item_id": "s1", "score": None}, {"item_id": "s2", "score": None}]
 
 
-@pytest.mark.parametrize(
-    ("exclude", "offset", "n", "expected"),
-    [
-        (set(), 0, 2, ["a", "b"]),
-        ({"a"}, 0, 2, ["b", "c"]),
-        ({"b"}, 1, 5, ["c", "d"]),
-        ({"a", "b", "c", "d"}, 0, 3, []),
-        (set(), 3, 1, ["d"]),
-        (set(), 4, 1, []),
-    ],
-)
-def test_select(exclude: set[str], offset: int, n: int, expected: list[str]) -> None:
-    picked = select(
-        ["a", "b", "c", "d"], [4, 3, 2, 1], exclude=frozenset(exclude), offset=offset, n=n
-    )
-    assert [p["item_id"] for p in picked] == expected
+async def test_a_list_stored_before_format_2_is_served_alike(api: Api, store: FakeStore) -> None:
+    query = {"n": 2, "offset": 1, "exclude": ["i2"]}
+    current = (await api.client.get(URL.format(user="u1"), params=query)).json()
+    store.lists[(MODEL, "u1")] = a_list(["i1", "i2", "i3", "i4", "i5"], legacy=True)
+    legacy = (await api.client.get(URL.format(user="u1"), params=query)).json()
+    assert item_ids(legacy) == ["i3", "i4"]
+    assert legacy == current

@@ -9,10 +9,9 @@ import re
 import pytest
 import yaml
 from deploy_manifests import K8S, container, find, one, pod_spec, rendered
-from fastapi import FastAPI
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
-from reco_api.metrics import ApiMetrics, measure_requests
+from reco_api.metrics import ApiMetrics, HttpMetrics
 from reco_common.metrics import ConsumerMetrics
 from reco_controller.metrics import ControllerMetrics
 from reco_worker.metrics import WorkerMetrics
@@ -118,7 +117,7 @@ def _exported() -> set[str]:
     ConsumerMetrics.for_service("controller")
     api = CollectorRegistry()
     ApiMetrics.create(api)
-    measure_requests(FastAPI(), registry=api)
+    HttpMetrics.create(api)
     names: set[str] = set()
     for registry in (REGISTRY, api):
         for line in generate_latest(registry).decode().splitlines():

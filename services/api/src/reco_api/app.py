@@ -26,8 +26,10 @@ from prometheus_client import CollectorRegistry
 
 from reco_api.docs import serve_docs
 from reco_api.errors import install_rate_limit_handler
-from reco_api.metrics import ApiMetrics, measure_requests
+from reco_api.hot_path import HotPath
+from reco_api.metrics import ApiMetrics, HttpMetrics, MeasureRequests
 from reco_api.recommendations import (
+    PATH,
     RecommendationService,
     documented_route,
     recommendations_route,
@@ -50,7 +52,8 @@ def create_app(
     draining: asyncio.Event,
     metrics: ApiMetrics,
     registry: CollectorRegistry,
-) -> FastAPI:
+) -> HotPath:
+    """The FastAPI app, with the served route answered in front of its stack (``HotPath``)."""
     app = FastAPI(
         title="reco API",
         version=version("reco-api"),
@@ -69,13 +72,16 @@ def create_app(
     install_error_handlers(app)
     app.include_router(ops_router(checks))
     install_rate_limit_handler(app)
-    # First in the routing table: every request is matched against the routes in order.
-    app.router.routes.insert(0, recommendations_route(settings, service))
+    served = recommendations_route(settings, service)
+    # First in the routing table: every request is matched against the routes in order. Its GET
+    # requests are answered by HotPath before the app's stack; the rest (HEAD, …) come here.
+    app.router.routes.insert(0, served)
     document(app, documented_route(settings))
-    if settings.http_metrics:
-        measure_requests(app, registry=registry)
+    http_metrics = HttpMetrics.create(registry) if settings.http_metrics else None
+    if http_metrics is not None:
+        app.add_middleware(MeasureRequests, metrics=http_metrics)
     app.state.readiness = checks
-    return app
+    return HotPath(app, route=served, path=PATH, endpoint=served.endpoint, metrics=http_metrics)
 
 
 def create_internal_app(public: FastAPI, *, registry: CollectorRegistry) -> FastAPI:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from time import perf_counter
 
-from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -138,8 +137,3 @@ class MeasureRequests:
             handler = getattr(scope.get("route"), "path", None)
             if handler is not None and handler not in UNMEASURED:
                 self._metrics.observe(handler, scope["method"], status, perf_counter() - started)
-
-
-def measure_requests(app: FastAPI, *, registry: CollectorRegistry) -> None:
-    """Count and time every request by handler, method and status class."""
-    app.add_middleware(MeasureRequests, metrics=HttpMetrics.create(registry))

@@ -1,11 +1,12 @@
 """``GET /v1/users/{user_id}/recommendations``: a user's list, or the active model's popular list.
 
-The stored values (a ``RecommendationList`` per user, an ``ActiveModel`` per model) are decoded
-with the contract's codec, the one the worker writes them with (msgspec: straight into the typed
-struct, faster than ``orjson.loads`` into a dict); the response is built as a dict and encoded
-with orjson, skipping pydantic on the hot path.
+The stored list (format 2 of :mod:`reco_common.contracts`, written by the worker) is sliced, not
+decoded: the response body is put together from its pre-encoded members and the cut-out ids and
+scores (:class:`reco_common.contracts.ServedList`). The active record is decoded with the
+contract's codec once per distinct value, and its popular list brought to the same form.
 
-This one route is a plain Starlette route, not a FastAPI path operation. FastAPI's dependency
+This one route is a plain Starlette route, not a FastAPI path operation, and its GET requests
+are answered in front of the FastAPI stack (:mod:`reco_api.hot_path`). FastAPI's dependency
 solving costs ~170 µs of CPU per request for this route's parameters (bench/api/overhead.py),
 more than the rest of the request together, on the route every page view hits. Here the path
 and query are validated by one pydantic call on one model, errors are raised as FastAPI's
@@ -19,9 +20,7 @@ the configured bounds (closure variables), which FastAPI must see evaluated, not
 
 import enum
 import logging
-from collections.abc import Iterable
 from datetime import datetime
-from itertools import islice
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -45,6 +44,10 @@ from reco_common.contracts import (
     Identifier,
     ModelName,
     RecommendationList,
+    ServedList,
+    decode,
+    encode_recommendations,
+    encode_served_list,
 )
 from reco_common.http_errors import JSON, HttpError
 from reco_common.redis_store import ServedView
@@ -80,6 +83,10 @@ class Source(enum.StrEnum):
     FALLBACK = "fallback"  # the active model's popular list: the user has no list yet
     STATIC = "static"  # the configured static list: Redis is unreachable
 
+    @property
+    def encoded(self) -> bytes:
+        return self.value.encode()
+
 
 class Item(BaseModel):
     item_id: str
@@ -95,37 +102,33 @@ class Recommendations(BaseModel):
     items: list[Item]
 
 
-def select(
-    items: list[str], scores: list[Any], *, exclude: frozenset[str], offset: int, n: int
-) -> list[dict[str, Any]]:
-    """The ``n`` items after ``offset``, once the excluded ones are taken out."""
-    pairs: Iterable[tuple[str, Any]] = zip(items, scores, strict=False)
-    if exclude:
-        pairs = ((item, score) for item, score in pairs if item not in exclude)
-    return [{"item_id": item, "score": score} for item, score in islice(pairs, offset, offset + n)]
+_BODY = b'{"user_id":%b,"model":%b,%b,"source":"%b","items":%b}'
 
 
-def _body(
-    user_id: str,
-    model: str,
-    version: str | None,
-    computed_at: datetime | None,
-    source: Source,
-    items: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """The response body (the shape of :class:`Recommendations`, built without pydantic)."""
-    return {
-        "user_id": user_id,
-        "model": model,
-        "model_version": version,
-        "computed_at": computed_at,
-        "source": source,
-        "items": items,
-    }
+def _body(user_id: str, model: str, head: bytes, source: Source, items: bytes) -> bytes:
+    """The response body (the shape of :class:`Recommendations`), put together from the stored
+    list's pre-encoded members (``head``: model version and time) and items."""
+    return _BODY % (orjson.dumps(user_id), orjson.dumps(model), head, source.encoded, items)
+
+
+def _served(active: ActiveModel) -> ServedList:
+    """An active record's popular list in the stored lists' format, sliced like them."""
+    return ServedList.parse(
+        encode_served_list(
+            model_version=active.version,
+            computed_at=active.activated_at,
+            items=active.popular_items,
+            scores=active.popular_scores,
+        )
+    )
 
 
 class RecommendationService:
     """Turns the two raw values of one ``MGET`` into the response body.
+
+    A user's list (format 2, :class:`reco_common.contracts.ServedList`) is sliced, not
+    decoded: the body is its pre-encoded members and item objects put together. The popular
+    list of each model's active record is brought to the same form once per distinct record.
 
     It keeps the last active-model record it read for each model, in process: when the record
     is missing from Redis (lost data, a flush), requests are answered with that copy instead of
@@ -139,9 +142,18 @@ class RecommendationService:
     def __init__(self, *, store: Store, settings: ApiSettings, metrics: ApiMetrics) -> None:
         self._store = store
         self._metrics = metrics
-        self._static = settings.static_fallback_items
+        static = settings.static_fallback_items
+        self._static = (
+            ServedList.parse(
+                encode_served_list(
+                    model_version=None, computed_at=None, items=static, scores=[None] * len(static)
+                )
+            )
+            if static
+            else None
+        )
         self._served = settings.default_model
-        self._known: dict[str, tuple[bytes | str, ActiveModel]] = {}
+        self._known: dict[str, tuple[bytes | str, ServedList]] = {}
         self._missing: set[str] = set()  # models whose record was missing at their last read
 
     async def active_records_present(self) -> bool:
@@ -150,7 +162,7 @@ class RecommendationService:
 
     async def recommend(
         self, *, model: str, user_id: str, exclude: frozenset[str], offset: int, n: int
-    ) -> dict[str, Any]:
+    ) -> bytes:
         try:
             view = await self._store.read(model, user_id)
         except StoreUnavailable:
@@ -159,35 +171,18 @@ class RecommendationService:
             self._record_missing(model)
         else:
             self._remember(model, view.active, view)
-        personal = self._personal(model, user_id, view)
-        if personal is not None:
-            return _body(
-                user_id,
-                model,
-                personal.model_version,
-                personal.computed_at,
-                Source.PERSONALIZED,
-                select(personal.items, personal.scores, exclude=exclude, offset=offset, n=n),
-            )
-        active = self._popular(model, view)
+        if view.recommendations is not None:
+            try:
+                personal = _parsed(view.recommendations)
+                items = personal.select(exclude=exclude, offset=offset, n=n)
+            except ContractError as exc:
+                self._corrupt("recommendations", model, user_id, exc)
+            else:
+                return _body(user_id, model, personal.head, Source.PERSONALIZED, items)
+        popular = self._popular(model, view)
         self._metrics.fallbacks.labels("no_list").inc()
-        return _body(
-            user_id,
-            model,
-            active.version,
-            active.activated_at,
-            Source.FALLBACK,
-            select(
-                active.popular_items, active.popular_scores, exclude=exclude, offset=offset, n=n
-            ),
-        )
-
-    def _personal(self, model: str, user_id: str, view: ServedView) -> RecommendationList | None:
-        try:
-            return view.recommendation_list()
-        except ContractError as exc:
-            self._corrupt("recommendations", model, user_id, exc)
-            return None
+        items = popular.select(exclude=exclude, offset=offset, n=n)
+        return _body(user_id, model, popular.head, Source.FALLBACK, items)
 
     def _record_missing(self, model: str) -> None:
         if model not in self._known and model != self._served:
@@ -215,10 +210,10 @@ class RecommendationService:
             self._corrupt("active_model", model, None, exc)
             return
         if active is not None:
-            self._known[model] = (raw, active)
+            self._known[model] = (raw, _served(active))
 
-    def _popular(self, model: str, view: ServedView) -> ActiveModel:
-        """The active model of this request's view, or its last copy when the record is missing."""
+    def _popular(self, model: str, view: ServedView) -> ServedList:
+        """The popular list of this request's record, or of its last copy when it is missing."""
         known = self._known.get(model)
         if known is None or (view.active is not None and known[0] != view.active):
             # The record is there but did not decode (counted by _remember).
@@ -229,17 +224,25 @@ class RecommendationService:
 
     def _static_list(
         self, model: str, user_id: str, *, exclude: frozenset[str], offset: int, n: int
-    ) -> dict[str, Any]:
-        if not self._static:
+    ) -> bytes:
+        if self._static is None:
             raise _unavailable()
         self._metrics.fallbacks.labels("store_unavailable").inc()
-        scores = [None] * len(self._static)
-        items = select(self._static, scores, exclude=exclude, offset=offset, n=n)
-        return _body(user_id, model, None, None, Source.STATIC, items)
+        items = self._static.select(exclude=exclude, offset=offset, n=n)
+        return _body(user_id, model, self._static.head, Source.STATIC, items)
 
     def _corrupt(self, kind: str, model: str, user_id: str | None, exc: Exception) -> None:
         self._metrics.corrupt_values.labels(kind).inc()
         logger.error("unreadable %s value (model %s, user %s): %s", kind, model, user_id, exc)
+
+
+def _parsed(raw: bytes | str) -> ServedList:
+    """A stored list as a :class:`ServedList`; one of format 1 (JSON, written before format 2)
+    is decoded and brought to format 2."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if data[:1] != b"{":
+        return ServedList.parse(data)
+    return ServedList.parse(encode_recommendations(decode(RecommendationList, data)))
 
 
 PATH = "/v1/users/{user_id}/recommendations"
@@ -378,7 +381,7 @@ def recommendations_route(settings: ApiSettings, service: RecommendationService)
             offset=params.offset,
             n=params.n,
         )
-        return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type=JSON)
+        return Response(body, media_type=JSON)
 
     limited: Endpoint = recommendations
     if settings.rate_limit:

@@ -1,11 +1,12 @@
-"""The API process: uvicorn run programmatically, under our own SIGTERM handling.
+"""The API process: the HTTP server (granian, or uvicorn) run programmatically, under our own
+SIGTERM handling (:mod:`reco_api.http_server`).
 
 Shutdown sequence (driven by :func:`reco_common.lifecycle.serve`, bounded by
 ``RECO_API_SHUTDOWN_TIMEOUT_S``):
 
 1. SIGTERM: ``draining`` is set, so ``/readyz`` answers 503 at once;
 2. the API keeps serving for ``RECO_API_DRAIN_S`` while the load balancer takes it out;
-3. uvicorn stops accepting, closes idle keep-alive connections and finishes the requests in
+3. the server stops accepting, closes idle keep-alive connections and finishes the requests in
    flight (for what remains of the bound, less one second);
 4. the Redis pool is closed and the process exits 0.
 """
@@ -17,16 +18,16 @@ import contextlib
 import gc
 import logging
 
-import uvicorn
 from prometheus_client import REGISTRY, CollectorRegistry
 from uvicorn.loops.auto import auto_loop_factory
 
 from reco_api.app import create_app, create_internal_app
+from reco_api.http_server import RunningServer, http_server
 from reco_api.metrics import ApiMetrics
 from reco_api.settings import Settings
 from reco_api.store import ServedStore
 from reco_common.lifecycle import serve
-from reco_common.ops import OpsServer, Server
+from reco_common.ops import OpsServer
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class ApiServer:
         self._draining = asyncio.Event()
         self._exited = asyncio.Event()
         self._store: ServedStore | None = None
-        self._server: Server | None = None
+        self._server: RunningServer | None = None
         self._ops: OpsServer | None = None
 
     async def start(self) -> None:
@@ -56,22 +57,8 @@ class ApiServer:
             metrics=metrics,
             registry=self._registry,
         )
-        config = uvicorn.Config(
-            app,
-            host=api.host,
-            port=api.port,
-            http="httptools",
-            lifespan="off",
-            log_config=None,
-            access_log=api.access_log,
-            server_header=False,
-            backlog=api.backlog,
-            limit_concurrency=api.limit_concurrency,
-            forwarded_allow_ips=api.forwarded_allow_ips,
-            timeout_graceful_shutdown=max(int(api.in_flight_timeout_s), 1),
-        )
-        self._server = Server(config)
-        internal = create_internal_app(app, registry=self._registry)
+        self._server = http_server(app, api)
+        internal = create_internal_app(app.app, registry=self._registry)
         self._ops = OpsServer(internal, host=api.ops_host, port=api.ops_port)
         await self._ops.start()
         # Everything built so far lives as long as the process: move it out of the collector's
@@ -91,7 +78,7 @@ class ApiServer:
             raise RuntimeError("the HTTP server did not start (see the log above)")
 
     async def stop(self) -> None:
-        """Idempotent: fail readiness, serve through the drain period, then let uvicorn finish."""
+        """Idempotent: fail readiness, serve through the drain period, then let the server finish."""
         if self._draining.is_set():
             await self._exited.wait()
             return
@@ -99,7 +86,7 @@ class ApiServer:
         try:
             await self._drain()
             if self._server is not None:
-                self._server.should_exit = True
+                self._server.request_stop()
                 await self._exited.wait()
         finally:
             if self._ops is not None:
@@ -112,7 +99,7 @@ class ApiServer:
         drain_s = self._settings.api.drain_s
         logger.info("not ready any more; serving for %.1f s while traffic moves away", drain_s)
         with contextlib.suppress(TimeoutError):
-            # Returns early when uvicorn exited on its own: nothing is left to drain.
+            # Returns early when the server exited on its own: nothing is left to drain.
             await asyncio.wait_for(self._exited.wait(), timeout=drain_s)
 
 

@@ -6,6 +6,7 @@ Documented in docs/api.md. A wrong value fails at start naming its variable
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated, ClassVar, Self
 
 from limits import parse_many
@@ -15,11 +16,20 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from reco_common.contracts import Identifier, ModelName
 from reco_common.settings import BearerToken, CommonSettings, Environment, refuse_placeholder
 
+
+class HttpServer(enum.StrEnum):
+    """The HTTP server in front of the app (docs/api.md "HTTP server", docs/benchmarks.md)."""
+
+    GRANIAN = "granian"  # Rust (hyper): one write per response, measured faster
+    UVICORN = "uvicorn"  # httptools and uvloop
+
+
 PositiveSeconds = Annotated[float, Field(gt=0)]
 NonNegativeSeconds = Annotated[float, Field(ge=0)]
 
-# Time kept after uvicorn has finished the requests in flight: lifespan shutdown and closing
-# the Redis pool. The graceful-shutdown window given to uvicorn is what remains of the bound.
+# Time kept after the HTTP server has finished the requests in flight: lifespan shutdown and closing
+# the Redis connection. The graceful-shutdown window given to the server is what remains of the
+# bound.
 CLOSE_RESERVE_S = 1.0
 
 
@@ -33,6 +43,7 @@ class ApiSettings(BaseSettings):
     # The internal port: /metrics, /docs, /openapi.json (and the probes); never published.
     ops_host: str = "0.0.0.0"
     ops_port: Annotated[int, Field(ge=0, le=65535)] = 8090
+    server: HttpServer = HttpServer.GRANIAN
     default_model: ModelName = "default"
 
     # request bounds
@@ -81,7 +92,7 @@ class ApiSettings(BaseSettings):
 
     @property
     def in_flight_timeout_s(self) -> float:
-        """How long uvicorn may wait for the requests in flight once the drain is over."""
+        """How long the server may wait for the requests in flight once the drain is over."""
         return self.shutdown_timeout_s - self.drain_s - CLOSE_RESERVE_S
 
 

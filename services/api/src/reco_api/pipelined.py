@@ -1,0 +1,191 @@
+"""A read-only Redis connection that pipelines by itself: one connection, one write per loop turn.
+
+The API sends one ``MGET`` per request and nothing else. With redis-py every request takes a
+pooled connection and makes its own write and read system calls, and its Python per command
+(connection checkout, command packing, response parsing, release) cost ~80-200 µs of CPU per
+``MGET``, more than the rest of the request together (bench/api/redis_client.py,
+docs/benchmarks.md). Here every command issued during one turn of the event loop goes out in one
+write on one connection, and the replies, parsed by hiredis (redis-py's own C parser), resolve
+their futures in order: Redis answers the commands of a connection in the order they came. valkey-glide
+(a Rust core doing the same multiplexing) was measured too: ~100 µs of CPU per ``MGET``.
+
+Failure handling keeps the store's contract (fail fast, never hang):
+
+- a command unanswered after ``timeout_s`` fails with :class:`TimeoutError`, and so do all those
+  behind it: the connection is closed (a hung Redis) and the next command opens a new one. One
+  timer per connection checks the oldest command, not one per command;
+- a lost connection fails every pending command with :class:`ConnectionError`; the next command
+  reconnects (``timeout_s`` for the connect, ``AUTH`` and ``SELECT`` from the URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import ssl
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+
+logger = logging.getLogger(__name__)
+
+
+class RedisReplyError(Exception):
+    """Redis answered a command with an error (``-ERR …``)."""
+
+
+def pack(*args: bytes | str) -> bytes:
+    """One command in the Redis protocol (RESP2)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else arg
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection: queued commands, the futures of their replies, in order."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timeout_s = timeout_s
+        self._reader = hiredis.Reader()
+        self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._out: list[bytes] = []
+        self._transport: asyncio.Transport | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        try:
+            while (reply := self._reader.gets()) is not False:
+                future, _ = self._pending.popleft()
+                if not future.done():
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as exc:  # a reply nobody asked for
+            self._fail(ConnectionError(f"Redis protocol error: {exc!r}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionError(f"Redis connection lost: {exc or 'closed by the server'}"))
+
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        """Queue ``command``; every command queued during this loop turn leaves in one write."""
+        if self.closed:
+            raise ConnectionError("Redis connection closed")
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(command)
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._pending.append((future, self._loop.time() + self._timeout_s))
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(self._timeout_s, self._check_oldest)
+        return future
+
+    def close(self) -> None:
+        self._fail(ConnectionError("Redis connection closed"))
+
+    def _flush(self) -> None:
+        if not self.closed and self._transport is not None:
+            self._transport.write(b"".join(self._out))
+        self._out.clear()
+
+    def _check_oldest(self) -> None:
+        # The oldest command, answered or not by a caller still waiting (a cancelled caller's
+        # reply is due all the same: replies come in order), past its deadline: Redis hangs.
+        self._watchdog = None
+        if not self._pending:
+            return
+        deadline = self._pending[0][1]
+        if self._loop.time() >= deadline:
+            self._fail(TimeoutError(f"Redis did not answer within {self._timeout_s:g} s"))
+        else:
+            self._watchdog = self._loop.call_at(deadline, self._check_oldest)
+
+    def _fail(self, exc: Exception) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._transport is not None:
+            self._transport.abort()
+        while self._pending:
+            future, _ = self._pending.popleft()
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved: a caller that gave up must not log it
+
+
+class PipelinedRedis:
+    """The client: commands go to the current connection, a new one after a failure."""
+
+    def __init__(self, url: str, *, timeout_s: float) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"not a redis:// or rediss:// URL: {parts.scheme}://…")
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 6379
+        self._ssl = ssl.create_default_context() if parts.scheme == "rediss" else None
+        self._setup: list[bytes] = []
+        if parts.password is not None:
+            user = unquote(parts.username) if parts.username else None
+            auth = (user, unquote(parts.password)) if user else (unquote(parts.password),)
+            self._setup.append(pack("AUTH", *auth))
+        db = parts.path.lstrip("/")
+        if db and db != "0":
+            self._setup.append(pack("SELECT", db))
+        self._timeout_s = timeout_s
+        self._connection: _Connection | None = None
+        self._connecting: asyncio.Task[_Connection] | None = None
+
+    async def execute(self, command: bytes) -> Any:
+        """Send one packed command (:func:`pack`) and return its reply; one retry on a
+        connection found closed (a Redis restart), none on a timeout."""
+        try:
+            return await self._execute_once(command)
+        except ConnectionError:
+            return await self._execute_once(command)
+
+    async def _execute_once(self, command: bytes) -> Any:
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = await self._connected()
+        reply = await connection.send(command)
+        if isinstance(reply, hiredis.ReplyError):
+            raise RedisReplyError(str(reply))
+        return reply
+
+    async def _connected(self) -> _Connection:
+        if self._connecting is None:
+            self._connecting = asyncio.create_task(self._connect())
+        try:
+            return await asyncio.shield(self._connecting)
+        finally:
+            if self._connecting is not None and self._connecting.done():
+                self._connecting = None
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._timeout_s):
+            _, connection = await loop.create_connection(
+                lambda: _Connection(self._timeout_s), self._host, self._port, ssl=self._ssl
+            )
+            for command in self._setup:
+                reply = await connection.send(command)
+                if isinstance(reply, hiredis.ReplyError):
+                    connection.close()
+                    raise ConnectionError(f"Redis refused the connection setup: {reply}")
+        self._connection = connection
+        return connection
+
+    async def aclose(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._connection is not None:
+            self._connection.close()
