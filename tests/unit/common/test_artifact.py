@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reco_common import artifact
 from reco_common.artifact import (
     ITEM_FACTORS,
     USER_ITEMS_INDICES,
     USER_ITEMS_INDPTR,
+    VERIFIED_MARKER,
     ArtifactError,
     ModelArrays,
     UserItems,
@@ -131,3 +133,36 @@ def test_training_interactions_must_index_the_catalog() -> None:
                 indices=np.array([9], dtype=np.int32),
             ),
         )
+
+
+def _must_not_hash(path: Path) -> str:
+    raise AssertionError(f"must not be called: {path} was verified already")
+
+
+def test_a_cache_verified_once_is_mapped_without_hashing_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = _write(open_store((tmp_path / "bucket").as_uri()))
+    first = load_artifact(open_store(uri), cache_dir=tmp_path / "shared")
+    marker = tmp_path / "shared" / "shop" / "v1" / VERIFIED_MARKER
+    assert marker.is_file()
+    monkeypatch.setattr(artifact, "file_sha256", _must_not_hash)
+    again = load_artifact(open_store(uri), cache_dir=tmp_path / "shared")
+    assert np.array_equal(again.arrays.item_factors, first.arrays.item_factors)
+
+
+@pytest.mark.parametrize("damage", ["marker of another manifest", "file cut short"])
+def test_a_cache_that_does_not_match_its_marker_is_verified_again(
+    tmp_path: Path, damage: str
+) -> None:
+    uri = _write(open_store((tmp_path / "bucket").as_uri()))
+    load_artifact(open_store(uri), cache_dir=tmp_path / "shared")
+    local = tmp_path / "shared" / "shop" / "v1"
+    if damage == "file cut short":
+        data = (local / ITEM_FACTORS).read_bytes()
+        (local / ITEM_FACTORS).write_bytes(data[:-8])
+    else:
+        (local / VERIFIED_MARKER).write_text("0" * 64)
+    loaded = load_artifact(open_store(uri), cache_dir=tmp_path / "shared")
+    assert loaded.arrays.item_factors.shape == (5, 5)  # downloaded again, then verified
+    assert (local / VERIFIED_MARKER).read_text() != "0" * 64

@@ -94,9 +94,11 @@ class ServingModel:
         self.name = name
         self.version = version
         self.uri = uri
-        # Copies: the artifact's arrays are memory-mapped; serving needs them resident.
-        self.items: FloatMatrix = np.array(arrays.item_factors, dtype=np.float32, order="C")
-        self.users: FloatMatrix = np.array(arrays.user_factors, dtype=np.float32, order="C")
+        # Mapped, not copied (the artifact's arrays are float32 and C-ordered already): no second
+        # copy in memory, and pods on one node share the page cache of a shared cache volume.
+        # The load's finiteness check has read every page once, so they start resident.
+        self.items: FloatMatrix = np.ascontiguousarray(arrays.item_factors, dtype=np.float32)
+        self.users: FloatMatrix = np.ascontiguousarray(arrays.user_factors, dtype=np.float32)
         self.item_ids = np.asarray(arrays.item_ids, dtype=object)
         # One extra entry for the selection's padding (row ``n_items``), cut off before use.
         self._padded_ids = np.append(self.item_ids, "")
