@@ -26,10 +26,10 @@ from reco_common.artifact import announcement
 from reco_common.contracts import (
     ActionType,
     ModelPublished,
-    RecommendationList,
     UserAction,
     decode,
     decode_history_member,
+    decode_recommendations,
 )
 from reco_common.kafka import KafkaUnavailableError, ensure_topics, start_producer
 from reco_common.settings import CommonSettings
@@ -194,7 +194,7 @@ async def snapshot(redis: Redis, prefix: str) -> dict[str, Any]:
     async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
         name = key.decode().removeprefix(prefix)
         if name.startswith(":rec:"):
-            value = decode(RecommendationList, await redis.get(key))
+            value = decode_recommendations(await redis.get(key))
             state[name] = {k: v for k, v in asdict(value).items() if k != "computed_at"}
         elif name.startswith(":hist:"):
             state[name] = await redis.zrange(key, 0, -1, withscores=True)

@@ -16,9 +16,9 @@ from reco_common.artifact import Manifest, announcement
 from reco_common.contracts import (
     ActionType,
     ObjectLayout,
-    RecommendationList,
     UserAction,
     decode,
+    decode_recommendations,
     encode,
 )
 from reco_common.kafka import publish as publish_event
@@ -98,12 +98,12 @@ async def test_a_hot_swap_under_load_completes_without_errors(
 
         async def all_final() -> bool:
             values = await redis.mget([keys.recommendations(MODEL, e.user_id) for e in finals])
-            lists = [decode(RecommendationList, v) for v in values if v is not None]
+            lists = [decode_recommendations(v) for v in values if v is not None]
             return len(lists) == N_USERS and all(x.event_id.startswith("final") for x in lists)
 
         await until(all_final, what="the lists after the swap")
         values = await redis.mget([keys.recommendations(MODEL, e.user_id) for e in finals])
-        assert {decode(RecommendationList, v).model_version for v in values} == {"v2"}
+        assert {decode_recommendations(v).model_version for v in values} == {"v2"}
         assert (await worker.ready()) is True
     # Loading a model is not activating it: the controller does that once the rollout succeeded.
     assert await read_active(redis, keys, MODEL) is None

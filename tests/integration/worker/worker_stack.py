@@ -29,10 +29,9 @@ from reco_common.contracts import (
     ActionType,
     DlqHeader,
     EvalMetrics,
-    RecommendationList,
     Topics,
     UserAction,
-    decode,
+    decode_recommendations,
     encode,
 )
 from reco_common.settings import KafkaSettings
@@ -85,7 +84,7 @@ async def snapshot(redis: Redis, prefix: str) -> dict[str, Any]:
     async for key in redis.scan_iter(match=f"{prefix}:*"):
         name = key.decode().removeprefix(prefix)
         if ":rec:" in name:
-            value = decode(RecommendationList, await redis.get(key))
+            value = decode_recommendations(await redis.get(key))
             state[name] = {k: v for k, v in asdict(value).items() if k != "computed_at"}
         elif ":hist:" in name:
             state[name] = await redis.zrange(key, 0, -1, withscores=True)
@@ -251,7 +250,7 @@ async def all_applied(redis: Redis, settings: WorkerSettings, events: list[UserA
     keys = settings.common.redis.keys
     values = await redis.mget([keys.recommendations(MODEL, u) for u in last])
     done = [
-        v is not None and decode(RecommendationList, v).event_id == last[u]
+        v is not None and decode_recommendations(v).event_id == last[u]
         for u, v in zip(last, values, strict=True)
     ]
     return all(done) and await fully_committed(settings)
