@@ -98,7 +98,7 @@ def ensure_wrk() -> str:
     return found
 
 
-def wait_until(url: str, *, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+def wait_until(url: str, *, proc: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
