@@ -20,6 +20,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from reco_common.artifact import ModelArrays, announcement, write_artifact
 from reco_common.contracts import (
+    MODEL_MANIFEST_SHA256_ENV,
     MODEL_URI_ENV,
     EvalMetrics,
     ModelPublished,
@@ -108,8 +109,17 @@ class Kube:
 
 
 def worker_deployment(*, progress_deadline_s: int = 600) -> dict[str, Any]:
-    """The worker Deployment serving v1 (known metrics), two replicas on kwok's general node."""
-    active = ModelRecord(uri=uri("v1"), version="v1", metrics=GOOD, created_at=T0)
+    """The worker Deployment serving v1 (known metrics, its artifact written, its pin
+    recorded), two replicas on kwok's general node."""
+    write_model(ARTIFACTS, "v1", metrics=GOOD, created_at=T0)
+    pin = announcement(open_store(uri("v1"))).manifest_sha256
+    active = ModelRecord(
+        uri=uri("v1"),
+        version="v1",
+        metrics=GOOD,
+        created_at=T0,
+        manifest_sha256=pin if isinstance(pin, str) else None,
+    )
     labels = {"app.kubernetes.io/name": WORKER}
     return {
         "apiVersion": "apps/v1",
@@ -135,6 +145,10 @@ def worker_deployment(*, progress_deadline_s: int = 600) -> dict[str, Any]:
                             "env": [
                                 {"name": "RECO_LOG_JSON", "value": "true"},
                                 {"name": MODEL_URI_ENV, "value": uri("v1")},
+                                {
+                                    "name": MODEL_MANIFEST_SHA256_ENV,
+                                    "value": active.manifest_sha256,
+                                },
                                 {"name": "RECO_KAFKA_BOOTSTRAP", "value": "kafka:9092"},
                             ],
                         }
