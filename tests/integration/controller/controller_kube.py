@@ -273,9 +273,11 @@ async def read_lease(admin: ApiClient, namespace: str) -> V1Lease:
     return await CoordinationV1Api(admin).read_namespaced_lease("reco-controller", namespace)
 
 
-async def lease_holder(admin: ApiClient, namespace: str, among: set[str]) -> str:
+async def lease_holder(
+    admin: ApiClient, namespace: str, among: set[str], *, timeout_s: float = 60
+) -> str:
     """The Lease's holder once it is one of ``among`` (bounded)."""
-    async with asyncio.timeout(60):
+    async with asyncio.timeout(timeout_s):
         while True:
             try:
                 holder = (await read_lease(admin, namespace)).spec.holder_identity

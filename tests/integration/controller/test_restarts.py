@@ -55,6 +55,9 @@ async def _nothing_more(log: RolloutLog, *, for_s: float) -> list[str]:
     return [f"{e.version} {e.status.value}" for e in log.events[before:]]
 
 
+# Two controller processes start (importing the Kubernetes client takes tens of seconds on a
+# loaded 2-core machine), then a lease expiry and a consumer-group session timeout pass.
+@pytest.mark.timeout(400)
 async def test_a_controller_killed_mid_rollout_resumes_it_after_restart(
     admin: ApiClient,
     namespace: str,
@@ -67,7 +70,7 @@ async def test_a_controller_killed_mid_rollout_resumes_it_after_restart(
 ) -> None:
     await exhaust_pod_quota(admin, namespace)  # the rollout of v2 hangs: no pod can start
     async with controllers(settings, tmp_path, "first") as procs:
-        await _active_is(redis, settings, "v1")
+        await _active_is(redis, settings, "v1", timeout_s=180)
         watch = ActiveVersions(redis, settings.redis, MODEL)
         await send(published("v2"))
         await rollout_log.reaches("v2", "started")
@@ -93,6 +96,7 @@ async def test_a_controller_killed_mid_rollout_resumes_it_after_restart(
     assert await watch.stop() <= {"v1", "v2"}
 
 
+@pytest.mark.timeout(400)
 @pytest.mark.parametrize("progress_deadline_s", [5])
 async def test_a_leader_paused_past_its_lease_writes_nothing_when_it_wakes(
     admin: ApiClient,
@@ -110,7 +114,7 @@ async def test_a_leader_paused_past_its_lease_writes_nothing_when_it_wakes(
     neither patch the Deployment, nor report anything, nor touch the active record."""
     await exhaust_pod_quota(admin, namespace)
     async with controllers(settings, tmp_path, "alpha", "beta", rollout_timeout_s="8") as procs:
-        leader = await lease_holder(admin, namespace, {"alpha", "beta"})
+        leader = await lease_holder(admin, namespace, {"alpha", "beta"}, timeout_s=180)
         (follower,) = set(procs) - {leader}
         await _active_is(redis, settings, "v1")
         await send(published("v2"))
@@ -118,7 +122,7 @@ async def test_a_leader_paused_past_its_lease_writes_nothing_when_it_wakes(
         await _patched_to(admin, namespace, "v2")
         os.kill(procs[leader].pid, signal.SIGSTOP)
         try:
-            assert await lease_holder(admin, namespace, {follower}) == follower
+            assert await lease_holder(admin, namespace, {follower}, timeout_s=180) == follower
             await rollout_log.reaches("v2", "rolled_back", timeout_s=90)
             await CoreV1Api(admin).delete_namespaced_resource_quota("pods", namespace)
             await send(published("v3", hours=2))
