@@ -42,6 +42,16 @@ kube-down: ## Stop the local Kubernetes control plane
 kube-status: ## Show the control plane's processes
 	scripts/kube.sh status
 
+.PHONY: node-up node-down node-status test-node
+node-up: kube-up images ## Start a real node (containerd + kubelet) for the control plane, building it once
+	scripts/node.sh up
+node-down: ## Stop the real node and its pods
+	scripts/node.sh down
+node-status: ## Show the real node's processes
+	scripts/node.sh status
+test-node: install node-up ## The node tier only: our images as real pods on the real node
+	$(UV) run pytest tests/node $(PYTEST_ARGS)
+
 .PHONY: docker-up docker-down docker-status images test-containers
 docker-up: ## Start the local Docker engine on its own socket (installs it and Compose once)
 	scripts/docker.sh up
@@ -80,6 +90,7 @@ bench: install stack-up ## Run every benchmark under bench/ and rewrite docs/ben
 .PHONY: clean
 clean: ## Stop everything and remove local state (.stack, var)
 	-scripts/stack.sh down
+	-scripts/node.sh down
 	-scripts/kube.sh down
 	-scripts/docker.sh down
 	rm -rf .stack var
