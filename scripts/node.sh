@@ -29,7 +29,6 @@ set -euo pipefail
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "${SCRIPT_DIR}/.." && pwd)"
 NODE_SRC="${SCRIPT_DIR}/node"
-KUBE_SH="${SCRIPT_DIR}/kube.sh"
 DOCKER_SH="${SCRIPT_DIR}/docker.sh"
 
 mod_version() { # <go.mod> <module path>
@@ -127,8 +126,9 @@ cmd_build() {
   [[ "${NODE_K8S_VERSION}" == "${K8S_VERSION}" ]] ||
     die "scripts/node/build-node pins k8s.io/kubernetes ${NODE_K8S_VERSION}, the control plane ${K8S_VERSION}"
   mkdir -p "${BIN_DIR}" "${CACHE_DIR}/node"
-  exec {lock}>"${BIN_DIR}/../.node-build.lock"
-  flock -w 7200 "${lock}" || die "another scripts/node.sh build holds the lock"
+  local build_lock
+  exec {build_lock}>"${BIN_DIR}/../.node-build.lock"
+  flock -w 7200 "${build_lock}" || die "another scripts/node.sh build holds the lock"
   stamp="$(stamp_of "${NODE_SRC}/build-node")"
   if built "${BIN_DIR}/.stamp-node" "${stamp}" "${BIN_DIR}/kubelet" "${BIN_DIR}/kube-proxy"; then
     log "kubelet, kube-proxy ${K8S_VERSION}: cached"
@@ -155,6 +155,7 @@ cmd_build() {
     strip "$(pause_bin).tmp"
     mv -f "$(pause_bin).tmp" "$(pause_bin)"
   fi
+  exec {build_lock}>&- # released: the node's processes must not inherit it
   log "node binaries ready in ${BIN_DIR}"
 }
 
@@ -224,6 +225,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   sandbox_image = "${PAUSE_IMAGE}"
   netns_mounts_under_state_dir = true
   enable_selinux = false
+  # Lowering an oom_score_adj needs CAP_SYS_RESOURCE, which these machines do not grant even
+  # to root: sandboxes (-998) and Guaranteed pods get containerd's own score at the lowest.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -391,7 +395,7 @@ pid_of() { # <component>: prints the pid if it runs
 in_node() { ip netns exec "${NETNS}" "$@"; }
 
 setup_netns() {
-  ip netns list | grep -qw "${NETNS}" || ip netns add "${NETNS}"
+  ip netns list 2>/dev/null | grep -qw "${NETNS}" || ip netns add "${NETNS}"
   in_node ip link set lo up
   if ! in_node ip link show node0 >/dev/null 2>&1; then
     # A veth pair with both ends inside (this kernel has no dummy interfaces): an interface
@@ -407,12 +411,12 @@ setup_netns() {
   in_node sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.ipv4.ip_forward=1
 }
 
-# The pod cgroups' parent, in every cgroup v1 hierarchy (cpuset needs its CPUs and memory
+# The pod cgroups' parent, in every cgroup v1 hierarchy, named ones included (cpuset needs its CPUs and memory
 # nodes copied from the root before anything can join it).
 setup_cgroups() {
   local d
   for d in /sys/fs/cgroup/*/; do
-    [[ -e "${d}cgroup.procs" && "${d}" != */unified/ && "${d}" != */systemd/ ]] || continue
+    [[ -e "${d}cgroup.procs" && "${d}" != */unified/ ]] || continue
     mkdir -p "${d}${CGROUP_ROOT}"
   done
   if [[ -d /sys/fs/cgroup/cpuset/${CGROUP_ROOT} ]]; then
@@ -515,7 +519,7 @@ node_pod_pids() {
 shim_pids() {
   local p
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' <"${p}/cmdline" 2>/dev/null | grep -q "containerd-shim.* -address ${CONTAINERD_SOCK}" &&
+    { tr '\0' ' ' <"${p}/cmdline"; } 2>/dev/null | grep -q "containerd-shim.* -address ${CONTAINERD_SOCK}" &&
       echo "${p#/proc/}"
   done
   return 0
@@ -535,6 +539,10 @@ node_stop() {
   rm -f "${RUN}/init.ready"
 }
 
+apiserver_ready() {
+  [[ -s "${KUBE_STATE}/kubeconfig" ]] && [[ "$(kubectl_admin get --raw /readyz 2>/dev/null)" == ok ]]
+}
+
 node_ready() {
   [[ "$(kubectl_admin get node "${NODE_NAME}" \
     -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
@@ -544,7 +552,7 @@ cmd_up() {
   local start
   start=$(date +%s)
   cmd_install
-  "${KUBE_SH}" status >/dev/null || die "the control plane is not running (scripts/kube.sh up)"
+  apiserver_ready || die "the control plane's kube-apiserver does not answer (scripts/kube.sh up)"
   cmd_build
   mkdir -p "${STATE}"
   exec {lock}>"${STATE}/.lock"
@@ -644,12 +652,12 @@ cmd_down() {
   if pid="$(pid_of init)"; then stop_pid "${pid}" 60; fi
   node_stop # whatever the init left (or when it died)
   if pid="$(pid_of api-forward-host)"; then stop_pid "${pid}" 5; fi
-  if [[ -s "${KUBE_STATE}/kubeconfig" ]] && "${KUBE_SH}" status >/dev/null 2>&1; then
+  if apiserver_ready; then
     kubectl_admin delete node "${NODE_NAME}" --ignore-not-found --wait=false >/dev/null || true
     kubectl_admin -n default delete endpointslice "kubernetes-${NODE_NAME}" --ignore-not-found >/dev/null || true
     kubectl_admin -n kube-system delete endpointslice "kube-dns-${NODE_NAME}" --ignore-not-found >/dev/null || true
   fi
-  ip netns list | grep -qw "${NETNS}" && ip netns delete "${NETNS}"
+  ip netns list 2>/dev/null | grep -qw "${NETNS}" && ip netns delete "${NETNS}"
   remove_cgroups
   rm -f "${RUN}"/*.pid
   log "stopped in $(($(date +%s) - start))s"

@@ -95,8 +95,10 @@ def redis_pod_and_service() -> list[dict[str, Any]]:
         {
             "name": "redis",
             "image": "reco-local/redis:7.0-bookworm",
+            # `command` bypasses the image's entrypoint, and Debian's redis-server (unlike the
+            # official image's build) starts in protected mode: other pods would be DENIED.
             "command": ["redis-server"],
-            "args": ["--dir", "/tmp", "--save", "", "--appendonly", "no"],
+            "args": ["--dir", "/tmp", "--save", "", "--appendonly", "no", "--protected-mode", "no"],
             "ports": [{"name": "redis", "containerPort": 6379}],
             "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 2},
             "resources": {
