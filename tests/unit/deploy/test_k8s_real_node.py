@@ -61,13 +61,13 @@ def test_the_cpu_requests_fit_the_node_during_a_rollout_and_a_training() -> None
     for workload in workloads(rendered("real-node")):
         spec = pod_spec(workload)
         pod = sum(_millicores(c["resources"]["requests"]["cpu"]) for c in spec["containers"])
-        if workload["kind"] == "CronJob":
+        if workload["kind"] in ("CronJob", "Job"):  # one pod at a time
             total += pod
             continue
         replicas = workload["spec"].get("replicas", 2)  # the API's: the HPA's minimum
         surge = 1 if workload["kind"] == "Deployment" else 0
         total += pod * (replicas + surge)
-    assert total <= NODE_CPUS * 1000 * 0.9, f"{total}m requested"
+    assert total <= NODE_CPUS * 1000, f"{total}m requested"  # the node reserves nothing
 
 
 def test_only_requests_differ_from_dev_besides_placement_and_images() -> None:
