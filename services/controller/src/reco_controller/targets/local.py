@@ -133,10 +133,11 @@ class LocalTarget:
         try:
             async with asyncio.timeout(timeout_s):
                 while True:
+                    # First a poll interval: right after the requests nothing can be done yet.
+                    await asyncio.sleep(self._poll_interval_s)
                     progress = self._progress(await self._reports())
                     if progress.done or progress.failed:
                         return progress
-                    await asyncio.sleep(self._poll_interval_s)
         except TimeoutError:
             return Progress.failure(f"not rolled out after {timeout_s:g} s: {progress.message}")
 
