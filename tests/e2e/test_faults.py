@@ -41,7 +41,7 @@ from redis.asyncio import Redis
 
 from reco_common.kafka import publish, start_producer
 from reco_devkit import services
-from reco_devkit.observe import ModelTopics
+from reco_devkit.observe import ModelTopics, active_version
 from reco_devkit.procs import ServiceProcess
 from reco_devkit.services import RunSpace
 from reco_devkit.traffic import ActionSender, ShopFiles, stream
@@ -228,7 +228,15 @@ class ReadinessRespectingLoad:
 async def test_the_api_sigterm_under_load(
     run: FaultRun, redis: Redis, e2e_root: Path, models: tuple[Model, Model], space: RunSpace
 ) -> None:
-    await run.start_workers()
+    workers = await run.start_workers()
+    # The controller activates the workers' model (its active record and fallback list), as in
+    # production: an API without that record answers 503 for the default model.
+    await run.launcher.start(services.local_controller(space, workers, activation_check_s="0.5"))
+    await until(
+        lambda: active_version(redis, space.redis, space.model_name),
+        what="the workers' model activated",
+        timeout_s=60,
+    )
     api = await run.launcher.start(services.api(space, drain_s="2", shutdown_timeout_s="8"))
     assert api.base_url is not None
     load = ReadinessRespectingLoad(api.base_url, sorted({e.user_id for e in run.events}))
