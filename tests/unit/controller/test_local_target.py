@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from controller_fakes import MemoryRecords
 
-from reco_common.artifact import ModelArrays, write_artifact
+from reco_common.artifact import ModelArrays, announcement, write_artifact
 from reco_common.contracts import EvalMetrics
 from reco_common.redis_store import Epoch
 from reco_common.settings import S3Settings
@@ -120,8 +120,14 @@ async def test_the_active_model_is_read_from_the_workers_and_its_manifest(tmp_pa
     async with client:
         state = await target.read()
     assert state.settled
+    pin = announcement(open_store(v1, s3=S3Settings())).manifest_sha256
+    assert isinstance(pin, str)
     assert state.active == ModelRecord(
-        uri=v1, version="v1", metrics=METRICS, created_at=datetime(2026, 11, 1, tzinfo=UTC)
+        uri=v1,
+        version="v1",
+        metrics=METRICS,
+        created_at=datetime(2026, 11, 1, tzinfo=UTC),
+        manifest_sha256=pin,  # pinned as read: a rollback to it must pass the workers' pin rule
     )
 
 

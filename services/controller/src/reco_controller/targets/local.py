@@ -191,17 +191,23 @@ class LocalTarget:
             ) from exc
 
     async def _describe(self, uri: str, version: str | None) -> ModelRecord:
-        """The active model with the metrics of its manifest (without them when unreadable)."""
+        """The active model with the metrics of its manifest (without them when unreadable),
+        pinned to the manifest's bytes as read now: a model the workers were started on outside a
+        rollout has no announced pin, and workers refuse an unpinned load of a model they do not
+        serve, so without this pin a rollback to it would be refused (manifests are write-once)."""
         try:
-            manifest = await manifests.read(uri, s3=self._s3)
+            event = await manifests.published(uri, s3=self._s3)
         except (ArtifactError, ContractError, ValueError) as exc:
             logger.warning("active model %s has no readable manifest: %s", uri, exc)
             return ModelRecord(uri=uri, version=version)
         return ModelRecord(
             uri=uri,
-            version=manifest.version,
-            metrics=manifest.metrics,
-            created_at=manifest.created_at,
+            version=event.version,
+            metrics=event.metrics,
+            created_at=event.created_at,
+            manifest_sha256=event.manifest_sha256
+            if isinstance(event.manifest_sha256, str)
+            else None,
         )
 
 
