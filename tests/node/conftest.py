@@ -32,10 +32,17 @@ sys.path.insert(0, str(REPO / "tests" / "unit" / "deploy"))
 NODE_UP_TIMEOUT_S = 3600
 
 
+# pytest-timeout counts a test's fixture set-up: the first node test also starts the node
+# (containerd, kubelet, kube-proxy, CoreDNS and our images imported: 3-5 min on 2 cores; the
+# builds are done beforehand by `scripts/node.sh build` in .ci/run, or within NODE_UP_TIMEOUT_S).
+NODE_TEST_TIMEOUT_S = 900
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/node/" in str(item.fspath):
             item.add_marker(pytest.mark.node)
+            item.add_marker(pytest.mark.timeout(NODE_TEST_TIMEOUT_S))
 
 
 def _exports(script: str) -> dict[str, str]:
