@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Final, Protocol
 
 import httpx
@@ -200,15 +201,7 @@ class LocalTarget:
         except (ArtifactError, ContractError, ValueError) as exc:
             logger.warning("active model %s has no readable manifest: %s", uri, exc)
             return ModelRecord(uri=uri, version=version)
-        return ModelRecord(
-            uri=uri,
-            version=event.version,
-            metrics=event.metrics,
-            created_at=event.created_at,
-            manifest_sha256=event.manifest_sha256
-            if isinstance(event.manifest_sha256, str)
-            else None,
-        )
+        return replace(ModelRecord.of(event), uri=uri)  # the URI as the workers report it
 
 
 class LocalTargets:
