@@ -59,6 +59,11 @@ def test_user_action_round_trips_through_the_one_serializer() -> None:
     [
         ({"user_id": ""}, "user_id"),
         ({"item_id": "has space"}, "item_id"),
+        # Python's ``$`` matches before a final newline: the rule must not let that one through
+        # (a member's newline broke the history scripts' framing of a whole batch).
+        ({"item_id": "i-1\n"}, "item_id"),
+        ({"user_id": "u-1\n"}, "user_id"),
+        ({"event_id": "e-1\n"}, "event_id"),
         ({"action": "teleport"}, "action"),
         ({"weight": -1}, "weight"),
         ({"ts": "2026-01-31T12:00:00"}, "ts"),
@@ -97,6 +102,9 @@ def test_model_published_rejects_bad_model_names() -> None:
     }
     with pytest.raises(ContractError, match="model_name"):
         decode(ModelPublished, orjson.dumps(payload))
+    for field, bad in (("model_name", "good-name\n"), ("manifest_sha256", "0" * 64 + "\n")):
+        with pytest.raises(ContractError, match=field):
+            decode(ModelPublished, orjson.dumps({**payload, "model_name": "m", field: bad}))
 
 
 def test_names_come_from_the_contract_with_an_isolating_prefix() -> None:

@@ -38,17 +38,27 @@ DLQ_SUFFIX: Final = ".dlq"
 
 # Identifiers are opaque strings; bounded so that a key or a header can never explode. Each
 # alias carries the rule for msgspec (contract values) and for pydantic (settings, API queries).
+# Each pattern holds for the whole string: pydantic's ``$`` is the end of the text, but msgspec
+# searches with Python's ``re``, whose ``$`` also matches before a final newline, so its copy
+# ends in ``\Z`` instead (an id ending in a newline broke the history scripts' framing).
 _IDENTIFIER: Final = r"^[^\s]+$"
 _MODEL_NAME: Final = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+
+
+def _whole(pattern: str) -> str:
+    """``pattern`` (ending in ``$``) for Python's ``re.search``: anchored at the very end."""
+    return pattern.removesuffix("$") + r"\Z"
+
+
 Identifier = Annotated[
     str,
     Field(min_length=1, max_length=256, pattern=_IDENTIFIER),
-    Meta(min_length=1, max_length=256, pattern=_IDENTIFIER),
+    Meta(min_length=1, max_length=256, pattern=_whole(_IDENTIFIER)),
 ]
 ModelName = Annotated[
     str,
     Field(min_length=1, max_length=63, pattern=_MODEL_NAME),
-    Meta(min_length=1, max_length=63, pattern=_MODEL_NAME),
+    Meta(min_length=1, max_length=63, pattern=_whole(_MODEL_NAME)),
 ]
 Uri = Annotated[str, Meta(min_length=1, max_length=2048)]
 # One segment of an object or cache path taken from a document (a manifest's version, a file
@@ -58,9 +68,9 @@ _PATH_SEGMENT: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 PathSegment = Annotated[
     str,
     Field(min_length=1, max_length=128, pattern=_PATH_SEGMENT),
-    Meta(min_length=1, max_length=128, pattern=_PATH_SEGMENT),
+    Meta(min_length=1, max_length=128, pattern=_whole(_PATH_SEGMENT)),
 ]
-Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+Sha256Hex = Annotated[str, Meta(pattern=_whole(r"^[0-9a-f]{64}$"))]
 
 
 class ContractError(ValueError):
