@@ -2,11 +2,13 @@
 
     uv run python bench/quality/trainer_quality.py                   # seeds 0 1 2
     uv run python bench/quality/trainer_quality.py --seeds 0 --tune-minutes 10
+    uv run python bench/quality/trainer_quality.py --threads 2 --no-cold   # a setting apart
 
 For each seed the positives are split per user (80/20, seeded) and every method is evaluated
 on the same matrices (:mod:`movielens`). ``plain`` is LightFM with its documented defaults
 (WARP, 10 components, 30 epochs, no early stopping); ``defaults`` is ``reco-trainer train``
-with our defaults, run through the trainer's own job (``run_job``) on the training part;
+with our defaults as shipped (``--threads`` overrides the threads the trainer would choose),
+run through the trainer's own job (``run_job``) on the training part;
 ``tuned`` is ``reco-trainer tune`` with the given budget (skipped without ``--tune-minutes``).
 Cold users (a user-disjoint quarter of the users, absent from training) are reported apart:
 the worker serves them the popular list until they act.
@@ -23,6 +25,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -101,8 +104,14 @@ def artifact_metrics(outcome: Outcome, data: Matrices) -> dict[str, float]:
 
 
 def one_seed(
-    table: pa.Table, seed: int, params: TrainParams, workdir: Path, tune_minutes: float | None
-) -> dict[str, dict[str, float]]:
+    table: pa.Table,
+    seed: int,
+    params: TrainParams,
+    workdir: Path,
+    *,
+    tune_minutes: float | None,
+    cold: bool,
+) -> dict[str, dict[str, Any]]:
     train, test = per_user_split(table, seed=seed)
     data = Matrices.of(train, test)
     run_dir = workdir / f"seed{seed}"
@@ -119,6 +128,7 @@ def one_seed(
     results["defaults"] = artifact_metrics(outcome, data)
     results["defaults"]["seconds"] = time.perf_counter() - started
     results["defaults"]["load"] = os.getloadavg()[0]
+    results["defaults"]["trained_as"] = trained_as(outcome)
     if tune_minutes:
         started = time.perf_counter()
         budget = Budget(trials=10_000, budget_s=tune_minutes * 60)
@@ -133,8 +143,23 @@ def one_seed(
         results["tuned"]["complete"] = sum(t["state"] == "complete" for t in search["trials"])
         results["tuned"]["best"] = search["best"]
         return results
-    results["cold"] = cold_users(table, seed, params.model_copy(update={"seed": seed}), workdir)
+    if cold:
+        results["cold"] = cold_users(table, seed, params.model_copy(update={"seed": seed}), workdir)
     return results
+
+
+def trained_as(outcome: Outcome) -> dict[str, Any]:
+    """What the trainer chose (its resolved parameters) and the epochs it ran."""
+    assert outcome.report is not None
+    details = outcome.report.details
+    chosen = ("loss", "weighting", "threads", "min_epochs", "patience")
+    return {
+        **{key: details["params"][key] for key in chosen},
+        "fit_pairs": details["fit_pairs"],
+        "epochs_run": details["epochs_run"],
+        "best_epoch": outcome.report.best_epoch,
+        "bias_scale": details["bias_scale"],
+    }
 
 
 def cold_users(table: pa.Table, seed: int, params: TrainParams, workdir: Path) -> dict:
@@ -198,18 +223,27 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=None, help="JSON results")
     parser.add_argument(
-        "--tune-minutes", type=float, default=None, help="also tune (2 threads); skips cold users"
+        "--tune-minutes", type=float, default=None, help="also tune; skips cold users"
     )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="train on this many threads (default: auto)"
+    )
+    parser.add_argument("--no-cold", action="store_true", help="skip the cold users")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("reco_trainer.progress").setLevel(logging.WARNING)
     table = load_positives(args.ratings)
     rows = []
     with tempfile.TemporaryDirectory(prefix="reco-quality-") as tmp:
+        params = TrainParams(threads=args.threads)
         for seed in args.seeds:
-            threads = 2 if args.tune_minutes else 1
             result = one_seed(
-                table, seed, TrainParams(threads=threads), Path(tmp), args.tune_minutes
+                table,
+                seed,
+                params,
+                Path(tmp),
+                tune_minutes=args.tune_minutes,
+                cold=not args.no_cold,
             )
             rows.append({"seed": seed, **result})
             print(json.dumps(rows[-1]), flush=True)

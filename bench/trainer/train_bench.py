@@ -7,7 +7,8 @@
 
 For each size a child process generates the shop (with taste drift) into a Parquet file, then a
 fresh child process runs the whole training job on it exactly as ``reco-trainer train
---no-publish`` does (read, temporal split, LightFM WARP with early stopping on 2 threads,
+--no-publish`` does (read, temporal split, LightFM with early stopping, the trainer's defaults:
+threads, loss and epochs chosen from the data unless ``--threads``/``--params`` say otherwise,
 evaluation of the model and the popularity baseline, report, artifact on a file:// store).
 The child's own ``ru_maxrss`` is its peak resident memory (LightFM's C arrays included).
 Results are printed as a Markdown table and JSON lines. ``--params JSON`` (repeatable) trains
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -42,7 +44,7 @@ def generate(size: int, directory: Path, seed: int) -> dict[str, float]:
     }
 
 
-def train(directory: Path, threads: int, overrides: dict[str, object]) -> dict[str, object]:
+def train(directory: Path, threads: int | None, overrides: dict[str, object]) -> dict[str, object]:
     from reco_common.settings import S3Settings
     from reco_trainer.params import TrainParams
     from reco_trainer.pipeline import Inputs, Job, run_job
@@ -53,7 +55,9 @@ def train(directory: Path, threads: int, overrides: dict[str, object]) -> dict[s
         Job(
             model_name="bench",
             store_uri=(directory / "store").as_uri(),
-            params=TrainParams.model_validate({**overrides, "threads": threads}),
+            params=TrainParams.model_validate(
+                {**overrides, **({"threads": threads} if threads else {})}
+            ),
             s3=S3Settings(),
             kafka=None,
             progress=LogProgress,
@@ -76,6 +80,7 @@ def train(directory: Path, threads: int, overrides: dict[str, object]) -> dict[s
         "baseline": outcome.metrics.baseline,
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "load_1min": round(os.getloadavg()[0], 1),
     }
 
 
@@ -90,7 +95,7 @@ def _child(*args: str) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="default: the trainer's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--params", action="append", default=None, help="JSON parameter overrides (repeatable)"
@@ -110,17 +115,9 @@ def main() -> None:
             shop = _child("--child", "generate", "--sizes", str(size), "--dir", tmp)
             for overrides in args.params or ["{}"]:
                 row = {**shop, "interactions": size, "overrides": overrides}
+                threads = ["--threads", str(args.threads)] if args.threads else []
                 row.update(
-                    _child(
-                        "--child",
-                        "train",
-                        "--dir",
-                        tmp,
-                        "--threads",
-                        str(args.threads),
-                        "--params",
-                        overrides,
-                    )
+                    _child("--child", "train", "--dir", tmp, *threads, "--params", overrides)
                 )
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
@@ -129,24 +126,35 @@ def main() -> None:
 
 def table(rows: list[dict[str, object]]) -> str:
     lines = [
-        "| interactions | params | users | items | train+evaluate (s) | CPU (s) | of which training "
+        "| interactions | params | trained as | users | items | train+evaluate (s) | CPU (s) "
+        "| of which training "
         "| evaluation "
         "| epochs (kept) | peak RSS (MiB) | precision@10 model | popularity | ndcg@10 model "
-        "| popularity | AUC model | popularity |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| popularity | AUC model | popularity | load (1 min) |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         model, base = r["model"], r["baseline"]
         assert isinstance(model, dict)
         assert isinstance(base, dict)
         lines.append(
-            f"| {r['interactions']:,} | `{r['overrides']}` | {r['users']:,} | {r['items']:,} | {r['total_s']} | {r['cpu_s']} "
+            f"| {r['interactions']:,} | `{r['overrides']}` | {_trained_as(r['params'])} "
+            f"| {r['users']:,} | {r['items']:,} | {r['total_s']} | {r['cpu_s']} "
             f"| {r['train_s']} | {r['evaluate_s']} | {r['epochs_run']} ({r['best_epoch']}) "
             f"| {r['peak_rss_mb']} | {model['precision@10']:.4f} | {base['precision@10']:.4f} "
             f"| {model['ndcg@10']:.4f} | {base['ndcg@10']:.4f} | {model['auc']:.3f} "
-            f"| {base['auc']:.3f} |"
+            f"| {base['auc']:.3f} | {r['load_1min']} |"
         )
     return "\n".join(lines)
+
+
+def _trained_as(params: object) -> str:
+    """The resolved loss, weighting, threads and early stopping of one run."""
+    assert isinstance(params, dict)
+    return (
+        f"{params['loss']}, {params['weighting']}, {params['threads']} thr, "
+        f"min {params['min_epochs']} / patience {params['patience']}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from rich.console import Console
 from reco_common.interactions import read_interactions
 from reco_trainer import dataset, training
 from reco_trainer.dataset import Vocab
+from reco_trainer.defaults import DataFacts, resolve
 from reco_trainer.evaluation import EvalSet, Scorer, factor_scorer
 from reco_trainer.params import TrainParams, Weighting
 from reco_trainer.progress import BarProgress, LogProgress
@@ -26,6 +27,10 @@ def data(shop_files: dict[str, str]) -> dataset.LightfmInput:
     return dataset.lightfm_input(m, Weighting.LOG)
 
 
+def _resolved(params: TrainParams) -> TrainParams:
+    return resolve(params, DataFacts(fit_pairs=4_000, graded=True, cpus=1))
+
+
 def _validation(data: dataset.LightfmInput) -> EvalSet:
     m = data.interactions.tocsr()
     return EvalSet.build(known=sp.csr_matrix(m.shape, dtype=np.float32), held_out=m)
@@ -36,7 +41,7 @@ def test_factors_rank_items_like_lightfm_predict(
 ) -> None:
     result = fit(
         data,
-        params=tiny_params,
+        params=_resolved(tiny_params),
         item_features=None,
         user_features=None,
         validation=None,
@@ -65,7 +70,7 @@ def test_early_stopping_keeps_the_best_epoch(
         return {"precision@10": next(script)}
 
     monkeypatch.setattr(training, "evaluate", scripted)
-    params = TrainParams(components=4, epochs=6, patience=2, min_epochs=1, threads=1)
+    params = _resolved(TrainParams(components=4, epochs=6, patience=2, min_epochs=1, threads=1))
     result = fit(
         data,
         params=params,
@@ -90,7 +95,7 @@ def test_early_stopping_waits_for_the_minimum_epochs(
         return {"precision@10": next(script)}
 
     monkeypatch.setattr(training, "evaluate", scripted)
-    params = TrainParams(components=4, epochs=10, patience=2, min_epochs=6, threads=1)
+    params = _resolved(TrainParams(components=4, epochs=10, patience=2, min_epochs=6, threads=1))
     result = fit(
         data,
         params=params,
@@ -108,7 +113,7 @@ def test_early_stopping_waits_for_the_minimum_epochs(
 def test_progress_lines_name_epoch_and_metric(
     data: dataset.LightfmInput, caplog: pytest.LogCaptureFixture
 ) -> None:
-    params = TrainParams(components=4, epochs=2, threads=1, validation_users=50)
+    params = _resolved(TrainParams(components=4, epochs=2, threads=1, validation_users=50))
     with caplog.at_level(logging.INFO, logger="reco_trainer.progress"):
         fit(
             data,
@@ -126,7 +131,7 @@ def test_progress_lines_name_epoch_and_metric(
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_divergence_is_reported(data: dataset.LightfmInput) -> None:
-    params = TrainParams(components=4, epochs=2, threads=1, learning_rate=1e30)
+    params = _resolved(TrainParams(components=4, epochs=2, threads=1, learning_rate=1e30))
     with pytest.raises(ValueError, match="diverged"):
         fit(
             dataset.LightfmInput(data.interactions, data.weights * 1e30),

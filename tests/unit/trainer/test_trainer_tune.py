@@ -19,6 +19,7 @@ from reco_common.storage import open_store
 from reco_trainer import dataset, pipeline, tune
 from reco_trainer.cli import app
 from reco_trainer.dataset import Vocab
+from reco_trainer.defaults import DataFacts, resolve
 from reco_trainer.evaluation import EvalSet
 from reco_trainer.params import TrainParams
 from reco_trainer.pipeline import Inputs, Job, run_job
@@ -43,7 +44,10 @@ def _search(
     return search_parameters(
         fit,
         validation,
-        params=TrainParams(**{"epochs": 3, "min_epochs": 1, "threads": 1, **params}),
+        params=resolve(
+            TrainParams(**{"epochs": 3, "min_epochs": 1, "threads": 1, **params}),
+            DataFacts(fit_pairs=fit.nnz, graded=True, cpus=1),
+        ),
         budget=budget,
         item_features=None,
         user_features=None,
@@ -187,7 +191,7 @@ def test_the_first_trial_is_the_jobs_own_parameters(
     search = _search(fit_and_validation, Budget(trials=1, budget_s=3600), components=24)
     (first,) = search.trials
     assert first.params["components"] == 24
-    assert first.params["loss"] == TrainParams().loss.value
+    assert first.params["loss"] == "warp"  # what auto resolves to on the shop's actions
 
 
 def test_the_best_trial_is_not_trained_again(

@@ -131,8 +131,10 @@ def lightfm_input(summed: sp.csr_matrix, weighting: Weighting) -> LightfmInput:
         data = np.log1p(coo.data)
     elif weighting is Weighting.BINARY:
         data = np.ones_like(coo.data)
-    else:
+    elif weighting is Weighting.LINEAR:
         data = coo.data
+    else:
+        raise ValueError(f"weighting {weighting.value!r}: resolve it from the data first")
     ones = sp.coo_matrix((np.ones_like(coo.data), (coo.row, coo.col)), shape=coo.shape)
     weights = sp.coo_matrix((data.astype(np.float32), (coo.row, coo.col)), shape=coo.shape)
     return LightfmInput(interactions=ones, weights=weights)

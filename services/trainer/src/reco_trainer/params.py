@@ -19,6 +19,10 @@ Fraction = Annotated[float, Field(ge=0, lt=1)]
 
 
 class Loss(enum.StrEnum):
+    """``auto``: warp when the log's actions weigh differently, else warp-kos
+    (:mod:`reco_trainer.defaults`)."""
+
+    AUTO = "auto"
     WARP = "warp"
     BPR = "bpr"
     WARP_KOS = "warp-kos"
@@ -36,6 +40,8 @@ class SplitKind(enum.StrEnum):
 class Weighting(enum.StrEnum):
     """How a user-item pair's summed action weights become LightFM's sample weight."""
 
+    AUTO = "auto"  # log for graded actions under a loss that takes weights, else binary
+
     LOG = "log"  # log1p(sum): a purchase counts more than a view, repeats saturate
     LINEAR = "linear"  # the sum itself
     BINARY = "binary"  # every pair weighs 1 (e.g. ratings filtered by --min-weight)
@@ -46,9 +52,10 @@ class TrainParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    # Defaults measured on MovieLens against LightFM's own (docs/quality.md).
-    loss: Loss = Loss.WARP_KOS
-    """LightFM loss."""
+    # Defaults measured on MovieLens against LightFM's own and on the synthetic shop
+    # (docs/quality.md); those left to the data are resolved by reco_trainer.defaults.
+    loss: Loss = Loss.AUTO
+    """LightFM loss (auto: warp when the log's actions weigh differently, else warp-kos)."""
     components: Annotated[int, Field(ge=1, le=512)] = 96
     """Latent dimensions."""
     epochs: Annotated[int, Field(ge=1, le=1000)] = 150
@@ -61,16 +68,17 @@ class TrainParams(BaseModel):
     """L2 penalty on user features."""
     max_sampled: Annotated[int, Field(ge=1)] = 10
     """Negatives sampled per positive (WARP losses)."""
-    threads: Annotated[int, Field(ge=1, le=256)] = 2
-    """Training threads (not part of the version)."""
+    threads: Annotated[int, Field(ge=1, le=256)] | None = None
+    """Training threads (default: 1 on small data, where lock-free threads cost precision,
+    else the CPUs, at most 4; not part of the version)."""
     seed: int = 42
     """Random seed."""
     action_weights: dict[str, Positive] = Field(
         default_factory=lambda: {str(a): w for a, w in DEFAULT_ACTION_WEIGHTS.items()}
     )
     """Weight of each action name in the logs (any name; the defaults are the shop's)."""
-    weighting: Weighting = Weighting.BINARY  # warp-kos takes no sample weights
-    """Summed weights → sample weight."""
+    weighting: Weighting = Weighting.AUTO
+    """Summed weights → sample weight (auto: log for warp on graded actions, else binary)."""
     split: SplitKind = SplitKind.AUTO
     """Held-out split."""
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
@@ -81,10 +89,10 @@ class TrainParams(BaseModel):
     # (docs/quality.md).
     validation_split: SplitKind = SplitKind.RANDOM
     """How each user's validation share is drawn (auto: like the test split)."""
-    patience: Annotated[int, Field(ge=1)] = 20
-    """Epochs without improvement."""
-    min_epochs: Annotated[int, Field(ge=1)] = 30
-    """Epochs before early stopping may stop."""
+    patience: Annotated[int, Field(ge=1)] | None = None
+    """Epochs without improvement (default: 700k updates' worth, at least 3)."""
+    min_epochs: Annotated[int, Field(ge=1)] | None = None
+    """Epochs before early stopping may stop (default: 1M updates' worth, at least 3)."""
     fold_validation: bool = True
     """Retrain on the fit and validation parts together for the epochs early stopping kept."""
     bias_scale: Annotated[float, Field(ge=0)] | None = None

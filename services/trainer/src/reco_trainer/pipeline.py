@@ -22,12 +22,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 from lightfm import LightFM
 
 from reco_common.artifact import Manifest, ModelArrays, UserItems, write_artifact
 from reco_common.contracts import EvalMetrics, ObjectLayout
 from reco_common.interactions import (
+    ACTION,
     ITEM_ID,
     USER_ID,
     Features,
@@ -38,8 +40,9 @@ from reco_common.interactions import (
 )
 from reco_common.settings import KafkaSettings, S3Settings
 from reco_common.storage import ObjectStore, open_store
-from reco_trainer import dataset, publishing
+from reco_trainer import dataset, defaults, publishing
 from reco_trainer.dataset import Prepared, Vocab
+from reco_trainer.defaults import DataFacts
 from reco_trainer.evaluation import (
     EvalSet,
     evaluate,
@@ -215,15 +218,17 @@ class _Trained:
 
 
 def _train(job: Job, data: _Data, *, version: str, fingerprint: str) -> _Trained:
-    params = job.params
     started = time.perf_counter()
-    kind = dataset.resolve_kind(data.log, params.split)
+    kind = dataset.resolve_kind(data.log, job.params.split)
     if data.test is not None:
         train_log, test_log = data.log, data.test
     else:
-        parts = dataset.split(data.log, kind=kind, fraction=params.test_fraction, seed=params.seed)
+        parts = dataset.split(
+            data.log, kind=kind, fraction=job.params.test_fraction, seed=job.params.seed
+        )
         train_log, test_log = parts.train, parts.held_out
-    prepared = dataset.prepare(train_log, test_log, params, kind)
+    prepared = dataset.prepare(train_log, test_log, job.params, kind)
+    params = _resolved(job.params, data.log, prepared)
     item_features = _features(prepared.items, data.item_features)
     user_features = _features(prepared.users, data.user_features)
     validation = (
@@ -320,6 +325,7 @@ def _train(job: Job, data: _Data, *, version: str, fingerprint: str) -> _Trained
             "refit": params.refit,
             "seconds": {"train": round(trained_s, 3), "evaluate": round(evaluated_s, 3)},
             "params": params.model_dump(mode="json"),
+            "from_data": defaults.left_to_data(job.params),
         },
         search=search.to_dict() if search is not None else None,
     )
@@ -331,6 +337,35 @@ def _train(job: Job, data: _Data, *, version: str, fingerprint: str) -> _Trained
         _brief(metrics.baseline),
     )
     return _Trained(arrays=arrays, report=report, result=result, params=params, search=search)
+
+
+def _resolved(params: TrainParams, log: Interactions, prepared: Prepared) -> TrainParams:
+    """``params`` with the defaults left to the data resolved (:mod:`reco_trainer.defaults`)."""
+    facts = DataFacts(
+        fit_pairs=prepared.fit.nnz,
+        graded=defaults.is_graded(_actions(log), params.action_weights),
+        cpus=defaults.available_cpus(),
+    )
+    resolved = defaults.resolve(params, facts)
+    logger.info(
+        "from the data (%d fit pairs, %s): loss %s, weighting %s, %d threads, "
+        "min %d epochs, patience %d",
+        facts.fit_pairs,
+        "actions of several weights" if facts.graded else "interactions of one kind",
+        resolved.loss.value,
+        resolved.weighting.value,
+        resolved.threads,
+        resolved.min_epochs,
+        resolved.patience,
+    )
+    return resolved
+
+
+def _actions(log: Interactions) -> list[str]:
+    """The action names the log uses (none without an action column)."""
+    if ACTION not in log.table.column_names:
+        return []
+    return [str(a) for a in pc.unique(log.table.column(ACTION)).drop_null().to_pylist()]
 
 
 def _features(vocab: Vocab, features: Features | None) -> sp.csr_matrix | None:
@@ -522,6 +557,7 @@ def _store(
         params={
             **trained.params.identity(),
             "threads": trained.params.threads,
+            "from_data": defaults.left_to_data(job.params),
             "bias_scale": trained.report.details["bias_scale"],
             **_tuning(trained.search),
             "best_epoch": trained.result.best_epoch,

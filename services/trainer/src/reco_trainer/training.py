@@ -26,6 +26,9 @@ from reco_trainer.progress import EpochProgress
 
 logger = logging.getLogger(__name__)
 
+_UNRESOLVED = (
+    "{name} is left to the data: resolve the parameters first (reco_trainer.defaults.resolve)"
+)
 _STATE = ("item_embeddings", "item_biases", "user_embeddings", "user_biases")
 Factors = npt.NDArray[np.float32]
 
@@ -46,6 +49,8 @@ class FitResult:
 
 
 def new_model(params: TrainParams) -> LightFM:
+    if params.loss is Loss.AUTO:
+        raise ValueError(_UNRESOLVED.format(name="loss"))
     return LightFM(
         no_components=params.components,
         loss=params.loss.value,
@@ -74,6 +79,9 @@ def fit(
     abandon the trial). LightFM itself raises ``ValueError`` when the weights stop being finite
     (divergence).
     """
+    threads = _required(params.threads, "threads")
+    min_epochs = _required(params.min_epochs, "min_epochs")
+    patience = _required(params.patience, "patience")
     model = new_model(params)
     if params.loss is Loss.WARP_KOS and params.weighting is not Weighting.BINARY:
         logger.warning("warp-kos takes no sample weights: every interaction weighs the same")
@@ -89,7 +97,7 @@ def fit(
                 item_features=item_features,
                 sample_weight=None if params.loss is Loss.WARP_KOS else data.weights,
                 epochs=1,
-                num_threads=params.threads,
+                num_threads=threads,
             )
             metrics = {}
             if validation is not None:
@@ -112,7 +120,7 @@ def fit(
             value = metrics[params.early_stopping_metric]
             if value > best_value:
                 best_value, best_state, result.best_epoch = value, _snapshot(model), number
-            elif number >= params.min_epochs and number - result.best_epoch >= params.patience:
+            elif number >= min_epochs and number - result.best_epoch >= patience:
                 logger.info(
                     "early stop after epoch %d: %s peaked at %.4f in epoch %d",
                     number,
@@ -124,6 +132,12 @@ def fit(
     if best_state is not None:
         _restore(model, best_state)
     return result
+
+
+def _required(value: int | None, name: str) -> int:
+    if value is None:
+        raise ValueError(_UNRESOLVED.format(name=name))
+    return value
 
 
 def _shown(metrics: dict[str, float], key: str) -> dict[str, float]:

@@ -138,7 +138,8 @@ def search_parameters(
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=params.seed),
         pruner=optuna.pruners.MedianPruner(
-            n_startup_trials=2, n_warmup_steps=min(params.min_epochs, WARMUP_EPOCHS)
+            n_startup_trials=2,
+            n_warmup_steps=min(params.min_epochs or WARMUP_EPOCHS, WARMUP_EPOCHS),
         ),
     )
 

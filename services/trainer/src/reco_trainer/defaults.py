@@ -1,0 +1,121 @@
+"""The defaults that depend on the data: what ``loss``/``weighting`` ``auto`` and unset
+``threads``, ``min_epochs`` and ``patience`` become for one log.
+
+Each rule is a pure function of facts read from the data (the actions the log names, the
+number of fit pairs) or of the machine (the CPUs, for ``threads`` only, which do not name the
+model). The job's version is computed from the parameters as given (``auto`` included), so it
+stays a function of the data; the resolved values are what the report and the manifest record.
+Every figure behind the constants is in docs/quality.md.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from reco_trainer.params import Loss, TrainParams, Weighting
+
+MIN_UPDATES = 1_000_000
+"""Updates (fit pairs times epochs) before early stopping may stop: 30 epochs on MovieLens'
+33k fit pairs, where the validation metric is still noisy before that."""
+PATIENCE_UPDATES = 700_000
+"""Updates without improvement before early stopping stops (20 epochs on MovieLens)."""
+MIN_EPOCHS_FLOOR = 3
+"""Fewest epochs either rule gives: 3 and 3 stopped the 1M-interaction shop after 16 epochs
+at its best precision."""
+SINGLE_THREAD_BELOW = 200_000
+"""Fit pairs under which training runs on one thread: LightFM's threads update shared
+factors without locks, which cost MovieLens (33k fit pairs) 6 % of its precision@10, and a
+one-thread run is cheap there (and deterministic)."""
+MAX_THREADS = 4
+"""Most threads ``auto`` gives (more collide on the popular items' factors)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataFacts:
+    """What the rules read from the data and the machine."""
+
+    fit_pairs: int
+    graded: bool  # the log names actions that weigh differently (view, cart, purchase)
+    cpus: int
+
+
+def is_graded(actions: Iterable[str], action_weights: Mapping[str, float]) -> bool:
+    """Whether the actions a log names carry more than one distinct weight (implicit feedback
+    of several strengths); ratings filtered by a threshold and single-action logs do not."""
+    return len({action_weights[a] for a in actions if a in action_weights}) > 1
+
+
+def loss_for(*, graded: bool) -> Loss:
+    """warp where sample weights carry information (warp-kos takes none), warp-kos otherwise:
+    it beat warp on MovieLens' thresholded ratings, and warp with log weights beat it on the
+    shop's view/cart/purchase log."""
+    return Loss.WARP if graded else Loss.WARP_KOS
+
+
+def weighting_for(loss: Loss, *, graded: bool) -> Weighting:
+    """Log-scaled summed weights for graded logs under a loss that takes weights, else 1."""
+    return Weighting.LOG if graded and loss is not Loss.WARP_KOS else Weighting.BINARY
+
+
+def epochs_for(updates: int, fit_pairs: int) -> int:
+    """The epochs that make ``updates`` updates over ``fit_pairs`` pairs, at least
+    :data:`MIN_EPOCHS_FLOOR`."""
+    return max(MIN_EPOCHS_FLOOR, math.ceil(updates / max(fit_pairs, 1)))
+
+
+def threads_for(fit_pairs: int, cpus: int) -> int:
+    """One thread below :data:`SINGLE_THREAD_BELOW` fit pairs, else the CPUs up to
+    :data:`MAX_THREADS`."""
+    if fit_pairs < SINGLE_THREAD_BELOW:
+        return 1
+    return max(1, min(cpus, MAX_THREADS))
+
+
+def resolve(params: TrainParams, facts: DataFacts) -> TrainParams:
+    """``params`` with every data-dependent default replaced by its value for ``facts``."""
+    loss = loss_for(graded=facts.graded) if params.loss is Loss.AUTO else params.loss
+    weighting = params.weighting
+    if weighting is Weighting.AUTO:
+        weighting = weighting_for(loss, graded=facts.graded)
+    return params.model_copy(
+        update={
+            "loss": loss,
+            "weighting": weighting,
+            "threads": _given(params.threads, threads_for(facts.fit_pairs, facts.cpus)),
+            "min_epochs": _given(params.min_epochs, epochs_for(MIN_UPDATES, facts.fit_pairs)),
+            "patience": _given(params.patience, epochs_for(PATIENCE_UPDATES, facts.fit_pairs)),
+        }
+    )
+
+
+def left_to_data(params: TrainParams) -> list[str]:
+    """The names of the parameters :func:`resolve` chooses for ``params``."""
+    left = {
+        "loss": params.loss is Loss.AUTO,
+        "weighting": params.weighting is Weighting.AUTO,
+        "threads": params.threads is None,
+        "min_epochs": params.min_epochs is None,
+        "patience": params.patience is None,
+    }
+    return [name for name, is_left in left.items() if is_left]
+
+
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a
+    container's CPU limit, which the affinity does not show)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cpus
+    if quota == "max":
+        return cpus
+    return max(1, min(cpus, math.floor(int(quota) / int(period))))
