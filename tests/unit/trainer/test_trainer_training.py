@@ -59,6 +59,28 @@ def test_factors_rank_items_like_lightfm_predict(
     assert result.epochs_run == result.best_epoch == tiny_params.epochs
 
 
+def test_one_thread_trains_the_same_model_twice(data: dataset.LightfmInput) -> None:
+    """What ``threads`` auto gives small data: the model is a function of data and params."""
+    params = _resolved(TrainParams(components=4, epochs=3, threads=1))
+    first, second = (
+        fit(
+            data,
+            params=params,
+            item_features=None,
+            user_features=None,
+            validation=None,
+            progress=LogProgress(params.epochs),
+        )
+        for _ in range(2)
+    )
+    for a, b in zip(
+        representations(first.model, None, None),
+        representations(second.model, None, None),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_early_stopping_keeps_the_best_epoch(
     data: dataset.LightfmInput, monkeypatch: pytest.MonkeyPatch
 ) -> None:
