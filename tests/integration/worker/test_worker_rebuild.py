@@ -34,7 +34,7 @@ from reco_common.storage import ObjectStore
 from reco_trainer.snapshot import archive_topic
 from reco_worker.consumer import ActionHandler
 from reco_worker.metrics import WorkerMetrics
-from reco_worker.rebuild import LogFold, rebuild_from_log, rebuilder
+from reco_worker.rebuild import LogFold, Rebuilder, rebuild_from_log, rebuilder
 from reco_worker.scoring import ServingModel
 from reco_worker.settings import WorkerSettings
 
@@ -203,6 +203,51 @@ def record(partition: int, offset: int, key: bytes, value: bytes) -> ConsumerRec
     )
 
 
+async def live_pass(
+    work: Rebuilder,
+    model: ServingModel,
+    metrics: WorkerMetrics,
+    log: list[ConsumerRecord[bytes, bytes]],
+) -> None:
+    """``log`` through the live worker's batch handler, in batches of 50."""
+    handler = ActionHandler(
+        lists=work.lists,
+        history=work.history,
+        model=lambda: model,
+        policy=work.policy,
+        max_future_skew_s=work.max_future_skew_s,
+        metrics=metrics,
+        writable=asyncio.Event(),
+    )
+    deliveries = []
+    for r in log:
+        try:
+            deliveries.append(Delivery(r, decode(UserAction, r.value)))
+        except ContractError:
+            continue  # dead-lettered by the consumer, never seen by the handler
+    for start in range(0, len(deliveries), 50):
+        await handler(deliveries[start : start + 50])
+
+
+async def state_after(
+    settings: WorkerSettings,
+    redis: Redis,
+    *,
+    live: list[ConsumerRecord[bytes, bytes]],
+    folded: list[ConsumerRecord[bytes, bytes]],
+) -> tuple[dict[str, Any], LogFold]:
+    """The state after the live handler took ``live``, then a rebuild folded ``folded``."""
+    model = ServingModel(name=MODEL, version="v1", uri="mem://v1", arrays=arrays(seed=1))
+    metrics = WorkerMetrics.create()
+    work = rebuilder(settings, redis, model, metrics)
+    await live_pass(work, model, metrics, live)
+    fold = LogFold(max_len=settings.history_len, max_future_skew_s=work.max_future_skew_s)
+    if folded:
+        fold.add_records(folded)
+        await work.write(fold)
+    return await snapshot(redis, settings.common.redis.key_prefix), fold
+
+
 async def test_the_fold_of_a_rebuild_equals_the_live_handler_batch_by_batch(
     make_settings: Callable[..., WorkerSettings], redis: Redis
 ) -> None:
@@ -210,36 +255,33 @@ async def test_the_fold_of_a_rebuild_equals_the_live_handler_batch_by_batch(
     handler (batches of 50, the history read back and trimmed each time) on the same records,
     on real Redis and the real scoring: the same histories and lists."""
     log = hostile_log()
-    model = ServingModel(name=MODEL, version="v1", uri="mem://v1", arrays=arrays(seed=1))
-    states = []
-    for suffix in ("live", "fold"):
-        settings = namespaced(make_settings(None), suffix, history_len=20)
-        metrics = WorkerMetrics.create()
-        work = rebuilder(settings, redis, model, metrics)
-        if suffix == "live":
-            handler = ActionHandler(
-                lists=work.lists,
-                history=work.history,
-                model=lambda: model,
-                policy=work.policy,
-                max_future_skew_s=work.max_future_skew_s,
-                metrics=metrics,
-                writable=asyncio.Event(),
-            )
-            deliveries = []
-            for r in log:
-                try:
-                    deliveries.append(Delivery(r, decode(UserAction, r.value)))
-                except ContractError:
-                    continue  # dead-lettered by the consumer, never seen by the handler
-            for start in range(0, len(deliveries), 50):
-                await handler(deliveries[start : start + 50])
-        else:
-            fold = LogFold(max_len=20, max_future_skew_s=work.max_future_skew_s)
-            fold.add_records(log)
-            assert (fold.events, fold.skipped) == (len(log) - 2, 2)
-            await work.write(fold)
-        states.append(await snapshot(redis, settings.common.redis.key_prefix))
-    live, folded = states
+    settings = make_settings(None)
+    live, _ = await state_after(
+        namespaced(settings, "live", history_len=20), redis, live=log, folded=[]
+    )
+    folded, fold = await state_after(
+        namespaced(settings, "fold", history_len=20), redis, live=[], folded=log
+    )
+    assert (fold.events, fold.skipped) == (len(log) - 2, 2)
     assert len(live) == 80  # 40 histories and 40 lists
     assert folded == live
+
+
+async def test_a_rebuild_over_histories_redis_still_holds_scores_what_redis_holds(
+    make_settings: Callable[..., WorkerSettings], redis: Redis
+) -> None:
+    """Redis kept histories from events the log no longer has (expired without an archive):
+    a rebuild from the rest adds to them, and a user whose stored history holds more than the
+    fold is scored as stored. The state equals the live handler's over the whole log."""
+    log = hostile_log()
+    first, rest = log[: len(log) // 2], log[len(log) // 2 :]
+    settings = make_settings(None)
+    live, _ = await state_after(
+        namespaced(settings, "live", history_len=20), redis, live=log, folded=[]
+    )
+    kept, fold = await state_after(
+        namespaced(settings, "kept", history_len=20), redis, live=first, folded=rest
+    )
+    assert len(fold.users) == 40  # every user has events in both halves
+    assert len(live) == 80
+    assert kept == live

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import msgspec
 import orjson
 import pytest
 
@@ -24,6 +25,7 @@ from reco_common.contracts import (
     UserAction,
     decode,
     decode_history_member,
+    decode_many,
     decode_recommendations,
     encode,
     encode_history_member,
@@ -76,6 +78,35 @@ def test_invalid_actions_name_the_field(overrides: dict[str, object], field: str
     with pytest.raises(ContractError) as caught:
         decode(UserAction, orjson.dumps(_action(**overrides)))
     assert caught.value.reason.startswith(field)
+
+
+def test_decoding_many_accepts_and_refuses_exactly_what_decoding_each_does() -> None:
+    """The batch decoder checks identifiers for the whole batch at once: every payload gets
+    the value or the error that ``decode`` gives it, white space of any kind included."""
+    payloads: list[bytes | None] = [orjson.dumps(_action(event_id=f"e-{n}")) for n in range(5)]
+    for field in ("event_id", "user_id", "item_id"):
+        for bad in ("a b", "a\n", "\ta", "a\u00a0b", "a\u2028", "", "x" * 257):
+            payloads.append(orjson.dumps(_action(**{field: bad})))
+    payloads += [
+        orjson.dumps(_action(event_id="e 1", action="teleport")),  # two errors: the first named
+        orjson.dumps(_action(weight=2.5, ts="2026-01-31T13:00:00+01:00", extra="ignored")),
+        orjson.dumps(_action(item_id="\u00e9\u00e8\x00")),  # not white space: accepted
+        b"{not json",
+        b"[1]",
+        None,
+    ]
+    for payload, many in zip(payloads, decode_many(UserAction, payloads), strict=True):
+        try:
+            each: UserAction | ContractError = decode(UserAction, payload)
+        except ContractError as exc:
+            each = exc
+        if isinstance(each, ContractError):
+            assert isinstance(many, ContractError), payload
+            assert many.reason == each.reason
+        else:
+            assert isinstance(many, UserAction), payload
+            assert msgspec.structs.astuple(many) == msgspec.structs.astuple(each)
+            assert encode(many) == encode(each)
 
 
 def test_the_next_schema_version_with_an_extra_field_is_read() -> None:

@@ -291,6 +291,63 @@ def decode(model: type[S], data: bytes | str | None) -> S:
         raise ContractError(f"<payload>: {exc}") from None
 
 
+# Many payloads at once (a rebuild folds millions): msgspec checks a pattern with one call into
+# Python's ``re`` per value, which is half of decoding a user action. :func:`decode_many` decodes
+# into a subclass of the model whose identifiers are only bounded (the rest of the model as it
+# is), then checks every identifier of the batch for white space with one search over them all
+# (an identifier's pattern is exactly: not empty, no white space). A payload that fails either
+# is decoded alone by :func:`decode`, which names its error; so the same payloads are accepted,
+# with the same values, and the same errors raised as by ``decode`` of each.
+_BOUNDED_IDENTIFIER = Annotated[str, Meta(min_length=1, max_length=256)]
+_WHITE_SPACE: Final = re.compile(r"\s")  # what ``[^\s]`` in the identifier pattern excludes
+
+
+@cache
+def _batch_decoder(model: type[S]) -> tuple[msgspec.json.Decoder[S], tuple[str, ...]]:
+    """A decoder of ``model`` minus its identifiers' patterns, and the identifier fields."""
+    names = tuple(f.name for f in msgspec.structs.fields(model) if f.type == Identifier)
+    bounded = msgspec.defstruct(
+        f"{model.__name__}OfBatch",
+        [(n, _BOUNDED_IDENTIFIER) for n in names],
+        bases=(model,),
+        kw_only=True,  # the fields keep the model's order
+    )
+    return msgspec.json.Decoder(bounded), names
+
+
+def decode_many(model: type[S], payloads: Sequence[bytes | None]) -> list[S | ContractError]:
+    """Each payload as :func:`decode` would give it (the value, or the error it would raise),
+    for about half the cost per payload (see above). The values are of a subclass of ``model``:
+    equal to ``decode``'s field by field (``msgspec.structs.astuple``), not by ``==``."""
+    decoder, names = _batch_decoder(model)
+    out: list[S | ContractError] = []
+    for data in payloads:
+        try:
+            out.append(decoder.decode(data))  # type: ignore[arg-type]  # None: a TypeError
+        except (msgspec.ValidationError, msgspec.DecodeError, TypeError):
+            out.append(_error_of(model, data))
+    values = [v for v in out if not isinstance(v, ContractError)]
+    if names and _WHITE_SPACE.search("\0".join(_identifiers(values, names))):
+        for at, value in enumerate(out):
+            if not isinstance(value, ContractError) and _WHITE_SPACE.search(
+                "\0".join(_identifiers([value], names))
+            ):
+                out[at] = _error_of(model, payloads[at])
+    return out
+
+
+def _identifiers(values: Sequence[Struct], names: tuple[str, ...]) -> list[str]:
+    return [getattr(value, name) for value in values for name in names]
+
+
+def _error_of(model: type[S], data: bytes | None) -> ContractError:
+    try:
+        decode(model, data)
+    except ContractError as exc:
+        return exc
+    raise AssertionError(f"decode accepted what the batch decoder refused: {data!r}")
+
+
 # msgspec's messages end with the JSON path (" - at `$.metrics.model`"); an unknown or missing
 # field is named inside the message instead.
 _AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
