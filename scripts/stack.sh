@@ -12,8 +12,17 @@
 #   scripts/stack.sh env                      `export RECO_...=...` lines for clients
 #   scripts/stack.sh grant   <acls file>      also apply these Kafka users and ACLs (another
 #                                             topic namespace, e.g. a test's prefix)
+#   scripts/stack.sh cluster-up|cluster-down|cluster-status|cluster-env
+#                                             an opt-in Redis Cluster (never started by `up`)
 #
 # Components: kafka redis s3 (default: all three).
+#
+#   redis-cluster (opt-in, `cluster-up`): Debian's redis-server in cluster mode, 3 primaries
+#          and 3 replicas on 127.0.0.1:RECO_REDIS_CLUSTER_PORT..+5 (7000-7005), created with
+#          `redis-cli --cluster create --cluster-replicas 1`; no persistence (a node restarted
+#          rejoins as a replica of whoever took over its slots). `cluster-up` also restarts a
+#          node that is down (the fault tests kill primaries). Data and logs in
+#          RECO_REDIS_CLUSTER_DIR (<stack dir>/redis-cluster/<port>/).
 #
 #   kafka  Apache Kafka (KRaft, single combined broker+controller node, no Zookeeper)
 #          from the official jars on Maven Central, resolved with Maven into
@@ -68,6 +77,8 @@ KAFKA_SASL_PORT="${RECO_KAFKA_SASL_PORT:-9094}"
 KAFKA_HEAP="${RECO_KAFKA_HEAP:-512m}"
 
 REDIS_PORT="${RECO_REDIS_PORT:-6379}"
+CLUSTER_PORT="${RECO_REDIS_CLUSTER_PORT:-7000}" # the first of six
+CLUSTER_NODE_TIMEOUT_MS="${RECO_REDIS_CLUSTER_NODE_TIMEOUT_MS:-2000}"
 
 VERSITYGW_VERSION="${RECO_VERSITYGW_VERSION:-v1.8.0}"
 MOTO_SPEC="moto[server]==5.1.*"
@@ -98,7 +109,7 @@ die() {
 have() { command -v "$1" >/dev/null 2>&1; }
 
 usage() {
-  sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 comp_dir() { printf '%s/%s' "$STACK_DIR" "$1"; }
@@ -621,6 +632,113 @@ cmd_logs() {
   done
 }
 
+# ------------------------------------------------------- redis cluster -------
+# Opt-in: nothing else calls these. Its own lock, so that it never waits for an `up`.
+
+cluster_dir() { printf '%s' "${RECO_REDIS_CLUSTER_DIR:-$STACK_DIR/redis-cluster}"; }
+cluster_ports() { seq "$CLUSTER_PORT" $((CLUSTER_PORT + 5)); }
+cluster_url() {
+  local port nodes=()
+  for port in $(cluster_ports); do nodes+=("127.0.0.1:$port"); done
+  local IFS=,
+  printf 'redis+cluster://%s' "${nodes[*]}"
+}
+node_cli() { redis-cli -h 127.0.0.1 -p "$1" "${@:2}" 2>/dev/null; }
+node_pid() { # the node's pid if it runs from its own directory (survives pid reuse)
+  local dir pid cwd
+  dir="$(cluster_dir)/$1"
+  [[ -f "$dir/pid" ]] || return 0
+  pid="$(<"$dir/pid")"
+  kill -0 "$pid" 2>/dev/null || return 0
+  cwd="$(readlink "/proc/$pid/cwd" 2>/dev/null)" || return 0
+  [[ "$cwd" == "$dir" ]] && echo "$pid"
+}
+
+cluster_node_start() {
+  local port="$1" dir
+  dir="$(cluster_dir)/$port"
+  mkdir -p "$dir"
+  [[ -n "$(node_pid "$port")" ]] && return 0
+  port_open "$port" && die "redis-cluster: port 127.0.0.1:$port is taken by another process"
+  (cd "$dir" && exec setsid redis-server --port "$port" --bind 127.0.0.1 \
+    --cluster-enabled yes --cluster-config-file nodes.conf \
+    --cluster-node-timeout "$CLUSTER_NODE_TIMEOUT_MS" --dir "$dir" --save '' --appendonly no \
+    --logfile "$dir/redis.log" >/dev/null 2>&1 </dev/null 8>&- 9>&-) &
+  echo "$!" >"$dir/pid"
+}
+
+cluster_wait() { # cluster_wait <what> <command...>: poll until it succeeds
+  local what="$1" deadline=$((SECONDS + READY_TIMEOUT))
+  shift
+  until "$@"; do
+    ((SECONDS < deadline)) || die "redis-cluster: $what not reached within ${READY_TIMEOUT}s (logs: $(cluster_dir)/*/redis.log)"
+    sleep 0.2
+  done
+}
+
+cluster_all_answer() {
+  local port
+  for port in $(cluster_ports); do [[ "$(node_cli "$port" ping)" == PONG ]] || return 1; done
+}
+
+cluster_all_ok() { # every node sees all slots served and knows its six peers
+  local port
+  for port in $(cluster_ports); do
+    node_cli "$port" cluster info | grep -q '^cluster_state:ok' || return 1
+    [[ "$(node_cli "$port" cluster nodes | grep -vc 'fail\|handshake\|noaddr')" == 6 ]] || return 1
+  done
+}
+
+cmd_cluster_up() {
+  redis_install
+  mkdir -p "$(cluster_dir)"
+  exec 8>"$(cluster_dir)/.lock"
+  flock -w 300 8 || die "another cluster-up/down is running"
+  local port nodes=()
+  for port in $(cluster_ports); do
+    cluster_node_start "$port"
+    nodes+=("127.0.0.1:$port")
+  done
+  cluster_wait "every node answering" cluster_all_answer
+  if [[ "$(node_cli "$CLUSTER_PORT" cluster info | sed -n 's/^cluster_known_nodes:\([0-9]*\).*/\1/p')" == 1 ]]; then
+    say "redis-cluster: creating 3 primaries + 3 replicas on ${nodes[*]}"
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$(cluster_dir)/create.log" 2>&1 ||
+      die "redis-cluster: create failed ($(cluster_dir)/create.log)"
+  fi
+  cluster_wait "cluster_state:ok on every node" cluster_all_ok
+  say "redis-cluster: up ($(cluster_url))"
+}
+
+cmd_cluster_down() {
+  mkdir -p "$(cluster_dir)"
+  exec 8>"$(cluster_dir)/.lock"
+  flock -w 300 8 || die "another cluster-up/down is running"
+  local port pid pids=()
+  for port in $(cluster_ports); do
+    pid="$(node_pid "$port")"
+    [[ -n "$pid" ]] && kill -TERM "$pid" && pids+=("$pid")
+  done
+  local deadline=$((SECONDS + STOP_TIMEOUT))
+  for pid in "${pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  done
+  # No persistence: a cluster is created anew by the next cluster-up.
+  for port in $(cluster_ports); do rm -f "$(cluster_dir)/$port/nodes.conf" "$(cluster_dir)/$port/pid"; done
+  say "redis-cluster: down"
+}
+
+cmd_cluster_status() {
+  local port pid role rc=0
+  for port in $(cluster_ports); do
+    pid="$(node_pid "$port")"
+    role="$(node_cli "$port" role | head -n1)"
+    [[ -n "$pid" && -n "$role" ]] || rc=1
+    printf 'redis-cluster %-5s %-8s pid=%s\n' "$port" "${role:-down}" "${pid:--}"
+  done
+  return "$rc"
+}
+
 cmd_env() {
   printf 'export %s=%q\n' \
     RECO_KAFKA_BOOTSTRAP "127.0.0.1:$KAFKA_PORT" \
@@ -644,6 +762,18 @@ main() {
   [[ $# -gt 0 ]] && shift
   if [[ "$cmd" == grant ]]; then
     cmd_grant "$@"
+    return
+  fi
+  if [[ "$cmd" == cluster-* ]]; then
+    mkdir -p "$STACK_DIR"
+    STACK_DIR="$(cd "$STACK_DIR" && pwd -P)"
+    case "$cmd" in
+      cluster-up) cmd_cluster_up ;;
+      cluster-down) cmd_cluster_down ;;
+      cluster-status) cmd_cluster_status ;;
+      cluster-env) printf "export RECO_REDIS_URL='%s'\n" "$(cluster_url)" ;;
+      *) die "unknown command '$cmd' (cluster-up, cluster-down, cluster-status, cluster-env)" ;;
+    esac
     return
   fi
   local comps=() comp

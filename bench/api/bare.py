@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 
 import orjson
 from starlette.applications import Starlette
@@ -17,22 +18,34 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from reco_common.redis_store import connect, read_served
+from reco_common.contracts import ActiveModel, decode, decode_recommendations
+from reco_common.redis_store import connect
 from reco_common.settings import RedisSettings
 
 MODEL = "default"
+ACTIVE_REFRESH_S = 1.0
 settings = RedisSettings()
 redis = connect(settings)
+active: tuple[float, bytes | None] = (float("-inf"), None)  # when read, what was read
+
+
+async def active_record() -> bytes | None:
+    """The active record, read again once a second, as the API keeps it."""
+    global active
+    if time.monotonic() - active[0] >= ACTIVE_REFRESH_S:
+        active = (time.monotonic(), await redis.get(settings.keys.active_model(MODEL)))
+    return active[1]
 
 
 async def recommendations(request: Request) -> Response:
     user_id = request.path_params["user_id"]
     n = int(request.query_params.get("n", "10"))
-    view = await read_served(redis, settings.keys, MODEL, user_id)
-    if view.active is None:
+    raw = await redis.get(settings.keys.recommendations(MODEL, user_id))
+    record = await active_record()
+    if record is None:
         return Response(b"{}", 404, media_type="application/json")
-    personal = view.recommendation_list()  # the contract's codec, as the API decodes
-    if personal is not None:
+    if raw is not None:  # the contract's codec, as the API decodes
+        personal = decode_recommendations(raw)
         version, at, items, scores = (
             personal.model_version,
             personal.computed_at,
@@ -41,13 +54,12 @@ async def recommendations(request: Request) -> Response:
         )
         source = "personalized"
     else:
-        active = view.active_model()
-        assert active is not None  # view.active was checked above
+        fallback = decode(ActiveModel, record)
         version, at, items, scores = (
-            active.version,
-            active.activated_at,
-            active.popular_items,
-            active.popular_scores,
+            fallback.version,
+            fallback.activated_at,
+            fallback.popular_items,
+            fallback.popular_scores,
         )
         source = "fallback"
     body = {

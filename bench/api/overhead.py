@@ -30,7 +30,6 @@ from reco_api.metrics import ApiMetrics
 from reco_api.recommendations import RecommendationService
 from reco_api.settings import ApiSettings
 from reco_common.contracts import ActiveModel, RecommendationList, encode, encode_recommendations
-from reco_common.redis_store import ServedView
 
 MODEL = "default"
 USERS = 100
@@ -57,8 +56,11 @@ class MemoryStore:
         )
         self.lists = {f"u{user}": encode_recommendations(rec) for user in range(USERS)}
 
-    async def read(self, model_name: str, user_id: str) -> ServedView:
-        return ServedView(self.lists.get(user_id), self.active)
+    async def read_list(self, model_name: str, user_id: str) -> bytes | None:
+        return self.lists.get(user_id)
+
+    async def read_active(self, model_name: str) -> bytes | None:
+        return self.active
 
     async def ping(self) -> bool:
         return True

@@ -9,6 +9,7 @@ twice is replayed twice too); a separate check proves every numbered event is in
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -188,11 +189,24 @@ async def settled(space: RunSpace, *, sent: int, timeout_s: float) -> None:
 # --------------------------------------------------------------------------- state
 
 
+_USER_KEY = re.compile(r"^:\{u:(?P<user>[^}]*)\}:(?P<kind>rec|hist)(?::(?P<model>.*))?$")
+
+
+def _user_key_name(name: str) -> str:
+    """A user's key (``RedisKeys``, tagged with the user) named as ``:rec:<model>:<user>`` or
+    ``:hist:<user>``, so that states compare by user; other keys keep their names."""
+    match = _USER_KEY.match(name)
+    if match is None:
+        return name
+    model = f"{match['model']}:" if match["model"] else ""
+    return f":{match['kind']}:{model}{match['user']}"
+
+
 async def snapshot(redis: Redis, prefix: str) -> dict[str, Any]:
     """Every list (without ``computed_at``) and every history under ``prefix``."""
     state: dict[str, Any] = {}
     async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
-        name = key.decode().removeprefix(prefix)
+        name = _user_key_name(key.decode().removeprefix(prefix))
         if name.startswith(":rec:"):
             value = decode_recommendations(await redis.get(key))
             state[name] = {k: v for k, v in asdict(value).items() if k != "computed_at"}

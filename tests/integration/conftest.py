@@ -2,6 +2,11 @@
 
 The stack is started once per session when it is not running; each test gets its own topic
 prefix, Redis key prefix and S3 prefix, so tests never share state.
+
+The tests on a Redis Cluster (``redis_cluster``) start the opt-in cluster of
+``scripts/stack.sh cluster-up`` (3 primaries, 3 replicas on loopback) once per session unless it
+runs. Tests that fail a node over leave the cluster serving every slot (a killed node restarted
+as a replica), so the roles of its ports differ from one run to the next: no test relies on them.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from cluster_nodes import URL, cluster_up
 from redis.asyncio import Redis
 
 from reco_common.kafka import start_producer
-from reco_common.redis_store import connect
+from reco_common.redis_store import RedisClient, connect
 from reco_common.settings import KafkaSettings, RedisSettings, S3Settings
 from reco_common.storage import ObjectStore, open_store
 
@@ -74,6 +80,27 @@ async def producer(kafka_settings: KafkaSettings) -> AsyncIterator[AIOKafkaProdu
 @pytest.fixture
 async def redis(redis_settings: RedisSettings) -> AsyncIterator[Redis]:
     client = connect(redis_settings)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> str:
+    """The URL of the dev stack's Redis Cluster, started unless it runs."""
+    cluster_up()
+    return URL
+
+
+@pytest.fixture
+def cluster_settings(redis_cluster: str, unique: str) -> RedisSettings:
+    return RedisSettings(url=redis_cluster, key_prefix=f"t{unique}")
+
+
+@pytest.fixture
+async def cluster_redis(cluster_settings: RedisSettings) -> AsyncIterator[RedisClient]:
+    client = connect(cluster_settings)
     try:
         yield client
     finally:

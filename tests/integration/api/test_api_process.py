@@ -42,7 +42,8 @@ async def test_serves_what_the_worker_wrote(
     # The public port serves the API only; metrics and docs are on the internal port.
     assert public_metrics.status_code == 404
     assert internal_docs.status_code == 200
-    assert "reco_api_redis_latency_seconds_count 3.0" in metrics
+    # Three lists and two models' active records (each kept in process once read).
+    assert "reco_api_redis_latency_seconds_count 5.0" in metrics
     assert 'reco_api_fallbacks_total{reason="no_list"} 1.0' in metrics
 
 

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from msgspec.structs import asdict
 from prometheus_client.parser import text_string_to_metric_families
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from reco_common.artifact import ITEM_FACTORS, ModelArrays, announcement, write_artifact
 from reco_common.contracts import (
@@ -34,7 +34,8 @@ from reco_common.contracts import (
     decode_recommendations,
     encode,
 )
-from reco_common.settings import KafkaSettings
+from reco_common.redis_store import RedisClient
+from reco_common.settings import KafkaSettings, RedisSettings
 from reco_common.storage import ObjectStore
 from reco_worker.settings import WorkerSettings
 from reco_worker.worker import Worker
@@ -78,7 +79,7 @@ async def produce(
             await asyncio.sleep(0.02)
 
 
-async def snapshot(redis: Redis, prefix: str) -> dict[str, Any]:
+async def snapshot(redis: RedisClient, prefix: str) -> dict[str, Any]:
     """Every list (without ``computed_at``) and every history under ``prefix``."""
     state: dict[str, Any] = {}
     async for key in redis.scan_iter(match=f"{prefix}:*"):
@@ -86,7 +87,7 @@ async def snapshot(redis: Redis, prefix: str) -> dict[str, Any]:
         if ":rec:" in name:
             value = decode_recommendations(await redis.get(key))
             state[name] = {k: v for k, v in asdict(value).items() if k != "computed_at"}
-        elif ":hist:" in name:
+        elif name.endswith(":hist"):
             state[name] = await redis.zrange(key, 0, -1, withscores=True)
     return state
 
@@ -172,6 +173,12 @@ async def until(condition: Callable[[], object], *, what: str, timeout_s: float 
     pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
+def on_redis(settings: WorkerSettings, redis: RedisSettings) -> WorkerSettings:
+    """``settings`` writing to another Redis (a cluster) with its key prefix."""
+    common = settings.common.model_copy(update={"redis": redis})
+    return settings.model_copy(update={"common": common})
+
+
 def namespaced(settings: WorkerSettings, suffix: str, **overrides: Any) -> WorkerSettings:
     """``settings`` on their own topics and keys (``suffix`` added to both prefixes)."""
     common = settings.common
@@ -244,11 +251,16 @@ async def fully_committed(settings: WorkerSettings) -> bool:
     return done == end
 
 
-async def all_applied(redis: Redis, settings: WorkerSettings, events: list[UserAction]) -> bool:
+async def all_applied(
+    redis: RedisClient, settings: WorkerSettings, events: list[UserAction]
+) -> bool:
     """Each user's list was computed after their last event, and every event was committed."""
     last = {e.user_id: e.event_id for e in events}
     keys = settings.common.redis.keys
-    values = await redis.mget([keys.recommendations(MODEL, u) for u in last])
+    names = [keys.recommendations(MODEL, u) for u in last]
+    values = await (
+        redis.mget_nonatomic(names) if isinstance(redis, RedisCluster) else redis.mget(names)
+    )
     done = [
         v is not None and decode_recommendations(v).event_id == last[u]
         for u, v in zip(last, values, strict=True)

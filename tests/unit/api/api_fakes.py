@@ -12,7 +12,6 @@ from prometheus_client import CollectorRegistry
 
 from reco_api.store import StoreUnavailable
 from reco_common.contracts import ActiveModel, RecommendationList, encode, encode_recommendations
-from reco_common.redis_store import ServedView
 
 MODEL = "default"
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
@@ -47,14 +46,23 @@ class FakeStore:
         self.down = False
         self.bug: Exception | None = None
         self.reads = 0
+        self.active_reads = 0
 
-    async def read(self, model_name: str, user_id: str) -> ServedView:
+    async def read_list(self, model_name: str, user_id: str) -> bytes | None:
+        self._answer()
+        return self.lists.get((model_name, user_id))
+
+    async def read_active(self, model_name: str) -> bytes | None:
+        self._answer()
+        self.active_reads += 1
+        return self.active.get(model_name)
+
+    def _answer(self) -> None:
         self.reads += 1
         if self.down:
             raise StoreUnavailable("connection refused")
         if self.bug is not None:
             raise self.bug
-        return ServedView(self.lists.get((model_name, user_id)), self.active.get(model_name))
 
     async def ping(self) -> bool:
         return not self.down

@@ -32,7 +32,8 @@ def make_api(store: FakeStore) -> MakeApi:
         registry = CollectorRegistry()
         draining = asyncio.Event()
         app = create_app(
-            settings=ApiSettings(**overrides),
+            # Read the active record with every request unless a test says otherwise.
+            settings=ApiSettings(**({"active_refresh_s": 0} | overrides)),
             store=store,
             draining=draining,
             metrics=ApiMetrics.create(registry),

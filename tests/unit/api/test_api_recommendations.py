@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from api_fakes import MODEL, Api, FakeStore, MakeApi, a_list, an_active_model
 
+from reco_api.store import StoreUnavailable
+
 URL = "/v1/users/{user}/recommendations"
 
 
@@ -154,3 +156,36 @@ async def test_a_list_stored_before_format_2_is_served_alike(api: Api, store: Fa
     legacy = (await api.client.get(URL.format(user="u1"), params=query)).json()
     assert item_ids(legacy) == ["i3", "i4"]
     assert legacy == current
+
+
+async def test_the_active_record_is_kept_in_process_between_refreshes(
+    make_api: MakeApi, store: FakeStore
+) -> None:
+    """One read per request (the user's list) while the copy is fresh; a new activation shows
+    once the copy is older than ``active_refresh_s``."""
+    async with make_api(active_refresh_s=3600) as api:
+        for user in ("u1", "u2", "u3"):
+            assert (await api.client.get(URL.format(user=user))).status_code == 200
+        store.active[MODEL] = an_active_model(["p9"], version="v3")
+        fallback = (await api.client.get(URL.format(user="u2"))).json()
+    assert (fallback["model_version"], store.active_reads, store.reads) == ("v2", 1, 5)
+    async with make_api(active_refresh_s=0) as api:
+        fallback = (await api.client.get(URL.format(user="u2"))).json()
+    assert fallback["model_version"] == "v3"
+
+
+async def test_an_unreadable_record_keeps_serving_the_copy(
+    make_api: MakeApi, store: FakeStore
+) -> None:
+    """The record's node is down while the user's list is readable (a cluster failover)."""
+    async with make_api() as api:
+        assert (await api.client.get(URL.format(user="u2"))).status_code == 200
+        reads = store.read_active
+
+        async def down(model_name: str) -> bytes | None:
+            raise StoreUnavailable("the record's node is down")
+
+        store.read_active = down  # type: ignore[method-assign]
+        body = (await api.client.get(URL.format(user="u2"))).json()
+        store.read_active = reads  # type: ignore[method-assign]
+    assert (body["source"], body["model_version"]) == ("fallback", "v2")

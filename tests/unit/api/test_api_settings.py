@@ -25,7 +25,7 @@ def test_composed_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert (settings.api.port, settings.api.drain_s) == (9090, 3.0)
     assert [k.get_secret_value() for k in settings.api.api_keys] == ["k1", "k2"]
-    assert settings.redis.keys.active_model("m") == "stg:active:m"
+    assert settings.redis.keys.active_model("m") == "stg:{m:m}:active"
 
 
 def test_the_shutdown_bound_must_cover_the_drain() -> None:

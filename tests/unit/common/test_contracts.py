@@ -143,9 +143,9 @@ def test_names_come_from_the_contract_with_an_isolating_prefix() -> None:
     assert topics.user_actions == "t1-user-actions"
     assert Topics.dlq(topics.user_actions) == "t1-user-actions.dlq"
     keys = RedisKeys("p")
-    assert keys.recommendations("m", "u") == "p:rec:m:u"
-    assert keys.active_model("m") == "p:active:m"
-    assert keys.history("u") == "p:hist:u"
+    assert keys.recommendations("m", "u") == "p:{u:u}:rec:m"
+    assert keys.active_model("m") == "p:{m:m}:active"
+    assert keys.history("u") == "p:{u:u}:hist"
 
 
 def test_event_times_are_kept_in_utc_and_must_be_aware() -> None:

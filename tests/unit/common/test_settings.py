@@ -22,7 +22,7 @@ def test_environment_names_are_documented_prefixes(monkeypatch: pytest.MonkeyPat
     settings = CommonSettings()
     assert settings.kafka.bootstrap == "broker:19092"
     assert settings.kafka.topics.user_actions == "staging-user-actions"
-    assert settings.redis.keys.history("u") == "stg:hist:u"
+    assert settings.redis.keys.history("u") == "stg:{u:u}:hist"
 
 
 def test_a_bad_setting_fails_fast_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -390,53 +390,90 @@ def loads(data: bytes | str) -> Any:
 # --------------------------------------------------------------------------- redis
 
 
+# The version of the key layout below. Layout 1 (before Redis Cluster) named keys without hash
+# tags and kept the fences in one hash per partition; a Redis holding layout 1 data is refused by
+# the worker (docs/architecture.md, "Redis key layout": flush the prefix, rebuild from the log).
+REDIS_LAYOUT: Final = 2
+
+
 @dataclass(frozen=True, slots=True)
 class RedisKeys:
-    """The Redis key layout. ``prefix`` isolates environments and tests on one server.
+    """The Redis key layout (:data:`REDIS_LAYOUT`). ``prefix`` isolates environments and tests.
 
-    - ``{p}:rec:{model}:{user}`` the user's current list (one JSON value, replaced atomically);
-    - ``{p}:hist:{user}`` recent actions, a sorted set scored by event time (member = event);
-    - ``{p}:active:{model}`` the active model version with its popular list (the fallback),
+    Every key is hash-tagged so that the keys one request or one script touches share a Redis
+    Cluster slot (the part in braces decides the slot): a user's keys are tagged with the user,
+    a model's records with the model. The same layout serves a single Redis.
+
+    Per user, tag ``{u:<user>}`` (the worker's fenced scripts and the API's read are single-slot):
+
+    - ``{p}:{u:<user>}:rec:<model>`` the user's current list (one value, replaced atomically);
+    - ``{p}:{u:<user>}:hist`` recent actions, a sorted set scored by event time (member = event);
+    - ``{p}:{u:<user>}:fence`` a hash of the log offsets the user's history (field
+      ``h:<partition>``) and lists (field ``l:<model>:<partition>``) were last written from (in
+      that ``user-actions`` partition, see ``reco_common.redis_store``): an older offset is refused.
+
+    Per model, tag ``{m:<model>}`` (written by the controller's fenced script, read rarely by the
+    API, which keeps them in process):
+
+    - ``{p}:{m:<model>}:active`` the active model version with its popular list (the fallback),
       written by the controller only, once a rollout has succeeded (and again on rollback);
-    - ``{p}:popular:{model}:{version}`` the popular list of every version that was active;
-    - ``{p}:fence:active:{model}`` the epoch (lineage and number) of the controller's last
-      write of the model's ``active`` and ``rollout`` records: an older epoch is refused;
-    - ``{p}:rollout:{model}`` the ``local`` rollout target's state (:class:`LocalRollout`);
-    - ``{p}:generation`` a random marker the first worker sets: when it disappears (or changes),
-      Redis lost its data and the workers rebuild it from the log;
-    - ``{p}:fence:{partition}:history`` and ``{p}:fence:{partition}:lists:{model}`` hashes of
-      user → the log offset (in that ``user-actions`` partition) its history / list was last
-      written from (see ``reco_common.redis_store``): a write from an older offset is refused.
+    - ``{p}:{m:<model>}:popular:<version>`` the popular list of every version that was active;
+    - ``{p}:{m:<model>}:fence`` the epoch (lineage and number) of the controller's last write of
+      the model's ``active`` and ``rollout`` records: an older epoch is refused;
+    - ``{p}:{m:<model>}:rollout`` the ``local`` rollout target's state (:class:`LocalRollout`).
+
+    Alone: ``{p}:generation``, a random marker the first worker sets (when it disappears or
+    changes, Redis lost its data and the workers rebuild it from the log), and ``{p}:layout``,
+    the :data:`REDIS_LAYOUT` the data was written in.
+
+    The tags' ``u:`` / ``m:`` keep them non-empty (an empty ``{}`` would hash the whole key) and
+    apart; an id holding ``}`` cuts its tag short, the same way in all of its keys.
     """
 
     prefix: str = "reco"
 
+    def _user(self, user_id: str) -> str:
+        return f"{self.prefix}:{{u:{user_id}}}"
+
+    def _model(self, model_name: str) -> str:
+        return f"{self.prefix}:{{m:{model_name}}}"
+
     def recommendations(self, model_name: str, user_id: str) -> str:
-        return f"{self.prefix}:rec:{model_name}:{user_id}"
+        return f"{self._user(user_id)}:rec:{model_name}"
 
     def history(self, user_id: str) -> str:
-        return f"{self.prefix}:hist:{user_id}"
+        return f"{self._user(user_id)}:hist"
+
+    def user_fence(self, user_id: str) -> str:
+        return f"{self._user(user_id)}:fence"
+
+    @staticmethod
+    def history_fence_field(partition: int) -> str:
+        """The field of :meth:`user_fence` holding the history's offset in ``partition``."""
+        return f"h:{partition}"
+
+    @staticmethod
+    def lists_fence_field(partition: int, model_name: str) -> str:
+        """The field of :meth:`user_fence` holding the model's list's offset in ``partition``."""
+        return f"l:{model_name}:{partition}"
 
     def active_model(self, model_name: str) -> str:
-        return f"{self.prefix}:active:{model_name}"
+        return f"{self._model(model_name)}:active"
 
     def popular(self, model_name: str, version: str) -> str:
-        return f"{self.prefix}:popular:{model_name}:{version}"
+        return f"{self._model(model_name)}:popular:{version}"
 
     def active_fence(self, model_name: str) -> str:
-        return f"{self.prefix}:fence:active:{model_name}"
+        return f"{self._model(model_name)}:fence"
 
     def rollout(self, model_name: str) -> str:
-        return f"{self.prefix}:rollout:{model_name}"
+        return f"{self._model(model_name)}:rollout"
 
     def generation(self) -> str:
         return f"{self.prefix}:generation"
 
-    def history_fence(self, partition: int) -> str:
-        return f"{self.prefix}:fence:{partition}:history"
-
-    def lists_fence(self, partition: int, model_name: str) -> str:
-        return f"{self.prefix}:fence:{partition}:lists:{model_name}"
+    def layout(self) -> str:
+        return f"{self.prefix}:layout"
 
 
 class RecommendationList(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -1,19 +1,22 @@
 """Redis on ``redis.asyncio``: the served lists, written by the worker, and the active-model
-record, written by the controller, both read by the API through the contract's codec.
+record, written by the controller, both read by the API through the contract's codec. One
+server or a Redis Cluster (``RedisSettings.cluster``), with one key layout
+(``reco_common.contracts.RedisKeys``: a user's keys share a slot, a model's records another).
 
-A user's list is one JSON value under one key, so replacing it is a single atomic ``SET``: a
-reader sees the old list or the new one, never a partial or empty one. The API's read is one
-round trip (``MGET`` of the user's list and the model's active record with its fallback), whose
-two values are decoded separately: a corrupt list falls back, a corrupt model record does not.
+A user's list is one value under one key, so replacing it is a single atomic ``SET``: a reader
+sees the old list or the new one, never a partial or empty one. The API reads the user's list
+(one key) per request and keeps the model's active record in process (``reco_api``).
 
 The worker's writes are *fenced*: each carries the log position (``user-actions`` partition and
 offset) of the event that caused it, and a server-side script applies it only when that position
-is newer than the one recorded for the user in the partition's ``fence`` hash, in the same atomic
-step. A worker
-that lost its partitions while it held a batch (paused, stalled, slower than the rebalance) can
-then never overwrite the newer list of the partition's new owner, whatever its timing. The topic
-is keyed by user, so one user's events are ordered within one partition and positions are
-compared per partition. The scripts take already-encoded values: they do not depend on a codec.
+is newer than the one recorded in the user's ``fence`` hash for that partition, in the same
+atomic step. A worker that lost its partitions while it held a batch (paused, stalled, slower
+than the rebalance) can then never overwrite the newer list of the partition's new owner,
+whatever its timing. The topic is keyed by user, so one user's events are ordered within one
+partition and positions are compared per partition. The scripts take already-encoded values:
+they do not depend on a codec. A script call touches the keys of its users only; on a cluster
+the users of a batch are grouped by slot, one call per slot, pipelined per node
+(:func:`call_per_slot`).
 
 The controller's writes (a model's ``active`` record and the ``local`` target's rollout state)
 are fenced the same way by an *epoch*: the generation of the worker Deployment (its lineage the
@@ -26,10 +29,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.commands.core import AsyncScript
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError
 
 from reco_common.contracts import (
+    REDIS_LAYOUT,
     ActiveModel,
     LocalRollout,
     RecommendationList,
@@ -42,36 +52,91 @@ from reco_common.contracts import (
 )
 from reco_common.settings import RedisSettings
 
+# A single server or a Redis Cluster (``RedisSettings.cluster``): the same commands and layout.
+RedisClient = Redis | RedisCluster
 
-def connect(settings: RedisSettings, *, timeout_s: float | None = None) -> Redis:
-    """A pooled client; no I/O happens until the first command."""
+
+def connect(settings: RedisSettings, *, timeout_s: float | None = None) -> RedisClient:
+    """A pooled client (a cluster client when the URL names a cluster); no I/O happens until
+    the first command."""
     timeout = timeout_s or settings.socket_timeout_s
-    return Redis.from_url(
-        settings.url,
+    if not settings.cluster:
+        return Redis.from_url(
+            settings.url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            max_connections=settings.max_connections,
+            health_check_interval=30,
+        )
+    nodes = [urlsplit(url) for url in settings.node_urls()]
+    first = nodes[0]
+    return RedisCluster(
+        startup_nodes=[ClusterNode(n.hostname or "127.0.0.1", n.port or 6379) for n in nodes],
+        username=unquote(first.username) if first.username else None,
+        password=unquote(first.password) if first.password else None,
+        ssl=first.scheme == "rediss",
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         max_connections=settings.max_connections,
-        health_check_interval=30,
     )
 
 
+def slot_of(key: str | bytes) -> int:
+    """The Redis Cluster slot of ``key`` (its hash tag's, see ``RedisKeys``)."""
+    return key_slot(key.encode() if isinstance(key, str) else key)
+
+
+class LayoutMismatch(RuntimeError):
+    """Redis holds data of another key layout than :data:`REDIS_LAYOUT`."""
+
+
+async def check_layout(redis: RedisClient, keys: RedisKeys) -> None:
+    """Record :data:`REDIS_LAYOUT` in a Redis that has none; refuse one holding another's data.
+
+    Layout 1 wrote no ``layout`` key: its generation marker without one is layout 1 data, which
+    this code would not see (other key names), answering from empty histories. The way over is
+    a flush of the prefix and a rebuild from the log (docs/architecture.md, "Redis key layout").
+    """
+    stored = await redis.get(keys.layout())
+    if stored is None:
+        if await redis.exists(keys.generation()):
+            stored = b"1"
+        else:
+            await mark_layout(redis, keys)
+            stored = await redis.get(keys.layout())
+    if stored is not None and int(stored) != REDIS_LAYOUT:
+        raise LayoutMismatch(
+            f"Redis holds key layout {int(stored)} under {keys.prefix!r}, this code writes layout "
+            f"{REDIS_LAYOUT}: flush the prefix and rebuild from the log (reco-worker rebuild)"
+        )
+
+
+async def mark_layout(redis: RedisClient, keys: RedisKeys) -> None:
+    """Record :data:`REDIS_LAYOUT` unless a layout is recorded."""
+    await redis.set(keys.layout(), REDIS_LAYOUT, nx=True)
+
+
 async def replace_lists(
-    redis: Redis, keys: RedisKeys, model_name: str, lists: Mapping[str, RecommendationList]
+    redis: RedisClient, keys: RedisKeys, model_name: str, lists: Mapping[str, RecommendationList]
 ) -> None:
-    """Replace many users' lists with one ``MSET`` (atomic; one command however many lists).
+    """Replace many users' lists with one ``MSET`` (atomic; one command however many lists; on
+    a cluster, one per slot).
 
     Unfenced: for seeding lists (tests, benchmarks); the worker writes through ``FencedLists``.
 
     One command rather than a pipeline of ``SET``: redis-py spends ~50 µs of CPU per command,
     which showed up in the worker's batches of hundreds of users.
     """
-    if lists:
-        await redis.mset(
-            {
-                keys.recommendations(model_name, user): encode_recommendations(value)
-                for user, value in lists.items()
-            }
-        )
+    if not lists:
+        return
+    values = {
+        keys.recommendations(model_name, user): encode_recommendations(value)
+        for user, value in lists.items()
+    }
+    if isinstance(redis, RedisCluster):
+        await redis.mset_nonatomic(values)  # one MSET per slot, pipelined per node
+    else:
+        await redis.mset(values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +156,8 @@ class FencedWrite:
 
 
 # Lua helpers of the fenced scripts: the arguments arrive framed (:func:`framed`); commands over
-# many arguments go in slices (Lua's stack takes a few thousand values; a key of false for commands
-# without one); HMGET of many fields; the fence's comparison (a missing offset is older than any).
+# many arguments go in slices (Lua's stack takes a few thousand values); the fence's comparison
+# (a missing offset is older than any).
 LUA_HELPERS = r"""
 local function unframed(lengths, data)
   local out, at = {}, 1
@@ -105,21 +170,8 @@ local function unframed(lengths, data)
 end
 local function call_sliced(command, key, args)
   for i = 1, #args, 1000 do
-    local j = math.min(i + 999, #args)
-    if key then
-      redis.call(command, key, unpack(args, i, j))
-    else
-      redis.call(command, unpack(args, i, j))
-    end
+    redis.call(command, key, unpack(args, i, math.min(i + 999, #args)))
   end
-end
-local function hmget(key, fields)
-  local out = {}
-  for i = 1, #fields, 1000 do
-    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + 999, #fields)))
-    for j = 1, #part do out[#out + 1] = part[j] end
-  end
-  return out
 end
 local function newer(offset, stored, or_equal)
   if not stored then return true end
@@ -128,41 +180,23 @@ local function newer(offset, stored, or_equal)
 end
 """
 
-# KEYS: one fence hash per partition group, then the groups' list keys in order. The framed
-# arguments: whether an equal offset wins too (1/0), the number of groups; then per group a user count and per user: user id, offset,
-# encoded list.
-# Per group: one HMGET of the stored offsets, one MSET of the newer lists, one HSET of their
-# offsets. Returns how many lists were refused as stale.
+# KEYS: per user, its fence hash and its list key (``UserCall.keys``). The framed arguments:
+# whether an equal offset wins too (1/0), the number of users; then per user: the fence field,
+# the offset, the encoded list. Returns how many lists were refused as stale.
 _REPLACE_IF_NEWER = (
     LUA_HELPERS
     + r"""
 local A = unframed(ARGV[1], ARGV[2])
 local or_equal = A[1] == '1'
-local groups = tonumber(A[2])
-local at, k = 3, groups + 1
 local refused = 0
-for g = 1, groups do
-  local count = tonumber(A[at])
-  at = at + 1
-  local users = {}
-  for i = 0, count - 1 do users[i + 1] = A[at + 3 * i] end
-  local stored = hmget(KEYS[g], users)
-  local sets, marks = {}, {}
-  for i = 0, count - 1 do
-    local offset = A[at + 3 * i + 1]
-    if newer(offset, stored[i + 1], or_equal) then
-      sets[#sets + 1] = KEYS[k + i]
-      sets[#sets + 1] = A[at + 3 * i + 2]
-      marks[#marks + 1] = users[i + 1]
-      marks[#marks + 1] = offset
-    else
-      refused = refused + 1
-    end
+for i = 0, tonumber(A[2]) - 1 do
+  local fence, field, offset = KEYS[2 * i + 1], A[3 + 3 * i], A[4 + 3 * i]
+  if newer(offset, redis.call('HGET', fence, field), or_equal) then
+    redis.call('SET', KEYS[2 * i + 2], A[5 + 3 * i])
+    redis.call('HSET', fence, field, offset)
+  else
+    refused = refused + 1
   end
-  call_sliced('MSET', false, sets)
-  call_sliced('HSET', KEYS[g], marks)
-  at = at + 3 * count
-  k = k + count
 end
 return refused
 """
@@ -179,23 +213,105 @@ def framed(values: Sequence[bytes | str | int]) -> list[bytes | str]:
     return [",".join([str(len(p)) for p in parts]), b"".join(parts)]
 
 
-def by_partition(positions: Mapping[str, Position]) -> dict[int, list[str]]:
-    """The users of a batch grouped by the partition of their position (one fence hash each)."""
-    groups: dict[int, list[str]] = {}
-    for user_id, position in positions.items():
-        groups.setdefault(position.partition, []).append(user_id)
-    return groups
+@dataclass(frozen=True, slots=True)
+class UserCall:
+    """One user's share of a fenced script call: its keys (the fence hash first, all of them
+    in the user's slot) and its arguments."""
+
+    keys: tuple[str, ...]
+    args: tuple[bytes | str | int, ...]
+
+
+async def call_per_slot(
+    redis: RedisClient,
+    script: AsyncScript,
+    header: Sequence[bytes | str | int],
+    calls: Sequence[UserCall],
+) -> list[tuple[list[int], Any]]:
+    """Run ``script`` over every user of ``calls``: its arguments ``header``, the user count,
+    then each user's (framed, with their keys in order).
+
+    On a single Redis, one call for them all (one round trip). On a cluster a script may only
+    touch one slot: one call per slot, pipelined (redis-py sends one pipeline per node, at
+    once). Returns each call's users (their places in ``calls``) and its reply.
+    """
+    if not calls:
+        return []
+    if not isinstance(redis, RedisCluster):
+        return [(list(range(len(calls))), await _script_call(script, header, calls))]
+    groups: dict[int, list[int]] = {}
+    for place, call in enumerate(calls):
+        groups.setdefault(slot_of(call.keys[0]), []).append(place)
+    batches = [[calls[p] for p in places] for places in groups.values()]
+    replies = await _pipelined(redis, script, header, batches)
+    return list(zip(groups.values(), replies, strict=True))
+
+
+def _script_arguments(
+    header: Sequence[bytes | str | int], calls: Sequence[UserCall]
+) -> tuple[list[str], list[bytes | str]]:
+    keys = [key for call in calls for key in call.keys]
+    args = [*header, len(calls)]
+    for call in calls:
+        args += call.args
+    return keys, framed(args)
+
+
+async def _script_call(
+    script: AsyncScript, header: Sequence[bytes | str | int], calls: Sequence[UserCall]
+) -> Any:
+    keys, args = _script_arguments(header, calls)
+    return await script(keys=keys, args=args)
+
+
+async def _pipelined(
+    redis: RedisCluster,
+    script: AsyncScript,
+    header: Sequence[bytes | str | int],
+    batches: list[list[UserCall]],
+) -> list[Any]:
+    """One ``EVALSHA`` per batch in one cluster pipeline; the batches whose node lacks the
+    script (a new cluster, a promoted replica, a restart) go again once it is loaded on every
+    primary."""
+    replies = await _evalsha_pipeline(redis, script.sha, header, batches)
+    missing = [place for place, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
+        await redis.script_load(script.script)  # redis-py sends it to every primary
+        again = await _evalsha_pipeline(redis, script.sha, header, [batches[p] for p in missing])
+        for place, reply in zip(missing, again, strict=True):
+            replies[place] = reply
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+async def _evalsha_pipeline(
+    redis: RedisCluster,
+    sha: str,
+    header: Sequence[bytes | str | int],
+    batches: list[list[UserCall]],
+) -> list[Any]:
+    # EVALSHA by execute_command: redis-py refuses its ``evalsha`` method in a cluster pipeline
+    # (it cannot know that a script's keys share a slot; ours do, see RedisKeys).
+    pipe = redis.pipeline()
+    for batch in batches:
+        keys, args = _script_arguments(header, batch)
+        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+    replies: list[Any] = await pipe.execute(raise_on_error=False)
+    return replies
 
 
 class FencedLists:
     """Replaces users' lists, each only from a newer log position than the list it replaces.
 
-    The fence is a hash per partition and model (user → offset). The script is registered once
-    and called by its digest (``EVALSHA``; reloaded by redis-py if the server lost it): one
-    atomic call per batch, like the ``MSET`` it replaces, whose few commands cover every user.
+    The fence is the user's hash (a field per model and partition: the offset). The script is
+    registered once and called by its digest (``EVALSHA``; reloaded by redis-py if the server
+    lost it): one atomic call per batch (per slot on a cluster, :func:`call_per_slot`).
     """
 
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+    def __init__(self, redis: RedisClient, keys: RedisKeys) -> None:
+        self._redis = redis
         self._keys = keys
         self._script = redis.register_script(_REPLACE_IF_NEWER)
 
@@ -207,28 +323,31 @@ class FencedLists:
         ``or_equal``: a list from the same position wins too — a rebuild's, computed from the
         complete history, replaces one written from the same event over a partial history.
         """
-        if not lists:
-            return 0
-        groups = by_partition({user_id: write.position for user_id, write in lists.items()})
-        keys = [self._keys.lists_fence(partition, model_name) for partition in groups]
-        args: list[bytes | int | str] = [int(or_equal), len(groups)]
-        for users in groups.values():
-            args.append(len(users))
-            for user_id in users:
-                write = lists[user_id]
-                keys.append(self._keys.recommendations(model_name, user_id))
-                args += (user_id, write.position.offset, write.value)
-        return int(await self._script(keys=keys, args=framed(args)))
+        keys = self._keys
+        calls = [
+            UserCall(
+                (keys.user_fence(user_id), keys.recommendations(model_name, user_id)),
+                (
+                    keys.lists_fence_field(write.position.partition, model_name),
+                    write.position.offset,
+                    write.value,
+                ),
+            )
+            for user_id, write in lists.items()
+        ]
+        replies = await call_per_slot(self._redis, self._script, [int(or_equal)], calls)
+        return sum(int(reply) for _, reply in replies)
 
 
-async def activate_model(redis: Redis, keys: RedisKeys, active: ActiveModel) -> None:
+async def activate_model(redis: RedisClient, keys: RedisKeys, active: ActiveModel) -> None:
     """Record ``active`` as the model's served version, unfenced: for seeding (tests,
-    benchmarks); the controller writes through :class:`ModelRecords`."""
+    benchmarks); the controller writes through :class:`ModelRecords`. One ``MSET``: both keys
+    are in the model's slot."""
     payload = encode(active)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.set(keys.popular(active.model_name, active.version), payload)
-        pipe.set(keys.active_model(active.model_name), payload)
-        await pipe.execute()
+    name = active.model_name
+    await redis.mset(
+        {keys.popular(name, active.version): payload, keys.active_model(name): payload}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +376,7 @@ class ModelRecords:
     """The controller's records of each model: the ``active`` record (with the version's
     ``popular`` copy) and the ``local`` target's rollout state, each write fenced by epoch."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+    def __init__(self, redis: RedisClient, keys: RedisKeys) -> None:
         self._redis = redis
         self._keys = keys
         self._script = redis.register_script(_SET_IF_NOT_OLDER)
@@ -297,44 +416,16 @@ class ModelRecords:
         return bool(int(applied))
 
 
-@dataclass(frozen=True, slots=True)
-class ServedView:
-    """What the API needs for one request, read in one round trip; each value is decoded on
-    its own, raising :class:`reco_common.contracts.ContractError` when it is corrupt."""
-
-    recommendations: bytes | str | None
-    active: bytes | str | None
-
-    def recommendation_list(self) -> RecommendationList | None:
-        """The user's list, of either stored format, decoded whole (not the API's path)."""
-        return (
-            None if self.recommendations is None else decode_recommendations(self.recommendations)
-        )
-
-    def active_model(self) -> ActiveModel | None:
-        return _decoded(ActiveModel, self.active)
-
-
 def _decoded(model: type[S], raw: bytes | str | None) -> S | None:
     return None if raw is None else decode(model, raw)
 
 
-def served_keys(keys: RedisKeys, model_name: str, user_id: str) -> tuple[str, str]:
-    """The two keys of the API's read, in :class:`ServedView`'s order."""
-    return keys.recommendations(model_name, user_id), keys.active_model(model_name)
-
-
-async def read_served(redis: Redis, keys: RedisKeys, model_name: str, user_id: str) -> ServedView:
-    rec, active = await redis.mget(*served_keys(keys, model_name, user_id))
-    return ServedView(rec, active)
-
-
-async def read_active(redis: Redis, keys: RedisKeys, model_name: str) -> ActiveModel | None:
+async def read_active(redis: RedisClient, keys: RedisKeys, model_name: str) -> ActiveModel | None:
     return _decoded(ActiveModel, await redis.get(keys.active_model(model_name)))
 
 
 async def read_list(
-    redis: Redis, keys: RedisKeys, model_name: str, user_id: str
+    redis: RedisClient, keys: RedisKeys, model_name: str, user_id: str
 ) -> RecommendationList | None:
     raw = await redis.get(keys.recommendations(model_name, user_id))
     return None if raw is None else decode_recommendations(raw)

@@ -109,18 +109,39 @@ class KafkaSettings(BaseSettings):
 
 
 class RedisSettings(BaseSettings):
-    """``RECO_REDIS_*``: the server holding the served lists and histories."""
+    """``RECO_REDIS_*``: the server holding the served lists and histories.
+
+    ``redis://`` (or ``rediss://``) names one server; ``redis+cluster://`` (``rediss+cluster://``)
+    a Redis Cluster by one or more of its nodes, comma-separated
+    (``redis+cluster://10.0.0.1:7000,10.0.0.2:7000``); the client discovers the others. Both
+    modes use the same key layout (``reco_common.contracts.RedisKeys``).
+    """
 
     model_config = SettingsConfigDict(env_prefix="RECO_REDIS_", extra="ignore")
 
-    url: Annotated[str, Field(pattern=r"^rediss?://")] = "redis://127.0.0.1:6379/0"
-    key_prefix: Annotated[str, Field(min_length=1)] = "reco"
+    url: Annotated[str, Field(pattern=r"^rediss?(\+cluster)?://")] = "redis://127.0.0.1:6379/0"
+    # No braces: they would take the hash tag of every key (reco_common.contracts.RedisKeys).
+    key_prefix: Annotated[str, Field(min_length=1, pattern=r"^[^{}\s]+$")] = "reco"
     socket_timeout_s: Annotated[float, Field(gt=0)] = 2.0
     max_connections: Annotated[int, Field(ge=1)] = 64
 
     @property
     def keys(self) -> RedisKeys:
         return RedisKeys(self.key_prefix)
+
+    @property
+    def cluster(self) -> bool:
+        """The URL names a Redis Cluster."""
+        return self.url.split("://", 1)[0].endswith("+cluster")
+
+    def node_urls(self) -> list[str]:
+        """One ``redis://`` (``rediss://``) URL per node the URL names, credentials kept."""
+        scheme, rest = self.url.split("://", 1)
+        scheme = scheme.removesuffix("+cluster")
+        credentials, _, hosts = rest.rpartition("@")
+        hosts, slash, path = hosts.partition("/")
+        at = f"{credentials}@" if credentials else ""
+        return [f"{scheme}://{at}{host}{slash}{path}" for host in hosts.split(",") if host]
 
 
 class S3Settings(BaseSettings):

@@ -45,6 +45,15 @@ def pack(*args: bytes | str) -> bytes:
     return b"".join(parts)
 
 
+_ASKING = pack("ASKING")
+
+
+def _checked(reply: Any) -> Any:
+    if isinstance(reply, hiredis.ReplyError):
+        raise RedisReplyError(str(reply))
+    return reply
+
+
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection: queued commands, the futures of their replies, in order."""
 
@@ -144,22 +153,31 @@ class PipelinedRedis:
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
 
-    async def execute(self, command: bytes) -> Any:
+    async def execute(self, command: bytes, *, key: bytes | str | None = None) -> Any:
         """Send one packed command (:func:`pack`) and return its reply; one retry on a
-        connection found closed (a Redis restart), none on a timeout."""
+        connection found closed (a Redis restart), none on a timeout. ``key`` routes a
+        command on a cluster (``reco_api.pipelined_cluster``); one server serves every key."""
         try:
             return await self._execute_once(command)
         except ConnectionError:
             return await self._execute_once(command)
 
+    async def execute_asking(self, command: bytes) -> Any:
+        """``command`` after ``ASKING``, in the same write (a Redis Cluster's ``ASK`` redirect:
+        the slot is moving to this node)."""
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = await self._connected()
+        asking = connection.send(_ASKING)
+        reply = await connection.send(command)
+        await asking
+        return _checked(reply)
+
     async def _execute_once(self, command: bytes) -> Any:
         connection = self._connection
         if connection is None or connection.closed:
             connection = await self._connected()
-        reply = await connection.send(command)
-        if isinstance(reply, hiredis.ReplyError):
-            raise RedisReplyError(str(reply))
-        return reply
+        return _checked(await connection.send(command))
 
     async def _connected(self) -> _Connection:
         if self._connecting is None:

@@ -18,9 +18,11 @@ No ``from __future__ import annotations`` here: the documented route's parameter
 the configured bounds (closure variables), which FastAPI must see evaluated, not as strings.
 """
 
+import asyncio
 import enum
 import logging
 from datetime import datetime
+from time import monotonic
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -50,7 +52,6 @@ from reco_common.contracts import (
     encode_served_list,
 )
 from reco_common.http_errors import JSON, HttpError
-from reco_common.redis_store import ServedView
 
 logger = logging.getLogger(__name__)
 
@@ -124,19 +125,22 @@ def _served(active: ActiveModel) -> ServedList:
 
 
 class RecommendationService:
-    """Turns the two raw values of one ``MGET`` into the response body.
+    """Turns a user's stored list, and the model's active record, into the response body.
 
     A user's list (format 2, :class:`reco_common.contracts.ServedList`) is sliced, not
-    decoded: the body is its pre-encoded members and item objects put together. The popular
-    list of each model's active record is brought to the same form once per distinct record.
+    decoded: the body is its pre-encoded members and item objects put together. It is the one
+    read behind a request (one key, so one slot of a Redis Cluster).
 
-    It keeps the last active-model record it read for each model, in process: when the record
-    is missing from Redis (lost data, a flush), requests are answered with that copy instead of
-    a 404 for every user, counted and reported (:attr:`active_records_present`, a readiness
-    detail). Without a copy (a process started after the loss) the model it serves by default
-    answers 503 until the controller writes the record again: it is known to exist, so a 404
-    would tell clients something false. A 404 remains for any other model this process never
-    saw active.
+    The active record is kept in process and read again when the copy is older than
+    ``active_refresh_s`` (by the one request that finds it so; concurrent ones share that read):
+    a new activation reaches the API within that bound. Its popular list is brought to the
+    stored lists' form once per distinct record. When the record is missing from Redis (lost
+    data, a flush), requests are answered with the last copy instead of a 404 for every user,
+    counted and reported (:attr:`active_records_present`, a readiness detail); so are they when
+    the record cannot be read while the user's list can (a cluster node down). Without a copy
+    (a process started after the loss) the model it serves by default answers 503 until the
+    controller writes the record again: it is known to exist, so a 404 would tell clients
+    something false. A 404 remains for any other model this process never saw active.
     """
 
     def __init__(self, *, store: Store, settings: ApiSettings, metrics: ApiMetrics) -> None:
@@ -153,7 +157,11 @@ class RecommendationService:
             else None
         )
         self._served = settings.default_model
-        self._known: dict[str, tuple[bytes | str, ServedList]] = {}
+        self._refresh_s = settings.active_refresh_s
+        self._known: dict[str, tuple[bytes, ServedList]] = {}  # the last readable record
+        self._current: dict[str, bytes | None] = {}  # the last value read (None: missing)
+        self._read_at: dict[str, float] = {}
+        self._reading: dict[str, asyncio.Future[bytes | None]] = {}
         self._missing: set[str] = set()  # models whose record was missing at their last read
 
     async def active_records_present(self) -> bool:
@@ -164,58 +172,82 @@ class RecommendationService:
         self, *, model: str, user_id: str, exclude: frozenset[str], offset: int, n: int
     ) -> bytes:
         try:
-            view = await self._store.read(model, user_id)
+            raw = await self._store.read_list(model, user_id)
+            await self._refresh_active(model)
         except StoreUnavailable:
             return self._static_list(model, user_id, exclude=exclude, offset=offset, n=n)
-        if view.active is None:
+        if self._current[model] is None:
             self._record_missing(model)
-        else:
-            self._remember(model, view.active, view)
-        if view.recommendations is not None:
+        if raw is not None:
             try:
-                personal = _parsed(view.recommendations)
+                personal = _parsed(raw)
                 items = personal.select(exclude=exclude, offset=offset, n=n)
             except ContractError as exc:
                 self._corrupt("recommendations", model, user_id, exc)
             else:
                 return _body(user_id, model, personal.head, Source.PERSONALIZED, items)
-        popular = self._popular(model, view)
+        popular = self._popular(model)
         self._metrics.fallbacks.labels("no_list").inc()
         items = popular.select(exclude=exclude, offset=offset, n=n)
         return _body(user_id, model, popular.head, Source.FALLBACK, items)
 
+    async def _refresh_active(self, model: str) -> None:
+        """Read the model's record again when the copy is older than ``active_refresh_s``; a
+        failed read keeps serving a copy (and raises :class:`StoreUnavailable` without one)."""
+        read_at = self._read_at.get(model)
+        if read_at is not None and monotonic() - read_at < self._refresh_s:
+            return
+        reading = self._reading.get(model)
+        if reading is None:
+            reading = self._reading[model] = asyncio.ensure_future(self._store.read_active(model))
+            reading.add_done_callback(lambda _: self._reading.pop(model, None))
+        try:
+            raw = await asyncio.shield(reading)
+        except StoreUnavailable:
+            if model not in self._known:
+                raise
+            return  # counted by the store; the copy serves meanwhile
+        self._read_at[model] = monotonic()
+        self._current[model] = raw
+        if raw is None:
+            self._went_missing(model)
+        else:
+            self._missing.discard(model)
+            self._remember(model, raw)
+
+    def _went_missing(self, model: str) -> None:
+        if model in self._missing or (model not in self._known and model != self._served):
+            return
+        logger.error(
+            "the active record of %s is missing in Redis: %s",
+            model,
+            "serving its last copy" if model in self._known else "answering 503",
+        )
+        self._missing.add(model)
+
     def _record_missing(self, model: str) -> None:
         if model not in self._known and model != self._served:
             raise _not_found(model)
-        if model not in self._missing:
-            logger.error(
-                "the active record of %s is missing in Redis: %s",
-                model,
-                "serving its last copy" if model in self._known else "answering 503",
-            )
-        self._missing.add(model)
         self._metrics.active_record_missing.inc()
         if model not in self._known:
             raise _not_active_yet(model)
 
-    def _remember(self, model: str, raw: bytes | str, view: ServedView) -> None:
+    def _remember(self, model: str, raw: bytes) -> None:
         """Keep the active record's last readable value (decoded only when it changes)."""
-        self._missing.discard(model)
         known = self._known.get(model)
         if known is not None and known[0] == raw:
             return
         try:
-            active = view.active_model()
+            active = decode(ActiveModel, raw)
         except ContractError as exc:
             self._corrupt("active_model", model, None, exc)
             return
-        if active is not None:
-            self._known[model] = (raw, _served(active))
+        self._known[model] = (raw, _served(active))
 
-    def _popular(self, model: str, view: ServedView) -> ServedList:
-        """The popular list of this request's record, or of its last copy when it is missing."""
-        known = self._known.get(model)
-        if known is None or (view.active is not None and known[0] != view.active):
+    def _popular(self, model: str) -> ServedList:
+        """The popular list of the model's record, or of its last copy when it is missing."""
+        known, current = self._known.get(model), self._current.get(model)
+        if known is None or (current is not None and known[0] != current):
             # The record is there but did not decode (counted by _remember).
             raise HttpError(
                 status=500, code="corrupt_model_record", message="the model record is unreadable"
@@ -367,7 +399,7 @@ def parse_request(
 
 def recommendations_route(settings: ApiSettings, service: RecommendationService) -> Route:
     """The served route: API key (when configured), then rate limit (when configured), then
-    validation, then one ``MGET``. See the module docstring for why it is not a path operation."""
+    validation, then one ``GET``. See the module docstring for why it is not a path operation."""
     params_model = bounded_request(settings)
     max_fields = max_query_fields(settings)
     keys = ApiKeys(settings.api_keys) if settings.api_keys else None

@@ -54,6 +54,9 @@ class ApiSettings(BaseSettings):
 
     # Redis: a short timeout so that a hung server turns into a quick 503, never a hang
     redis_timeout_s: PositiveSeconds = 0.25
+    # How old the in-process copy of a model's active record may get before a request reads it
+    # again: a new activation reaches the API within this bound (0: read with every request).
+    active_refresh_s: NonNegativeSeconds = 1.0
     static_fallback_items: list[Identifier] = []
 
     # shutdown: SIGTERM → not ready at once → serve drain_s → finish in flight → close → exit

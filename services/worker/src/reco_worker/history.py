@@ -13,7 +13,8 @@ A batch's histories are appended (fenced by log position, like the lists: see
 round trip, one reply string per user, decoded with one split): redis-py spends ~100 µs of CPU
 per command and per reply element, which a pipeline of four commands per user turned into the
 worker's bottleneck. A rebuild writes whole histories folded from the log by another script
-of the same shape (``HistoryStore.rebuild``). Like the API's ``MGET``, this assumes one Redis server, not a sharded cluster.
+of the same shape (``HistoryStore.rebuild``). A user's keys share a slot (their hash tag), so on a
+Redis Cluster the calls go one per slot, pipelined per node (``reco_common.redis_store.call_per_slot``).
 
 Timestamp rule: an event dated more than ``max_future_skew_s`` after its Kafka record's
 timestamp is clamped to that record timestamp (stable across redeliveries, unlike "now"); an
@@ -25,9 +26,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from reco_common.contracts import (
@@ -37,7 +38,7 @@ from reco_common.contracts import (
     decode_history,
     decode_history_member,
 )
-from reco_common.redis_store import LUA_HELPERS, Position, by_partition, framed
+from reco_common.redis_store import LUA_HELPERS, Position, RedisClient, UserCall, call_per_slot
 
 logger = logging.getLogger(__name__)
 
@@ -78,47 +79,36 @@ end
 """
 )
 
-# KEYS: one fence hash per partition group, then the groups' histories in order. The framed
-# arguments: max length, TTL, the number of groups; then per group a user count and per user:
-# user id, offset, the members joined by newlines and their scores joined by newlines (two
-# arguments however many members: redis-py packs each argument in Python). A user's members
-# are added (one ZADD) only when the offset is greater than the one in the partition's fence (the fence, which
-# also makes a redelivered batch a no-op); every history is trimmed, given its TTL and read
-# back. Returns two strings: the reply's length per user (comma-separated, in KEYS order) and the
-# users' replies concatenated, each "member<TAB>score" lines joined by newlines (members never
-# hold a newline): one reply element per user cost ~5-10 µs of Python parsing in redis-py.
+# KEYS: per user, its fence hash and its history. The framed arguments: max length, TTL, the
+# number of users; then per user: the fence field, the offset, the members joined by newlines and
+# their scores joined by newlines (two arguments however many members: redis-py packs each
+# argument in Python). A user's members are added (one ZADD) only when the offset is greater
+# than the one in the fence (which also makes a redelivered batch a no-op); every history is
+# trimmed, given its TTL and read back. Returns two strings: the reply's length per user
+# (comma-separated, in order) and the users' replies concatenated, each "member<TAB>score" lines
+# joined by newlines (members never hold a newline): one reply element per user cost ~5-10 µs
+# of Python parsing in redis-py.
 _APPEND_AND_READ = (
     _HISTORY_HELPERS
     + r"""
 local A = unframed(ARGV[1], ARGV[2])
 local max_len = tonumber(A[1])
 local ttl = A[2]
-local groups = tonumber(A[3])
-local at, k = 4, groups + 1
 local out, lengths = {}, {}
-for g = 1, groups do
-  local count = tonumber(A[at])
-  at = at + 1
-  local users = {}
-  for i = 1, count do users[i] = A[at + 4 * (i - 1)] end
-  local stored = hmget(KEYS[g], users)
-  local marks = {}
-  for i = 1, count do
-    local key, offset = KEYS[k], A[at + 1]
-    local scored = scored_of(A[at + 2], A[at + 3])
-    if #scored > 0 and newer(offset, stored[i]) then
-      call_sliced('ZADD', key, scored)
-      marks[#marks + 1] = users[i]
-      marks[#marks + 1] = offset
-    end
-    redis.call('ZREMRANGEBYRANK', key, 0, -(max_len + 1))
-    redis.call('EXPIRE', key, ttl)
-    out[#out + 1] = lines_of(key)
-    lengths[#lengths + 1] = #out[#out]
-    at = at + 4
-    k = k + 1
+local at = 4
+for i = 0, tonumber(A[3]) - 1 do
+  local fence, key = KEYS[2 * i + 1], KEYS[2 * i + 2]
+  local field, offset = A[at], A[at + 1]
+  local scored = scored_of(A[at + 2], A[at + 3])
+  if #scored > 0 and newer(offset, redis.call('HGET', fence, field)) then
+    call_sliced('ZADD', key, scored)
+    redis.call('HSET', fence, field, offset)
   end
-  call_sliced('HSET', KEYS[g], marks)
+  redis.call('ZREMRANGEBYRANK', key, 0, -(max_len + 1))
+  redis.call('EXPIRE', key, ttl)
+  out[#out + 1] = lines_of(key)
+  lengths[#lengths + 1] = #out[#out]
+  at = at + 4
 end
 return {table.concat(lengths, ','), table.concat(out)}
 """
@@ -130,41 +120,30 @@ return {table.concat(lengths, ','), table.concat(out)}
 # When the stored history holds nothing but what was sent (its size is the number sent, as the
 # fold trimmed it already), the caller scores what it sent. Otherwise the history is trimmed and
 # read back (a live worker added to it, or older members survived): the reply is a flat list of
-# (the user's 1-based place in KEYS after the fences, "member<TAB>score" lines) of just those.
+# (the user's 1-based place in the call, "member<TAB>score" lines) of just those.
 _REBUILD = (
     _HISTORY_HELPERS
     + r"""
 local A = unframed(ARGV[1], ARGV[2])
 local max_len = tonumber(A[1])
 local ttl = A[2]
-local groups = tonumber(A[3])
-local at, k = 4, groups + 1
 local out = {}
-for g = 1, groups do
-  local count = tonumber(A[at])
-  at = at + 1
-  local users = {}
-  for i = 1, count do users[i] = A[at + 4 * (i - 1)] end
-  local stored = hmget(KEYS[g], users)
-  local marks = {}
-  for i = 1, count do
-    local key, offset = KEYS[k], A[at + 1]
-    local scored = scored_of(A[at + 2], A[at + 3])
-    call_sliced('ZADD', key, scored)
-    if newer(offset, stored[i]) then
-      marks[#marks + 1] = users[i]
-      marks[#marks + 1] = offset
-    end
-    if redis.call('ZCARD', key) ~= #scored / 2 then
-      redis.call('ZREMRANGEBYRANK', key, 0, -(max_len + 1))
-      out[#out + 1] = k - groups
-      out[#out + 1] = lines_of(key)
-    end
-    redis.call('EXPIRE', key, ttl)
-    at = at + 4
-    k = k + 1
+local at = 4
+for i = 0, tonumber(A[3]) - 1 do
+  local fence, key = KEYS[2 * i + 1], KEYS[2 * i + 2]
+  local field, offset = A[at], A[at + 1]
+  local scored = scored_of(A[at + 2], A[at + 3])
+  call_sliced('ZADD', key, scored)
+  if newer(offset, redis.call('HGET', fence, field)) then
+    redis.call('HSET', fence, field, offset)
   end
-  call_sliced('HSET', KEYS[g], marks)
+  if redis.call('ZCARD', key) ~= #scored / 2 then
+    redis.call('ZREMRANGEBYRANK', key, 0, -(max_len + 1))
+    out[#out + 1] = i + 1
+    out[#out + 1] = lines_of(key)
+  end
+  redis.call('EXPIRE', key, ttl)
+  at = at + 4
 end
 return out
 """
@@ -180,11 +159,13 @@ class Addition:
 
 
 class HistoryStore:
-    """Appends to and reads back many users' histories in one round trip, fenced by position."""
+    """Appends to and reads back many users' histories in one round trip (one per node on a
+    cluster), fenced by position."""
 
     def __init__(
-        self, redis: Redis, keys: RedisKeys, *, max_len: int, ttl_s: int, bad_members: Counter
+        self, redis: RedisClient, keys: RedisKeys, *, max_len: int, ttl_s: int, bad_members: Counter
     ) -> None:
+        self._redis = redis
         self._keys = keys
         self._max_len = max_len
         self._ttl_s = ttl_s
@@ -198,44 +179,48 @@ class HistoryStore:
 
     async def append_and_read(self, additions: Mapping[str, Addition]) -> dict[str, HistoryColumns]:
         """Add each user's members unless already applied, trim, refresh TTLs, read back."""
-        order, (lengths, joined) = await self._call(self._append, additions)
-        replies, at = [], 0
-        for length in map(int, lengths.split(b",")) if order else ():
-            replies.append(joined[at : at + length])
-            at += length
-        return {u: self._decode(u, reply) for u, reply in zip(order, replies, strict=True)}
+        order, replies = await self._call(self._append, additions)
+        read: dict[str, HistoryColumns] = {}
+        for places, (lengths, joined) in replies:
+            at = 0
+            for place, length in zip(places, map(int, lengths.split(b",")), strict=True):
+                read[order[place]] = self._decode(order[place], joined[at : at + length])
+                at += length
+        return {user_id: read[user_id] for user_id in order}
 
     async def rebuild(self, folded: Mapping[str, Addition]) -> dict[str, HistoryColumns]:
         """Write whole histories folded from the log (each already trimmed to ``max_len``,
         see ``_REBUILD``); return the histories that differ from what was sent, read back."""
         order, replies = await self._call(self._rebuild, folded)
-        places, lines = replies[0::2], replies[1::2]
-        return {
-            order[int(p) - 1]: self._decode(order[int(p) - 1], r)
-            for p, r in zip(places, lines, strict=True)
-        }
+        stored: dict[str, HistoryColumns] = {}
+        for places, reply in replies:
+            for at, lines in zip(reply[0::2], reply[1::2], strict=True):
+                user_id = order[places[int(at) - 1]]
+                stored[user_id] = self._decode(user_id, lines)
+        return stored
 
     async def _call(
         self, script: AsyncScript, additions: Mapping[str, Addition]
-    ) -> tuple[list[str], list[bytes]]:
-        groups = by_partition({user_id: a.position for user_id, a in additions.items()})
-        keys = [self._keys.history_fence(partition) for partition in groups]
-        args: list[bytes | int | str] = [self._max_len, self._ttl_s, len(groups)]
-        order: list[str] = []
-        for users in groups.values():
-            args.append(len(users))
-            for user_id in users:
-                addition = additions[user_id]
-                keys.append(self._keys.history(user_id))
-                members = addition.members
-                args += (
-                    user_id,
-                    addition.position.offset,
-                    b"\n".join(members),
-                    "\n".join(map(repr, members.values())),
+    ) -> tuple[list[str], list[tuple[list[int], Any]]]:
+        keys = self._keys
+        order = list(additions)
+        calls = []
+        for user_id in order:
+            addition = additions[user_id]
+            members = addition.members
+            calls.append(
+                UserCall(
+                    (keys.user_fence(user_id), keys.history(user_id)),
+                    (
+                        keys.history_fence_field(addition.position.partition),
+                        addition.position.offset,
+                        b"\n".join(members),
+                        "\n".join(map(repr, members.values())),
+                    ),
                 )
-            order += users
-        return order, await script(keys=keys, args=framed(args))
+            )
+        header = (self._max_len, self._ttl_s)
+        return order, await call_per_slot(self._redis, script, header, calls)
 
     def _decode(self, user_id: str, reply: bytes) -> HistoryColumns:
         try:

@@ -38,7 +38,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from redis.asyncio import Redis
 
 from reco_common.archive import ArchivedRecord, list_snapshots, read_snapshot
 from reco_common.contracts import (
@@ -50,7 +49,7 @@ from reco_common.contracts import (
     encode_recommendations,
 )
 from reco_common.kafka import start_client
-from reco_common.redis_store import FencedLists, FencedWrite, Position, connect
+from reco_common.redis_store import FencedLists, FencedWrite, Position, RedisClient, connect
 from reco_common.settings import KafkaSettings
 from reco_common.storage import ObjectStore, open_store
 from reco_worker.consumer import stamped
@@ -295,7 +294,7 @@ class _Scored:
 
 
 def rebuilder(
-    settings: WorkerSettings, redis: Redis, model: ServingModel, metrics: WorkerMetrics
+    settings: WorkerSettings, redis: RedisClient, model: ServingModel, metrics: WorkerMetrics
 ) -> Rebuilder:
     """A rebuilder writing with the worker's own stores and policy."""
     history, lists = stores(settings, redis, metrics)
@@ -308,7 +307,7 @@ def rebuilder(
 
 
 def stores(
-    settings: WorkerSettings, redis: Redis, metrics: WorkerMetrics
+    settings: WorkerSettings, redis: RedisClient, metrics: WorkerMetrics
 ) -> tuple[HistoryStore, FencedLists]:
     """The fenced history store and list writer, as the live handler and a rebuild use them."""
     keys = settings.common.redis.keys

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from threadpoolctl import threadpool_limits
 
-from reco_common.contracts import Topics, UserAction
+from reco_common.contracts import RedisKeys, Topics, UserAction
 from reco_common.kafka import EventConsumer, ensure_topics, start_producer
 from reco_common.ops import OpsServer, Readiness
-from reco_common.redis_store import connect
+from reco_common.redis_store import RedisClient, check_layout, connect, mark_layout
 from reco_worker.consumer import ActionHandler
 from reco_worker.http import create_app
 from reco_worker.metrics import WorkerMetrics
@@ -40,7 +39,7 @@ READINESS_PING_TIMEOUT_S = 1.0
 class _Started:
     """What ``start`` opened and ``stop`` closes."""
 
-    redis: Redis
+    redis: RedisClient
     producer: AIOKafkaProducer
     models: ModelStore
     http: OpsServer
@@ -121,6 +120,7 @@ class Worker:
         settings, kafka = self._settings, self._settings.common.kafka
         topic = kafka.topics.user_actions
         await ensure_topics(kafka, topic, Topics.dlq(topic))
+        await check_layout(self.started.redis, settings.common.redis.keys)
         group = settings.group_id(self.models.current.name)
         self._consumer = EventConsumer(
             settings=kafka,
@@ -148,22 +148,27 @@ class Worker:
     async def _watch_generation(self, consumer: EventConsumer[UserAction]) -> None:
         """Detect that Redis lost its data (the generation marker gone or replaced by another
         worker's rebuild) and rebuild it from the log, consuming nothing meanwhile."""
-        redis, key = self.started.redis, self._settings.common.redis.keys.generation()
+        redis, keys = self.started.redis, self._settings.common.redis.keys
+        key = keys.generation()
         known: bytes | None = None
         while True:
             try:
                 if known is None:
-                    known = await self._generation(redis, key, None)
+                    known = await self._generation(redis, keys, None)
                 await asyncio.sleep(self._settings.generation_check_s)
                 current = await redis.get(key)
                 if current != known:
-                    known = await self._recover(consumer, redis, key, current)
+                    known = await self._recover(consumer, redis, keys, current)
             except (RedisError, OSError, KafkaError) as exc:
                 self._metrics.rebuilds.labels("failed").inc()
                 logger.warning("generation check or rebuild failed, retrying: %r", exc)
 
     async def _recover(
-        self, consumer: EventConsumer[UserAction], redis: Redis, key: str, current: object
+        self,
+        consumer: EventConsumer[UserAction],
+        redis: RedisClient,
+        keys: RedisKeys,
+        current: object,
     ) -> bytes:
         logger.error("Redis lost its data (generation marker gone or replaced): rebuilding")
         async with consumer.paused():
@@ -171,14 +176,16 @@ class Worker:
             report = await work.run(self._settings.common.kafka)
         self._metrics.rebuilds.labels("done").inc()
         logger.info("rebuilt Redis from the log: %s", report)
-        return await self._generation(redis, key, current)
+        return await self._generation(redis, keys, current)
 
     @staticmethod
-    async def _generation(redis: Redis, key: str, current: object) -> bytes:
-        """The marker: ``current`` if another worker set one, else a new one (first wins)."""
+    async def _generation(redis: RedisClient, keys: RedisKeys, current: object) -> bytes:
+        """The marker: ``current`` if another worker set one, else a new one (first wins),
+        with the key layout its data is written in."""
         if current is None:
-            await redis.set(key, uuid.uuid4().hex, nx=True)
-        value = await redis.get(key)
+            await mark_layout(redis, keys)
+            await redis.set(keys.generation(), uuid.uuid4().hex, nx=True)
+        value = await redis.get(keys.generation())
         return value.encode() if isinstance(value, str) else (value or b"")
 
     def _handler(self) -> ActionHandler:

@@ -1,0 +1,140 @@
+"""The worker's batch handler on one Redis and on a Redis Cluster, in the same run.
+
+The same batches of user actions go through the production ``ActionHandler`` (real scoring,
+real Redis, the fenced writers) once per round on each Redis, in alternation: the single server
+of ``scripts/stack.sh up`` (``RECO_REDIS_URL``) and the cluster of ``scripts/stack.sh
+cluster-up`` (``--cluster-url``), where a batch's fenced scripts go one per slot in one cluster
+pipeline. Each pass starts from empty keys under its own prefix, deleted afterwards. Reported per
+Redis (median over rounds): events/s through the handler, its per-batch latency p50/p99 and the
+time spent in the two Redis calls. The Kafka fetch and commit are the same on both and left out,
+so the ratio here bounds the worker's. Run:
+
+    scripts/stack.sh up redis && scripts/stack.sh cluster-up
+    uv run python bench/worker/cluster.py --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import uuid
+from datetime import UTC, datetime
+
+import numpy as np
+from fencing import Pass, TimedHistory, TimedLists, Timer, Variant, batches, model
+from threadpoolctl import threadpool_limits
+
+from reco_common.contracts import RedisKeys, UserAction
+from reco_common.kafka import Delivery
+from reco_common.redis_store import RedisClient, connect
+from reco_common.settings import RedisSettings
+from reco_worker.consumer import ActionHandler
+from reco_worker.metrics import WorkerMetrics
+from reco_worker.scoring import ServingModel
+from reco_worker.settings import WorkerSettings
+
+CLUSTER_URL = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002"
+
+
+async def one_pass(
+    redis: RedisClient, serving: ServingModel, work: list[list[Delivery[UserAction]]]
+) -> Pass:
+    settings = WorkerSettings()
+    keys = RedisKeys(f"bench-cluster-{uuid.uuid4().hex[:8]}")
+    timer = Timer()
+    metrics = WorkerMetrics.create()
+    history = TimedHistory(
+        redis,  # type: ignore[arg-type]
+        keys,
+        timer,
+        max_len=settings.history_len,
+        ttl_s=settings.history_ttl_s,
+        bad_members=metrics.bad_history_members,
+    )
+    handler = ActionHandler(
+        lists=TimedLists(redis, keys, timer),  # type: ignore[arg-type]
+        history=history,
+        model=lambda: serving,
+        policy=settings.policy,
+        max_future_skew_s=settings.max_future_skew_s,
+        metrics=metrics,
+        writable=asyncio.Event(),
+    )
+    latencies = []
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for batch in work:
+            t0 = loop.time()
+            await handler(batch)
+            latencies.append(loop.time() - t0)
+        elapsed = loop.time() - started
+    finally:
+        await delete_prefix(redis, keys.prefix)
+    events = sum(len(b) for b in work)
+    return Pass(
+        events_per_s=events / elapsed,
+        batch_p50_ms=float(np.percentile(latencies, 50) * 1000),
+        batch_p99_ms=float(np.percentile(latencies, 99) * 1000),
+        redis_ms_per_batch=timer.seconds / len(work) * 1000,
+    )
+
+
+async def delete_prefix(redis: RedisClient, prefix: str) -> None:
+    """One ``UNLINK`` per key: on a cluster the keys of one call must share a slot."""
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}:*", count=1000)]
+    pipe = redis.pipeline()
+    for key in keys:
+        pipe.unlink(key)
+    await pipe.execute()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batches", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=500, help="the worker's max_batch")
+    parser.add_argument("--users", type=int, default=10_000, help="known users (as many cold)")
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--cluster-url", default=CLUSTER_URL)
+    args = parser.parse_args()
+    threadpool_limits(limits=1)  # as the worker (RECO_WORKER_BLAS_THREADS)
+    clients = {
+        "single Redis": connect(RedisSettings()),
+        "Redis Cluster (3 primaries)": connect(RedisSettings(url=args.cluster_url)),
+    }
+    serving = model(args.items, args.users)
+    work = batches(args.batches, args.batch_size, args.users, args.items)
+    variants = {name: Variant(name) for name in clients}
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {os.getloadavg()}")
+    try:
+        for redis in clients.values():
+            await one_pass(redis, serving, work[:5])  # warm-up: scripts, connections
+        for _ in range(args.rounds):
+            for name, redis in clients.items():
+                variants[name].passes.append(await one_pass(redis, serving, work))
+                print(name, variants[name].passes[-1], flush=True)
+    finally:
+        for redis in clients.values():
+            await redis.aclose()
+    print(f"load average after: {os.getloadavg()}")
+    base = variants["single Redis"].median("events_per_s")
+    print(
+        f"\n{args.rounds} rounds x {args.batches} batches of {args.batch_size} events, "
+        f"{args.items:,} items, {2 * args.users:,} users; medians"
+    )
+    print("| Redis | events/s | vs single | batch p50 ms | batch p99 ms | Redis ms/batch |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for v in variants.values():
+        rate = v.median("events_per_s")
+        print(
+            f"| {v.name} | {rate:,.0f} | {rate / base:.2f}x | {v.median('batch_p50_ms'):.1f} "
+            f"| {v.median('batch_p99_ms'):.1f} | {v.median('redis_ms_per_batch'):.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
