@@ -18,76 +18,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import uuid
 from datetime import UTC, datetime
 
-import numpy as np
-from fencing import Pass, TimedHistory, TimedLists, Timer, Variant, batches, model
+from fencing import Variant, batches, model, one_pass
 from threadpoolctl import threadpool_limits
 
-from reco_common.contracts import RedisKeys, UserAction
-from reco_common.kafka import Delivery
-from reco_common.redis_store import RedisClient, connect
+from reco_common.redis_store import connect
 from reco_common.settings import RedisSettings
-from reco_worker.consumer import ActionHandler
-from reco_worker.metrics import WorkerMetrics
-from reco_worker.scoring import ServingModel
-from reco_worker.settings import WorkerSettings
 
 CLUSTER_URL = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002"
-
-
-async def one_pass(
-    redis: RedisClient, serving: ServingModel, work: list[list[Delivery[UserAction]]]
-) -> Pass:
-    settings = WorkerSettings()
-    keys = RedisKeys(f"bench-cluster-{uuid.uuid4().hex[:8]}")
-    timer = Timer()
-    metrics = WorkerMetrics.create()
-    history = TimedHistory(
-        redis,  # type: ignore[arg-type]
-        keys,
-        timer,
-        max_len=settings.history_len,
-        ttl_s=settings.history_ttl_s,
-        bad_members=metrics.bad_history_members,
-    )
-    handler = ActionHandler(
-        lists=TimedLists(redis, keys, timer),  # type: ignore[arg-type]
-        history=history,
-        model=lambda: serving,
-        policy=settings.policy,
-        max_future_skew_s=settings.max_future_skew_s,
-        metrics=metrics,
-        writable=asyncio.Event(),
-    )
-    latencies = []
-    try:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        for batch in work:
-            t0 = loop.time()
-            await handler(batch)
-            latencies.append(loop.time() - t0)
-        elapsed = loop.time() - started
-    finally:
-        await delete_prefix(redis, keys.prefix)
-    events = sum(len(b) for b in work)
-    return Pass(
-        events_per_s=events / elapsed,
-        batch_p50_ms=float(np.percentile(latencies, 50) * 1000),
-        batch_p99_ms=float(np.percentile(latencies, 99) * 1000),
-        redis_ms_per_batch=timer.seconds / len(work) * 1000,
-    )
-
-
-async def delete_prefix(redis: RedisClient, prefix: str) -> None:
-    """One ``UNLINK`` per key: on a cluster the keys of one call must share a slot."""
-    keys = [key async for key in redis.scan_iter(match=f"{prefix}:*", count=1000)]
-    pipe = redis.pipeline()
-    for key in keys:
-        pipe.unlink(key)
-    await pipe.execute()
 
 
 async def main() -> None:
@@ -112,10 +51,10 @@ async def main() -> None:
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {os.getloadavg()}")
     try:
         for redis in clients.values():
-            await one_pass(redis, serving, work[:5])  # warm-up: scripts, connections
+            await one_pass(redis, serving, work[:5], fenced=True)
         for _ in range(args.rounds):
             for name, redis in clients.items():
-                variants[name].passes.append(await one_pass(redis, serving, work))
+                variants[name].passes.append(await one_pass(redis, serving, work, fenced=True))
                 print(name, variants[name].passes[-1], flush=True)
     finally:
         for redis in clients.values():

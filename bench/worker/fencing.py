@@ -34,7 +34,7 @@ from threadpoolctl import threadpool_limits
 from reco_common.artifact import ModelArrays
 from reco_common.contracts import ActionType, HistoryColumns, RedisKeys, UserAction
 from reco_common.kafka import Delivery
-from reco_common.redis_store import FencedLists, FencedWrite, connect
+from reco_common.redis_store import FencedLists, FencedWrite, RedisClient, connect
 from reco_common.settings import RedisSettings
 from reco_worker.consumer import ActionHandler
 from reco_worker.history import Addition, HistoryStore
@@ -215,7 +215,11 @@ def _record(event: UserAction, offset: int, now: float) -> ConsumerRecord[bytes,
 
 
 async def one_pass(
-    redis: Redis, serving: ServingModel, work: list[list[Delivery[UserAction]]], *, fenced: bool
+    redis: RedisClient,
+    serving: ServingModel,
+    work: list[list[Delivery[UserAction]]],
+    *,
+    fenced: bool,
 ) -> Pass:
     settings = WorkerSettings()
     keys = RedisKeys(f"bench-fence-{uuid.uuid4().hex[:8]}")
@@ -256,15 +260,13 @@ async def one_pass(
     )
 
 
-async def delete_prefix(redis: Redis, prefix: str) -> None:
-    batch = []
-    async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            await redis.unlink(*batch)
-            batch.clear()
-    if batch:
-        await redis.unlink(*batch)
+async def delete_prefix(redis: RedisClient, prefix: str) -> None:
+    """One ``UNLINK`` per key, pipelined: on a Redis Cluster a call's keys must share a slot."""
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}:*", count=1000)]
+    pipe = redis.pipeline()
+    for key in keys:
+        pipe.unlink(key)
+    await pipe.execute()
 
 
 async def main() -> None:
