@@ -53,13 +53,19 @@ def test_graded_logs_get_warp_with_log_weights_others_warp_kos_unweighted() -> N
 
 
 def test_early_stopping_is_counted_in_updates() -> None:
-    min_epochs = defaults.epochs_for(defaults.MIN_UPDATES, MOVIELENS_FIT_PAIRS)
-    patience = defaults.epochs_for(defaults.PATIENCE_UPDATES, MOVIELENS_FIT_PAIRS)
-    assert (min_epochs, patience) == (31, 22)
-    assert min_epochs * MOVIELENS_FIT_PAIRS >= defaults.MIN_UPDATES
-    assert defaults.epochs_for(defaults.MIN_UPDATES, SHOP_1M_FIT_PAIRS) == 3
-    assert defaults.epochs_for(defaults.PATIENCE_UPDATES, SHOP_1M_FIT_PAIRS) == 3  # the floor
-    assert defaults.epochs_for(defaults.MIN_UPDATES, 0) >= defaults.MIN_EPOCHS_FLOOR
+    facts = DataFacts(fit_pairs=MOVIELENS_FIT_PAIRS, graded=False, cpus=1)
+    movielens = resolve(TrainParams(), facts)
+    assert (movielens.min_epochs, movielens.patience) == (31, 22)
+    assert movielens.min_epochs * MOVIELENS_FIT_PAIRS >= defaults.MIN_UPDATES
+    shop = resolve(TrainParams(), dataclasses.replace(facts, fit_pairs=SHOP_1M_FIT_PAIRS))
+    assert shop.min_epochs == 3
+    assert shop.patience == defaults.PATIENCE_FLOOR  # 700k updates are 2 epochs here
+
+
+def test_epochs_for_rounds_up_and_keeps_a_floor() -> None:
+    assert defaults.epochs_for(1_000, 300, floor=1) == 4
+    assert defaults.epochs_for(1_000, 10_000, floor=3) == 3
+    assert defaults.epochs_for(1_000, 0, floor=3) == 1_000
 
 
 def test_small_data_trains_on_one_thread_large_on_the_cpus_up_to_a_cap() -> None:
