@@ -90,7 +90,7 @@ class TrainParams(BaseModel):
     validation_split: SplitKind = SplitKind.RANDOM
     """How each user's validation share is drawn (auto: like the test split)."""
     patience: Annotated[int, Field(ge=1)] | None = None
-    """Epochs without improvement (default: 700k updates' worth, at least 3)."""
+    """Epochs without improvement (default: 700k updates' worth, at least 6)."""
     min_epochs: Annotated[int, Field(ge=1)] | None = None
     """Epochs before early stopping may stop (default: 1M updates' worth, at least 3)."""
     fold_validation: bool = True
