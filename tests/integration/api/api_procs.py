@@ -90,11 +90,12 @@ class RedisServer:
             return False
 
 
-async def seed(server: RedisServer, prefix: str, *, users: int, popular: list[str]) -> None:
+async def seed(server: RedisServer | str, prefix: str, *, users: int, popular: list[str]) -> None:
     """Through reco_common.redis_store, as the worker does: activate the model, then write
-    ``users`` lists (u0, u1, ...) of 20 items each."""
+    ``users`` lists (u0, u1, ...) of 20 items each (in ``server``, or the Redis of that URL)."""
     now = datetime.now(UTC)
-    settings = RedisSettings(url=server.url, key_prefix=prefix)
+    url = server if isinstance(server, str) else server.url
+    settings = RedisSettings(url=url, key_prefix=prefix)
     active = ActiveModel(
         model_name=MODEL,
         version="v1",
