@@ -5,20 +5,28 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from cluster_nodes import nodes, primary_of, replica_of, until_primary
 from prometheus_client import CollectorRegistry, Counter
 from redis import Redis
 
 from reco_api.metrics import ApiMetrics
 from reco_api.store import ServedStore
-from reco_common.contracts import ActiveModel, RecommendationList, decode_recommendations
+from reco_common.contracts import (
+    REDIS_LAYOUT,
+    ActiveModel,
+    RecommendationList,
+    decode_recommendations,
+)
 from reco_common.redis_store import (
     Epoch,
     FencedLists,
     FencedWrite,
+    LayoutMismatch,
     ModelRecords,
     Position,
     RedisClient,
+    check_layout,
     read_active,
     replace_lists,
 )
@@ -149,3 +157,19 @@ async def test_the_api_reads_every_slot_and_follows_a_failover(
         if sample.value
     ]
     assert errors == []  # the redirect was followed, not answered as an error
+
+
+async def test_the_layout_is_recorded_and_another_one_refused(
+    cluster_redis: RedisClient, cluster_settings: RedisSettings
+) -> None:
+    keys = cluster_settings.keys
+    await check_layout(cluster_redis, keys)  # a fresh prefix: layout 2 recorded
+    assert await cluster_redis.get(keys.layout()) == str(REDIS_LAYOUT).encode()
+    await check_layout(cluster_redis, keys)  # and accepted
+    await cluster_redis.set(keys.layout(), b"1")
+    with pytest.raises(LayoutMismatch, match="layout 1"):
+        await check_layout(cluster_redis, keys)
+    await cluster_redis.delete(keys.layout())
+    await cluster_redis.set(keys.generation(), b"g")  # layout 1 wrote the marker, no layout
+    with pytest.raises(LayoutMismatch, match="flush the prefix"):
+        await check_layout(cluster_redis, keys)
