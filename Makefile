@@ -34,6 +34,12 @@ stack-down: ## Stop the dev stack
 stack-status: ## Show the dev stack's processes
 	scripts/stack.sh status
 
+.PHONY: cluster-up cluster-down
+cluster-up: ## Start the opt-in Redis Cluster (3 primaries + 3 replicas on 127.0.0.1:7000-7005)
+	scripts/stack.sh cluster-up
+cluster-down: ## Stop the Redis Cluster
+	scripts/stack.sh cluster-down
+
 .PHONY: kube-up kube-down kube-status
 kube-up: ## Start the local Kubernetes control plane (etcd, apiserver, kwok), building it once
 	scripts/kube.sh up
