@@ -14,6 +14,8 @@
 #                                             topic namespace, e.g. a test's prefix)
 #   scripts/stack.sh cluster-up|cluster-down|cluster-status|cluster-env
 #                                             an opt-in Redis Cluster (never started by `up`)
+#   scripts/stack.sh kafka3-up|kafka3-down|kafka3-status|kafka3-env [node...]
+#                                             the opt-in 3-node Kafka cluster (nodes 1 2 3)
 #
 # Components: kafka redis s3 (default: all three).
 #
@@ -23,6 +25,16 @@
 #          rejoins as a replica of whoever took over its slots). `cluster-up` also restarts a
 #          node that is down (the fault tests kill primaries). Data and logs in
 #          RECO_REDIS_CLUSTER_DIR (<stack dir>/redis-cluster/<port>/).
+#
+#   kafka3 (opt-in, never started by `up`) a second Kafka: three KRaft nodes, each a combined
+#          broker + controller and a voter of the quorum, for replication and broker-loss tests
+#          (scripts/stack/kafka/cluster.properties.tmpl: replication 3, min.insync.replicas 2,
+#          no auto-created topics; one anonymous listener). Node n listens on
+#          RECO_KAFKA3_PORT_BASE + 100n + 92 (clients) and + 93 (controller): 19192, 19292,
+#          19392 by default; data, log and pid in $RECO_STACK_DIR/kafka3-<n>. Independent of
+#          the single broker on 9092/9094 (own ports, dirs, cluster id and lock). `kafka3-up`
+#          starts the nodes that do not run (after a crash too) and waits until all three are
+#          in the cluster; `kafka3-env` prints its bootstrap.
 #
 #   kafka  Apache Kafka (KRaft, single combined broker+controller node, no Zookeeper)
 #          from the official jars on Maven Central, resolved with Maven into
@@ -54,6 +66,7 @@
 #   RECO_S3_ACCESS_KEY (recoadmin)        RECO_S3_SECRET_KEY (recoadmin-secret)
 #   RECO_S3_BUCKET   (reco)               RECO_S3_REGION (us-east-1)
 #   RECO_KAFKA_VERSION (4.3.1)            RECO_KAFKA_HEAP (512m)
+#   RECO_KAFKA3_PORT_BASE (19000)         RECO_KAFKA3_HEAP (384m)
 #   RECO_VERSITYGW_VERSION (v1.8.0)       RECO_S3_BACKEND (auto|versitygw|moto)
 #   RECO_STACK_TIMEOUT (180, seconds to wait for readiness)
 #   RECO_STACK_STOP_TIMEOUT (30, seconds between SIGTERM and SIGKILL)
@@ -75,6 +88,10 @@ KAFKA_PORT="${RECO_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${RECO_KAFKA_CONTROLLER_PORT:-9093}"
 KAFKA_SASL_PORT="${RECO_KAFKA_SASL_PORT:-9094}"
 KAFKA_HEAP="${RECO_KAFKA_HEAP:-512m}"
+KAFKA3_CLUSTER_ID="cmVjby1kZXYta2Fma2EzMA" # base64("reco-dev-kafka30"): fixed on purpose
+KAFKA3_PORT_BASE="${RECO_KAFKA3_PORT_BASE:-19000}"
+KAFKA3_HEAP="${RECO_KAFKA3_HEAP:-384m}"
+KAFKA3_NODES=(1 2 3)
 
 REDIS_PORT="${RECO_REDIS_PORT:-6379}"
 CLUSTER_PORT="${RECO_REDIS_CLUSTER_PORT:-7000}" # the first of six
@@ -109,7 +126,7 @@ die() {
 have() { command -v "$1" >/dev/null 2>&1; }
 
 usage() {
-  sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 comp_dir() { printf '%s/%s' "$STACK_DIR" "$1"; }
@@ -121,6 +138,7 @@ comp_port() {
     kafka) echo "$KAFKA_PORT" ;;
     redis) echo "$REDIS_PORT" ;;
     s3) echo "$S3_PORT" ;;
+    kafka3-[123]) echo "$((KAFKA3_PORT_BASE + 100 * ${1#kafka3-} + 92))" ;;
   esac
 }
 
@@ -128,6 +146,7 @@ comp_port() {
 comp_ports() {
   case "$1" in
     kafka) echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT $KAFKA_SASL_PORT" ;;
+    kafka3-[123]) echo "$(comp_port "$1") $(($(comp_port "$1") + 1))" ;;
     *) comp_port "$1" ;;
   esac
 }
@@ -211,10 +230,11 @@ fail_component() {
   exit 1
 }
 
-acquire_lock() {
+acquire_lock() { # acquire_lock [lock name]: the default stack's, or another one's
+  local lock="$STACK_DIR/${1:-.lock}"
   mkdir -p "$STACK_DIR"
-  exec 9>"$STACK_DIR/.lock"
-  flock -w 1200 9 || die "another scripts/stack.sh is still running (lock $STACK_DIR/.lock)"
+  exec 9>"$lock"
+  flock -w 1200 9 || die "another scripts/stack.sh is still running (lock $lock)"
 }
 
 apt_install() {
@@ -285,13 +305,21 @@ kafka_prepare() {
   sed -e "s#@PORT@#$KAFKA_PORT#g" -e "s#@CONTROLLER_PORT@#$KAFKA_CONTROLLER_PORT#g" \
     -e "s#@SASL_PORT@#$KAFKA_SASL_PORT#g" \
     -e "s#@DATA_DIR@#$dir/data#g" "$TEMPLATE_DIR/kafka/server.properties.tmpl" >"$dir/server.properties"
+  kafka_format kafka "$KAFKA_CLUSTER_ID"
+}
+
+# The log4j2 config next to the rendered server.properties, and the KRaft storage formatted
+# once per data dir.
+kafka_format() { # kafka_format <component> <cluster id>
+  local comp="$1" dir
+  dir="$(comp_dir "$comp")"
   cp "$TEMPLATE_DIR/kafka/log4j2.yaml" "$dir/log4j2.yaml"
   [[ -f "$dir/data/meta.properties" ]] && return 0
-  say "kafka: formatting KRaft storage in $dir/data (cluster id $KAFKA_CLUSTER_ID)"
+  say "$comp: formatting KRaft storage in $dir/data (cluster id $2)"
   kafka_java "$TEMPLATE_DIR/kafka/log4j2-tools.yaml" -Xmx256m -XX:TieredStopAtLevel=1 \
     kafka.tools.StorageTool format --ignore-formatted \
-    -t "$KAFKA_CLUSTER_ID" -c "$dir/server.properties" >>"$(comp_log kafka)" 2>&1 ||
-    fail_component kafka "kafka.tools.StorageTool format failed"
+    -t "$2" -c "$dir/server.properties" >>"$(comp_log "$comp")" 2>&1 ||
+    fail_component "$comp" "kafka.tools.StorageTool format failed"
 }
 
 kafka_start() {
@@ -308,14 +336,20 @@ kafka_start() {
 # bash's /dev/tcp, and the reply lists exactly one broker, node 1 (itself).
 # Same evidence as `TopicCommand --list` without starting a second JVM.
 kafka_answers() {
+  [[ "$(kafka_metadata_head "$KAFKA_PORT")" == 0000000100000001 ]]
+}
+
+# The broker count and first node id of a Metadata v4 reply from 127.0.0.1:<port>, as 16 hex
+# digits (empty when the broker does not answer). Reply bytes: size | correlation id = 2 |
+# throttle ms | broker count | node id of the first broker.
+kafka_metadata_head() { # kafka_metadata_head <port>
   local hex
   # shellcheck disable=SC2016 # $1 is expanded by the inner bash
   hex="$(timeout 5 bash -c '
     exec 3<>"/dev/tcp/127.0.0.1/$1"
     printf "\x00\x00\x00\x14\x00\x03\x00\x04\x00\x00\x00\x02\x00\x05stack\xff\xff\xff\xff\x00" >&3
-    head -c 20 <&3 | od -An -v -tx1' _ "$KAFKA_PORT" 2>/dev/null | tr -d ' \n')"
-  # bytes: size | correlation id = 2 | throttle ms | broker count = 1 | node id = 1
-  [[ "${hex:8:8}" == 00000002 && "${hex:24:16}" == 0000000100000001 ]]
+    head -c 20 <&3 | od -An -v -tx1' _ "$1" 2>/dev/null | tr -d ' \n')"
+  [[ "${hex:8:8}" == 00000002 ]] && echo "${hex:24:16}"
 }
 
 # Ready = port open, "Kafka Server started" logged by this run, broker answers.
@@ -348,6 +382,107 @@ kafka_configure() {
   kafka_access "${args[@]}" || fail_component kafka "applying $file failed (Access.java)"
   cp "$file" "$applied"
   say "kafka: SASL/SCRAM listener 127.0.0.1:$KAFKA_SASL_PORT ready"
+}
+
+# ------------------------------------------------------- kafka3 (opt-in) -----
+
+kafka3_voters() {
+  local n voters=()
+  for n in "${KAFKA3_NODES[@]}"; do voters+=("$n@127.0.0.1:$(($(comp_port "kafka3-$n") + 1))"); done
+  (IFS=,; echo "${voters[*]}")
+}
+
+kafka3_prepare() { # kafka3_prepare <node>
+  local comp="kafka3-$1" dir
+  dir="$(comp_dir "$comp")"
+  mkdir -p "$dir/data"
+  sed -e "s#@NODE_ID@#$1#g" -e "s#@PORT@#$(comp_port "$comp")#g" \
+    -e "s#@CONTROLLER_PORT@#$(($(comp_port "$comp") + 1))#g" -e "s#@VOTERS@#$(kafka3_voters)#g" \
+    -e "s#@DATA_DIR@#$dir/data#g" "$TEMPLATE_DIR/kafka/cluster.properties.tmpl" >"$dir/server.properties"
+  kafka_format "$comp" "$KAFKA3_CLUSTER_ID"
+}
+
+kafka3_start() { # kafka3_start <node>
+  local comp="kafka3-$1" dir
+  dir="$(comp_dir "$comp")"
+  spawn "$comp" java -Xmx"$KAFKA3_HEAP" -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+    -XX:CICompilerCount=1 -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$dir/log4j2.yaml" \
+    -cp "$(kafka_home)/libs/*" kafka.Kafka "$dir/server.properties"
+}
+
+# Ready = every node started by this run logged "Kafka Server started", and each node's
+# metadata lists all three brokers.
+kafka3_ready() { # kafka3_ready <node...>
+  local n comp offset
+  for n in "$@"; do
+    comp="kafka3-$n"
+    offset="$(cat "$(comp_dir "$comp")/log.offset" 2>/dev/null || echo 0)"
+    tail -c +"$((offset + 1))" "$(comp_log "$comp")" | grep -q 'Kafka Server started' || return 1
+  done
+  for n in "${KAFKA3_NODES[@]}"; do
+    [[ "$(kafka_metadata_head "$(comp_port "kafka3-$n")")" == 00000003* ]] || return 1
+  done
+}
+
+kafka3_bootstrap() {
+  local n hosts=()
+  for n in "${KAFKA3_NODES[@]}"; do hosts+=("127.0.0.1:$(comp_port "kafka3-$n")"); done
+  (IFS=,; echo "${hosts[*]}")
+}
+
+# Start the nodes that do not run (all three at once: none is ready before a quorum exists),
+# then wait for the whole cluster.
+cmd_kafka3_up() { # cmd_kafka3_up <node...>
+  acquire_lock .lock-kafka3
+  install_component kafka
+  local n comp pid started=() deadline
+  for n in "$@"; do
+    comp="kafka3-$n"
+    mkdir -p "$(comp_dir "$comp")"
+    pid="$(comp_pid "$comp")"
+    if [[ -n "$pid" ]]; then
+      say "$comp: already running (pid $pid, 127.0.0.1:$(comp_port "$comp"))"
+      continue
+    fi
+    check_ports_free "$comp"
+    kafka3_prepare "$n"
+    kafka3_start "$n"
+    started+=("$n")
+  done
+  deadline=$((SECONDS + READY_TIMEOUT))
+  until kafka3_ready "${started[@]}"; do
+    for n in "${started[@]}"; do
+      kill -0 "$(<"$(comp_pidfile "kafka3-$n")")" 2>/dev/null ||
+        fail_component "kafka3-$n" "process exited during startup"
+    done
+    ((SECONDS < deadline)) || fail_component "kafka3-${started[0]:-1}" "the cluster is not ready after ${READY_TIMEOUT}s"
+    sleep 0.5
+  done
+  say "kafka3: ready, 3 brokers at $(kafka3_bootstrap)"
+}
+
+cmd_kafka3_down() { # cmd_kafka3_down <node...>
+  acquire_lock .lock-kafka3
+  local n
+  for n in "$@"; do stop_component "kafka3-$n" & done
+  wait
+}
+
+kafka3_main() { # kafka3_main <command> [node...]
+  local cmd="$1" nodes=() n
+  shift
+  for n in "$@"; do
+    [[ "$n" == [123] ]] || die "$cmd: unknown node '$n' (expected: 1 2 3)"
+    nodes+=("$n")
+  done
+  [[ ${#nodes[@]} -gt 0 ]] || nodes=("${KAFKA3_NODES[@]}")
+  case "$cmd" in
+    kafka3-up) cmd_kafka3_up "${nodes[@]}" ;;
+    kafka3-down) cmd_kafka3_down "${nodes[@]}" ;;
+    kafka3-status) cmd_status "${nodes[@]/#/kafka3-}" ;;
+    kafka3-env) printf 'export RECO_KAFKA_BOOTSTRAP=%s\n' "$(kafka3_bootstrap)" ;;
+  esac
 }
 
 # --------------------------------------------------------------- redis -------
@@ -774,6 +909,13 @@ main() {
       cluster-env) printf "export RECO_REDIS_URL='%s'\n" "$(cluster_url)" ;;
       *) die "unknown command '$cmd' (cluster-up, cluster-down, cluster-status, cluster-env)" ;;
     esac
+    return
+  fi
+  if [[ "$cmd" == kafka3-* ]]; then
+    mkdir -p "$STACK_DIR"
+    STACK_DIR="$(cd "$STACK_DIR" && pwd -P)"
+    [[ "$cmd" == kafka3-@(up|down|status|env) ]] || die "unknown command '$cmd'"
+    kafka3_main "$cmd" "$@"
     return
   fi
   local comps=() comp

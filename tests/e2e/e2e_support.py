@@ -43,6 +43,8 @@ from reco_worker.settings import WorkerSettings
 T = TypeVar("T")
 ACTIONS = list(ActionType)
 POLL_S = 0.1
+STACK = Path(__file__).resolve().parents[2] / "scripts" / "stack.sh"
+HISTORY_LEN = 50  # the worker's default; every user's events must fit in the fault tests
 
 
 # --------------------------------------------------------------------------- models
@@ -330,3 +332,25 @@ def assert_every_event_applied(
         members = actual.get(f":hist:{user}", [])
         seen = {decode_history_member(member, score).event_id for member, score in members}
         assert seen == ids, f"{user}: events {sorted(ids - seen)[:5]} lost"
+
+
+async def assert_clean_run(
+    space: RunSpace,
+    events: Sequence[UserAction],
+    models: Sequence[Model],
+    *,
+    redis: Redis,
+    root: Path,
+    history_len: int,
+    settle_s: float,
+) -> None:
+    """The run's end (Jepsen's pattern): every record committed by the workers, each numbered
+    event on the topic and in its user's history, and the Redis state equal to the clean replay
+    of the topic by one worker per model."""
+    await settled(space, sent=len(events), timeout_s=settle_s)
+    actual = await snapshot(redis, space.key_prefix)
+    assert_every_event_applied(actual, events, history_len=history_len)
+    records = await topic_records(space)
+    assert_every_event_sent(records, events)
+    expected = await clean_replay(space, records, models, redis=redis, root=root)
+    assert_same_state(actual, expected)

@@ -22,18 +22,15 @@ from pathlib import Path
 import httpx
 import pytest
 from e2e_support import (
+    HISTORY_LEN,
+    STACK,
     Launcher,
     Model,
-    assert_every_event_applied,
-    assert_every_event_sent,
-    assert_same_state,
-    clean_replay,
+    assert_clean_run,
     now,
     numbered,
-    settled,
     snapshot,
     start_workers,
-    topic_records,
     until,
     users_for,
 )
@@ -46,10 +43,8 @@ from reco_devkit.procs import ServiceProcess
 from reco_devkit.services import RunSpace
 from reco_devkit.traffic import ActionSender, ShopFiles, stream
 
-STACK = Path(__file__).resolve().parents[2] / "scripts" / "stack.sh"
 N_EVENTS = 960
 RATE = 160.0  # events/s: the stream lasts about 6 s
-HISTORY_LEN = 50  # the worker's default; every user's events must fit
 FAULT_AT = N_EVENTS // 3
 SETTLE_S = 90.0
 
@@ -92,13 +87,15 @@ class FaultRun:
                 await asyncio.wait_for(task, timeout=180)
 
     async def verify(self, redis: Redis, root: Path, *, models: tuple[Model, ...]) -> None:
-        await settled(self.space, sent=N_EVENTS, timeout_s=SETTLE_S)
-        actual = await snapshot(redis, self.space.key_prefix)
-        assert_every_event_applied(actual, self.events, history_len=HISTORY_LEN)
-        records = await topic_records(self.space)
-        assert_every_event_sent(records, self.events)
-        expected = await clean_replay(self.space, records, models, redis=redis, root=root)
-        assert_same_state(actual, expected)
+        await assert_clean_run(
+            self.space,
+            self.events,
+            models,
+            redis=redis,
+            root=root,
+            history_len=HISTORY_LEN,
+            settle_s=SETTLE_S,
+        )
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from reco_common.contracts import (
     decode_recommendations,
     encode,
 )
+from reco_common.kafka import ensure_topics
 from reco_common.redis_store import RedisClient
 from reco_common.settings import KafkaSettings, RedisSettings
 from reco_common.storage import ObjectStore
@@ -64,10 +65,22 @@ def numbered(n: int) -> UserAction:
     )
 
 
+_MADE: set[str] = set()
+
+
 async def produce(
     producer: AIOKafkaProducer, topic: str, events: list[UserAction], *, chunk: int = 0
 ) -> None:
-    """Send ``events`` keyed by user; with ``chunk``, a steady trickle of that many every 20 ms."""
+    """Send ``events`` keyed by user; with ``chunk``, a steady trickle of that many every 20 ms.
+
+    The ``user-actions`` topic is made first as the services make it (the contract's partition
+    count), when the test's producer comes before the worker: the dev broker would create it
+    with its own default count.
+    """
+    if topic not in _MADE:
+        prefix = topic.removesuffix(Topics().user_actions)
+        await ensure_topics(KafkaSettings(topic_prefix=prefix), topic)
+        _MADE.add(topic)
     step = chunk or len(events)
     for start in range(0, len(events), step):
         sends = [

@@ -202,7 +202,7 @@ def test_a_foreign_member_is_refused(member: bytes) -> None:
 
 def test_each_topic_is_created_with_the_partition_count_of_the_contract() -> None:
     topics = Topics("t1-")
-    assert topics.partitions(topics.user_actions) == 3
+    assert topics.partitions(topics.user_actions) == 24
     assert topics.partitions(topics.model_published) == 1
     assert topics.partitions(topics.rollout_events) == 1
     assert topics.partitions(Topics.dlq(topics.user_actions)) == 1

@@ -90,8 +90,11 @@ _ROLLOUT_EVENTS: Final = "rollout-events"
 
 # How many partitions each topic is created with, by whichever process needs it first
 # (reco_common.kafka.ensure_topics). user-actions: the worker's unit of parallelism (a
-# consumer group spreads the partitions over the replicas). A dead-letter topic has 1.
-PARTITIONS: Final[Mapping[str, int]] = {_USER_ACTIONS: 3, _MODEL_PUBLISHED: 1, _ROLLOUT_EVENTS: 1}
+# consumer group spreads the partitions over the replicas, so at most 24 worker processes per
+# model share the work), fixed for the life of the topic since a user's events must stay in
+# one partition: sized for growth (docs/scaling.md, "Partitions and replication"). A
+# dead-letter topic has 1.
+PARTITIONS: Final[Mapping[str, int]] = {_USER_ACTIONS: 24, _MODEL_PUBLISHED: 1, _ROLLOUT_EVENTS: 1}
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -35,6 +35,7 @@ from aiokafka.errors import (
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     TopicAlreadyExistsError,
+    for_code,
 )
 from msgspec import Struct
 from tenacity import (
@@ -50,6 +51,9 @@ from reco_common.metrics import ConsumerMetrics
 from reco_common.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
+
+# A topic is replicated on this many brokers at most (fewer on a smaller cluster).
+MAX_REPLICATION = 3
 
 T = TypeVar("T", bound=Struct)
 
@@ -190,35 +194,109 @@ async def publish(producer: AIOKafkaProducer, topic: str, key: str, event: Struc
     await producer.send_and_wait(topic, encode(event), key=key.encode())
 
 
-async def ensure_topics(
-    settings: KafkaSettings,
-    *names: str,
-    partitions: Mapping[str, int] | None = None,
-    max_replication: int = 3,
-) -> None:
-    """Create the named topics of the contract when they do not exist yet, each with its
-    partition count (:meth:`Topics.partitions`, or ``partitions[name]`` when given).
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """How a topic of the contract is created: its partitions, replicas and in-sync minimum."""
 
-    Every process that needs a topic calls this, so whichever starts first creates it the same
-    way. Replicated on as many brokers as there are, up to ``max_replication``: one on a dev
-    broker, three on a production cluster.
+    name: str
+    partitions: int
+    replication: int
+    min_insync: int
+
+    def new_topic(self) -> NewTopic:
+        return NewTopic(
+            self.name,
+            num_partitions=self.partitions,
+            replication_factor=self.replication,
+            topic_configs={"min.insync.replicas": str(self.min_insync)},
+        )
+
+
+def topic_spec(
+    name: str, *, partitions: int, brokers: int, replication: int | None = None
+) -> TopicSpec:
+    """The spec of ``name`` on a cluster of ``brokers``.
+
+    Replicated on every broker up to :data:`MAX_REPLICATION` (``replication`` overrides the
+    choice: ``RECO_KAFKA_REPLICATION_FACTOR``). From three replicas on, a write needs two of
+    them (``acks=all`` with ``min.insync.replicas=2``): an acknowledged record survives the loss
+    of any one broker, and one broker down blocks no writes. Fewer replicas cannot have both, so
+    they keep writes available (``min.insync.replicas=1``): one broker in development.
+    """
+    if partitions < 1 or brokers < 1:
+        raise ValueError(f"{name}: {partitions} partitions on {brokers} brokers")
+    factor = replication or min(MAX_REPLICATION, brokers)
+    return TopicSpec(
+        name=name,
+        partitions=partitions,
+        replication=factor,
+        min_insync=2 if factor >= 3 else 1,
+    )
+
+
+async def ensure_topics(
+    settings: KafkaSettings, *names: str, partitions: Mapping[str, int] | None = None
+) -> None:
+    """Create the named topics of the contract when they do not exist yet (:func:`topic_spec`,
+    with the cluster's broker count as it is now), each with its partition count
+    (:meth:`Topics.partitions`, or ``partitions[name]`` when given).
+
+    The one place topics are made: every process calls it for the topics it uses, before using
+    them, so whichever starts first creates each topic, always the same way; the brokers of
+    deploy/k8s and of the dev stack's 3-node cluster create none themselves. A topic that exists
+    is left as it is (its partition count cannot change without moving users, docs/scaling.md).
     """
     given = partitions or {}
     counts = {name: given.get(name) or settings.topics.partitions(name) for name in names}
     async with admin_client(settings) as admin:
         existing = set(await admin.list_topics())
         brokers = len((await admin.describe_cluster())["brokers"])
-        replication = max(1, min(max_replication, brokers))
         missing = [
-            NewTopic(name, num_partitions=n, replication_factor=replication)
+            topic_spec(name, partitions=n, brokers=brokers, replication=settings.replication_factor)
             for name, n in counts.items()
             if name not in existing
         ]
         if missing:
-            try:
-                await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                logger.debug("topics created concurrently: %s", [t.name for t in missing])
+            response = await admin.create_topics([spec.new_topic() for spec in missing])
+            _raise_for_topic_errors(response.topic_errors)
+            await _until_served(admin, missing, timeout_s=settings.request_timeout_s)
+            logger.info("topics ensured: %s", missing)
+
+
+async def _until_served(
+    admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec], *, timeout_s: float
+) -> None:
+    """Wait until the brokers' metadata serves every partition of ``specs`` with a leader: the
+    controller answers once a topic is decided, a broker learns of it a moment later (a client
+    would otherwise start on an unknown topic). Late is logged, not fatal: clients retry."""
+    names = [spec.name for spec in specs]
+    expected = {spec.name: spec.partitions for spec in specs}
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:  # polled: the brokers have no notification for this
+                if _served(await admin.describe_topics(names)) == expected:
+                    return
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        logger.warning("topics %s not served yet after %g s; going on", names, timeout_s)
+
+
+def _served(described: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Topic → partition count, of the topics whose partitions all have a leader."""
+    return {
+        t["topic"]: len(t["partitions"])
+        for t in described
+        if t["error_code"] == 0 and all(p["leader"] >= 0 for p in t["partitions"])
+    }
+
+
+def _raise_for_topic_errors(topic_errors: Sequence[tuple[Any, ...]]) -> None:
+    """aiokafka returns each topic's outcome in the response; raise for the failed ones. One
+    another process created meanwhile is no failure."""
+    for name, code, *message in topic_errors:
+        error = for_code(code)
+        if code and error is not TopicAlreadyExistsError:
+            raise error(f"creating topic {name}: {message[0] if message else ''}")
 
 
 class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]

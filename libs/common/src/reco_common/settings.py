@@ -67,6 +67,9 @@ class KafkaSettings(BaseSettings):
     topic_prefix: str = ""
     client_id: str = "reco"
     request_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    # Replicas of the topics this process creates; unset: every broker, up to three
+    # (reco_common.kafka.topic_spec).
+    replication_factor: Annotated[int, Field(ge=1)] | None = None
     security_protocol: KafkaSecurity = KafkaSecurity.PLAINTEXT
     sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
     username: str | None = None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 from kubernetes_asyncio.client import ApiClient
 
-from reco_common.contracts import RolloutEvent
+from reco_common.contracts import RolloutEvent, Topics
 from reco_common.kafka import ensure_topics, publish, start_producer
 from reco_common.ops import OpsServer, Readiness, ops_app
 from reco_common.redis_store import ModelRecords, connect
@@ -113,7 +113,12 @@ class Controller:
         conf = self._settings.controller
         topics = self._settings.kafka.topics
         try:
-            await ensure_topics(self._settings.kafka, topics.model_published, topics.rollout_events)
+            await ensure_topics(
+                self._settings.kafka,
+                topics.model_published,
+                Topics.dlq(topics.model_published),
+                topics.rollout_events,
+            )
             # Late-bound: the elector is built below, once the API client exists.
             self._runtime = await open_runtime(
                 self._settings, self._stack, leading=lambda: self._elector.still_leading()

@@ -12,7 +12,7 @@ import logging
 
 from reco_common.artifact import ArtifactError, Manifest
 from reco_common.contracts import ContractError, ModelPublished, ObjectLayout, decode, encode
-from reco_common.kafka import publish, start_producer
+from reco_common.kafka import ensure_topics, publish, start_producer
 from reco_common.settings import KafkaSettings
 from reco_common.storage import ObjectStore
 
@@ -51,7 +51,9 @@ def event_for(store: ObjectStore, manifest: Manifest) -> ModelPublished:
 
 
 async def announce(store: ObjectStore, event: ModelPublished, *, kafka: KafkaSettings) -> None:
-    """Send ``event`` (idempotent producer, acks=all), then record that it went out."""
+    """Send ``event`` (idempotent producer, acks=all), then record that it went out. The topic
+    is made first if need be: the trainer may run before any controller did."""
+    await ensure_topics(kafka, kafka.topics.model_published)
     producer = await start_producer(kafka)
     try:
         await publish(producer, kafka.topics.model_published, event.model_name, event)
