@@ -45,13 +45,21 @@ class ClusterPipelinedRedis:
         self._nodes: dict[Address, PipelinedRedis] = {}
         self._slots: list[Address] = []
         self._refreshing: asyncio.Task[None] | None = None
+        self._first_map: asyncio.Future[None] | None = None
         self._refreshed_at = float("-inf")
 
     async def execute(self, command: bytes, *, key: bytes | str | None = None) -> Any:
         """Send ``command`` (:func:`reco_api.pipelined.pack`) to the primary of ``key``'s slot
         (any primary without a key) and return its reply, following one redirect."""
-        if not self._slots:
-            await self._refresh()
+        if not self._slots:  # the first requests share one read of the map
+            first = self._first_map
+            if first is None:
+                first = self._first_map = asyncio.ensure_future(self._refresh())
+            try:
+                await asyncio.shield(first)
+            finally:
+                if first.done() and self._first_map is first:
+                    self._first_map = None
         address = self._slots[slot_of(key) if key is not None else 0]
         try:
             return await self._node(address).execute(command)
@@ -69,8 +77,9 @@ class ClusterPipelinedRedis:
             raise
 
     async def aclose(self) -> None:
-        if self._refreshing is not None:
-            self._refreshing.cancel()
+        for reading in (self._refreshing, self._first_map):
+            if reading is not None:
+                reading.cancel()
         for node in self._nodes.values():
             await node.aclose()
 
