@@ -265,7 +265,7 @@ async def delete_prefix(redis: RedisClient, prefix: str) -> None:
     keys = [key async for key in redis.scan_iter(match=f"{prefix}:*", count=1000)]
     pipe = redis.pipeline()
     for key in keys:
-        pipe.unlink(key)
+        pipe.execute_command("UNLINK", key)  # a cluster pipeline's unlink() is not queued
     await pipe.execute()
 
 

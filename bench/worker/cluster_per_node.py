@@ -1,0 +1,105 @@
+"""What a batch's list write would cost on a Redis Cluster grouped per node instead of per slot.
+
+Not the shipped writer: ``FencedLists`` (one ``EVALSHA`` per slot in one cluster pipeline, the
+scripts' keys declared, single-slot) against an experimental variant of the same fenced write
+with one ``EVAL`` per primary: one declared key routes the call, the users' keys are passed as
+arguments (Redis runs a script that touches keys of other slots on its own node when they were
+not declared). ``--users`` lists of 800 bytes, ``--rounds`` rounds; process CPU and wall time
+per write. Run against ``scripts/stack.sh cluster-up``:
+
+    uv run python bench/worker/cluster_per_node.py --rounds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+import uuid
+
+from fencing import delete_prefix
+
+from reco_common.redis_store import (
+    LUA_HELPERS,
+    FencedLists,
+    FencedWrite,
+    Position,
+    connect,
+    framed,
+    slot_of,
+)
+from reco_common.settings import RedisSettings
+
+# The list write of FencedLists, its keys taken from the arguments instead of KEYS.
+_PER_NODE = (
+    LUA_HELPERS
+    + r"""
+local A = unframed(ARGV[1], ARGV[2])
+local refused = 0
+for i = 0, tonumber(A[1]) - 1 do
+  local fence, key, field, offset = A[2 + 5 * i], A[3 + 5 * i], A[4 + 5 * i], A[5 + 5 * i]
+  if newer(offset, redis.call('HGET', fence, field)) then
+    redis.call('SET', key, A[6 + 5 * i])
+    redis.call('HSET', fence, field, offset)
+  else
+    refused = refused + 1
+  end
+end
+return refused
+"""
+)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="redis+cluster://127.0.0.1:7000")
+    parser.add_argument("--users", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    settings = RedisSettings(url=args.url, key_prefix=f"bench-pn-{uuid.uuid4().hex[:8]}")
+    redis, keys = connect(settings), settings.keys
+    await redis.initialize()  # type: ignore[union-attr]
+    per_slot = FencedLists(redis, keys)
+    users = [f"u{n}" for n in range(args.users)]
+    value = b"x" * 800
+    timings: dict[str, list[tuple[float, float]]] = {"per slot (shipped)": [], "per node": []}
+    print(f"load average {os.getloadavg()}")
+    for offset in range(1, args.rounds + 2):
+        groups: dict[str, list[str]] = {}
+        for user in users:
+            node = redis.nodes_manager.get_node_from_slot(slot_of(keys.user_fence(user)))  # type: ignore[union-attr]
+            groups.setdefault(node.name, []).append(user)
+        cpu, wall = time.process_time(), time.perf_counter()
+        pipe = redis.pipeline()
+        for members in groups.values():
+            framed_args: list[bytes | str | int] = [len(members)]
+            for user in members:
+                framed_args += (keys.user_fence(user), keys.recommendations("m", user))
+                framed_args += ("l:m:0", offset, value)
+            pipe.execute_command(
+                "EVAL", _PER_NODE, 1, keys.user_fence(members[0]), *framed(framed_args)
+            )
+        await pipe.execute()
+        per_node = (time.process_time() - cpu, time.perf_counter() - wall)
+        cpu, wall = time.process_time(), time.perf_counter()
+        await per_slot.replace("m2", {u: FencedWrite(value, Position(0, offset)) for u in users})
+        shipped = (time.process_time() - cpu, time.perf_counter() - wall)
+        if offset > 1:  # the first round loads scripts and connections
+            timings["per node"].append(per_node)
+            timings["per slot (shipped)"].append(shipped)
+    await delete_prefix(redis, keys.prefix)
+    await redis.aclose()
+    print(f"load average after {os.getloadavg()}")
+    print(f"| write of {args.users} lists | CPU ms (median) | wall ms (median) |")
+    print("|---|---:|---:|")
+    for name, runs in timings.items():
+        print(
+            f"| {name} | {statistics.median(r[0] for r in runs) * 1e3:.1f} "
+            f"| {statistics.median(r[1] for r in runs) * 1e3:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
