@@ -22,6 +22,7 @@ import uuid
 from fencing import delete_prefix
 
 from reco_common.redis_store import (
+    _REPLACE_IF_NEWER,
     LUA_HELPERS,
     FencedLists,
     FencedWrite,
@@ -32,23 +33,9 @@ from reco_common.redis_store import (
 )
 from reco_common.settings import RedisSettings
 
-# The list write of FencedLists, its keys taken from the arguments instead of KEYS.
-_PER_NODE = (
-    LUA_HELPERS
-    + r"""
-local A = unframed(ARGV[1], ARGV[2])
-local refused = 0
-for i = 0, tonumber(A[1]) - 1 do
-  local fence, key, field, offset = A[2 + 5 * i], A[3 + 5 * i], A[4 + 5 * i], A[5 + 5 * i]
-  if newer(offset, redis.call('HGET', fence, field)) then
-    redis.call('SET', key, A[6 + 5 * i])
-    redis.call('HSET', fence, field, offset)
-  else
-    refused = refused + 1
-  end
-end
-return refused
-"""
+# The shipped list write (FencedLists' script), its KEYS read from two more framed arguments.
+_PER_NODE = _REPLACE_IF_NEWER.replace(
+    LUA_HELPERS, LUA_HELPERS + "local KEYS = unframed(ARGV[3], ARGV[4])\n", 1
 )
 
 
@@ -74,12 +61,14 @@ async def main() -> None:
         cpu, wall = time.process_time(), time.perf_counter()
         pipe = redis.pipeline()
         for members in groups.values():
-            framed_args: list[bytes | str | int] = [len(members)]
+            framed_args: list[bytes | str | int] = [0, len(members)]  # or_equal, count
+            framed_keys: list[bytes | str | int] = []
             for user in members:
-                framed_args += (keys.user_fence(user), keys.recommendations("m", user))
-                framed_args += ("l:m:0", offset, value)
+                framed_args += (keys.lists_fence_field(0, "m"), offset, value)
+                framed_keys += (keys.user_fence(user), keys.recommendations("m", user))
+            route = keys.user_fence(members[0])
             pipe.execute_command(
-                "EVAL", _PER_NODE, 1, keys.user_fence(members[0]), *framed(framed_args)
+                "EVAL", _PER_NODE, 1, route, *framed(framed_args), *framed(framed_keys)
             )
         await pipe.execute()
         per_node = (time.process_time() - cpu, time.perf_counter() - wall)
