@@ -795,6 +795,9 @@ cluster_node_start() {
   mkdir -p "$dir"
   [[ -n "$(node_pid "$port")" ]] && return 0
   port_open "$port" && die "redis-cluster: port 127.0.0.1:$port is taken by another process"
+  # A node without its cluster config is a new one and must start empty (a replica keeps the
+  # RDB of its last full sync in its dir, which redis-server would load).
+  [[ -f "$dir/nodes.conf" ]] || rm -rf "$dir/dump.rdb" "$dir/appendonlydir"
   (cd "$dir" && exec setsid redis-server --port "$port" --bind 127.0.0.1 \
     --cluster-enabled yes --cluster-config-file nodes.conf \
     --cluster-node-timeout "$CLUSTER_NODE_TIMEOUT_MS" --dir "$dir" --save '' --appendonly no \
@@ -859,7 +862,9 @@ cmd_cluster_down() {
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
   done
   # No persistence: a cluster is created anew by the next cluster-up.
-  for port in $(cluster_ports); do rm -f "$(cluster_dir)/$port/nodes.conf" "$(cluster_dir)/$port/pid"; done
+  for port in $(cluster_ports); do
+    rm -rf "$(cluster_dir)/$port/"{nodes.conf,pid,dump.rdb,appendonlydir}
+  done
   say "redis-cluster: down"
 }
 
