@@ -3,11 +3,19 @@ cluster's size (or the setting), and the in-sync minimum that goes with them."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from aiokafka.errors import InvalidReplicationFactorError
 
 from reco_common.contracts import Topics
-from reco_common.kafka import TopicSpec, _raise_for_topic_errors, _served, topic_spec
+from reco_common.kafka import (
+    TopicSpec,
+    _raise_for_topic_errors,
+    _served,
+    _warn_if_counts_differ,
+    topic_spec,
+)
 from reco_common.settings import KafkaSettings
 
 
@@ -66,3 +74,17 @@ def test_a_new_topic_is_served_once_every_partition_has_a_leader() -> None:
         {"topic": "c", "error_code": 3, "partitions": []},  # not known to this broker yet
     ]
     assert _served(described) == {"b": 2}
+
+
+def test_an_existing_topic_with_another_count_is_kept_and_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    described = [
+        {"topic": "old", "error_code": 0, "partitions": [{"leader": 1}] * 3},
+        {"topic": "new", "error_code": 0, "partitions": [{"leader": 1}] * 24},
+    ]
+    with caplog.at_level(logging.WARNING, logger="reco_common.kafka"):
+        _warn_if_counts_differ({"old": 24, "new": 24}, described)
+    assert [r.getMessage()[:50] for r in caplog.records] == [
+        "topic old has 3 partitions, not the 24 of the cont"
+    ]

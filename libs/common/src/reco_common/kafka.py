@@ -261,6 +261,27 @@ async def ensure_topics(
             _raise_for_topic_errors(response.topic_errors)
             await _until_served(admin, missing, timeout_s=settings.request_timeout_s)
             logger.info("topics ensured: %s", missing)
+        kept = [name for name in counts if name in existing]
+        if kept:
+            _warn_if_counts_differ(counts, await admin.describe_topics(kept))
+
+
+def _warn_if_counts_differ(
+    counts: Mapping[str, int], described: Sequence[Mapping[str, Any]]
+) -> None:
+    """An existing topic keeps its partitions (they cannot change without moving users); say so
+    when they are not the contract's, e.g. ``user-actions`` made with the old default of 3."""
+    for topic in described:
+        name, actual = topic["topic"], len(topic["partitions"])
+        if topic["error_code"] == 0 and actual != counts[name]:
+            logger.warning(
+                "topic %s has %d partitions, not the %d of the contract: it keeps them (at most "
+                "%d consumers of a group share it; docs/scaling.md, 'Partitions and replication')",
+                name,
+                actual,
+                counts[name],
+                actual,
+            )
 
 
 async def _until_served(
