@@ -62,6 +62,7 @@ from reco_worker.settings import WorkerSettings
 logger = logging.getLogger(__name__)
 
 READ_CHUNK = 50_000
+DECODE_RECORDS = 500
 WRITE_USERS = 1_000
 
 
@@ -105,13 +106,19 @@ class LogFold:
 
     def add_records(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Fold records of the topic; those the live worker refuses (undecodable, keyed by
-        another user) are counted as skipped. The chunk is decoded at once (``decode_many``:
-        the same events and errors as the live consumer's ``decode``, half the cost); ``add``
-        is inlined, as this runs once per event."""
+        another user) are counted as skipped."""
         if self._wanted:
             records = [
                 r for r in records if (r.key or b"").decode(errors="replace") in self._wanted
             ]
+        for start in range(0, len(records), DECODE_RECORDS):
+            self._add_decoded(records[start : start + DECODE_RECORDS])
+
+    def _add_decoded(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Records decoded at once (``decode_many``: the same events and errors as the live
+        consumer's ``decode``, about half the cost), then folded (``add`` inlined: this runs
+        once per event). A few hundred at a time: most events die young, as the garbage
+        collector prefers (a whole chunk's survived into its oldest generation)."""
         events = decode_many(UserAction, [r.value for r in records])
         users, skew, limit = self.users, self._skew, 2 * self._max_len
         for record, event in zip(records, events, strict=True):
