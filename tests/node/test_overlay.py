@@ -149,10 +149,20 @@ def test_every_pod_of_the_overlay_is_running_and_ready(node: Node, deployed: Dep
         assert pod["status"]["phase"] == "Running", pod["metadata"]["name"]
         for status in pod["status"]["containerStatuses"]:
             assert status["containerID"].startswith("containerd://")
-    workers = _pods(node, ns, "app.kubernetes.io/name=reco-worker")
-    assert len(workers) == 2
-    assert all(w["status"]["containerStatuses"][0]["started"] for w in workers)
-    assert not any(w["status"]["containerStatuses"][0]["ready"] for w in workers)
+
+    def workers_started() -> list[dict[str, Any]]:
+        workers = _pods(node, ns, "app.kubernetes.io/name=reco-worker")
+        started = [w for w in workers if _container(w).get("started")]
+        return workers if len(started) == len(workers) == 2 else []
+
+    # Up (its startup probe passed: Kafka reached as its own principal), not ready: no model.
+    workers = node.wait("both workers started", workers_started, timeout_s=READY_TIMEOUT_S)
+    assert not any(_container(w)["ready"] for w in workers)
+
+
+def _container(pod: dict[str, Any]) -> dict[str, Any]:
+    statuses: list[dict[str, Any]] = pod["status"].get("containerStatuses", [{}])
+    return statuses[0]
 
 
 def test_a_training_through_the_cronjob_rolls_the_workers_through_their_probes(

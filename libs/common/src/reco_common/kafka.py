@@ -43,6 +43,7 @@ from tenacity import (
     retry_if_exception,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_after_delay,
     wait_exponential,
 )
 
@@ -143,6 +144,10 @@ class GroupTimeouts:
         }
 
 
+START_RETRY_MAX_WAIT_S = 5.0
+"""Longest pause between two attempts to reach Kafka at start."""
+
+
 def _unavailable(settings: KafkaSettings, exc: Exception) -> KafkaUnavailableError:
     return KafkaUnavailableError(
         f"Kafka at RECO_KAFKA_BOOTSTRAP={settings.bootstrap!r} is unreachable: {exc}"
@@ -155,10 +160,25 @@ async def start_client(
     start: Callable[[], Awaitable[object]],
     close: Callable[[], Awaitable[object]],
 ) -> None:
-    """Start an aiokafka client; when no broker answers, release it and raise an error that
-    names ``RECO_KAFKA_BOOTSTRAP`` (fail fast at start, not in the first request)."""
+    """Start an aiokafka client; when no broker answers (or none accepts the principal), retry
+    for ``settings.start_timeout_s``, then release it and raise an error that names
+    ``RECO_KAFKA_BOOTSTRAP`` (at start, not in the first request). The retries are for brokers
+    and principals that come up with the pod (a cluster's first minutes); 0 fails at once."""
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(KafkaConnectionError),
+        stop=stop_after_delay(settings.start_timeout_s),
+        wait=wait_exponential(multiplier=0.5, max=START_RETRY_MAX_WAIT_S),
+        before_sleep=lambda state: logger.warning(
+            "Kafka at %s not reachable yet (attempt %d, retrying for up to %.0f s): %s",
+            settings.bootstrap,
+            state.attempt_number,
+            settings.start_timeout_s,
+            state.outcome.exception() if state.outcome else None,
+        ),
+        reraise=True,
+    )
     try:
-        await start()
+        await retrying(start)
     except KafkaConnectionError as exc:
         await close()
         raise _unavailable(settings, exc) from exc

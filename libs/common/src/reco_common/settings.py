@@ -67,6 +67,10 @@ class KafkaSettings(BaseSettings):
     topic_prefix: str = ""
     client_id: str = "reco"
     request_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    # How long a client keeps trying to reach the brokers at start (unreachable, or the
+    # principal not accepted yet) before the process gives up: 0 fails at once (tools, tests);
+    # deploy/k8s sets it for pods that start beside Kafka and its users (docs/deploy.md).
+    start_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 0.0
     # Replicas of the topics this process creates; unset: every broker, up to three
     # (reco_common.kafka.topic_spec).
     replication_factor: Annotated[int, Field(ge=1)] | None = None
