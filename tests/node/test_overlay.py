@@ -116,7 +116,7 @@ def _model_uri(deployment: dict[str, Any]) -> str | None:
 
 def _job(deployed: Deployed, name: str, args: list[str], *, principal: str) -> dict[str, Any]:
     """A Job from the CronJob's template (what `kubectl create job --from` makes), other args,
-    as Kafka principal ``reco-<principal>`` (its password from the Secret of that name)."""
+    as Kafka principal ``reco-<principal>``."""
     (cron,) = [d for d in deployed.docs if d["kind"] == "CronJob"]
     spec = copy.deepcopy(cron["spec"]["jobTemplate"]["spec"])
     container = spec["template"]["spec"]["containers"][0]
@@ -125,7 +125,7 @@ def _job(deployed: Deployed, name: str, args: list[str], *, principal: str) -> d
         if env["name"] == "RECO_KAFKA_USERNAME":
             env["value"] = f"reco-{principal}"
         elif env["name"] == "RECO_KAFKA_PASSWORD":
-            env["valueFrom"]["secretKeyRef"]["name"] = f"reco-kafka-{principal}"
+            env["valueFrom"]["secretKeyRef"] = _password_of(deployed, principal)
     spec.pop("podFailurePolicy", None)
     return {
         "apiVersion": "batch/v1",
@@ -168,6 +168,19 @@ def test_every_pod_of_the_overlay_is_running_and_ready(node: Node, deployed: Dep
     # Up (its startup probe passed: Kafka reached as its own principal), not ready: no model.
     workers = node.wait("both workers started", workers_started, timeout_s=READY_TIMEOUT_S)
     assert not any(_container(w)["ready"] for w in workers)
+
+
+def _password_of(deployed: Deployed, principal: str) -> dict[str, str]:
+    """The Secret key of ``principal``'s password, as the kafka-access Job reads it (the
+    generated Secrets' names carry kustomize's hash suffix)."""
+    (access,) = [d for d in deployed.docs if d["kind"] == "Job"]
+    (container,) = access["spec"]["template"]["spec"]["containers"]
+    (ref,) = [
+        e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if e["name"] == f"PASSWORD_{principal.upper()}"
+    ]
+    return dict(ref)
 
 
 def _owner_kind(pod: dict[str, Any]) -> str | None:
