@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_manifests import Manifest, kustomize, wrapper
+from deploy_manifests import Manifest, claims, kustomize, wrapper
 
 from conftest import Node
 from reco_common.contracts import MODEL_URI_ENV
@@ -59,14 +59,7 @@ def deployed(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
 def _provide_volumes(node: Node, docs: tuple[Manifest, ...], namespace: str) -> None:
     """A hostPath PersistentVolume on the node for each claim (the node has no provisioner);
     world-writable, since hostPath volumes get no fsGroup ownership."""
-    claims = [d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"]
-    for sts in (d for d in docs if d["kind"] == "StatefulSet"):
-        for template in sts["spec"].get("volumeClaimTemplates", []):
-            claims += [
-                f"{template['metadata']['name']}-{sts['metadata']['name']}-{i}"
-                for i in range(sts["spec"]["replicas"])
-            ]
-    for claim in claims:
+    for claim in claims(docs):
         path = node.state / "volumes" / namespace / claim
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(0o1777)

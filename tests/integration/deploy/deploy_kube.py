@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from deploy_manifests import Manifest
+from deploy_manifests import Manifest, claims
 
 # Never contacted: kwok fakes the pods, no kubelet mounts anything.
 PV_ROOT = "/tmp/reco-kwok-volumes"
@@ -55,15 +55,8 @@ class Kube:
     def provide_volumes(self, docs: tuple[Manifest, ...], namespace: str) -> list[str]:
         """A PersistentVolume bound in advance to each claim the overlay makes: what a storage
         provisioner does in a real cluster (the local control plane has none)."""
-        claims = [d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"]
-        for sts in (d for d in docs if d["kind"] == "StatefulSet"):
-            for template in sts["spec"].get("volumeClaimTemplates", []):
-                claims += [
-                    f"{template['metadata']['name']}-{sts['metadata']['name']}-{i}"
-                    for i in range(sts["spec"]["replicas"])
-                ]
         names = []
-        for claim in claims:
+        for claim in claims(docs):
             name = f"{namespace}-{claim}"
             volume = {
                 "apiVersion": "v1",

@@ -203,3 +203,16 @@ def container_env(
         else:
             env[var["name"]] = fields[ref["fieldRef"]["fieldPath"]]
     return env
+
+
+def claims(docs: tuple[Manifest, ...]) -> list[str]:
+    """The PersistentVolumeClaims ``docs`` make, their StatefulSets' included (one per replica
+    and claim template): what a storage provisioner would be asked for."""
+    names = [d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    for sts in (d for d in docs if d["kind"] == "StatefulSet"):
+        for template in sts["spec"].get("volumeClaimTemplates", []):
+            names += [
+                f"{template['metadata']['name']}-{sts['metadata']['name']}-{i}"
+                for i in range(sts["spec"]["replicas"])
+            ]
+    return names
