@@ -405,8 +405,20 @@ def _fold_validation(
     """A fresh model on the fit and validation parts together, for the epochs early stopping
     kept: the validation interactions (each user's newest) are not lost to the model."""
     logger.info("training on fit + validation for the kept %d epochs", epochs)
+    return _fit_for(job, params, prepared.known_at_test, epochs, item_features, user_features)
+
+
+def _fit_for(
+    job: Job,
+    params: TrainParams,
+    interactions: sp.csr_matrix,
+    epochs: int,
+    item_features: sp.csr_matrix | None,
+    user_features: sp.csr_matrix | None,
+) -> LightFM:
+    """A model trained on ``interactions`` for ``epochs`` epochs (no early stopping)."""
     return fit(
-        dataset.lightfm_input(prepared.known_at_test, params.weighting),
+        dataset.lightfm_input(interactions, params.weighting),
         params=params,
         item_features=item_features,
         user_features=user_features,
@@ -430,15 +442,7 @@ def _more_members(
     for offset in range(1, params.members):
         member = params.updated({"seed": params.seed + offset})
         logger.info("member %d of %d: %d epochs", offset + 1, params.members, epochs)
-        model = fit(
-            dataset.lightfm_input(interactions, member.weighting),
-            params=member,
-            item_features=item_features,
-            user_features=user_features,
-            validation=None,
-            progress=job.progress(epochs),
-            epochs=max(epochs, 1),
-        ).model
+        model = _fit_for(job, member, interactions, epochs, item_features, user_features)
         found.append(representations(model, item_features, user_features))
     return found
 
@@ -492,16 +496,8 @@ def _refit(
     user_features = _features(users, data.user_features)
     logger.info("refit on all %d interactions for %d epochs", len(everything), epochs)
     seen = dataset.matrix(everything, users, items)
-    result = fit(
-        dataset.lightfm_input(seen, params.weighting),
-        params=params,
-        item_features=item_features,
-        user_features=user_features,
-        validation=None,
-        progress=job.progress(epochs),
-        epochs=max(epochs, 1),
-    )
-    members = [representations(result.model, item_features, user_features)]
+    model = _fit_for(job, params, seen, epochs, item_features, user_features)
+    members = [representations(model, item_features, user_features)]
     members += _more_members(job, params, seen, epochs, item_features, user_features)
     user_factors, item_factors = side_by_side(members)
     return users, items, seen, user_factors, item_factors
