@@ -39,6 +39,10 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[ModelPublished]:
         assert key == event.model_name
         producer.sent.append(event)
 
+    async def ensure_topics(settings: KafkaSettings, *topics: str) -> None:
+        assert topics == ("model-published",)
+
+    monkeypatch.setattr(publishing, "ensure_topics", ensure_topics)
     monkeypatch.setattr(publishing, "start_producer", start)
     monkeypatch.setattr(publishing, "publish", publish)
     return events
@@ -49,6 +53,7 @@ def no_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
     async def must_not_be_called(*_: Any, **__: Any) -> None:
         raise AssertionError("Kafka must not be used")
 
+    monkeypatch.setattr(publishing, "ensure_topics", must_not_be_called)
     monkeypatch.setattr(publishing, "start_producer", must_not_be_called)
 
 
