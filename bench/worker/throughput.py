@@ -14,6 +14,12 @@ Half of the events come from users the model knows, half from cold-start users; 
 a few items of history after the first events. Run (needs ``scripts/stack.sh up``):
 
     uv run python bench/worker/throughput.py --items 10000 100000 1000000
+
+``--index`` builds the approximate top-N index into the artifact (as the trainer does, timed)
+and lets the worker search it from ``--ann-min-items`` up; before the worker starts, the
+recall@100 of its lists against exact search is measured in process on the same model, with
+the real-time policy's queries (known and cold users with a few recent items, their seen items
+excluded), and the model load timed as the worker does it (empty cache, then verified).
 """
 
 from __future__ import annotations
@@ -36,11 +42,23 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from reco_common.ann import IndexParams, ItemIndex
 from reco_common.artifact import ModelArrays, write_artifact
-from reco_common.contracts import MODEL_URI_ENV, ActionType, EvalMetrics, Topics, UserAction, encode
+from reco_common.contracts import (
+    MODEL_URI_ENV,
+    ActionType,
+    EvalMetrics,
+    HistoryEntry,
+    Topics,
+    UserAction,
+    encode,
+)
 from reco_common.kafka import ensure_topics, start_producer
-from reco_common.settings import KafkaSettings
+from reco_common.settings import KafkaSettings, S3Settings
 from reco_common.storage import open_store
+from reco_worker.model_store import load_serving_model
+from reco_worker.scoring import Histories, Policy, Ranked, ServingModel, score
+from reco_worker.topn import IndexUse
 
 DIM = 64
 N_USERS = 100_000
@@ -61,9 +79,13 @@ class Result:
     steady_mean_batch: float
     steady_recompute_ms: float
     steady_handler_share: float
+    index: dict[str, float] | None = None
 
 
-def build_model(root: Path, n_items: int, seed: int) -> str:
+def build_model(
+    root: Path, n_items: int, seed: int, index: IndexParams | None = None
+) -> tuple[str, float]:
+    """The artifact's URI, and the seconds its index took to build (0 without)."""
     rng = np.random.default_rng(seed)
     items = 0.1 * rng.standard_normal((n_items, DIM + 1), dtype=np.float32)
     users = 0.1 * rng.standard_normal((N_USERS, DIM + 1), dtype=np.float32)
@@ -75,7 +97,18 @@ def build_model(root: Path, n_items: int, seed: int) -> str:
         popular_items=[f"i{n}" for n in range(200)],
         popular_scores=[float(200 - n) for n in range(200)],
     )
-    return write_artifact(
+    built_s = 0.0
+    if index is not None:
+        started = time.perf_counter()
+        arrays = ModelArrays(
+            **{
+                f: getattr(arrays, f) for f in ModelArrays.__dataclass_fields__ if f != "item_index"
+            },
+            item_index=ItemIndex.build(items, index, users=users),
+        )
+        built_s = time.perf_counter() - started
+        print(f"index of {n_items} items built in {built_s:.1f} s", flush=True)
+    uri = write_artifact(
         open_store(root.as_uri()),
         model_name="bench",
         version=f"n{n_items}",
@@ -85,6 +118,89 @@ def build_model(root: Path, n_items: int, seed: int) -> str:
         params={"dim": DIM},
         metrics=EvalMetrics(model={}, baseline={}),
         library_versions={},
+    )
+    return uri, built_s
+
+
+def index_figures(uri: str, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
+    """Model load (empty cache, then verified) and recall@100 of the indexed lists against the
+    exact ones, on the real-time policy's queries, in this process; per search expansion of
+    ``--recall-expansions`` too (the served one is ``--ann-expansion``)."""
+    loads, models = [], []
+    for expansion in [args.ann_expansion, args.ann_expansion, *args.recall_expansions]:
+        use = IndexUse(min_items=0, expansion=expansion, max_fetch=args.ann_max_fetch)
+        started = time.perf_counter()
+        models.append(
+            load_serving_model(uri, s3=S3Settings(), cache_dir=workdir / "load", index_use=use)
+        )
+        loads.append(time.perf_counter() - started)
+    model = models[0]
+    exact = ServingModel(
+        name=model.name,
+        version=model.version,
+        uri=uri,
+        arrays=ModelArrays(
+            item_ids=list(model.item_ids),
+            user_ids=[f"u{n}" for n in range(N_USERS)],
+            item_factors=model.items,
+            user_factors=model.users,
+            popular_items=model.popular_items,
+            popular_scores=model.popular_scores,
+        ),
+        index_use=IndexUse(min_items=10**12),
+    )
+    histories = recall_histories(len(model.item_ids), args.recall_queries)
+    policy = Policy(top_n=100)
+    truth, exact_ms = timed_lists(exact, histories, policy)
+    figures = {
+        "model_load_empty_cache_s": loads[0],
+        "model_load_verified_s": loads[1],
+        "exact_cpu_ms_per_user": exact_ms,
+    }
+    expansions = [args.ann_expansion, *args.recall_expansions]
+    for i, (expansion, indexed) in enumerate(zip(expansions, models[1:], strict=True)):
+        lists, indexed_ms = timed_lists(indexed, histories, policy)
+        hits = sum(len(set(a.items) & set(b.items)) for a, b in zip(lists, truth, strict=True))
+        suffix = f"_ef{expansion}" if i else ""
+        figures[f"recall_at_100{suffix}"] = hits / sum(len(b.items) for b in truth)
+        figures[f"indexed_cpu_ms_per_user{suffix}"] = indexed_ms
+        figures[f"exact_fallbacks{suffix}"] = indexed.selector.exact_fallbacks
+    print(json.dumps(figures), flush=True)
+    return figures
+
+
+def timed_lists(
+    model: ServingModel, histories: Histories, policy: Policy
+) -> tuple[list[Ranked], float]:
+    """The policy's lists, and the CPU milliseconds they took per user (batches of 500)."""
+    lists: list[Ranked] = []
+    cpu0 = time.process_time()
+    for start in range(0, len(histories), 500):
+        part = Histories.of(
+            [
+                (u, histories.entries_of(start + j))
+                for j, u in enumerate(histories.user_ids[start : start + 500])
+            ]
+        )
+        lists.extend(score(model, part, policy))
+    return lists, (time.process_time() - cpu0) / len(histories) * 1000
+
+
+def recall_histories(n_items: int, n: int) -> Histories:
+    """Half known, half cold users, each with 1-5 recent views (excluded from their lists)."""
+    rng = np.random.default_rng(7)
+    now = time.time()
+    return Histories.of(
+        [
+            (
+                f"u{user}",
+                [
+                    HistoryEntry("", f"i{item}", ActionType.VIEW, None, now - 60 * age)
+                    for age, item in enumerate(rng.integers(0, n_items, rng.integers(1, 6)))
+                ],
+            )
+            for user in rng.integers(0, 2 * N_USERS, n)
+        ]
     )
 
 
@@ -195,7 +311,13 @@ async def until(condition, *, timeout_s: float, what: str) -> None:  # type: ign
 
 
 async def run_one(n_items: int, args: argparse.Namespace, workdir: Path) -> list[Result]:
-    uri = build_model(workdir / "store", n_items, seed=n_items)
+    index = IndexParams(args.index_m, args.index_ef_add) if args.index else None
+    uri, built_s = build_model(workdir / "store", n_items, seed=n_items, index=index)
+    figures = None
+    if index is not None:
+        figures = {"build_s": built_s, **index_figures(uri, workdir, args)}
+        if args.recall_only:
+            return []
     prefix = f"bench-{uuid.uuid4().hex[:8]}-"
     kafka = KafkaSettings(topic_prefix=prefix)
     topic = kafka.topics.user_actions
@@ -218,6 +340,9 @@ async def run_one(n_items: int, args: argparse.Namespace, workdir: Path) -> list
         "RECO_WORKER_HTTP_PORT": str(port),
         "RECO_WORKER_CACHE_DIR": str(workdir / "cache"),
         "RECO_WORKER_BLAS_THREADS": str(args.blas_threads),
+        "RECO_WORKER_ANN_MIN_ITEMS": str(args.ann_min_items),
+        "RECO_WORKER_ANN_EXPANSION": str(args.ann_expansion),
+        "RECO_WORKER_ANN_MAX_FETCH": str(args.ann_max_fetch),
         "RECO_LOG_LEVEL": os.environ.get("RECO_LOG_LEVEL", "INFO"),
     }
     command = Path(sys.executable).with_name("reco-worker")
@@ -231,7 +356,7 @@ async def run_one(n_items: int, args: argparse.Namespace, workdir: Path) -> list
         for rate in args.rates if n_items < 1_000_000 else args.rates_1m:
             window = await steady(scraper, producer, topic, events, rate, args.duration)
             results.append(
-                Result(n_items, backlog, events_per_s, per_cpu, mean_batch, rate, *window)
+                Result(n_items, backlog, events_per_s, per_cpu, mean_batch, rate, *window, figures)
             )
             print(json.dumps(asdict(results[-1])), flush=True)
     finally:
@@ -326,6 +451,17 @@ async def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--backlog", type=int, default=0, help="default: by catalog size")
     parser.add_argument("--blas-threads", type=int, default=1)
+    parser.add_argument("--index", action="store_true", help="build the artifact's index")
+    parser.add_argument("--index-m", type=int, default=16, help="the index's connectivity")
+    parser.add_argument("--index-ef-add", type=int, default=128, help="its build expansion")
+    parser.add_argument("--ann-min-items", type=int, default=IndexUse().min_items)
+    parser.add_argument("--ann-expansion", type=int, default=IndexUse().expansion)
+    parser.add_argument("--ann-max-fetch", type=int, default=IndexUse().max_fetch)
+    parser.add_argument("--recall-queries", type=int, default=500)
+    parser.add_argument("--recall-only", action="store_true", help="no worker run")
+    parser.add_argument(
+        "--recall-expansions", type=int, nargs="*", default=[], help="recall at these ef too"
+    )
     parser.add_argument("--output", type=Path, default=Path("var/bench/worker-throughput.json"))
     args = parser.parse_args()
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -345,6 +481,20 @@ async def main() -> None:
             f"| {r.items:,} | {r.events_per_s:,.0f} | {r.events_per_cpu_s:,.0f} | {r.rate:,} "
             f"| {r.freshness_p50_ms:.1f} | {r.freshness_p99_ms:.1f} | {r.steady_mean_batch:.1f} "
             f"| {r.steady_recompute_ms:.1f} |"
+        )
+    indexed = [r for r in results if r.index]
+    if indexed:
+        print(
+            "\n| items | index build s | load s (empty / verified) | recall@100 "
+            "| CPU ms per user, indexed / exact |"
+        )
+        print("|---:|---:|---:|---:|---:|")
+    for r in indexed:
+        f = r.index or {}
+        print(
+            f"| {r.items:,} | {f['build_s']:.1f} | {f['model_load_empty_cache_s']:.2f} / "
+            f"{f['model_load_verified_s']:.2f} | {f['recall_at_100']:.4f} "
+            f"| {f['indexed_cpu_ms_per_user']:.2f} / {f['exact_cpu_ms_per_user']:.2f} |"
         )
 
 

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from reco_common.artifact import ArtifactError, load_artifact
+from reco_common.artifact import ITEM_INDEX, ArtifactError, load_artifact, read_manifest
 from reco_common.contracts import ModelPublished, ObjectLayout
 from reco_common.interactions import InteractionsError
 from reco_common.settings import KafkaSettings, S3Settings
@@ -67,6 +67,22 @@ def _job(store_uri: str, params: TrainParams, *, publish: bool = False, **kw: An
         progress=LogProgress,
         **kw,
     )
+
+
+@pytest.mark.usefixtures("no_kafka")
+def test_the_index_is_built_into_the_artifact_from_the_catalog_size_up(
+    shop_files: dict[str, str], tiny_params: TrainParams, store_uri: str, tmp_path: Path
+) -> None:
+    inputs = Inputs(interactions=[shop_files["interactions"]])
+    small = run_job(_job(store_uri, tiny_params), inputs)
+    assert ITEM_INDEX not in read_manifest(open_store(small.artifact_uri)).files
+    indexed = run_job(_job(store_uri, tiny_params.updated({"index_min_items": 0})), inputs)
+    assert indexed.version != small.version
+    loaded = load_artifact(open_store(indexed.artifact_uri), cache_dir=tmp_path / "cache")
+    assert ITEM_INDEX in loaded.manifest.files
+    assert loaded.arrays.item_index is not None
+    assert len(loaded.arrays.item_index) == loaded.manifest.n_items
+    assert "usearch" in loaded.manifest.library_versions
 
 
 def test_train_writes_a_loadable_artifact_and_report(

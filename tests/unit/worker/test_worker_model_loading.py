@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-from worker_models import random_arrays
+from worker_models import publish, random_arrays
 
-from reco_common.artifact import ITEM_FACTORS, ModelArrays, write_artifact
-from reco_common.contracts import EvalMetrics
+from reco_common.artifact import ITEM_FACTORS
 from reco_common.settings import S3Settings
-from reco_common.storage import open_store
 from reco_worker.metrics import WorkerMetrics
 from reco_worker.model_store import ModelRefusedError, ModelStore, load_serving_model
-
-
-def publish(root: Path, arrays: ModelArrays, *, version: str = "v1") -> str:
-    return write_artifact(
-        open_store(root.as_uri()),
-        model_name="shop",
-        version=version,
-        arrays=arrays,
-        created_at=datetime.now(UTC),
-        data_snapshot="test",
-        params={},
-        metrics=EvalMetrics(model={}, baseline={}),
-        library_versions={},
-    )
 
 
 def load(uri: str, tmp_path: Path) -> object:

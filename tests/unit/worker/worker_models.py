@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
 import numpy as np
 
-from reco_common.artifact import ModelArrays
+from reco_common.artifact import ModelArrays, write_artifact
+from reco_common.contracts import EvalMetrics
+from reco_common.storage import open_store
 
 CLUSTERS = 4
 PER_CLUSTER = 25
@@ -41,4 +46,19 @@ def random_arrays(*, n_items: int, n_users: int, dim: int, seed: int = 0) -> Mod
         user_factors=rng.standard_normal((n_users, dim + 1), dtype=np.float32),
         popular_items=[f"i{n}" for n in range(min(n_items, 50))],
         popular_scores=[float(50 - n) for n in range(min(n_items, 50))],
+    )
+
+
+def publish(root: Path, arrays: ModelArrays, *, version: str = "v1") -> str:
+    """Write ``arrays`` as model ``shop`` ``version`` under ``root`` (a file:// store)."""
+    return write_artifact(
+        open_store(root.as_uri()),
+        model_name="shop",
+        version=version,
+        arrays=arrays,
+        created_at=datetime.now(UTC),
+        data_snapshot="test",
+        params={},
+        metrics=EvalMetrics(model={}, baseline={}),
+        library_versions={},
     )

@@ -14,6 +14,9 @@
 - ``item_neighbours.npy`` int32 and ``item_neighbour_scores.npy`` float32, both ``[n_items, K]``:
   each item's ``K`` most similar items by co-occurrence (cosine over the training users), best
   first, ``-1``/``0`` padding; optional like the training interactions;
+- ``item_index.usearch``: the approximate top-N index over the item rows
+  (:mod:`reco_common.ann`), for large catalogs; optional (the trainer builds it from a catalog
+  size up), opened as a memory-mapped view;
 - ``manifest.json`` last: parameters, metrics, data snapshot, library versions and the sha256
   of every other file. A directory without a manifest is not a model.
 
@@ -34,7 +37,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -55,6 +58,9 @@ from reco_common.contracts import (
 )
 from reco_common.storage import ObjectExistsError, ObjectStore, file_sha256
 
+if TYPE_CHECKING:  # imported where used: only the trainer and the worker install usearch
+    from reco_common.ann import ItemIndex
+
 logger = logging.getLogger(__name__)
 
 ARTIFACT_FORMAT = 1
@@ -68,6 +74,7 @@ USER_ITEMS_INDPTR = "user_items_indptr.npy"
 USER_ITEMS_INDICES = "user_items_indices.npy"
 NEIGHBOURS = "item_neighbours.npy"
 NEIGHBOUR_SCORES = "item_neighbour_scores.npy"
+ITEM_INDEX = "item_index.usearch"
 # In a cache directory (not in the artifact): the sha256 of the manifest whose files were all
 # checked there (see load_artifact).
 VERIFIED_MARKER = ".verified"
@@ -178,6 +185,7 @@ class ModelArrays:
     popular_scores: list[float]
     user_items: UserItems | None = None
     neighbours: ItemNeighbours | None = None
+    item_index: ItemIndex | None = None
 
     def __post_init__(self) -> None:
         for name, ids, matrix in (
@@ -195,6 +203,13 @@ class ModelArrays:
             self.user_items.check(len(self.user_ids), len(self.item_ids))
         if self.neighbours is not None:
             self.neighbours.check(len(self.item_ids))
+        if self.item_index is not None:
+            from reco_common.ann import ItemIndexError
+
+            try:
+                self.item_index.check(len(self.item_ids), self.item_factors.shape[1])
+            except ItemIndexError as exc:
+                raise ArtifactError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +269,8 @@ def _encode_files(arrays: ModelArrays) -> dict[str, bytes]:
     if arrays.neighbours is not None:
         files[NEIGHBOURS] = _npy(arrays.neighbours.rows.astype(np.int32))
         files[NEIGHBOUR_SCORES] = _npy(arrays.neighbours.scores.astype(np.float32))
+    if arrays.item_index is not None:
+        files[ITEM_INDEX] = arrays.item_index.to_bytes()
     return files
 
 
@@ -351,6 +368,7 @@ def load_artifact(
         popular_scores=popular.scores,
         user_items=_user_items(local, manifest),
         neighbours=_neighbours(local, manifest),
+        item_index=_item_index(local, manifest),
     )
     logger.info(
         "loaded model %s/%s: %d users, %d items, dim %d",
@@ -426,3 +444,14 @@ def _user_items(local: Path, manifest: Manifest) -> UserItems | None:
 def _neighbours(local: Path, manifest: Manifest) -> ItemNeighbours | None:
     pair = _optional_pair(local, manifest, (NEIGHBOURS, NEIGHBOUR_SCORES))
     return None if pair is None else ItemNeighbours(rows=pair[0], scores=pair[1])
+
+
+def _item_index(local: Path, manifest: Manifest) -> ItemIndex | None:
+    if ITEM_INDEX not in manifest.files:
+        return None
+    from reco_common.ann import ItemIndex, ItemIndexError
+
+    try:
+        return ItemIndex.open(local / ITEM_INDEX)
+    except (ItemIndexError, RuntimeError, ValueError) as exc:
+        raise ArtifactError(f"{manifest.version}: {ITEM_INDEX}: {exc}") from None

@@ -26,7 +26,8 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 from lightfm import LightFM
 
-from reco_common.artifact import Manifest, ModelArrays, UserItems, write_artifact
+from reco_common.ann import IndexParams, ItemIndex
+from reco_common.artifact import FloatMatrix, Manifest, ModelArrays, UserItems, write_artifact
 from reco_common.contracts import EvalMetrics, ObjectLayout
 from reco_common.interactions import (
     ACTION,
@@ -68,7 +69,15 @@ from reco_trainer.versioning import data_fingerprint, model_version
 
 logger = logging.getLogger(__name__)
 
-_LIBRARIES = ("rectools-lightfm", "numpy", "scipy", "pyarrow", "reco-trainer", "reco-common")
+_LIBRARIES = (
+    "rectools-lightfm",
+    "numpy",
+    "scipy",
+    "pyarrow",
+    "usearch",
+    "reco-trainer",
+    "reco-common",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +313,7 @@ def _train(job: Job, data: _Data, *, version: str, fingerprint: str) -> _Trained
         popular_scores=popular_scores,
         user_items=user_items(seen),
         neighbours=item_neighbours(seen, k=params.neighbours) if params.neighbours else None,
+        item_index=_item_index(item_factors, user_factors, params),
     )
     report = Report(
         model_name=job.model_name,
@@ -337,6 +347,26 @@ def _train(job: Job, data: _Data, *, version: str, fingerprint: str) -> _Trained
         _brief(metrics.baseline),
     )
     return _Trained(arrays=arrays, report=report, result=result, params=params, search=search)
+
+
+def _item_index(
+    item_factors: FloatMatrix, user_factors: FloatMatrix, params: TrainParams
+) -> ItemIndex | None:
+    """The approximate top-N index of a catalog of at least ``index_min_items`` (its
+    transform probed with the users' vectors as queries)."""
+    if len(item_factors) < params.index_min_items:
+        return None
+    started = time.perf_counter()
+    index = ItemIndex.build(
+        item_factors,
+        IndexParams(
+            connectivity=params.index_connectivity, expansion_add=params.index_expansion_add
+        ),
+        users=user_factors,
+        threads=params.threads or 0,
+    )
+    logger.info("item index of %d items built in %.1f s", len(index), time.perf_counter() - started)
+    return index
 
 
 def _resolved(params: TrainParams, log: Interactions, prepared: Prepared) -> TrainParams:

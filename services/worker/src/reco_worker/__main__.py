@@ -87,7 +87,9 @@ def replay_command(
         exclude_seen=policy.exclude_seen if exclude_seen is None else exclude_seen,
     )
     with tempfile.TemporaryDirectory(prefix="reco-replay-") as cache:
-        serving = load_serving_model(model, s3=settings.common.s3, cache_dir=Path(cache))
+        serving = load_serving_model(
+            model, s3=settings.common.s3, cache_dir=Path(cache), index_use=settings.index_use
+        )
     try:
         log = read_interactions(
             events,

@@ -28,6 +28,7 @@ from reco_common.settings import S3Settings
 from reco_common.storage import as_uri, open_store
 from reco_worker.metrics import WorkerMetrics
 from reco_worker.scoring import ServingModel
+from reco_worker.topn import IndexUse
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +38,16 @@ class ModelRefusedError(RuntimeError):
 
 
 def load_serving_model(
-    uri: str, *, s3: S3Settings, cache_dir: Path, manifest_sha256: str | None = None
+    uri: str,
+    *,
+    s3: S3Settings,
+    cache_dir: Path,
+    manifest_sha256: str | None = None,
+    index_use: IndexUse | None = None,
 ) -> ServingModel:
     """Download, verify and load the artifact at ``uri`` (blocking: call it in a thread);
     with ``manifest_sha256`` (the pin of its announcement) only if its manifest matches.
+    ``index_use``: when the artifact's approximate index serves (default: :class:`IndexUse`).
 
     The model keeps ``uri`` as given: it is how callers of ``/v1/model`` recognise it.
     """
@@ -54,7 +61,13 @@ def load_serving_model(
         raise ModelRefusedError(f"{uri}: the model has no items")
     if arrays.item_factors.shape[1] != manifest.dim + 1:
         raise ModelRefusedError(f"{uri}: factors are not [n, dim + 1] for dim {manifest.dim}")
-    model = ServingModel(name=manifest.model_name, version=manifest.version, uri=uri, arrays=arrays)
+    model = ServingModel(
+        name=manifest.model_name,
+        version=manifest.version,
+        uri=uri,
+        arrays=arrays,
+        index_use=index_use,
+    )
     if not (np.isfinite(model.items).all() and np.isfinite(model.users).all()):
         raise ModelRefusedError(f"{uri}: factors contain NaN or infinity")
     return model
@@ -84,9 +97,11 @@ class ModelStore:
         s3: S3Settings,
         cache_dir: Path,
         metrics: WorkerMetrics,
+        index_use: IndexUse | None = None,
     ) -> None:
         self._s3 = s3
         self._cache_dir = cache_dir
+        self._index_use = index_use
         self._metrics = metrics
         self._current: ServingModel | None = None
         self._activated_at: datetime | None = None
@@ -124,6 +139,7 @@ class ModelStore:
                 s3=self._s3,
                 cache_dir=self._cache_dir,
                 manifest_sha256=self._pins.get(uri),
+                index_use=self._index_use,
             )
             async with self._swap:
                 if first and self._current is not None:

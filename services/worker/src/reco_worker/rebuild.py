@@ -332,7 +332,11 @@ async def rebuild_from_log(
     common = settings.common
     with tempfile.TemporaryDirectory(prefix="reco-rebuild-") as cache:
         model = await asyncio.to_thread(
-            load_serving_model, model_uri, s3=common.s3, cache_dir=Path(cache)
+            load_serving_model,
+            model_uri,
+            s3=common.s3,
+            cache_dir=Path(cache),
+            index_use=settings.index_use,
         )
     redis = connect(common.redis)
     try:

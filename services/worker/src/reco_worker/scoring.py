@@ -45,7 +45,7 @@ from reco_common.contracts import (
     HistoryColumns,
     HistoryEntry,
 )
-from reco_worker.topn import Pairs, Rows, Selection, TopSelector
+from reco_worker.topn import IndexUse, Pairs, Rows, Selection, TopSelector
 
 Vector = npt.NDArray[np.float64]
 Matrix = npt.NDArray[np.float64]
@@ -90,7 +90,15 @@ class Ranked:
 class ServingModel:
     """A verified model held in memory, indexed for scoring."""
 
-    def __init__(self, *, name: str, version: str, uri: str, arrays: ModelArrays) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        version: str,
+        uri: str,
+        arrays: ModelArrays,
+        index_use: IndexUse | None = None,
+    ) -> None:
         self.name = name
         self.version = version
         self.uri = uri
@@ -114,7 +122,8 @@ class ServingModel:
                 np.array(arrays.neighbours.rows), np.array(arrays.neighbours.scores)
             )
         self.reference_norm = _median_norm(self.users[:, :-1])
-        self._selector = TopSelector(self.items)
+        # The artifact's approximate index (mapped, like the factors) on large catalogs.
+        self._selector = TopSelector(self.items, index=arrays.item_index, index_use=index_use)
 
     @property
     def n_items(self) -> int:
@@ -143,6 +152,11 @@ class ServingModel:
         """The top ``n`` rows and scores of each query ``[q, 1]`` (plus its ``bonus``),
         ``exclude``d rows left out."""
         return self._selector.select(queries, exclude, n, bonus)
+
+    @property
+    def selector(self) -> TopSelector:
+        """The top-N selection of this model (its counts of indexed and exact queries)."""
+        return self._selector
 
     def user_rows(self, user_ids: Sequence[str]) -> Rows:
         """Each user's row of the trained vectors, ``-1`` for a user the model does not know."""

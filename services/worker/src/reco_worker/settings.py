@@ -17,6 +17,7 @@ from reco_common.contracts import (
 from reco_common.kafka import GroupTimeouts
 from reco_common.settings import BearerToken, CommonSettings, Environment, refuse_placeholder
 from reco_worker.scoring import Policy
+from reco_worker.topn import ANN_EXPANSION, ANN_MAX_FETCH, ANN_MIN_ITEMS, IndexUse
 
 Positive = Annotated[float, Field(gt=0)]
 
@@ -83,6 +84,13 @@ class WorkerSettings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS)
     )
 
+    # Top-N from the artifact's approximate index (when it has one) from this catalog size up;
+    # exact below (the crossover measured in docs/benchmarks.md). ANN_EXPANSION: HNSW's ef,
+    # recall against time; ANN_MAX_FETCH bounds the candidates asked for one query.
+    ann_min_items: Annotated[int, Field(ge=0)] = ANN_MIN_ITEMS
+    ann_expansion: Annotated[int, Field(ge=1, le=4096)] = ANN_EXPANSION
+    ann_max_fetch: Annotated[int, Field(ge=1, le=10_000)] = ANN_MAX_FETCH
+
     @model_validator(mode="after")
     def _no_placeholder_token_outside_dev(self) -> Self:
         if self.common.env is not Environment.DEV:
@@ -101,6 +109,14 @@ class WorkerSettings(BaseSettings):
             action_weights={**DEFAULT_ACTION_WEIGHTS, **self.action_weights},
             top_n=self.top_n,
             exclude_seen=self.exclude_seen,
+        )
+
+    @property
+    def index_use(self) -> IndexUse:
+        return IndexUse(
+            min_items=self.ann_min_items,
+            expansion=self.ann_expansion,
+            max_fetch=self.ann_max_fetch,
         )
 
     @property

@@ -1,4 +1,5 @@
-"""Exact top-N by inner product for a batch of queries, fast enough for a million items.
+"""Top-N by inner product for a batch of queries: exact, or from the artifact's approximate
+index on catalogs of a million items.
 
 Three stages, each vectorised over the whole batch (no Python loop per item or per query):
 
@@ -7,6 +8,11 @@ Three stages, each vectorised over the whole batch (no Python loop per item or p
    of items so that, with overwhelming probability, a few hundred items score above it; the
    catalog is scored in cache-sized blocks and only items above the threshold are kept. A query
    left with too few candidates is scored in full, so the result is exact either way.
+   *Indexed* (the artifact has an index and the catalog reaches :attr:`IndexUse.min_items`):
+   the index (:mod:`reco_common.ann`) proposes ``n + MARGIN`` plus as many as the query
+   excludes (at most :attr:`IndexUse.max_fetch`), the excluded ones are dropped, and a query
+   left with fewer than ``n + MARGIN`` is scored exactly instead. Approximate: an item the
+   index misses is missed (recall in docs/benchmarks.md); an excluded item never comes back.
 2. *Exclusions* (the user's own items) never become candidates. A query's optional *bonus*
    (non-negative extra scores of a few items, e.g. neighbours of what the user just did) is
    added before the cut on the exact path; on the sampled path its items join the candidates.
@@ -28,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from reco_common.ann import ItemIndex
 from reco_common.artifact import FloatMatrix
 
 Rows = npt.NDArray[np.intp]
@@ -49,6 +56,25 @@ BLOCK_CELLS = 1 << 21
 MIN_BLOCK_ITEMS = 4096
 # float32 cells in one full score matrix on the exact path (32 MiB).
 EXACT_CELLS = 1 << 23
+# The index is asked for a query's own count, rounded up to this step: queries that exclude
+# about as many items share a search call, and a query's candidates stay its own.
+FETCH_STEP = 32
+# Defaults of IndexUse (measured: docs/benchmarks.md, "Approximate top-N").
+ANN_MIN_ITEMS = 200_000
+ANN_EXPANSION = 256
+ANN_MAX_FETCH = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class IndexUse:
+    """When the artifact's approximate index replaces the exact scan, and how it is searched
+    (``RECO_WORKER_ANN_*``, docs/worker.md): catalogs of ``min_items`` and more, each query
+    searched with ``expansion`` (HNSW's ef: recall against time), at most ``max_fetch``
+    candidates asked for a query however many items it excludes."""
+
+    min_items: int = ANN_MIN_ITEMS
+    expansion: int = ANN_EXPANSION
+    max_fetch: int = ANN_MAX_FETCH
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +146,19 @@ class TopSelector:
         self,
         items: FloatMatrix,
         *,
+        index: ItemIndex | None = None,
+        index_use: IndexUse | None = None,
         exact_max: int = EXACT_MAX_ITEMS,
         sample_size: int = SAMPLE_SIZE,
         block_cells: int = BLOCK_CELLS,
     ) -> None:
         self._items = items
         self._n = len(items)
+        self._use = index_use or IndexUse()
+        self._index = index if index is not None and self._n >= self._use.min_items else None
+        # Queries answered through the index, and those of them scored exactly instead.
+        self.indexed_queries = 0
+        self.exact_fallbacks = 0
         self._exact = self._n <= exact_max
         self._block_cells = block_cells
         size = max(1, min(sample_size, self._n // 8))
@@ -150,13 +183,16 @@ class TopSelector:
         elif not isinstance(bonus, Pairs):
             bonus = Pairs.of([b[0] for b in bonus], [b[1] for b in bonus])
         k = min(n + MARGIN, self._n)
-        chunk = max(1, EXACT_CELLS // self._n) if self._exact else max(1, len(queries))
+        exact_chunk = self._exact and self._index is None
+        chunk = max(1, EXACT_CELLS // self._n) if exact_chunk else max(1, len(queries))
         parts = []
         for start in range(0, len(queries), chunk):
             q = queries[start : start + chunk]
             excl = exclude.window(start, start + chunk)
             extra = _Extra(bonus.window(start, start + chunk), self._n)
-            if self._exact:
+            if self._index is not None:
+                candidates = extra.joined(self._indexed_candidates(q, excl, k), len(q))
+            elif self._exact:
                 candidates = self._exact_candidates(q, excl, k, extra)
             else:
                 candidates = extra.joined(self._sampled_candidates(q, excl, k), len(q))
@@ -188,6 +224,35 @@ class TopSelector:
         if len(short):
             rows, cols, vals = self._rescan(q, exclude, short, k, (rows, cols, vals))
         return self._best_per_row(rows, cols, vals, len(q), k)
+
+    def _indexed_candidates(self, q: FloatMatrix, exclude: Pairs, k: int) -> Rows:
+        """The index's candidates less the excluded rows; a query left short of ``k`` (or of
+        every row it may have) is scored exactly instead."""
+        assert self._index is not None
+        counts = exclude.counts(len(q))
+        wanted = -(-(k + counts) // FETCH_STEP) * FETCH_STEP
+        fetch = np.minimum(wanted, max(self._use.max_fetch, k))
+        found: Rows = np.full((len(q), int(fetch.max(initial=k))), self._n, dtype=np.intp)
+        for count in np.unique(fetch).tolist():
+            members = np.flatnonzero(fetch == count)
+            rows = self._index.search(q[members], count, expansion=self._use.expansion)
+            found[members, :count] = np.where(rows >= 0, rows, self._n)
+        real = found < self._n
+        keys = np.arange(len(q), dtype=np.int64)[:, None] * self._n + np.where(real, found, 0)
+        found[real & np.isin(keys, exclude.keys(self._n))] = self._n
+        short = np.flatnonzero((found < self._n).sum(axis=1) < self._reachable(exclude, len(q), k))
+        self.indexed_queries += len(q)
+        self.exact_fallbacks += len(short)
+        if len(short):
+            logger.debug("%d of %d queries short of indexed candidates: exact", len(short), len(q))
+            found = np.pad(
+                found, ((0, 0), (0, max(0, k - found.shape[1]))), constant_values=self._n
+            )
+            found[short] = self._n
+            for row in short.tolist():
+                top, _ = self._full_scan(q[row], exclude.of_query(row), k)
+                found[row, : len(top)] = top
+        return found
 
     def _thresholds(self, q: FloatMatrix, wanted: int) -> Scores:
         """Per query, the sample's j-th best score: about ``wanted`` + 4 sigma items beat it."""
@@ -229,14 +294,19 @@ class TopSelector:
         keep = ~np.isin(rows, short)
         all_rows, all_cols, all_vals = [rows[keep]], [cols[keep]], [vals[keep]]
         for row in short:
-            scores = self._items @ q[row]
-            scores[exclude.of_query(row)] = -np.inf
-            top = np.argpartition(scores, self._n - k)[self._n - k :]
-            top = top[np.isfinite(scores[top])]
+            top, scores = self._full_scan(q[row], exclude.of_query(row), k)
             all_rows.append(np.full(len(top), row))
             all_cols.append(top)
-            all_vals.append(scores[top])
+            all_vals.append(scores)
         return np.concatenate(all_rows), np.concatenate(all_cols), np.concatenate(all_vals)
+
+    def _full_scan(self, query: FloatMatrix, excluded: Rows, k: int) -> tuple[Rows, Scores]:
+        """One query's ``k`` best rows over the whole catalog (fewer if the rest is excluded)."""
+        scores = self._items @ query
+        scores[excluded] = -np.inf
+        top: Rows = np.argpartition(scores, self._n - k)[self._n - k :]
+        top = top[np.isfinite(scores[top])]
+        return top, scores[top]
 
     def _best_per_row(self, rows: Rows, cols: Rows, vals: Scores, n_rows: int, k: int) -> Rows:
         """The ``k`` best columns of each row as a padded ``[n_rows, k]`` matrix."""

@@ -81,6 +81,7 @@ class Worker:
             s3=common.s3,
             cache_dir=self._settings.cache_dir,
             metrics=self._metrics,
+            index_use=self._settings.index_use,
         )
         if self._settings.model_uri and self._settings.model_manifest_sha256:
             models.pin(self._settings.model_uri, self._settings.model_manifest_sha256)
