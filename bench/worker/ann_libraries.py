@@ -4,7 +4,8 @@ against exact search, query latency, memory, and whether the saved index can be 
 The catalog is the worker benchmark's random model (``bench/worker/throughput.py``: items
 ``[v, b]`` of 64 dimensions + bias, 0.1 x N(0, 1)), the queries are the real-time policy's
 ``[q, 1]``: a known user's trained vector blended 0.25 / 0.75 with the mean of a few recent
-items rescaled to the median user norm. Inner product throughout (LightFM's ``q . v + b``).
+items rescaled to the median user norm. ``--decay``: the spectrum of a trained model instead of
+isotropic factors; ``--augment``: the norm-equalising extra dimension (``reco_common.ann``). Inner product throughout (LightFM's ``q . v + b``).
 Single-threaded queries (a worker scores with one BLAS thread), the index built with
 ``--build-threads``.
 
@@ -36,8 +37,10 @@ EXTRA = [0]
 
 
 def factors(rng: np.random.Generator, n: int, decay: float) -> np.ndarray:
-    """``n`` rows of 64 dimensions + bias, 0.1 x N(0, 1) overall; with ``decay`` > 0 the
-    variance of the i-th direction (randomly rotated) falls as i^-decay (see the docstring)."""
+    """``n`` rows of 64 dimensions + bias, 0.1 x N(0, 1) overall (the worker benchmark's random
+    model when ``decay`` is 0); with ``decay`` > 0 the variance of the i-th direction (randomly
+    rotated) falls as i^-decay: 1.2 puts 80 % of it in the top 16 of 64 directions, as a trained
+    LightFM model of MovieLens has 82 % in the top 16 of 96."""
     raw = rng.standard_normal((n, DIM + 1), dtype=np.float32)
     if decay > 0:
         scale = np.arange(1, DIM + 1, dtype=np.float64) ** (-decay / 2)

@@ -40,6 +40,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from aiokafka import AIOKafkaProducer
+from ann_libraries import factors
 from prometheus_client.parser import text_string_to_metric_families
 
 from reco_common.ann import IndexParams, ItemIndex
@@ -80,15 +81,17 @@ class Result:
     steady_recompute_ms: float
     steady_handler_share: float
     index: dict[str, float] | None = None
+    decay: float = 0.0
 
 
 def build_model(
-    root: Path, n_items: int, seed: int, index: IndexParams | None = None
+    root: Path, n_items: int, seed: int, index: IndexParams | None = None, decay: float = 0.0
 ) -> tuple[str, float]:
-    """The artifact's URI, and the seconds its index took to build (0 without)."""
+    """The artifact's URI, and the seconds its index took to build (0 without). ``decay`` > 0:
+    the factors' spectrum falls like a trained model's (``ann_libraries.factors``)."""
     rng = np.random.default_rng(seed)
-    items = 0.1 * rng.standard_normal((n_items, DIM + 1), dtype=np.float32)
-    users = 0.1 * rng.standard_normal((N_USERS, DIM + 1), dtype=np.float32)
+    items = factors(rng, n_items, decay)
+    users = factors(rng, N_USERS, decay)
     arrays = ModelArrays(
         item_ids=[f"i{n}" for n in range(n_items)],
         user_ids=[f"u{n}" for n in range(N_USERS)],
@@ -312,7 +315,9 @@ async def until(condition, *, timeout_s: float, what: str) -> None:  # type: ign
 
 async def run_one(n_items: int, args: argparse.Namespace, workdir: Path) -> list[Result]:
     index = IndexParams(args.index_m, args.index_ef_add) if args.index else None
-    uri, built_s = build_model(workdir / "store", n_items, seed=n_items, index=index)
+    uri, built_s = build_model(
+        workdir / "store", n_items, seed=n_items, index=index, decay=args.decay
+    )
     figures = None
     if index is not None:
         figures = {"build_s": built_s, **index_figures(uri, workdir, args)}
@@ -451,6 +456,9 @@ async def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--backlog", type=int, default=0, help="default: by catalog size")
     parser.add_argument("--blas-threads", type=int, default=1)
+    parser.add_argument(
+        "--decay", type=float, default=0.0, help="spectrum decay of the model (0: isotropic)"
+    )
     parser.add_argument("--index", action="store_true", help="build the artifact's index")
     parser.add_argument("--index-m", type=int, default=16, help="the index's connectivity")
     parser.add_argument("--index-ef-add", type=int, default=128, help="its build expansion")
