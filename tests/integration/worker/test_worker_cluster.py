@@ -18,6 +18,7 @@ from worker_stack import (
     MODEL,
     N_USERS,
     all_applied,
+    clean_pass,
     namespaced,
     numbered,
     on_redis,
@@ -38,16 +39,6 @@ from reco_worker.settings import WorkerSettings
 FAILOVER_WAIT_S = 120.0
 
 
-async def _clean_pass(
-    settings: WorkerSettings, producer: AIOKafkaProducer, redis: Redis, events: list[UserAction]
-) -> dict[str, object]:
-    """The events through one worker on the single Redis, without faults."""
-    async with running(settings):
-        await produce(producer, settings.common.kafka.topics.user_actions, events)
-        await until(lambda: all_applied(redis, settings, events), what="the clean pass")
-    return await snapshot(redis, settings.common.redis.key_prefix)
-
-
 async def _applied(redis: RedisClient, settings: WorkerSettings, events: list[UserAction]) -> bool:
     try:
         return await all_applied(redis, settings, events)
@@ -65,7 +56,7 @@ async def test_the_worker_writes_the_same_state_on_a_cluster(
 ) -> None:
     events = [numbered(n) for n in range(600)]
     single = make_settings(model_v1)
-    clean = await _clean_pass(single, producer, redis, events)
+    clean = await clean_pass(single, events, producer, redis)
 
     clustered = on_redis(namespaced(single, "c", max_batch=100), cluster_settings)
     async with running(clustered):
@@ -86,7 +77,7 @@ async def test_a_primary_killed_mid_stream_ends_in_the_state_of_a_clean_pass(
 ) -> None:
     events = [numbered(n) for n in range(1000)]
     single = make_settings(model_v1)
-    clean = await _clean_pass(single, producer, redis, events)
+    clean = await clean_pass(single, events, producer, redis)
 
     faulty = on_redis(namespaced(single, "f", max_batch=50), cluster_settings)
     topic = faulty.common.kafka.topics.user_actions

@@ -19,6 +19,7 @@ from worker_stack import (
     MODEL,
     all_applied,
     arrays,
+    clean_pass,
     namespaced,
     numbered,
     produce,
@@ -48,16 +49,6 @@ async def wipe(redis: Redis, prefix: str) -> None:
     keys = [key async for key in redis.scan_iter(match=f"{prefix}:*", count=1000)]
     if keys:
         await redis.unlink(*keys)
-
-
-async def clean_pass(
-    settings: WorkerSettings, events: list[UserAction], producer: AIOKafkaProducer, redis: Redis
-) -> dict[str, Any]:
-    """The state one worker reaches from ``events`` without faults."""
-    async with running(settings):
-        await produce(producer, settings.common.kafka.topics.user_actions, events)
-        await until(lambda: all_applied(redis, settings, events), what="the clean pass")
-    return await snapshot(redis, settings.common.redis.key_prefix)
 
 
 async def test_a_rebuild_from_the_log_restores_the_state_of_a_clean_pass(

@@ -34,7 +34,7 @@ from reco_common.contracts import (
     decode_recommendations,
     encode,
 )
-from reco_common.kafka import ensure_topics
+from reco_common.kafka import admin_client, ensure_topics
 from reco_common.redis_store import RedisClient
 from reco_common.settings import KafkaSettings, RedisSettings
 from reco_common.storage import ObjectStore
@@ -279,6 +279,30 @@ async def all_applied(
         for u, v in zip(last, values, strict=True)
     ]
     return all(done) and await fully_committed(settings)
+
+
+async def clean_pass(
+    settings: WorkerSettings,
+    events: list[UserAction],
+    producer: AIOKafkaProducer,
+    redis: RedisClient,
+) -> dict[str, Any]:
+    """The state one in-process worker reaches from ``events`` without faults: the reference
+    that a run with faults must equal (Jepsen's pattern)."""
+    async with running(settings):
+        await produce(producer, settings.common.kafka.topics.user_actions, events)
+        await until(lambda: all_applied(redis, settings, events), what="the clean pass")
+    return await snapshot(redis, settings.common.redis.key_prefix)
+
+
+async def group_members(settings: WorkerSettings) -> tuple[str, int]:
+    """The state of the worker's consumer group (``Stable``, ``PreparingRebalance``, …) and how
+    many members it has."""
+    kafka = settings.common.kafka
+    async with admin_client(kafka) as admin:
+        (response,) = await admin.describe_consumer_groups([settings.group_id(MODEL)])
+    (group,) = response.to_object()["groups"]
+    return str(group["state"]), len(group["members"])
 
 
 async def dead_letters(kafka: KafkaSettings, topic: str, *, count: int) -> list[tuple[str, str]]:
