@@ -72,6 +72,12 @@ BENCHES = (
     ),
     Bench(
         "Worker",
+        "bench/worker/elastic.py",
+        full=("--output", "{scratch}/worker-elastic.json"),
+        quick=("--phase-s", "5", "--settle-s", "2", "--output", "{scratch}/worker-elastic.json"),
+    ),
+    Bench(
+        "Worker",
         "bench/worker/replay_lift.py",
         quick=("--interactions", "30000", "--output", "{scratch}/worker-replay.json"),
     ),

@@ -27,12 +27,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import socket
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -234,9 +236,60 @@ class Events:
         return out
 
 
+async def start_worker(
+    uri: str,
+    prefix: str,
+    *,
+    port: int,
+    cache_dir: Path,
+    log: Path,
+    blas_threads: int = 1,
+    env: Mapping[str, str] | None = None,
+) -> asyncio.subprocess.Process:
+    """One ``reco-worker`` process on the dev stack, with its topics and keys under ``prefix``,
+    its output in ``log`` and ``env`` added to its environment."""
+    env = {
+        **os.environ,
+        **(env or {}),
+        MODEL_URI_ENV: uri,
+        "RECO_KAFKA_TOPIC_PREFIX": prefix,
+        "RECO_REDIS_KEY_PREFIX": prefix.rstrip("-"),
+        "RECO_WORKER_HTTP_HOST": "127.0.0.1",
+        "RECO_WORKER_HTTP_PORT": str(port),
+        "RECO_WORKER_CACHE_DIR": str(cache_dir),
+        "RECO_WORKER_BLAS_THREADS": str(blas_threads),
+        "RECO_LOG_LEVEL": os.environ.get("RECO_LOG_LEVEL", "INFO"),
+    }
+    command = Path(sys.executable).with_name("reco-worker")
+    with log.open("wb") as out:
+        return await asyncio.create_subprocess_exec(str(command), env=env, stdout=out, stderr=out)
+
+
 async def send(producer: AIOKafkaProducer, topic: str, events: list[UserAction]) -> None:
     futures = [await producer.send(topic, encode(e), key=e.user_id.encode()) for e in events]
     await asyncio.gather(*futures)
+
+
+async def produce_at(
+    producer: AIOKafkaProducer,
+    topic: str,
+    events: Events,
+    rate: float,
+    *,
+    duration: float = math.inf,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Produce ``rate`` events/s (stamped when sent) for ``duration`` s or until ``stop`` is
+    set; returns how many were sent."""
+    sent = 0
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < duration and not (stop and stop.is_set()):
+        due = int(elapsed * rate) - sent
+        if due > 0:
+            await send(producer, topic, events.next(due))
+            sent += due
+        await asyncio.sleep(0.01)
+    return sent
 
 
 def free_port() -> int:
@@ -336,23 +389,19 @@ async def run_one(n_items: int, args: argparse.Namespace, workdir: Path) -> list
         await send(producer, topic, events.next(min(1000, backlog - start)))
 
     port = free_port()
-    env = {
-        **os.environ,
-        MODEL_URI_ENV: uri,
-        "RECO_KAFKA_TOPIC_PREFIX": prefix,
-        "RECO_REDIS_KEY_PREFIX": prefix.rstrip("-"),
-        "RECO_WORKER_HTTP_HOST": "127.0.0.1",
-        "RECO_WORKER_HTTP_PORT": str(port),
-        "RECO_WORKER_CACHE_DIR": str(workdir / "cache"),
-        "RECO_WORKER_BLAS_THREADS": str(args.blas_threads),
-        "RECO_WORKER_ANN_MIN_ITEMS": str(args.ann_min_items),
-        "RECO_WORKER_ANN_EXPANSION": str(args.ann_expansion),
-        "RECO_WORKER_ANN_MAX_FETCH": str(args.ann_max_fetch),
-        "RECO_LOG_LEVEL": os.environ.get("RECO_LOG_LEVEL", "INFO"),
-    }
-    command = Path(sys.executable).with_name("reco-worker")
-    log = (args.output.parent / f"worker-{n_items}.log").open("wb")
-    process = await asyncio.create_subprocess_exec(str(command), env=env, stdout=log, stderr=log)
+    process = await start_worker(
+        uri,
+        prefix,
+        port=port,
+        cache_dir=workdir / "cache",
+        log=args.output.parent / f"worker-{n_items}.log",
+        blas_threads=args.blas_threads,
+        env={
+            "RECO_WORKER_ANN_MIN_ITEMS": str(args.ann_min_items),
+            "RECO_WORKER_ANN_EXPANSION": str(args.ann_expansion),
+            "RECO_WORKER_ANN_MAX_FETCH": str(args.ann_max_fetch),
+        },
+    )
     scraper = Scraper(port)
     results: list[Result] = []
     try:
@@ -369,7 +418,6 @@ async def run_one(n_items: int, args: argparse.Namespace, workdir: Path) -> list
         process.terminate()
         await asyncio.wait_for(process.wait(), timeout=60)
         await producer.stop()
-        log.close()
     return results
 
 
@@ -413,14 +461,8 @@ async def steady(
     first = await scraper.metrics()
     before = buckets(first, "reco_worker_freshness_seconds")
     consumed = value(first, "reco_worker_events_consumed_total")
-    sent = 0
     started = time.monotonic()
-    while (elapsed := time.monotonic() - started) < duration:
-        due = int(elapsed * rate) - sent
-        if due > 0:
-            await send(producer, topic, events.next(due))
-            sent += due
-        await asyncio.sleep(0.01)
+    sent = await produce_at(producer, topic, events, rate, duration=duration)
 
     async def drained() -> bool:
         metrics = await scraper.metrics()
