@@ -23,7 +23,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[3]
 K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ("dev", "prod", "real-node")
-COMPONENTS = ("gpu-trainer", "monitoring", "shared-model-cache")
+COMPONENTS = ("elastic-workers", "gpu-trainer", "monitoring", "shared-model-cache")
 KUBE_SH = REPO / "scripts" / "kube.sh"
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "CronJob", "Job")
 
