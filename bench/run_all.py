@@ -78,6 +78,15 @@ BENCHES = (
     ),
     Bench(
         "Worker",
+        "bench/worker/memory.py",
+        full=("--output", "{scratch}/worker-memory.json"),
+        quick=(
+            "--full-users", "50", "--one-event-users", "200",
+            "--output", "{scratch}/worker-memory.json",
+        ),
+    ),
+    Bench(
+        "Worker",
         "bench/worker/replay_lift.py",
         quick=("--interactions", "30000", "--output", "{scratch}/worker-replay.json"),
     ),
