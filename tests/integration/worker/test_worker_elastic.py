@@ -28,6 +28,7 @@ from worker_stack import (
     clean_pass,
     free_port,
     group_members,
+    labelled,
     metric,
     namespaced,
     numbered,
@@ -37,11 +38,12 @@ from worker_stack import (
     worker_process,
 )
 
-from reco_common.contracts import UserAction
+from reco_common.contracts import PARTITIONS, Topics, UserAction
 from reco_worker.settings import WorkerSettings
 
 CHUNK = 5  # events per 20 ms: a steady ~200 events/s at most
 CONSUMED = "reco_worker_events_consumed_total"
+LAG = "reco_worker_consumer_lag_records"
 HISTORY_LEN = 1000  # the most a worker keeps per user
 
 
@@ -128,6 +130,10 @@ async def test_workers_scaled_1_4_2_under_a_steady_stream_lose_nothing(
             await until(lambda: group_is(settings, 4), what="a stable group of four")
             since = [await m.consumed() for m in four]
             await until(lambda: all_consume(four, since), what="each of the four to consume")
+            # The first worker reports lag for the partitions it kept only, not for those that
+            # moved (a stale series would be summed beside the new owner's).
+            lag = await labelled(first.http, LAG)
+            assert 0 < len(lag) <= PARTITIONS[Topics().user_actions] // 4, lag
 
             # 4 → 2: SIGTERM to two of them (the first among them), as a scale-down does.
             leaving, staying = [first, added[0]], added[1:]

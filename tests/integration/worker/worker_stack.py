@@ -390,3 +390,13 @@ async def metric(http: httpx.AsyncClient, name: str) -> float:
             if sample.name == name:
                 return float(sample.value)
     return 0.0
+
+
+async def labelled(http: httpx.AsyncClient, name: str) -> list[dict[str, str]]:
+    """The label sets of a metric's series on a worker's ``/metrics``."""
+    return [
+        sample.labels
+        for family in text_string_to_metric_families((await http.get("/metrics")).text)
+        for sample in family.samples
+        if sample.name == name
+    ]

@@ -38,6 +38,7 @@ from aiokafka.errors import (
     for_code,
 )
 from msgspec import Struct
+from prometheus_client import Gauge
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -341,14 +342,20 @@ def _raise_for_topic_errors(topic_errors: Sequence[tuple[Any, ...]]) -> None:
 
 
 class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Revocation waits until the batch in hand is handled and committed."""
+    """Revocation waits until the batch in hand is handled and committed; the revoked
+    partitions' lag series go with them (their new owner reports them: a stale value left
+    here would be counted beside the new owner's)."""
 
-    def __init__(self, lock: asyncio.Lock) -> None:
+    def __init__(self, lock: asyncio.Lock, lag: Gauge) -> None:
         self._lock = lock
+        self._lag = lag
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:
             logger.info("partitions revoked: %s", sorted(str(tp) for tp in revoked))
+            for tp in revoked:
+                with contextlib.suppress(KeyError):  # no batch came from it here
+                    self._lag.remove(str(tp.partition))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         logger.info("partitions assigned: %s", sorted(str(tp) for tp in assigned))
@@ -405,7 +412,9 @@ class EventConsumer(Generic[T]):
 
     async def start(self) -> None:
         await start_client(self._settings, start=self._consumer.start, close=self._consumer.stop)
-        self._consumer.subscribe([self._topic], listener=_WaitForBatch(self._lock))
+        self._consumer.subscribe(
+            [self._topic], listener=_WaitForBatch(self._lock, self._metrics.lag)
+        )
 
     async def stop(self) -> None:
         """Leave the group; call after ``run`` returned (the batch in hand is committed).
