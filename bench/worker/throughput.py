@@ -502,8 +502,8 @@ async def main() -> None:
         "--decay", type=float, default=0.0, help="spectrum decay of the model (0: isotropic)"
     )
     parser.add_argument("--index", action="store_true", help="build the artifact's index")
-    parser.add_argument("--index-m", type=int, default=16, help="the index's connectivity")
-    parser.add_argument("--index-ef-add", type=int, default=128, help="its build expansion")
+    parser.add_argument("--index-m", type=int, default=32, help="the index's connectivity")
+    parser.add_argument("--index-ef-add", type=int, default=200, help="its build expansion")
     parser.add_argument("--ann-min-items", type=int, default=IndexUse().min_items)
     parser.add_argument("--ann-expansion", type=int, default=IndexUse().expansion)
     parser.add_argument("--ann-max-fetch", type=int, default=IndexUse().max_fetch)

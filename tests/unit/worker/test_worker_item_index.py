@@ -36,7 +36,7 @@ def index(items: np.ndarray) -> ItemIndex:
 def test_the_build_keeps_the_transform_that_finds_more(items: np.ndarray) -> None:
     assert ItemIndex.build(items, IndexParams(), threads=1).transform is Transform.INNER_PRODUCT
     # A few directions dominate, as in trained factors: augmented rows find more.
-    scale = np.append(np.arange(1, DIM + 1) ** -0.6, 1.0).astype(np.float32)
+    scale = np.append(np.arange(1, DIM + 1) ** -1.0, 1.0).astype(np.float32)
     long_and_short = items * scale
     index = ItemIndex.build(long_and_short, IndexParams(), threads=1)
     assert index.transform is Transform.AUGMENTED

@@ -112,9 +112,9 @@ class TrainParams(BaseModel):
     index_min_items: Annotated[int, Field(ge=0)] = 100_000
     """Build the approximate top-N index into the artifact from this many items up (0: always;
     the worker searches it above its own RECO_WORKER_ANN_MIN_ITEMS, docs/worker.md)."""
-    index_connectivity: Annotated[int, Field(ge=4, le=128)] = 16
+    index_connectivity: Annotated[int, Field(ge=4, le=128)] = 32
     """The index's edges per item (HNSW's M): more gives recall at memory and build time."""
-    index_expansion_add: Annotated[int, Field(ge=8, le=2048)] = 128
+    index_expansion_add: Annotated[int, Field(ge=8, le=2048)] = 200
     """Candidates kept while the index is built (efConstruction)."""
     refit: bool = False
     """Retrain on all data after evaluation."""
