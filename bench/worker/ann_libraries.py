@@ -108,13 +108,15 @@ def rss_mib() -> float:
 # Each library: build(items, params) -> saved file; load(path, mmap) -> search(q, k, ef) -> rows
 
 
-def usearch_build(items: np.ndarray, path: Path, m: int, ef_add: int, threads: int) -> None:
+def usearch_build(
+    items: np.ndarray, path: Path, m: int, ef_add: int, threads: int, dtype: str = "f32"
+) -> None:
     from usearch.index import Index
 
     index = Index(
         ndim=items.shape[1],
         metric=METRIC["usearch"],
-        dtype="f32",
+        dtype=dtype,
         connectivity=m,
         expansion_add=ef_add,
     )
@@ -187,8 +189,14 @@ def faiss_load(path: Path, mmap: bool) -> Callable[[np.ndarray, int, int], np.nd
     return search
 
 
+def usearch_i8_build(items: np.ndarray, path: Path, m: int, ef_add: int, threads: int) -> None:
+    """usearch with int8 vectors, as reco_common.ann stores augmented rows."""
+    usearch_build(items, path, m, ef_add, threads, dtype="i8")
+
+
 LIBRARIES: dict[str, tuple[Callable[..., None], Callable[..., Any]]] = {
     "usearch": (usearch_build, usearch_load),
+    "usearch-i8": (usearch_i8_build, usearch_load),
     "hnswlib": (hnswlib_build, hnswlib_load),
     "faiss": (faiss_build, faiss_load),
 }

@@ -4,7 +4,7 @@ The trainer builds it into the artifact (``item_index.usearch``, checksummed and
 manifest like every other file); the worker opens it as a memory-mapped view
 (``Index.restore(view=True)``: nothing copied, pods on one node share the page cache) and asks
 it for candidates on large catalogs (docs/worker.md, "Top-N"). usearch was chosen over hnswlib
-and faiss-cpu by measurement (docs/benchmarks.md, "Approximate top-N: the library").
+and faiss-cpu by measurement (docs/benchmarks.md, "Approximate top-N for million-item catalogs").
 
 LightFM ranks items by ``q . v + b``: the artifact's rows are ``[v, b]`` and a query is
 ``[q, 1]``, an inner product. The graph is built one of two ways, whichever finds more of the
