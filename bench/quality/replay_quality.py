@@ -2,6 +2,7 @@
 
     uv run python bench/quality/replay_quality.py                       # cut 0.8, all users
     uv run python bench/quality/replay_quality.py --cut 0.7 --users odd # a confirmation split
+    uv run python bench/quality/replay_quality.py --params '{"members": 1}' --policy '{"blend": 0.5}'
 
 The positives are sorted by time; the first ``cut`` of them train a model with
 ``reco-trainer train`` defaults (the trainer's own job), and the next 20 % of all positives
@@ -20,6 +21,7 @@ import hashlib
 import json
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -97,17 +99,33 @@ def main() -> None:
     parser.add_argument("--users", choices=("all", "even", "odd"), default="all")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=None, help="JSON report")
-    parser.add_argument("--grid", action="store_true", help="replay a grid of policies")
+    parser.add_argument(
+        "--grid",
+        nargs="?",
+        type=json.loads,
+        const=GRID,
+        default=None,
+        help="replay a grid of policies (JSON {field: [values]}; default: GRID)",
+    )
+    parser.add_argument(
+        "--params", type=json.loads, default={}, help="trainer parameters over the defaults (JSON)"
+    )
+    parser.add_argument(
+        "--policy", type=json.loads, default={}, help="policy values over the worker's (JSON)"
+    )
     args = parser.parse_args()
     train, events = temporal_parts(
         load_positives(args.ratings), cut=args.cut, replay_fraction=args.replay_fraction
     )
     events = user_half(events, args.users)
     policy, history_len = default_policy()
+    history_len = args.policy.pop("history_len", history_len)
+    policy = dataclasses.replace(policy, **args.policy)
+    params = TrainParams.model_validate({"threads": 1, "seed": args.seed, **args.params})
     with tempfile.TemporaryDirectory(prefix="reco-replay-quality-") as tmp:
-        model = train_model(train, events, Path(tmp), TrainParams(threads=1, seed=args.seed))
-        if args.grid:
-            grid(model, events, policy, history_len)
+        model = train_model(train, events, Path(tmp), params)
+        if args.grid is not None:
+            grid(model, events, policy, history_len, args.grid)
             return
         report = run_replay(model, events, policy, history_len)
     print_table(report)
@@ -123,12 +141,22 @@ GRID = {
 }
 
 
-def grid(model: ServingModel, events: pa.Table, policy: Policy, history_len: int) -> None:
-    """One parameter at a time around ``policy``: the real-time hit-rate@10 of each value."""
-    for name, values in GRID.items():
+def grid(
+    model: ServingModel,
+    events: pa.Table,
+    policy: Policy,
+    history_len: int,
+    values_of: dict[str, Sequence[float]],
+) -> None:
+    """One parameter at a time around ``policy``: the real-time hit-rate@10 of each value
+    (``history_len``, the worker's setting, is one of them too)."""
+    for name, values in values_of.items():
         for value in values:
-            tried = dataclasses.replace(policy, **{name: value})
-            report = run_replay(model, events, tried, history_len)
+            length = int(value) if name == "history_len" else history_len
+            tried = (
+                policy if name == "history_len" else dataclasses.replace(policy, **{name: value})
+            )
+            report = run_replay(model, events, tried, length)
             figures = report["all"]
             print(
                 f"{name}={value}: realtime {figures['realtime']['hit_rate']:.4f} "

@@ -3,6 +3,7 @@
     uv run python bench/quality/trainer_quality.py                   # seeds 0 1 2
     uv run python bench/quality/trainer_quality.py --seeds 0 --tune-minutes 10
     uv run python bench/quality/trainer_quality.py --threads 2 --no-cold   # a setting apart
+    uv run python bench/quality/trainer_quality.py --params '{"loss": "warp-kos"}' --no-cold
 
 For each seed the positives are split per user (80/20, seeded) and every method is evaluated
 on the same matrices (:mod:`movielens`). ``plain`` is LightFM with its documented defaults
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from movielens import (
     DEFAULT_RATINGS,
+    MIN_RATING,
     SHOWN,
     Matrices,
     load_positives,
@@ -229,13 +231,19 @@ def main() -> None:
         "--threads", type=int, default=None, help="train on this many threads (default: auto)"
     )
     parser.add_argument("--no-cold", action="store_true", help="skip the cold users")
+    parser.add_argument(
+        "--params", type=json.loads, default={}, help="trainer parameters over the defaults (JSON)"
+    )
+    parser.add_argument(
+        "--min-rating", type=float, default=MIN_RATING, help="positives: ratings at least this"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("reco_trainer.progress").setLevel(logging.WARNING)
-    table = load_positives(args.ratings)
+    table = load_positives(args.ratings, args.min_rating)
     rows = []
     with tempfile.TemporaryDirectory(prefix="reco-quality-") as tmp:
-        params = TrainParams(threads=args.threads)
+        params = TrainParams.model_validate({"threads": args.threads, **args.params})
         for seed in args.seeds:
             result = one_seed(
                 table,
