@@ -176,7 +176,9 @@ def test_the_progress_bar_shows_epochs_and_the_metric() -> None:
     assert "precision@10=0.2345" in text
 
 
-def test_members_side_by_side_score_the_sum_of_their_scores() -> None:
+def test_members_side_by_side_score_the_mean_of_their_scores() -> None:
+    """The mean keeps one model's score scale, which the worker's neighbour bonus is weighed
+    against: three members must not make the bonus a third as strong."""
     rng = np.random.default_rng(0)
     members = [
         (
@@ -189,6 +191,6 @@ def test_members_side_by_side_score_the_sum_of_their_scores() -> None:
     assert users.shape == (5, 3 + 4 + 1)
     assert items.shape == (7, 3 + 4 + 1)
     rows = np.arange(5)
-    summed = sum(factor_scorer(u, v)(rows) for u, v in members)
-    np.testing.assert_allclose(factor_scorer(users, items)(rows), summed, rtol=1e-5, atol=1e-5)
+    mean = sum(factor_scorer(u, v)(rows) for u, v in members) / len(members)
+    np.testing.assert_allclose(factor_scorer(users, items)(rows), mean, rtol=1e-5, atol=1e-5)
     assert training.side_by_side(members[:1]) == members[0]

@@ -79,9 +79,9 @@ def fit(
     abandon the trial). LightFM itself raises ``ValueError`` when the weights stop being finite
     (divergence).
     """
-    threads = _required(params.threads, "threads")
-    min_epochs = _required(params.min_epochs, "min_epochs")
-    patience = _required(params.patience, "patience")
+    threads = required(params.threads, "threads")
+    min_epochs = required(params.min_epochs, "min_epochs")
+    patience = required(params.patience, "patience")
     model = new_model(params)
     if params.loss is Loss.WARP_KOS and params.weighting is not Weighting.BINARY:
         logger.warning("warp-kos takes no sample weights: every interaction weighs the same")
@@ -134,7 +134,9 @@ def fit(
     return result
 
 
-def _required(value: int | None, name: str) -> int:
+def required(value: int | None, name: str) -> int:
+    """``value`` of a parameter left to the data, once :func:`reco_trainer.defaults.resolve`
+    has set it."""
     if value is None:
         raise ValueError(_UNRESOLVED.format(name=name))
     return value
@@ -188,12 +190,18 @@ def with_bias_scale(items: Factors, scale: float) -> Factors:
 
 
 def side_by_side(members: list[tuple[Factors, Factors]]) -> tuple[Factors, Factors]:
-    """One model's ``(users, items)`` factors from several: embeddings side by side, item
-    biases summed, so that ``[u, 1] · [v, b]`` is the sum of the members' scores."""
+    """One model's ``(users, items)`` factors from several: embeddings side by side, each
+    divided by the square root of the number of members, item biases averaged, so that
+    ``[u, 1] · [v, b]`` is the mean of the members' scores. One model's scale, not the sum's:
+    embeddings keep one model's norms and scores one model's range, which the real-time
+    policy's neighbour bonus is weighed against (docs/quality.md)."""
     if len(members) == 1:
         return members[0]
-    users = np.hstack([u[:, :-1] for u, _ in members] + [members[0][0][:, -1:]])
-    items = np.hstack([v[:, :-1] for _, v in members] + [sum(v[:, -1:] for _, v in members)])
+    root = np.sqrt(len(members))
+    users = np.hstack([u[:, :-1] / root for u, _ in members] + [members[0][0][:, -1:]])
+    items = np.hstack(
+        [v[:, :-1] / root for _, v in members] + [sum(v[:, -1:] for _, v in members) / len(members)]
+    )
     return users.astype(np.float32), items.astype(np.float32)
 
 
