@@ -20,7 +20,9 @@ def shop_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture
 def tiny_params() -> TrainParams:
-    return TrainParams(components=8, epochs=4, patience=2, threads=1, validation_users=100)
+    return TrainParams(
+        components=8, epochs=4, patience=2, threads=1, members=1, validation_users=100
+    )
 
 
 @pytest.fixture

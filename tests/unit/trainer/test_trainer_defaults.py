@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.csv as pacsv
 import pytest
 
-from reco_common.artifact import read_manifest
+from reco_common.artifact import load_artifact, read_manifest
 from reco_common.interactions import ACTION, EVENT_ID, WEIGHT
 from reco_common.settings import S3Settings
 from reco_common.storage import open_store
@@ -77,19 +77,28 @@ def test_small_data_trains_on_one_thread_large_on_the_cpus_up_to_a_cap() -> None
     assert defaults.threads_for(SHOP_1M_FIT_PAIRS, cpus=64) == defaults.MAX_THREADS
 
 
+def test_small_data_trains_an_ensemble_large_data_one_model() -> None:
+    assert defaults.members_for(MOVIELENS_FIT_PAIRS) == defaults.ENSEMBLE_MEMBERS == 3
+    assert defaults.members_for(defaults.ENSEMBLE_BELOW - 1) == 3
+    assert defaults.members_for(defaults.ENSEMBLE_BELOW) == 1
+    assert defaults.members_for(SHOP_1M_FIT_PAIRS) == 1
+
+
 def test_resolve_fills_what_is_left_and_keeps_what_is_given() -> None:
     facts = DataFacts(fit_pairs=MOVIELENS_FIT_PAIRS, graded=False, cpus=2)
     found = resolve(TrainParams(), facts)
     assert (found.loss, found.weighting) == (Loss.WARP_KOS, Weighting.BINARY)
-    assert (found.threads, found.min_epochs, found.patience) == (1, 31, 22)
-    given = TrainParams(loss=Loss.BPR, weighting=Weighting.LINEAR, threads=2, patience=5)
+    assert (found.threads, found.min_epochs, found.patience, found.members) == (1, 31, 22, 3)
+    given = TrainParams(loss=Loss.BPR, weighting=Weighting.LINEAR, threads=2, patience=5, members=2)
     kept = resolve(given, DataFacts(fit_pairs=SHOP_1M_FIT_PAIRS, graded=True, cpus=2))
-    assert (kept.loss, kept.weighting, kept.threads, kept.patience) == (
+    assert (kept.loss, kept.weighting, kept.threads, kept.patience, kept.members) == (
         Loss.BPR,
         Weighting.LINEAR,
         2,
         5,
+        2,
     )
+    assert resolve(TrainParams(members=1), facts).members == 1
     assert kept.min_epochs == 3
     graded = dataclasses.replace(facts, graded=True)
     assert resolve(TrainParams(loss=Loss.WARP_KOS), graded).weighting is Weighting.BINARY
@@ -102,8 +111,9 @@ def test_what_is_left_to_the_data_is_named() -> None:
         "threads",
         "min_epochs",
         "patience",
+        "members",
     ]
-    given = TrainParams(loss=Loss.WARP, weighting=Weighting.LOG, threads=1, min_epochs=3)
+    given = TrainParams(loss=Loss.WARP, weighting=Weighting.LOG, threads=1, min_epochs=3, members=1)
     assert defaults.left_to_data(given) == ["patience"]
 
 
@@ -137,6 +147,29 @@ def test_the_job_records_what_it_chose_from_the_data(
     pacsv.write_csv(plain, path)
     ungraded = _manifest_params(str(path), tiny_params, tmp_path / "b")
     assert (ungraded["loss"], ungraded["weighting"]) == ("warp-kos", "binary")
+
+
+def test_a_small_log_is_served_as_an_ensemble_of_seeds(
+    shop_files: dict[str, str], tiny_params: TrainParams, tmp_path: Path
+) -> None:
+    """Left to the data, a log of fewer than ENSEMBLE_BELOW fit pairs trains ENSEMBLE_MEMBERS
+    models whose factors sit side by side in the artifact."""
+    outcome = run_job(
+        Job(
+            model_name="shop",
+            store_uri=(tmp_path / "store").as_uri(),
+            params=tiny_params.updated({"members": None}),
+            s3=S3Settings(),
+            kafka=None,
+            progress=LogProgress,
+        ),
+        Inputs(interactions=[shop_files["interactions"]]),
+    )
+    loaded = load_artifact(open_store(outcome.artifact_uri), cache_dir=tmp_path / "cache")
+    assert loaded.manifest.params["members"] == defaults.ENSEMBLE_MEMBERS
+    assert "members" in loaded.manifest.params["from_data"]
+    width = defaults.ENSEMBLE_MEMBERS * tiny_params.components + 1
+    assert loaded.arrays.item_factors.shape[1] == width
 
 
 def _manifest_params(log: str, params: TrainParams, directory: Path) -> dict[str, object]:

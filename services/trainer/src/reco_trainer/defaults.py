@@ -1,5 +1,5 @@
 """The defaults that depend on the data: what ``loss``/``weighting`` ``auto`` and unset
-``threads``, ``min_epochs`` and ``patience`` become for one log.
+``threads``, ``min_epochs``, ``patience`` and ``members`` become for one log.
 
 Each rule is a pure function of facts read from the data (the actions the log names, the
 number of fit pairs) or of the machine (the CPUs, for ``threads`` only, which do not name the
@@ -34,6 +34,13 @@ factors without locks, which cost MovieLens (33k fit pairs) 3-7 % of its precisi
 bought no wall time there; a one-thread run is short at this size, and deterministic."""
 MAX_THREADS = 4
 """Most threads ``auto`` gives (the CronJob's CPU limit; more were not measured)."""
+ENSEMBLE_BELOW = 200_000
+"""Fit pairs under which the model is an ensemble of :data:`ENSEMBLE_MEMBERS` seeds: on small
+data one model's precision moves by several percent between LightFM seeds, and averaging them
+is the one change that lifted every MovieLens split; above, each member costs minutes."""
+ENSEMBLE_MEMBERS = 3
+"""Members of a small data set's ensemble (the members train on one thread, one after the
+other, for the epochs the first one's early stopping kept)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +83,11 @@ def threads_for(fit_pairs: int, cpus: int) -> int:
     return max(1, min(cpus, MAX_THREADS))
 
 
+def members_for(fit_pairs: int) -> int:
+    """:data:`ENSEMBLE_MEMBERS` below :data:`ENSEMBLE_BELOW` fit pairs, else one model."""
+    return ENSEMBLE_MEMBERS if fit_pairs < ENSEMBLE_BELOW else 1
+
+
 def resolve(params: TrainParams, facts: DataFacts) -> TrainParams:
     """``params`` with every data-dependent default replaced by its value for ``facts``."""
     loss = loss_for(graded=facts.graded) if params.loss is Loss.AUTO else params.loss
@@ -89,6 +101,7 @@ def resolve(params: TrainParams, facts: DataFacts) -> TrainParams:
             "threads": _given(params.threads, threads_for(facts.fit_pairs, facts.cpus)),
             "min_epochs": _given(params.min_epochs, _min_epochs(facts.fit_pairs)),
             "patience": _given(params.patience, _patience(facts.fit_pairs)),
+            "members": _given(params.members, members_for(facts.fit_pairs)),
         }
     )
 
@@ -101,6 +114,7 @@ def left_to_data(params: TrainParams) -> list[str]:
         "threads": params.threads is None,
         "min_epochs": params.min_epochs is None,
         "patience": params.patience is None,
+        "members": params.members is None,
     }
     return [name for name, is_left in left.items() if is_left]
 

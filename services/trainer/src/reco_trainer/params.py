@@ -118,10 +118,11 @@ class TrainParams(BaseModel):
     """Candidates kept while the index is built (efConstruction)."""
     refit: bool = False
     """Retrain on all data after evaluation."""
-    members: Annotated[int, Field(ge=1, le=16)] = 1
+    members: Annotated[int, Field(ge=1, le=16)] | None = None
     """Models served as one (seeds seed, seed+1, …; their factors side by side, so their
-    scores add up): averaging seeds lifts precision on MovieLens at members times the training and
-    scoring cost (docs/quality.md); ``tune`` trains 3."""
+    scores are averaged; default: 3 below 200k fit pairs, else 1): averaging seeds lifts precision on
+    MovieLens at members times the fold-in's training and the scoring cost (docs/quality.md);
+    ``tune`` trains 3."""
 
     @field_validator("action_weights", mode="before")
     @classmethod

@@ -61,6 +61,7 @@ from reco_trainer.training import (
     choose_bias_scale,
     fit,
     representations,
+    required,
     side_by_side,
     with_bias_scale,
 )
@@ -469,9 +470,10 @@ def _more_members(
     """Members 2…n (``params.members``): the same parameters with the next seeds, trained on
     ``interactions`` for the epochs early stopping kept for the first."""
     found = []
-    for offset in range(1, params.members):
+    count = required(params.members, "members")
+    for offset in range(1, count):
         member = params.updated({"seed": params.seed + offset})
-        logger.info("member %d of %d: %d epochs", offset + 1, params.members, epochs)
+        logger.info("member %d of %d: %d epochs", offset + 1, count, epochs)
         model = _fit_for(job, member, interactions, epochs, item_features, user_features)
         found.append(representations(model, item_features, user_features))
     return found
