@@ -4,8 +4,9 @@ index on catalogs of a million items.
 Three stages, each vectorised over the whole batch (no Python loop per item or per query):
 
 1. *Candidates*, ``n + MARGIN`` per query, in float32. Small catalogs: one matrix product and
-   ``argpartition``. Large catalogs: a per-query threshold is taken from a fixed random sample
-   of items so that, with overwhelming probability, a few hundred items score above it; the
+   a cut of each row (:func:`top_columns`: ``argpartition`` over the maxima of interleaved
+   groups of columns, then over the best groups' columns). Large catalogs: a per-query
+   threshold is taken from a fixed random sample of items so that, with overwhelming probability, a few hundred items score above it; the
    catalog is scored in cache-sized blocks and only items above the threshold are kept. A query
    left with too few candidates is scored in full, so the result is exact either way.
    *Indexed* (the artifact has an index and the catalog reaches :attr:`IndexUse.min_items`):
@@ -56,6 +57,11 @@ BLOCK_CELLS = 1 << 21
 MIN_BLOCK_ITEMS = 4096
 # float32 cells in one full score matrix on the exact path (32 MiB).
 EXACT_CELLS = 1 << 23
+# Columns per group in ``top_columns``; rows with fewer than ``GROUPS_PER_K`` x k groups are cut
+# by a plain ``argpartition``. At 10k items and k = 116: 2.5x less CPU than ``argpartition``
+# over the whole row (8 columns a group; 4 and 12 were slower).
+GROUP_COLUMNS = 8
+GROUPS_PER_K = 4
 # The index is asked for a query's own count, rounded up to this step: queries that exclude
 # about as many items share a search call, and a query's candidates stay its own.
 FETCH_STEP = 32
@@ -210,7 +216,7 @@ class TopSelector:
         scores = q @ self._items.T
         extra.add_to(scores)
         scores.ravel()[exclude.keys(self._n)] = -np.inf
-        top: Rows = np.argpartition(scores, self._n - k, axis=1)[:, self._n - k :]
+        top = top_columns(scores, k)
         return _pad_excluded(top, np.take_along_axis(scores, top, axis=1), self._n)
 
     def _sampled_candidates(self, q: FloatMatrix, exclude: Pairs, k: int) -> Rows:
@@ -376,6 +382,38 @@ class _Extra:
         found = self._keys[at] == keys
         out[found] = self._bonus.values[at[found]]
         return out
+
+
+def top_columns(scores: Scores, k: int) -> Rows:
+    """Per row of ``scores``, the columns of its ``k`` largest values, in no order (among equal
+    values, any: as ``argpartition`` chooses).
+
+    Column ``j`` belongs to group ``j % groups`` (interleaved: each group's maximum is a
+    reduction over whole contiguous slices of the row). The ``k`` groups with the largest maxima
+    hold ``k`` largest values: with ``v`` the ``k``-th largest value of the row, fewer than ``k``
+    values exceed ``v``, so fewer than ``k`` groups have a maximum above ``v``, and all of those
+    are chosen; if more than ``k`` groups reach ``v``, each chosen one holds a value of at least
+    ``v``, else every group holding one is chosen. The columns past the last whole group are
+    candidates always. ``argpartition`` then runs over the groups' maxima and over the chosen
+    groups' columns, ~1/4 of the row, instead of over the whole row."""
+    n_rows, width = scores.shape
+    groups = width // GROUP_COLUMNS
+    if groups < GROUPS_PER_K * k:
+        top: Rows = np.argpartition(scores, width - k, axis=1)[:, width - k :]
+        return top
+    grouped = groups * GROUP_COLUMNS
+    maxima = scores[:, :grouped].reshape(n_rows, GROUP_COLUMNS, groups).max(axis=1)
+    best = np.argpartition(maxima, groups - k, axis=1)[:, groups - k :]
+    members = np.arange(0, grouped, groups)
+    columns = (best[:, None, :] + members[None, :, None]).reshape(n_rows, -1)
+    if grouped < width:
+        rest = np.broadcast_to(np.arange(grouped, width), (n_rows, width - grouped))
+        columns = np.concatenate([columns, rest], axis=1)
+    flat = columns + (np.arange(n_rows) * width)[:, None]
+    values = scores.ravel()[flat]
+    keep = np.argpartition(values, values.shape[1] - k, axis=1)[:, values.shape[1] - k :]
+    chosen: Rows = np.take_along_axis(columns, keep, axis=1)
+    return chosen
 
 
 def _pad_excluded(cols: Rows, scores: Scores, sentinel: int) -> Rows:
