@@ -29,7 +29,7 @@ from worker_stack import (
 )
 
 from reco_common.contracts import ContractError, UserAction, decode, encode
-from reco_common.kafka import Delivery, admin_client
+from reco_common.kafka import Delivery, admin_client, ensure_topics
 from reco_common.settings import KafkaSettings, RedisSettings
 from reco_common.storage import ObjectStore
 from reco_trainer.snapshot import archive_topic
@@ -282,3 +282,42 @@ async def test_a_rebuild_over_histories_redis_still_holds_scores_what_redis_hold
     assert len(fold.users) == 40  # every user has events in both halves
     assert len(live) == 80
     assert kept == live
+
+
+async def test_a_user_on_two_partitions_is_written_again_whole_after_the_later_one(
+    make_settings: Callable[..., WorkerSettings],
+    producer: AIOKafkaProducer,
+    redis: Redis,
+) -> None:
+    """A rebuild writes a partition's users while it reads the next partition; a user with
+    events on two partitions (a producer that chose the partition) is written after the first
+    and again, whole, after the second. The state equals one fold of the whole log written at
+    once."""
+    settings = namespaced(make_settings(None), "span", history_len=20)
+    topic = settings.common.kafka.topics.user_actions
+    await ensure_topics(settings.common.kafka, topic)  # the contract's partitions
+    log: list[ConsumerRecord[bytes, bytes]] = []
+    offsets: dict[int, int] = {}
+    for n in range(1200):  # 30 events per user: a history of 20 trims
+        event = numbered(n)
+        user = int(event.user_id.removeprefix("u"))
+        # Users 0-3 alternate between partitions 0 and 2; every user's last 5 events are on
+        # a partition read later (3, 4 or 5).
+        partition = (2 * (n // 40 % 2) if user < 4 else user % 3) + 3 * (n >= 1000)
+        key, value = event.user_id.encode(), encode(event)
+        await producer.send_and_wait(topic, value, key=key, partition=partition)
+        log.append(record(partition, offsets.setdefault(partition, 0), key, value))
+        offsets[partition] += 1
+    model = ServingModel(name=MODEL, version="v1", uri="mem://v1", arrays=arrays(seed=1))
+
+    rebuilt = rebuilder(settings, redis, model, WorkerMetrics.create())
+    report = await rebuilt.run(settings.common.kafka)
+    assert (report.events, report.users, report.stale_lists) == (1200, 40, 0)
+
+    whole = namespaced(settings, "whole")
+    fold = LogFold(max_len=20, max_future_skew_s=rebuilt.max_future_skew_s)
+    fold.add_records(sorted(log, key=lambda r: (r.partition, r.offset)))  # as the rebuild reads
+    await rebuilder(whole, redis, model, WorkerMetrics.create()).write(fold)
+    assert await snapshot(redis, settings.common.redis.key_prefix) == await snapshot(
+        redis, whole.common.redis.key_prefix
+    )

@@ -1,19 +1,22 @@
 """Rebuild histories and lists from the retained ``user-actions`` log: Redis is a rebuildable view.
 
 :func:`rebuild` reads every partition from its beginning to the end it had when the rebuild
-started (no consumer group, nothing committed) and *folds* it per user (:class:`LogFold`): each
-user's history members (the same bytes and effective times as the live worker's, trimmed to the
-newest ``history_len`` as it goes, so memory is bounded by users x ``history_len``), their newest
-event and its log position. Then, a thousand users at a time, as a pipeline: one script call
-writes their whole histories (``HistoryStore.rebuild``: added even behind the fence, as adds are
-idempotent and a fence written between a data loss and its detection must not hide older
-events) while the batch is scored at once from the folded histories in a thread of its own
-(``reco_worker.scoring.score``, the live worker's code; a user whose history Redis holds more of
-is read back and scored again as stored); then the lists are encoded, and written fenced at
-each user's newest position while the next batch is prepared and scored. A
-rebuild running next to live workers never overwrites a newer list, and running it on intact
-data changes nothing; a list from the *same* position is replaced (it may have been computed
-over a partial history, between a data loss and its detection).
+started (no consumer group, nothing committed), one partition after the other, and *folds* it
+per user (:class:`LogFold`): each user's history members (the same bytes and effective times as
+the live worker's, trimmed to the newest ``history_len`` as it goes, so memory is bounded by
+users x ``history_len``), their newest event and its log position. Once a partition is read to
+its end, its users are written while the next one is read (the topic is keyed by user: a user's
+events are on one partition; a user who gets events after being written, from a partition read
+later, is written again, whole, ``LogFold.take``). The writes go a thousand users at a time, as
+a pipeline: one script call writes their whole histories (``HistoryStore.rebuild``: added even
+behind the fence, as adds are idempotent and a fence written between a data loss and its
+detection must not hide older events) while the batch is scored at once from the folded
+histories in a thread of its own (``reco_worker.scoring.score``, the live worker's code; a user
+whose history Redis holds more of is read back and scored again as stored); then the lists are
+encoded, and written fenced at each user's newest position while the next batch is prepared and
+scored. A rebuild running next to live workers never overwrites a newer list, and running it on
+intact data changes nothing; a list from the *same* position is replaced (it may have been
+computed over a partial history, between a data loss and its detection).
 
 Each user is written and scored once, whatever the number of their events: the cost is one
 decode and fold per event plus one score per user (docs/benchmarks.md).
@@ -73,7 +76,7 @@ class RebuildReport:
     users: int
     stale_lists: int
     seconds: float
-    lists_seconds: float  # of ``seconds``: writing the histories, scoring and writing the lists
+    lists_seconds: float  # of ``seconds``: the writes left once the log was read to its end
     archived: int = 0  # of ``events``: replayed from the archive's snapshots
     lost: dict[int, int] = field(default_factory=dict)  # per partition: neither archived nor kept
 
@@ -88,6 +91,7 @@ class _UserLog:
     last: UserAction
     partition: int
     offset: int
+    pending: bool = True  # folded events not yet handed to the writer (``LogFold.take``)
 
 
 class LogFold:
@@ -103,6 +107,25 @@ class LogFold:
         self._max_len = max_len
         self._skew = max_future_skew_s
         self._wanted = frozenset(users)
+        self._pending: list[str] = []  # users whose log may be pending, in their first order
+
+    def take(self, finished: Collection[int] | None = None) -> list[str]:
+        """The users with events folded since they were last taken whose newest event is on a
+        ``finished`` partition (read to its end), all of them when ``None``; they are no
+        longer pending. A user taken before the log is read to its end may get more events
+        (on a partition read later): they are pending again, and taken again, whole."""
+        taken, kept = [], []
+        for user_id in self._pending:
+            log = self.users[user_id]
+            if not log.pending:
+                continue
+            if finished is None or log.partition in finished:
+                log.pending = False
+                taken.append(user_id)
+            else:
+                kept.append(user_id)
+        self._pending = kept
+        return taken
 
     def add_records(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Fold records of the topic; those the live worker refuses (undecodable, keyed by
@@ -120,7 +143,7 @@ class LogFold:
         once per event). A few hundred at a time: most events die young, as the garbage
         collector prefers (a whole chunk's survived into its oldest generation)."""
         events = decode_many(UserAction, [r.value for r in records])
-        users, skew, limit = self.users, self._skew, 2 * self._max_len
+        users, pending, skew, limit = self.users, self._pending, self._skew, 2 * self._max_len
         for record, event in zip(records, events, strict=True):
             if isinstance(event, ContractError):
                 self.skipped += 1
@@ -134,8 +157,12 @@ class LogFold:
             log = users.get(user_id)
             if log is None:
                 log = users[user_id] = _UserLog({}, event, record.partition, record.offset)
+                pending.append(user_id)
             else:
                 log.last, log.partition, log.offset = event, record.partition, record.offset
+                if not log.pending:
+                    log.pending = True
+                    pending.append(user_id)
             log.members[encode_history_member(event)] = ts
             if len(log.members) > limit:
                 log.members = dict(_newest(log.members, self._max_len))
@@ -158,8 +185,12 @@ class LogFold:
         log = self.users.get(event.user_id)
         if log is None:
             log = self.users[event.user_id] = _UserLog({}, event, partition, offset)
+            self._pending.append(event.user_id)
         else:
             log.last, log.partition, log.offset = event, partition, offset
+            if not log.pending:
+                log.pending = True
+                self._pending.append(event.user_id)
         log.members[encode_history_member(event)] = ts
         if len(log.members) > 2 * self._max_len:
             log.members = dict(_newest(log.members, self._max_len))
@@ -212,10 +243,21 @@ class Rebuilder:
             )
         archived = fold.events
         lost: dict[int, int] = {}
-        async for records in _read_log(kafka, after=archived_to, lost=lost):
-            fold.add_records(records)
-        read = time.perf_counter()
-        stale = await self.write(fold)
+        ready: asyncio.Queue[list[str] | None] = asyncio.Queue()
+        async with asyncio.TaskGroup() as tasks:
+            writing = tasks.create_task(self._write_ready(fold, ready))
+            finished: set[int] = set()
+            async for read in _read_log(kafka, after=archived_to, lost=lost):
+                for start in range(0, len(read.records), DECODE_RECORDS):
+                    fold.add_records(read.records[start : start + DECODE_RECORDS])
+                    await asyncio.sleep(0)  # let the writer hand Redis and the scorer work
+                if read.ended:
+                    finished.add(read.partition)
+                    ready.put_nowait(fold.take(finished))
+            read_at = time.perf_counter()
+            ready.put_nowait(fold.take())
+            ready.put_nowait(None)
+        stale = writing.result()
         done = time.perf_counter()
         report = RebuildReport(
             fold.events,
@@ -223,7 +265,7 @@ class Rebuilder:
             len(fold.users),
             stale,
             done - started,
-            done - read,
+            done - read_at,
             archived,
             lost,
         )
@@ -231,23 +273,33 @@ class Rebuilder:
         return report
 
     async def write(self, fold: LogFold) -> int:
-        """Histories, then one list per user, ``WRITE_USERS`` at a time: a batch is scored (in
-        a thread, from the fold) while Redis writes its histories, and its lists are written
-        while the next batch is prepared and scored; returns how many lists were stale. The
-        event loop's own Python work (preparing a batch, encoding its lists) never runs while
-        the scoring does: the two would contend for the GIL (~15 % more CPU in this phase, docs/benchmarks.md)."""
-        users = list(fold.users)
+        """Write every user of ``fold`` that is pending (all of a fold not written yet);
+        returns how many lists were stale."""
+        ready: asyncio.Queue[list[str] | None] = asyncio.Queue()
+        ready.put_nowait(fold.take())
+        ready.put_nowait(None)
+        return await self._write_ready(fold, ready)
+
+    async def _write_ready(self, fold: LogFold, ready: asyncio.Queue[list[str] | None]) -> int:
+        """Histories, then one list per user, for the users put in ``ready`` (until ``None``),
+        ``WRITE_USERS`` at a time: a batch is scored (in a thread, from the fold) while Redis
+        writes its histories, and its lists are written while the next batch is prepared and
+        scored; returns how many lists were stale. The event loop's own Python work
+        (preparing a batch, encoding its lists) never runs while the scoring does: the two
+        would contend for the GIL (~15 % more CPU in this phase, docs/benchmarks.md)."""
         stale = 0
         with ThreadPoolExecutor(1, thread_name_prefix="rebuild-score") as scorer:
             async with asyncio.TaskGroup() as tasks:
                 listing: asyncio.Task[int] | None = None
-                for start in range(0, len(users), WRITE_USERS):
-                    scored = await self._scored(fold, users[start : start + WRITE_USERS], scorer)
-                    writes = self._lists(fold, scored)
-                    stale += await listing if listing is not None else 0
-                    listing = tasks.create_task(
-                        self.lists.replace(self.model.name, writes, or_equal=True)
-                    )
+                while (users := await ready.get()) is not None:
+                    for start in range(0, len(users), WRITE_USERS):
+                        chunk = users[start : start + WRITE_USERS]
+                        scored = await self._scored(fold, chunk, scorer)
+                        writes = self._lists(scored)
+                        stale += await listing if listing is not None else 0
+                        listing = tasks.create_task(
+                            self.lists.replace(self.model.name, writes, or_equal=True)
+                        )
                 stale += await listing if listing is not None else 0
         return stale
 
@@ -256,6 +308,7 @@ class Rebuilder:
         except for a user whose stored history holds more (a live worker added to it, older
         members survived), scored again as stored."""
         additions = {u: fold.addition(u) for u in chunk}
+        triggers = [fold.users[u].last for u in chunk]  # as folded with ``additions``
         loop = asyncio.get_running_loop()
         scoring = loop.run_in_executor(
             scorer, score, self.model, _histories(chunk, additions), self.policy
@@ -273,18 +326,18 @@ class Rebuilder:
                 zip(again, rescored, strict=True)
             )
             ranked = [by_user[u] for u in chunk]
-        return _Scored(chunk, additions, ranked)
+        return _Scored(chunk, additions, triggers, ranked)
 
-    def _lists(self, fold: LogFold, scored: _Scored) -> dict[str, FencedWrite]:
+    def _lists(self, scored: _Scored) -> dict[str, FencedWrite]:
         """The batch's lists, each to be fenced at its user's newest position (a list from the
         same position is replaced too)."""
         computed_at = datetime.now(UTC)
         return {
             u: FencedWrite(
-                encode_recommendations(stamped(r, self.model, fold.users[u].last, computed_at)),
+                encode_recommendations(stamped(r, self.model, trigger, computed_at)),
                 scored.additions[u].position,
             )
-            for u, r in zip(scored.users, scored.ranked, strict=True)
+            for u, trigger, r in zip(scored.users, scored.triggers, scored.ranked, strict=True)
         }
 
 
@@ -294,6 +347,7 @@ class _Scored:
 
     users: list[str]
     additions: dict[str, Addition]
+    triggers: list[UserAction]  # per user, the newest event folded into its addition
     ranked: list[Ranked]
 
 
@@ -358,13 +412,24 @@ def _fold_archive(fold: LogFold, store: ObjectStore, topic: str) -> dict[int, in
     return ends
 
 
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """Records of one partition, in offset order; ``ended``: the partition is read to the end
+    it had at the start (the last chunk of it, possibly empty)."""
+
+    partition: int
+    records: list[ConsumerRecord[bytes, bytes]]
+    ended: bool = False
+
+
 async def _read_log(
     kafka: KafkaSettings, *, after: dict[int, int], lost: dict[int, int]
-) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+) -> AsyncIterator[_Read]:
     """Every ``user-actions`` record from ``after`` (per partition; else its beginning) up to
-    the end offsets at start, in chunks, per partition in offset order (chunks interleave
-    partitions; a user's events stay in order). Records expired between ``after`` and what the
-    topic retains are counted in ``lost``."""
+    the end offsets at start, one partition after the other (the others paused), in chunks,
+    in offset order: the users of a partition read to its end are written while the next is
+    read. Records expired between ``after`` and what the topic retains are counted in
+    ``lost``."""
     topic = kafka.topics.user_actions
     consumer = AIOKafkaConsumer(
         topic,  # no group: every partition is assigned, nothing is committed
@@ -377,6 +442,7 @@ async def _read_log(
     await start_client(kafka, start=consumer.start, close=consumer.stop)
     try:
         partitions = sorted(consumer.assignment())
+        consumer.pause(*partitions)
         begins = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
         for tp in partitions:
@@ -391,10 +457,14 @@ async def _read_log(
                     begins[tp],
                 )
             consumer.seek(tp, max(start, begins[tp]))
-        while remaining := [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            fetched = await consumer.getmany(*remaining, timeout_ms=500, max_records=READ_CHUNK)
-            chunk = [r for tp, part in fetched.items() for r in part if r.offset < ends[tp]]
-            if chunk:
-                yield chunk
+        for tp in partitions:
+            consumer.resume(tp)
+            while await consumer.position(tp) < ends[tp]:
+                fetched = await consumer.getmany(tp, timeout_ms=500, max_records=READ_CHUNK)
+                chunk = [r for r in fetched.get(tp, ()) if r.offset < ends[tp]]
+                if chunk:
+                    yield _Read(tp.partition, chunk)
+            consumer.pause(tp)
+            yield _Read(tp.partition, [], ended=True)
     finally:
         await consumer.stop()
