@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from aiokafka import ConsumerRecord
 
 from reco_common.contracts import ActionType, UserAction, encode
-from reco_worker.rebuild import LogFold
+from reco_worker.rebuild import SWITCH_INTERVAL_S, LogFold, _switch_interval
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -60,3 +62,17 @@ def test_write_all_takes_every_user_not_yet_taken() -> None:
     fold = LogFold(max_len=10, max_future_skew_s=60, users=["b"])
     fold.add_records([record(0, "a", 0), record(1, "b", 0)])
     assert fold.take() == ["b"]
+
+
+def test_the_switch_interval_is_restored_after_a_rebuild() -> None:
+    before, during = sys.getswitchinterval(), []
+
+    def failed_rebuild() -> None:
+        with _switch_interval(SWITCH_INTERVAL_S):
+            during.append(sys.getswitchinterval())
+            raise RuntimeError("a failed rebuild")
+
+    with pytest.raises(RuntimeError):
+        failed_rebuild()
+    assert during == [pytest.approx(SWITCH_INTERVAL_S)]
+    assert sys.getswitchinterval() == before

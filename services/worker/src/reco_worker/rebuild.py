@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +69,12 @@ logger = logging.getLogger(__name__)
 READ_CHUNK = 50_000
 DECODE_RECORDS = 500
 WRITE_USERS = 1_000
+# The interpreter's switch interval while a rebuild runs (Python's default: 5 ms). The scoring
+# thread takes the GIL back after each of its numpy calls; while the event loop folds records
+# (pure Python) each take waited up to the whole interval: a batch scored during the read took
+# ~5x its CPU time in wall time, and the writes fell behind the read (1M events, load 7-9: 26 s
+# of writes left after the read at 5 ms, 12 s at 0.5 ms; docs/benchmarks.md).
+SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +240,10 @@ class Rebuilder:
     async def run(self, kafka: KafkaSettings, *, users: Collection[str] = ()) -> RebuildReport:
         """Rebuild ``users`` (all when empty) from the archive and the log; see the module
         docstring."""
+        with _switch_interval(SWITCH_INTERVAL_S):
+            return await self._run(kafka, users=users)
+
+    async def _run(self, kafka: KafkaSettings, *, users: Collection[str]) -> RebuildReport:
         started = time.perf_counter()
         fold = LogFold(
             max_len=self.history.max_len, max_future_skew_s=self.max_future_skew_s, users=users
@@ -349,6 +361,17 @@ class _Scored:
     additions: dict[str, Addition]
     triggers: list[UserAction]  # per user, the newest event folded into its addition
     ranked: list[Ranked]
+
+
+@contextmanager
+def _switch_interval(seconds: float) -> Iterator[None]:
+    """The interpreter's thread switch interval set to ``seconds``, then restored."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def rebuilder(
