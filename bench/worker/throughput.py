@@ -44,6 +44,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from ann_libraries import factors
 from prometheus_client.parser import text_string_to_metric_families
+from threadpoolctl import threadpool_limits
 
 from reco_common.ann import IndexParams, ItemIndex
 from reco_common.artifact import ModelArrays, write_artifact
@@ -156,7 +157,10 @@ def index_figures(uri: str, workdir: Path, args: argparse.Namespace) -> dict[str
     )
     histories = recall_histories(len(model.item_ids), args.recall_queries)
     policy = Policy(top_n=100)
-    truth, exact_ms = timed_lists(exact, histories, policy)
+    # As the worker scores (RECO_WORKER_BLAS_THREADS=1): a second BLAS thread's spinning
+    # counted as CPU here would make the exact scan look twice as costly.
+    with threadpool_limits(limits=args.blas_threads):
+        truth, exact_ms = timed_lists(exact, histories, policy)
     figures = {
         "model_load_empty_cache_s": loads[0],
         "model_load_verified_s": loads[1],
@@ -164,7 +168,8 @@ def index_figures(uri: str, workdir: Path, args: argparse.Namespace) -> dict[str
     }
     expansions = [args.ann_expansion, *args.recall_expansions]
     for i, (expansion, indexed) in enumerate(zip(expansions, models[1:], strict=True)):
-        lists, indexed_ms = timed_lists(indexed, histories, policy)
+        with threadpool_limits(limits=args.blas_threads):
+            lists, indexed_ms = timed_lists(indexed, histories, policy)
         hits = sum(len(set(a.items) & set(b.items)) for a, b in zip(lists, truth, strict=True))
         suffix = f"_ef{expansion}" if i else ""
         figures[f"recall_at_100{suffix}"] = hits / sum(len(b.items) for b in truth)
@@ -410,7 +415,17 @@ async def run_one(n_items: int, args: argparse.Namespace, workdir: Path) -> list
         for rate in args.rates if n_items < 1_000_000 else args.rates_1m:
             window = await steady(scraper, producer, topic, events, rate, args.duration)
             results.append(
-                Result(n_items, backlog, events_per_s, per_cpu, mean_batch, rate, *window, figures)
+                Result(
+                    n_items,
+                    backlog,
+                    events_per_s,
+                    per_cpu,
+                    mean_batch,
+                    rate,
+                    *window,
+                    figures,
+                    args.decay,
+                )
             )
             print(json.dumps(asdict(results[-1])), flush=True)
     finally:

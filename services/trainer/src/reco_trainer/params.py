@@ -109,7 +109,7 @@ class TrainParams(BaseModel):
     """Length of the popularity fallback list."""
     neighbours: Annotated[int, Field(ge=0, le=1000)] = 50
     """Item-to-item neighbours per item in the artifact, for the real-time policy (0: none)."""
-    index_min_items: Annotated[int, Field(ge=0)] = 100_000
+    index_min_items: Annotated[int, Field(ge=0)] = 2_000_000
     """Build the approximate top-N index into the artifact from this many items up (0: always;
     the worker searches it above its own RECO_WORKER_ANN_MIN_ITEMS, docs/worker.md)."""
     index_connectivity: Annotated[int, Field(ge=4, le=128)] = 32

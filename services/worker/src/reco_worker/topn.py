@@ -66,7 +66,7 @@ GROUPS_PER_K = 4
 # about as many items share a search call, and a query's candidates stay its own.
 FETCH_STEP = 32
 # Defaults of IndexUse (measured: docs/benchmarks.md, "Approximate top-N").
-ANN_MIN_ITEMS = 500_000
+ANN_MIN_ITEMS = 2_000_000
 ANN_EXPANSION = 1024
 ANN_MAX_FETCH = 1024
 
