@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
-from worker_stack import MODEL, produce, running, until
+from worker_stack import MODEL, metric, produce, running, until
 
 from reco_common.artifact import ITEM_INDEX, read_manifest
 from reco_common.contracts import ActionType, RecommendationList, UserAction
@@ -78,6 +78,7 @@ async def test_a_trained_index_serves_lists_without_seen_items(
         await until(all_written, what="the five users' lists from their last events")
         model = handle.worker.models.current
         assert model.selector.indexed_queries >= 5
+        assert await metric(handle.http, "reco_worker_indexed_queries_total") >= 5
         for user, listed in enumerate(await lists()):
             assert listed is not None
             seen = {e.item_id for e in events if e.user_id == f"u{user}"}

@@ -123,8 +123,12 @@ class ActionHandler:
         with self._stage("score"):
             started = time.perf_counter()
             batch = Histories.of_columns([(user, histories[user]) for user in updates])
+            selector = model.selector
+            indexed, fallbacks = selector.indexed_queries, selector.exact_fallbacks
             ranked = await asyncio.to_thread(score, model, batch, self._policy)
             self._metrics.recompute.observe(time.perf_counter() - started)
+            self._metrics.indexed_queries.inc(selector.indexed_queries - indexed)
+            self._metrics.index_fallbacks.inc(selector.exact_fallbacks - fallbacks)
         computed_at = datetime.now(UTC)
         lists = {
             user_id: FencedWrite(

@@ -24,6 +24,8 @@ class WorkerMetrics:
     lists: Counter
     stale_lists: Counter
     recompute: Histogram
+    indexed_queries: Counter
+    index_fallbacks: Counter
     freshness: Histogram
     errors: Counter
     clamped_timestamps: Counter
@@ -58,6 +60,15 @@ class WorkerMetrics:
                 "recompute",
                 "Time to score one batch of users (matrix product and top-N)",
                 buckets=LATENCY_BUCKETS,
+            ),
+            indexed_queries=metric.counter(
+                "indexed_queries",
+                "Users whose top-N candidates came from the artifact's approximate index",
+            ),
+            index_fallbacks=metric.counter(
+                "index_exact_fallbacks",
+                "Users of the index left with too few candidates once their own items were "
+                "excluded, scored exactly instead",
             ),
             freshness=metric.histogram(
                 "freshness",
