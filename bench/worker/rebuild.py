@@ -1,7 +1,7 @@
 """Rebuild throughput: Redis rebuilt from the ``user-actions`` log after losing it, on the real stack.
 
-A topic of its own (3 partitions) is filled with ``--events`` random actions from ``--users``
-users (uniform, so every user has events), then the worker's rebuild (``reco_worker.rebuild``,
+A topic of its own (``--partitions``: 3 by default; the contract's ``user-actions`` has 24) is
+filled with ``--events`` random actions from ``--users`` users (uniform, so every user has events), then the worker's rebuild (``reco_worker.rebuild``,
 what ``reco-worker rebuild`` runs) restores histories and lists from it into an empty key prefix
 with a random model (64 dimensions, ``--items`` items, one BLAS thread). Reported: events/s over
 the whole rebuild (read, history appends, one list per user), the time to full recovery, and
@@ -49,10 +49,12 @@ ACTIONS = list(ActionType)
 PARTITIONS = 3
 
 
-async def fill(kafka: KafkaSettings, *, events: int, users: int, items: int) -> float:
+async def fill(
+    kafka: KafkaSettings, *, events: int, users: int, items: int, partitions: int
+) -> float:
     """Produce the log; returns the seconds it took."""
     topic = kafka.topics.user_actions
-    await ensure_topics(kafka, topic, partitions={topic: PARTITIONS})
+    await ensure_topics(kafka, topic, partitions={topic: partitions})
     producer = await start_producer(kafka, linger_ms=20)
     rng = np.random.default_rng(0)
     start = datetime(2026, 11, 1, tzinfo=UTC)
@@ -85,6 +87,7 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--partitions", type=int, default=PARTITIONS, help="of a topic filled")
     parser.add_argument("--keep-topic", action="store_true", help="leave the topic for reuse")
     parser.add_argument("--topic-prefix", help="rebuild from this existing topic (no fill)")
     args = parser.parse_args()
@@ -94,7 +97,13 @@ async def main() -> None:
     redis_settings = RedisSettings(key_prefix=f"bench-rebuild-{run}", socket_timeout_s=30.0)
     settings = WorkerSettings(common=CommonSettings(kafka=kafka, redis=redis_settings))
     if not args.topic_prefix:
-        produced = await fill(kafka, events=args.events, users=args.users, items=args.items)
+        produced = await fill(
+            kafka,
+            events=args.events,
+            users=args.users,
+            items=args.items,
+            partitions=args.partitions,
+        )
         print(f"produced {args.events:,} events in {produced:.1f} s", flush=True)
     print(f"topic prefix {kafka.topic_prefix}; load average {os.getloadavg()}", flush=True)
     redis = connect(redis_settings)
@@ -115,7 +124,7 @@ async def main() -> None:
     print(f"load average {os.getloadavg()}")
     print(report, flush=True)
     print(
-        "\n| events | users | items | rebuild events/s | full recovery | of which lists "
+        "\n| events | users | items | rebuild events/s | full recovery | of which after the read "
         "| CPU s (all threads) | events per CPU-s | Redis CPU s |\n"
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
         f"| {report.events:,} | {report.users:,} | {args.items:,} | "
