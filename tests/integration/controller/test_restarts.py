@@ -56,8 +56,9 @@ async def _nothing_more(log: RolloutLog, *, for_s: float) -> list[str]:
 
 
 # Two controller processes start (importing the Kubernetes client takes tens of seconds on a
-# loaded 2-core machine), then a lease expiry and a consumer-group session timeout pass.
-@pytest.mark.timeout(400)
+# loaded 2-core machine), then a lease expiry and a consumer-group session timeout pass; the
+# waits below add up to ~490 s at most (CI timed out at 400 s on a slower machine).
+@pytest.mark.timeout(600)
 async def test_a_controller_killed_mid_rollout_resumes_it_after_restart(
     admin: ApiClient,
     namespace: str,
@@ -96,7 +97,7 @@ async def test_a_controller_killed_mid_rollout_resumes_it_after_restart(
     assert await watch.stop() <= {"v1", "v2"}
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("progress_deadline_s", [5])
 async def test_a_leader_paused_past_its_lease_writes_nothing_when_it_wakes(
     admin: ApiClient,
