@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 # The rendering helpers of the unit tier (tests/unit/deploy): the overlays as they are applied.
 sys.path.insert(0, str(REPO / "tests" / "unit" / "deploy"))
+# The e2e tier's state comparison (a served state against a clean replay).
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
 # Cold: the kubelet, kube-proxy and CoreDNS builds (the control plane's and the images' first).
 NODE_UP_TIMEOUT_S = 3600
 
