@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from reco_common.redis_store import slot_of
 
@@ -28,6 +29,18 @@ def cluster_up() -> None:
     subprocess.run([str(STACK), "cluster-up"], check=True, timeout=300)
 
 
+def cluster_down() -> None:
+    subprocess.run([str(STACK), "cluster-down"], check=True, timeout=120)
+
+
+def cluster_runs() -> bool:
+    """Some node of the cluster answers (it was started before, by someone else)."""
+    try:
+        return bool(nodes())
+    except AssertionError:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     port: int
@@ -42,7 +55,7 @@ def nodes() -> list[Node]:
     for port in PORTS:
         try:
             described = Redis(port=port, socket_timeout=2).execute_command("CLUSTER NODES")
-        except OSError:
+        except (OSError, RedisConnectionError):
             continue
         return [
             _node(address, about)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from cluster_nodes import URL, cluster_up
+from cluster_nodes import URL, cluster_down, cluster_runs, cluster_up
 from redis.asyncio import Redis
 
 from reco_common.kafka import start_producer
@@ -87,10 +87,15 @@ async def redis(redis_settings: RedisSettings) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture(scope="session")
-def redis_cluster() -> str:
-    """The URL of the dev stack's Redis Cluster, started unless it runs."""
+def redis_cluster() -> Iterator[str]:
+    """The URL of the dev stack's Redis Cluster, started unless it runs; stopped again at the
+    end of the session when the session started it (its six processes and ports are not left
+    behind by `make test`)."""
+    ours = not cluster_runs()
     cluster_up()
-    return URL
+    yield URL
+    if ours:
+        cluster_down()
 
 
 @pytest.fixture
