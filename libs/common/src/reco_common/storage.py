@@ -28,17 +28,16 @@ import posixpath
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlparse
 
-import botocore.session
 import pyarrow as pa
 import pyarrow.fs as pafs
-from botocore.client import BaseClient
-from botocore.config import Config
-from botocore.exceptions import ClientError
 
 from reco_common.settings import S3Settings
+
+if TYPE_CHECKING:  # imported where used: only a write-once put needs botocore (~0.3 s to import)
+    from botocore.client import BaseClient
 
 _CHUNK = 1 << 20
 _TMP = ".tmp-"
@@ -97,6 +96,8 @@ class ObjectStore:
         ``ObjectExistsError`` if one is."""
         if self._local:
             return self._create_local(self._path(key), data)
+        from botocore.exceptions import ClientError
+
         bucket, _, name = self._path(key).partition("/")
         try:
             _s3_client(self._s3 or S3Settings()).put_object(
@@ -252,6 +253,9 @@ def _s3_client(settings: S3Settings) -> BaseClient:
 def _cached_s3_client(
     endpoint: str | None, region: str, access_key: str | None, secret_key: str | None
 ) -> BaseClient:
+    import botocore.session
+    from botocore.config import Config
+
     return botocore.session.get_session().create_client(
         "s3",
         endpoint_url=endpoint,

@@ -1,4 +1,8 @@
-"""``reco-worker``: run the worker (no sub-command) or ``reco-worker replay`` to evaluate offline."""
+"""``reco-worker``: run the worker (no sub-command) or ``reco-worker replay`` to evaluate offline.
+
+The sub-commands import their modules when run: the worker's start does not pay for the event
+log readers (pyarrow's parquet and CSV modules) it never uses.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,9 @@ import typer
 from threadpoolctl import threadpool_limits
 
 from reco_common.contracts import dumps
-from reco_common.interactions import InteractionsError, column_map, read_interactions
 from reco_common.kafka import KafkaUnavailableError
 from reco_common.lifecycle import serve
 from reco_common.service import load_service_settings
-from reco_worker.model_store import load_serving_model
-from reco_worker.rebuild import rebuild_from_log
-from reco_worker.replay import replay, summary
 from reco_worker.settings import WorkerSettings
 from reco_worker.worker import Worker
 
@@ -72,6 +72,10 @@ def replay_command(
     ] = None,
 ) -> None:
     """Replay EVENTS through the worker's scoring: static vs real-time vs popular lists."""
+    from reco_common.interactions import InteractionsError, column_map, read_interactions
+    from reco_worker.model_store import load_serving_model
+    from reco_worker.replay import replay, summary
+
     try:
         mapping = column_map(columns or {})
     except ValueError as exc:
@@ -122,6 +126,8 @@ def rebuild_command(
     ] = None,
 ) -> None:
     """Rebuild histories and lists in Redis from the retained user-actions log."""
+    from reco_worker.rebuild import rebuild_from_log
+
     settings = _settings()
     uri = model or settings.model_uri
     if not uri:

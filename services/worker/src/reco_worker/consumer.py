@@ -29,10 +29,11 @@ from reco_common.contracts import (
     encode_recommendations,
 )
 from reco_common.kafka import Delivery, Rejection
-from reco_common.redis_store import FencedLists, FencedWrite, Position
+from reco_common.redis_store import FencedLists, FencedWrite, Position, RedisClient
 from reco_worker.history import Addition, HistoryStore, effective_ts
 from reco_worker.metrics import WorkerMetrics
 from reco_worker.scoring import Histories, Policy, Ranked, ServingModel, score
+from reco_worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -151,15 +152,14 @@ class ActionHandler:
         counter and label otherwise (a prometheus_client call costs ~1 µs of Python)."""
         written = time.time()
         observe = self._metrics.freshness.observe
-        events = unknown = 0
-        index = model.item_index
+        events = 0
         for update in updates.values():
             for ts in update.event_times:
                 observe(max(0.0, written - ts))
             events += len(update.event_times)
-            unknown += sum(item not in index for item in update.items)
+        items = [item for update in updates.values() for item in update.items]
         self._metrics.actions.inc(events)
-        self._metrics.unknown_items.inc(unknown)
+        self._metrics.unknown_items.inc(int((model.item_rows(items) < 0).sum()))
         for source, count in Counter(r.source for r in ranked).items():
             self._metrics.lists.labels(source).inc(count)
 
@@ -203,3 +203,18 @@ def stamped(
         items=ranked.items,
         scores=ranked.scores,
     )
+
+
+def stores(
+    settings: WorkerSettings, redis: RedisClient, metrics: WorkerMetrics
+) -> tuple[HistoryStore, FencedLists]:
+    """The fenced history store and list writer, as the live handler and a rebuild use them."""
+    keys = settings.common.redis.keys
+    history = HistoryStore(
+        redis,
+        keys,
+        max_len=settings.history_len,
+        ttl_s=settings.history_ttl_s,
+        bad_members=metrics.bad_history_members,
+    )
+    return history, FencedLists(redis, keys)

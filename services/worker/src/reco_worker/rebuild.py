@@ -57,7 +57,7 @@ from reco_common.kafka import start_client
 from reco_common.redis_store import FencedLists, FencedWrite, Position, RedisClient, connect
 from reco_common.settings import KafkaSettings
 from reco_common.storage import ObjectStore, open_store
-from reco_worker.consumer import stamped
+from reco_worker.consumer import stamped, stores
 from reco_worker.history import Addition, HistoryStore, effective_ts
 from reco_worker.metrics import WorkerMetrics
 from reco_worker.model_store import load_serving_model
@@ -385,21 +385,6 @@ def rebuilder(
     return Rebuilder(
         history, lists, model, settings.policy, settings.max_future_skew_s, archive=archive
     )
-
-
-def stores(
-    settings: WorkerSettings, redis: RedisClient, metrics: WorkerMetrics
-) -> tuple[HistoryStore, FencedLists]:
-    """The fenced history store and list writer, as the live handler and a rebuild use them."""
-    keys = settings.common.redis.keys
-    history = HistoryStore(
-        redis,
-        keys,
-        max_len=settings.history_len,
-        ttl_s=settings.history_ttl_s,
-        bad_members=metrics.bad_history_members,
-    )
-    return history, FencedLists(redis, keys)
 
 
 async def rebuild_from_log(

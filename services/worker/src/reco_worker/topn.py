@@ -31,12 +31,15 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from reco_common.ann import ItemIndex
 from reco_common.artifact import FloatMatrix
+
+if TYPE_CHECKING:  # only an artifact with an index imports usearch (reco_common.artifact)
+    from reco_common.ann import ItemIndex
 
 Rows = npt.NDArray[np.intp]
 Scores = npt.NDArray[np.float32]

@@ -23,11 +23,10 @@ from reco_common.contracts import RedisKeys, Topics, UserAction
 from reco_common.kafka import EventConsumer, ensure_topics, start_producer
 from reco_common.ops import OpsServer, Readiness
 from reco_common.redis_store import RedisClient, check_layout, connect, mark_layout
-from reco_worker.consumer import ActionHandler
+from reco_worker.consumer import ActionHandler, stores
 from reco_worker.http import create_app
 from reco_worker.metrics import WorkerMetrics
 from reco_worker.model_store import ModelStore
-from reco_worker.rebuild import rebuilder, stores
 from reco_worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -172,6 +171,10 @@ class Worker:
         current: object,
     ) -> bytes:
         logger.error("Redis lost its data (generation marker gone or replaced): rebuilding")
+        # Imported here, not at start: its archive reader pulls pyarrow's parquet and CSV
+        # modules, which a worker does not need before it is ready (docs/benchmarks.md).
+        from reco_worker.rebuild import rebuilder
+
         async with consumer.paused():
             work = rebuilder(self._settings, redis, self.models.current, self._metrics)
             report = await work.run(self._settings.common.kafka)
