@@ -10,16 +10,22 @@ import pytest
 from reco_common import artifact
 from reco_common.artifact import (
     ITEM_FACTORS,
+    ITEM_ID_KEYS,
+    ITEM_ID_ROWS,
+    USER_ID_KEYS,
+    USER_ID_ROWS,
     USER_ITEMS_INDICES,
     USER_ITEMS_INDPTR,
     VERIFIED_MARKER,
     ArtifactError,
     ModelArrays,
+    StoredIds,
     UserItems,
     load_artifact,
     write_artifact,
 )
 from reco_common.contracts import EvalMetrics
+from reco_common.id_lookup import IdLookup
 from reco_common.storage import ObjectStore, open_store
 
 
@@ -125,14 +131,14 @@ def test_an_artifact_without_training_interactions_loads_without_them(tmp_path: 
 
 
 def test_training_interactions_must_index_the_catalog() -> None:
+    arrays = dataclasses.replace(
+        _arrays(),
+        user_items=UserItems(
+            indptr=np.array([0, 1, 1, 1], dtype=np.int64), indices=np.array([9], dtype=np.int32)
+        ),
+    )
     with pytest.raises(ArtifactError, match="item rows"):
-        dataclasses.replace(
-            _arrays(),
-            user_items=UserItems(
-                indptr=np.array([0, 1, 1, 1], dtype=np.int64),
-                indices=np.array([9], dtype=np.int32),
-            ),
-        )
+        arrays.check_values()
 
 
 def _must_not_hash(path: Path) -> str:
@@ -166,3 +172,81 @@ def test_a_cache_that_does_not_match_its_marker_is_verified_again(
     loaded = load_artifact(open_store(uri), cache_dir=tmp_path / "shared")
     assert loaded.arrays.item_factors.shape == (5, 5)  # downloaded again, then verified
     assert (local / VERIFIED_MARKER).read_text() != "0" * 64
+
+
+def test_id_lookups_are_written_and_mapped_and_user_ids_left_undecoded(tmp_path: Path) -> None:
+    uri = _write(open_store((tmp_path / "store").as_uri()))
+    loaded = load_artifact(open_store(uri), cache_dir=tmp_path / "cache")
+    assert {ITEM_ID_KEYS, ITEM_ID_ROWS, USER_ID_KEYS, USER_ID_ROWS} <= loaded.manifest.files.keys()
+    arrays = loaded.arrays
+    assert arrays.item_lookup is not None
+    assert arrays.user_lookup is not None
+    assert isinstance(arrays.item_lookup.keys, np.memmap)
+    assert arrays.item_lookup.rows_of(["i4", "i0", "x"]).tolist() == [4, 0, -1]
+    assert arrays.user_lookup.rows_of(["u2"]).tolist() == [2]
+    assert isinstance(arrays.user_ids, StoredIds)
+    assert len(arrays.user_ids) == 3
+    assert list(arrays.user_ids) == ["u0", "u1", "u2"]  # decoded when asked for
+
+
+def test_an_artifact_without_id_lookups_still_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As written before the lookups: the ids come from the JSON alone."""
+    monkeypatch.setattr(artifact, "with_lookups", lambda arrays: arrays)
+    uri = _write(open_store((tmp_path / "store").as_uri()))
+    loaded = load_artifact(open_store(uri), cache_dir=tmp_path / "cache")
+    assert ITEM_ID_KEYS not in loaded.manifest.files
+    assert loaded.arrays.item_lookup is None
+    assert loaded.arrays.user_ids == ["u0", "u1", "u2"]
+
+
+def test_a_lookup_that_is_not_the_ids_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = dataclasses.replace(
+        _arrays(), item_lookup=IdLookup.build(["i1", "i0", "i2", "i3", "i4"])
+    )
+    with pytest.raises(ArtifactError, match="item ids: the lookup does not hold"):
+        write_artifact(
+            open_store((tmp_path / "a").as_uri()),
+            model_name="shop",
+            version="v1",
+            arrays=wrong,
+            **_manifest_fields(),
+        )
+    with monkeypatch.context() as patched:  # a writer without the check
+        patched.setattr(ModelArrays, "check_values", lambda self: None)
+        uri = write_artifact(
+            open_store((tmp_path / "b").as_uri()),
+            model_name="shop",
+            version="v1",
+            arrays=wrong,
+            **_manifest_fields(),
+        )
+    with pytest.raises(ArtifactError, match="item ids: the lookup does not hold"):
+        load_artifact(open_store(uri), cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache" / "shop" / "v1" / VERIFIED_MARKER).exists()
+
+
+def test_neighbour_scores_must_be_finite() -> None:
+    n = len(_arrays().item_ids)
+    arrays = dataclasses.replace(
+        _arrays(),
+        neighbours=artifact.ItemNeighbours(
+            rows=np.full((n, 1), -1, dtype=np.int32),
+            scores=np.full((n, 1), np.inf, dtype=np.float32),
+        ),
+    )
+    with pytest.raises(ArtifactError, match="neighbour_scores contain NaN or infinity"):
+        arrays.check_values()
+
+
+def _manifest_fields() -> dict[str, object]:
+    return {
+        "created_at": datetime.now(UTC),
+        "data_snapshot": "snap-1",
+        "params": {},
+        "metrics": EvalMetrics(model={}, baseline={}),
+        "library_versions": {},
+    }

@@ -5,11 +5,19 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from worker_models import publish, random_arrays
 
-from reco_common.artifact import ITEM_FACTORS
+from reco_common.artifact import (
+    ITEM_FACTORS,
+    VERIFIED_MARKER,
+    ArtifactError,
+    ModelArrays,
+    VerifiedMark,
+)
+from reco_common.contracts import decode, encode
 from reco_common.settings import S3Settings
 from reco_worker.metrics import WorkerMetrics
 from reco_worker.model_store import ModelRefusedError, ModelStore, load_serving_model
@@ -46,12 +54,64 @@ def test_a_directory_without_a_manifest_is_refused(tmp_path: Path) -> None:
         load((tmp_path / "half").as_uri(), tmp_path)
 
 
-def test_factors_with_nan_are_refused(tmp_path: Path) -> None:
+def _with_nan() -> ModelArrays:
     arrays = random_arrays(n_items=40, n_users=5, dim=4)
     arrays.item_factors[3, 1] = np.nan
-    uri = publish(tmp_path / "store", arrays)
+    return arrays
+
+
+def test_factors_with_nan_are_not_written(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="NaN"):
+        publish(tmp_path / "store", _with_nan())
+
+
+def _publish_unchecked(root: Path, arrays: ModelArrays, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An artifact whose pinned files hold what a writer's checks would refuse (a writer before
+    them, or one with a bug): only the reader's checks stand between it and serving."""
+    with monkeypatch.context() as patched:
+        patched.setattr(ModelArrays, "check_values", lambda self: None)
+        return publish(root, arrays)
+
+
+def test_factors_with_nan_are_refused_at_every_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = _publish_unchecked(tmp_path / "store", _with_nan(), monkeypatch)
+    for _ in range(2):  # no mark was written: the second load checks (and refuses) again
+        with pytest.raises(ModelRefusedError, match="NaN"):
+            load(uri, tmp_path)
+    assert not list((tmp_path / "cache").rglob(VERIFIED_MARKER))
+
+
+def test_a_cache_marked_before_the_value_checks_is_checked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache a worker of an older version marked (its ``.verified`` digest, or a mark of other
+    value checks) is not trusted for the values: a NaN there is still refused."""
+    uri = _publish_unchecked(tmp_path / "store", _with_nan(), monkeypatch)
+    local = tmp_path / "cache" / "shop" / "v1"
+    with monkeypatch.context() as patched:  # the older worker: files hashed, values unchecked
+        patched.setattr(ModelArrays, "check_values", lambda self: None)
+        load(uri, tmp_path)
+    mark = decode(VerifiedMark, (local / VERIFIED_MARKER).read_bytes())
+    (local / VERIFIED_MARKER).write_bytes(encode(msgspec.structs.replace(mark, value_checks=0)))
     with pytest.raises(ModelRefusedError, match="NaN"):
         load(uri, tmp_path)
+
+
+def test_a_verified_cache_loads_without_the_value_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = publish(tmp_path / "store", random_arrays(n_items=40, n_users=5, dim=4))
+    load(uri, tmp_path)
+
+    def must_not_be_called(self: ModelArrays) -> None:
+        raise AssertionError("must not be called: the cache was verified")
+
+    monkeypatch.setattr(ModelArrays, "check_values", must_not_be_called)
+    model = load_serving_model(uri, s3=S3Settings(), cache_dir=tmp_path / "cache")
+    assert model.item_rows(["i3", "nope"]).tolist() == [3, -1]
+    assert model.user_rows(["u4"]).tolist() == [4]
 
 
 async def test_the_latest_request_wins_over_a_load_in_progress(

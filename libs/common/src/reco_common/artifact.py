@@ -17,10 +17,20 @@
 - ``item_index.usearch``: the approximate top-N index over the item rows
   (:mod:`reco_common.ann`), for large catalogs; optional (the trainer builds it from a catalog
   size up), opened as a memory-mapped view;
+- ``item_id_keys.npy`` / ``item_id_rows.npy`` and ``user_id_keys.npy`` / ``user_id_rows.npy``:
+  the ids as sorted UTF-8 keys and their rows (:mod:`reco_common.id_lookup`), so that a worker
+  maps id → row instead of building a dict at every load; optional (an artifact written before
+  them gets its lookups built at load, from the JSON ids);
 - ``manifest.json`` last: parameters, metrics, data snapshot, library versions and the sha256
   of every other file. A directory without a manifest is not a model.
 
 Arrays load with ``np.load(mmap_mode="r")`` so a large catalog is paged in, not parsed.
+
+Checked once per copy, not at every load (:func:`load_artifact`): the sha256 of every file, and
+the values no shape can tell (factors finite, neighbour and training rows in range, the id
+lookups those of the JSON ids: :meth:`ModelArrays.check_values`). A cache directory where both
+held is marked (:class:`VerifiedMark`); a load that finds the mark maps the files and checks
+their shapes only. The trainer runs the same value checks before it writes.
 
 A manifest is untrusted input until proven otherwise: its bytes are checked against the sha256
 the ``model-published`` event carries (when the reader has it), and its decoding enforces the
@@ -30,14 +40,16 @@ path rules (model name, version and every file name one safe path segment, see
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +68,7 @@ from reco_common.contracts import (
     encode,
     loads,
 )
+from reco_common.id_lookup import IdLookup, IdLookupError
 from reco_common.storage import ObjectExistsError, ObjectStore, file_sha256
 
 if TYPE_CHECKING:  # imported where used: only the trainer and the worker install usearch
@@ -75,9 +88,16 @@ USER_ITEMS_INDICES = "user_items_indices.npy"
 NEIGHBOURS = "item_neighbours.npy"
 NEIGHBOUR_SCORES = "item_neighbour_scores.npy"
 ITEM_INDEX = "item_index.usearch"
-# In a cache directory (not in the artifact): the sha256 of the manifest whose files were all
-# checked there (see load_artifact).
-VERIFIED_MARKER = ".verified"
+ITEM_ID_KEYS = "item_id_keys.npy"
+ITEM_ID_ROWS = "item_id_rows.npy"
+USER_ID_KEYS = "user_id_keys.npy"
+USER_ID_ROWS = "user_id_rows.npy"
+# In a cache directory (not in the artifact): what was checked there (VerifiedMark). Named apart
+# from the ``.verified`` digest of workers before the value checks moved to verification, so
+# that old and new workers sharing a cache volume during an upgrade do not undo each other.
+VERIFIED_MARKER = ".verified.json"
+# The version of ModelArrays.check_values: a mark of another version is checked again.
+VALUE_CHECKS = 1
 
 FloatMatrix = npt.NDArray[np.float32]
 IndexArray = npt.NDArray[np.int64]
@@ -96,8 +116,12 @@ class ItemNeighbours:
             raise ArtifactError(f"item_neighbours must be [{n_items}, K]")
         if self.scores.shape != self.rows.shape:
             raise ArtifactError("item_neighbour_scores must have the shape of item_neighbours")
+
+    def check_values(self, n_items: int) -> None:
         if self.rows.size and (self.rows.min() < -1 or self.rows.max() >= n_items):
             raise ArtifactError(f"item_neighbours must be item rows in [0, {n_items}) or -1")
+        if not np.isfinite(self.scores).all():
+            raise ArtifactError("item_neighbour_scores contain NaN or infinity")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +139,13 @@ class UserItems:
     def of(self, user_row: int) -> npt.NDArray[np.int32]:
         return self.indices[self.indptr[user_row] : self.indptr[user_row + 1]]
 
-    def check(self, n_users: int, n_items: int) -> None:
+    def check(self, n_users: int) -> None:
         indptr, indices = self.indptr, self.indices
         if indptr.shape != (n_users + 1,) or indptr[0] != 0 or indptr[-1] != len(indices):
             raise ArtifactError(f"user_items indptr must be [{n_users + 1}] from 0 to nnz")
+
+    def check_values(self, n_items: int) -> None:
+        indptr, indices = self.indptr, self.indices
         if np.any(np.diff(indptr) < 0):
             raise ArtifactError("user_items indptr must not decrease")
         if len(indices) and (indices.min() < 0 or indices.max() >= n_items):
@@ -177,8 +204,8 @@ class Manifest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 class ModelArrays:
     """The trained model as the serving side needs it."""
 
-    item_ids: list[str]
-    user_ids: list[str]
+    item_ids: Sequence[str]
+    user_ids: Sequence[str]
     item_factors: FloatMatrix
     user_factors: FloatMatrix
     popular_items: list[str]
@@ -186,8 +213,11 @@ class ModelArrays:
     user_items: UserItems | None = None
     neighbours: ItemNeighbours | None = None
     item_index: ItemIndex | None = None
+    item_lookup: IdLookup | None = None
+    user_lookup: IdLookup | None = None
 
     def __post_init__(self) -> None:
+        """The shapes, from the arrays' headers: cheap enough for every load."""
         for name, ids, matrix in (
             ("item", self.item_ids, self.item_factors),
             ("user", self.user_ids, self.user_factors),
@@ -200,9 +230,12 @@ class ModelArrays:
         if self.item_factors.shape[1] != self.user_factors.shape[1]:
             raise ArtifactError("item and user factors differ in width")
         if self.user_items is not None:
-            self.user_items.check(len(self.user_ids), len(self.item_ids))
+            self.user_items.check(len(self.user_ids))
         if self.neighbours is not None:
             self.neighbours.check(len(self.item_ids))
+        for name, ids, lookup in self._lookups():
+            if lookup is not None and len(lookup) != len(ids):
+                raise ArtifactError(f"the {name} id lookup holds {len(lookup)} ids, not {len(ids)}")
         if self.item_index is not None:
             from reco_common.ann import ItemIndexError
 
@@ -210,6 +243,62 @@ class ModelArrays:
                 self.item_index.check(len(self.item_ids), self.item_factors.shape[1])
             except ItemIndexError as exc:
                 raise ArtifactError(str(exc)) from None
+
+    def check_values(self) -> None:
+        """What the shapes cannot tell, reading every value once: factors and neighbour scores
+        finite, training items and neighbours valid rows, the id lookups those of the ids."""
+        if not (np.isfinite(self.item_factors).all() and np.isfinite(self.user_factors).all()):
+            raise ArtifactError("factors contain NaN or infinity")
+        if self.user_items is not None:
+            self.user_items.check_values(len(self.item_ids))
+        if self.neighbours is not None:
+            self.neighbours.check_values(len(self.item_ids))
+        for name, ids, lookup in self._lookups():
+            try:
+                if lookup is not None:
+                    lookup.check(ids)
+            except IdLookupError as exc:
+                raise ArtifactError(f"{name} ids: {exc}") from None
+
+    def _lookups(self) -> tuple[tuple[str, Sequence[str], IdLookup | None], ...]:
+        return ("item", self.item_ids, self.item_lookup), ("user", self.user_ids, self.user_lookup)
+
+
+class StoredIds(Sequence[str]):
+    """The ids of a verified ``*_ids.json`` in row order, decoded on first use: a worker that
+    maps the id lookup never holds 10M user ids as Python strings."""
+
+    def __init__(self, path: Path, count: int) -> None:
+        self._path = path
+        self._count = count
+        self._ids: list[str] | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        return self._decoded()[index]
+
+    def _decoded(self) -> list[str]:
+        if self._ids is None:
+            ids = loads(self._path.read_bytes())
+            if not isinstance(ids, list) or len(ids) != self._count:
+                raise ArtifactError(f"{self._path.name}: not a list of {self._count} ids")
+            self._ids = ids
+        return self._ids
+
+
+class VerifiedMark(Struct, frozen=True, forbid_unknown_fields=True):
+    """:data:`VERIFIED_MARKER` in a cache directory, written by the worker that checked it:
+    every file there hashes to the manifest whose bytes hash to ``manifest_sha256``, and the
+    arrays passed :meth:`ModelArrays.check_values` of version ``value_checks``."""
+
+    manifest_sha256: Sha256Hex
+    value_checks: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,13 +312,16 @@ def write_artifact(
     store: ObjectStore, *, model_name: str, version: str, arrays: ModelArrays, **manifest: Any
 ) -> str:
     """Upload ``arrays`` under ``models/<name>/<version>/`` (hashed while written), read every
-    file's checksum back once, then write the manifest.
+    file's checksum back once, then write the manifest. Refused (:class:`ArtifactError`) if the
+    arrays fail :meth:`ModelArrays.check_values`, or their ids cannot have a lookup.
 
     Returns the artifact URI. An artifact that already has a manifest is never overwritten.
     """
     prefix = ObjectLayout.model_dir(model_name, version)
     if store.exists(f"{prefix}/{ObjectLayout.MANIFEST}"):
         raise ArtifactError(f"{store.uri(prefix)} already exists; artifacts are immutable")
+    arrays = with_lookups(arrays)
+    arrays.check_values()
     entries = {
         name: FileEntry(sha256=store.put_bytes(f"{prefix}/{name}", data), bytes=len(data))
         for name, data in _encode_files(arrays).items()
@@ -255,14 +347,33 @@ def write_artifact(
     return store.uri(prefix)
 
 
+def with_lookups(arrays: ModelArrays) -> ModelArrays:
+    """``arrays`` with the id lookups of their ids (built where missing)."""
+    try:
+        return dataclasses.replace(
+            arrays,
+            item_lookup=arrays.item_lookup or IdLookup.build(arrays.item_ids),
+            user_lookup=arrays.user_lookup or IdLookup.build(arrays.user_ids),
+        )
+    except IdLookupError as exc:
+        raise ArtifactError(f"ids: {exc}") from None
+
+
 def _encode_files(arrays: ModelArrays) -> dict[str, bytes]:
     files = {
         ITEM_FACTORS: _npy(arrays.item_factors),
         USER_FACTORS: _npy(arrays.user_factors),
-        ITEM_IDS: dumps(arrays.item_ids),
-        USER_IDS: dumps(arrays.user_ids),
+        ITEM_IDS: dumps(list(arrays.item_ids)),
+        USER_IDS: dumps(list(arrays.user_ids)),
         POPULAR: encode(PopularList(items=arrays.popular_items, scores=arrays.popular_scores)),
     }
+    for (keys, rows), lookup in (
+        ((ITEM_ID_KEYS, ITEM_ID_ROWS), arrays.item_lookup),
+        ((USER_ID_KEYS, USER_ID_ROWS), arrays.user_lookup),
+    ):
+        if lookup is not None:
+            files[keys] = _npy(lookup.keys)
+            files[rows] = _npy(lookup.rows.astype(np.int64))
     if arrays.user_items is not None:
         files[USER_ITEMS_INDPTR] = _npy(arrays.user_items.indptr.astype(np.int64))
         files[USER_ITEMS_INDICES] = _npy(arrays.user_items.indices.astype(np.int32))
@@ -345,31 +456,24 @@ def load_artifact(
     request); the manifest is refused unless its bytes hash to it. Every path below is built
     from segments the manifest's contract already validated, and checked to stay in the cache.
 
-    Verified once per cache directory: once every file there matched the manifest, the sha256 of
-    the manifest's bytes is written beside them (:data:`VERIFIED_MARKER`). A later load of the
-    same manifest into the same directory (a restarted worker, another pod on a shared cache
-    volume) finds the marker and the files' sizes right, and maps the arrays without reading
-    them through sha256 again: a 1M-item model starts in seconds (docs/worker.md).
+    Verified once per cache directory: once every file there matched the manifest and the
+    arrays passed :meth:`ModelArrays.check_values`, a :class:`VerifiedMark` is written beside
+    them (:data:`VERIFIED_MARKER`). A later load of the same manifest into the same directory
+    (a restarted worker, another pod on a shared cache volume) finds the mark and the files'
+    sizes right, and maps the arrays without reading them through sha256 or the value checks
+    again: a 1M-item model starts in seconds (docs/worker.md).
     """
     data = _manifest_bytes(store)
     manifest = _decode_manifest(store, data, sha256=manifest_sha256)
     digest = hashlib.sha256(data).hexdigest()
     local = _cache_path(cache_dir, manifest)
-    if not _verified_here(local, manifest, digest):
+    verified = _verified_here(local, manifest, digest)
+    if not verified:
         _fill_cache(store, local, manifest)
+    arrays = _mapped_arrays(local, manifest)
+    if not verified:
+        arrays.check_values()
         _mark_verified(local, digest)
-    popular = decode(PopularList, (local / POPULAR).read_bytes())
-    arrays = ModelArrays(
-        item_ids=loads((local / ITEM_IDS).read_bytes()),
-        user_ids=loads((local / USER_IDS).read_bytes()),
-        item_factors=np.load(local / ITEM_FACTORS, mmap_mode="r", allow_pickle=False),
-        user_factors=np.load(local / USER_FACTORS, mmap_mode="r", allow_pickle=False),
-        popular_items=popular.items,
-        popular_scores=popular.scores,
-        user_items=_user_items(local, manifest),
-        neighbours=_neighbours(local, manifest),
-        item_index=_item_index(local, manifest),
-    )
     logger.info(
         "loaded model %s/%s: %d users, %d items, dim %d",
         manifest.model_name,
@@ -381,13 +485,37 @@ def load_artifact(
     return LoadedModel(manifest=manifest, arrays=arrays, uri=store.root_uri)
 
 
+def _mapped_arrays(local: Path, manifest: Manifest) -> ModelArrays:
+    """The arrays of the files in ``local``, mapped; the user ids decoded only if asked for (a
+    worker with the user lookup never does)."""
+    popular = decode(PopularList, (local / POPULAR).read_bytes())
+    user_lookup = _id_lookup(local, manifest, (USER_ID_KEYS, USER_ID_ROWS))
+    return ModelArrays(
+        item_ids=loads((local / ITEM_IDS).read_bytes()),
+        user_ids=StoredIds(local / USER_IDS, manifest.n_users)
+        if user_lookup is not None
+        else loads((local / USER_IDS).read_bytes()),
+        item_factors=np.load(local / ITEM_FACTORS, mmap_mode="r", allow_pickle=False),
+        user_factors=np.load(local / USER_FACTORS, mmap_mode="r", allow_pickle=False),
+        popular_items=popular.items,
+        popular_scores=popular.scores,
+        user_items=_user_items(local, manifest),
+        neighbours=_neighbours(local, manifest),
+        item_index=_item_index(local, manifest),
+        item_lookup=_id_lookup(local, manifest, (ITEM_ID_KEYS, ITEM_ID_ROWS)),
+        user_lookup=user_lookup,
+    )
+
+
 def _verified_here(local: Path, manifest: Manifest, digest: str) -> bool:
-    """The files in ``local`` were verified against this very manifest, and are all there."""
+    """The files in ``local`` were verified against this very manifest with the current value
+    checks, and are all there."""
     try:
-        if (local / VERIFIED_MARKER).read_text().strip() != digest:
+        mark = decode(VerifiedMark, (local / VERIFIED_MARKER).read_bytes())
+        if (mark.manifest_sha256, mark.value_checks) != (digest, VALUE_CHECKS):
             return False
         return all((local / n).stat().st_size == e.bytes for n, e in manifest.files.items())
-    except OSError:
+    except (OSError, ContractError):
         return False
 
 
@@ -406,7 +534,9 @@ def _fill_cache(store: ObjectStore, local: Path, manifest: Manifest) -> None:
 def _mark_verified(local: Path, digest: str) -> None:
     temporary = local / f"{VERIFIED_MARKER}.{os.getpid()}"
     try:
-        temporary.write_text(digest)
+        temporary.write_bytes(
+            encode(VerifiedMark(manifest_sha256=digest, value_checks=VALUE_CHECKS))
+        )
         temporary.replace(local / VERIFIED_MARKER)
     except OSError as exc:  # a read-only cache: verified again next time, nothing worse
         logger.warning("could not mark %s verified: %s", local, exc)
@@ -432,7 +562,7 @@ def _optional_pair(
         return None
     if len(present) == 1:
         raise ArtifactError(f"{manifest.version}: {present.pop()} without its pair")
-    first, second = (np.load(local / name, allow_pickle=False) for name in names)
+    first, second = (np.load(local / name, mmap_mode="r", allow_pickle=False) for name in names)
     return first, second
 
 
@@ -444,6 +574,14 @@ def _user_items(local: Path, manifest: Manifest) -> UserItems | None:
 def _neighbours(local: Path, manifest: Manifest) -> ItemNeighbours | None:
     pair = _optional_pair(local, manifest, (NEIGHBOURS, NEIGHBOUR_SCORES))
     return None if pair is None else ItemNeighbours(rows=pair[0], scores=pair[1])
+
+
+def _id_lookup(local: Path, manifest: Manifest, names: tuple[str, str]) -> IdLookup | None:
+    pair = _optional_pair(local, manifest, names)
+    try:
+        return None if pair is None else IdLookup(keys=pair[0], rows=pair[1])
+    except IdLookupError as exc:
+        raise ArtifactError(f"{manifest.version}: {names[0]}: {exc}") from None
 
 
 def _item_index(local: Path, manifest: Manifest) -> ItemIndex | None:

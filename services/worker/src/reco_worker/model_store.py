@@ -1,8 +1,8 @@
 """The model in memory: loading and verifying artifacts, and the atomic swap.
 
-A model is only ever swapped in whole: the artifact is downloaded, its checksums verified, its
-arrays checked and loaded into memory in a thread, and only then does one reference assignment
-make it current. A load that fails at any step leaves the current model in place and is
+A model is only ever swapped in whole: the artifact is downloaded, its checksums and values
+verified (once per cache directory: reco_common.artifact), its arrays mapped in a thread, and
+only then does one reference assignment make it current. A load that fails at any step leaves the current model in place and is
 reported by :meth:`status`.
 
 The worker does not write the model's ``active`` record (the API's fallback and
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 from tenacity import AsyncRetrying, retry_if_result, wait_exponential
 
 from reco_common.artifact import ArtifactError, load_artifact
 from reco_common.contracts import MODEL_CONTROL_PATH, MODEL_URI_ENV
+from reco_common.id_lookup import IdLookupError
 from reco_common.settings import S3Settings
 from reco_common.storage import as_uri, open_store
 from reco_worker.metrics import WorkerMetrics
@@ -61,16 +61,16 @@ def load_serving_model(
         raise ModelRefusedError(f"{uri}: the model has no items")
     if arrays.item_factors.shape[1] != manifest.dim + 1:
         raise ModelRefusedError(f"{uri}: factors are not [n, dim + 1] for dim {manifest.dim}")
-    model = ServingModel(
-        name=manifest.model_name,
-        version=manifest.version,
-        uri=uri,
-        arrays=arrays,
-        index_use=index_use,
-    )
-    if not (np.isfinite(model.items).all() and np.isfinite(model.users).all()):
-        raise ModelRefusedError(f"{uri}: factors contain NaN or infinity")
-    return model
+    try:
+        return ServingModel(
+            name=manifest.model_name,
+            version=manifest.version,
+            uri=uri,
+            arrays=arrays,
+            index_use=index_use,
+        )
+    except IdLookupError as exc:  # an artifact without lookups, whose ids cannot have one
+        raise ModelRefusedError(f"{uri}: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,13 +38,14 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from reco_common.artifact import FloatMatrix, ItemNeighbours, ModelArrays, UserItems
+from reco_common.artifact import FloatMatrix, ModelArrays, UserItems
 from reco_common.contracts import (
     DEFAULT_ACTION_WEIGHTS,
     ActionType,
     HistoryColumns,
     HistoryEntry,
 )
+from reco_common.id_lookup import IdLookup
 from reco_worker.topn import IndexUse, Pairs, Rows, Selection, TopSelector
 
 Vector = npt.NDArray[np.float64]
@@ -102,25 +103,21 @@ class ServingModel:
         self.name = name
         self.version = version
         self.uri = uri
-        # Mapped, not copied (the artifact's arrays are float32 and C-ordered already): no second
-        # copy in memory, and pods on one node share the page cache of a shared cache volume.
-        # The load's finiteness check has read every page once, so they start resident.
+        # Mapped, not copied (the artifact's arrays are float32 and C-ordered already, and so
+        # are the training items and neighbours): no second copy in memory, and pods on one node
+        # share the page cache of a shared cache volume. Pages are read on first use.
         self.items: FloatMatrix = np.ascontiguousarray(arrays.item_factors, dtype=np.float32)
         self.users: FloatMatrix = np.ascontiguousarray(arrays.user_factors, dtype=np.float32)
         self.item_ids = np.asarray(arrays.item_ids, dtype=object)
         # One extra entry for the selection's padding (row ``n_items``), cut off before use.
         self._padded_ids = np.append(self.item_ids, "")
-        self.item_index = {item: row for row, item in enumerate(arrays.item_ids)}
-        self.user_index = {user: row for row, user in enumerate(arrays.user_ids)}
+        # id -> row: the artifact's lookups, mapped (built here for an artifact without them).
+        self.item_index = arrays.item_lookup or IdLookup.build(arrays.item_ids)
+        self.user_index = arrays.user_lookup or IdLookup.build(arrays.user_ids)
         self.popular_items = list(arrays.popular_items)
         self.popular_scores = [float(s) for s in arrays.popular_scores]
-        user_items = arrays.user_items or UserItems.empty(len(arrays.user_ids))
-        self.user_items = UserItems(np.array(user_items.indptr), np.array(user_items.indices))
-        self.neighbours: ItemNeighbours | None = None
-        if arrays.neighbours is not None:
-            self.neighbours = ItemNeighbours(
-                np.array(arrays.neighbours.rows), np.array(arrays.neighbours.scores)
-            )
+        self.user_items = arrays.user_items or UserItems.empty(len(arrays.user_ids))
+        self.neighbours = arrays.neighbours
         self.reference_norm = _median_norm(self.users[:, :-1])
         # The artifact's approximate index (mapped, like the factors) on large catalogs.
         self._selector = TopSelector(self.items, index=arrays.item_index, index_use=index_use)
@@ -160,13 +157,11 @@ class ServingModel:
 
     def user_rows(self, user_ids: Sequence[str]) -> Rows:
         """Each user's row of the trained vectors, ``-1`` for a user the model does not know."""
-        index = self.user_index
-        return np.fromiter((index.get(u, -1) for u in user_ids), dtype=np.intp, count=len(user_ids))
+        return self.user_index.rows_of(user_ids)
 
     def item_rows(self, item_ids: Sequence[str]) -> Rows:
         """Each item's catalog row, ``-1`` for an item the model does not know."""
-        index = self.item_index
-        return np.fromiter((index.get(i, -1) for i in item_ids), dtype=np.intp, count=len(item_ids))
+        return self.item_index.rows_of(item_ids)
 
 
 def _median_norm(vectors: FloatMatrix) -> float:
