@@ -1,22 +1,30 @@
 """Worker start: seconds from process start to a model ready to serve, per catalog size and cache.
 
     uv run python bench/worker/start.py [--items 100000 1000000] [--rounds 3]
+        [--compare OTHER_CHECKOUT/.venv/bin/python] [--ready]
 
 Per catalog size, one random model (64 dimensions + bias, 100k users, CSR training items and
 item neighbours like a trained artifact) in a ``file://`` store. Each measure starts a new
-Python process that imports the worker and runs its model load (``load_serving_model``: the
-manifest, checksums, the arrays mapped, the checks, the serving indexes) and prints when it is
-done; the figures are the wall time from spawning the process to the worker's modules imported
-(``reco_worker.worker`` and what it imports: numpy, aiokafka, FastAPI, …), and from there to the
-model ready. The worker's other
-start-up steps (the Kafka group join, the HTTP port) do not depend on the model and are left
-out. Three caches:
+Python process that imports what ``reco-worker`` imports (``reco_worker.__main__``: numpy,
+aiokafka, FastAPI, the worker's modules, …) and runs its model load (``load_serving_model``:
+the manifest, checksums, the arrays mapped, the checks, the serving indexes) and prints when it
+is done; the figures are the wall time from spawning the process to the imports done, and from
+there to the model ready. Three caches:
 
 - ``per-pod, empty``: a new pod's own ``emptyDir``: every file downloaded and hashed;
 - ``per-pod, filled, no marker``: the files there but never marked verified (a cache of a
   build before the marker): every file hashed again;
 - ``shared, verified``: a cache volume another worker already filled and marked (or this pod's
   own after a restart): the manifest read and hashed, the files' sizes checked, nothing else.
+
+``--compare PYTHON``: the same measures, alternated measure by measure, with the interpreter of
+another checkout (its own ``uv sync``-ed ``.venv``, e.g. a ``git worktree`` of the commit
+before a change): each side writes its own artifact with its own code and fills its own cache.
+
+``--ready``: also the whole ``reco-worker`` process on the dev stack (Kafka, Redis;
+``RECO_*`` settings as for the other worker benchmarks), from spawning it to ``/readyz``
+answering 200 (model loaded, consumer group joined, Redis answering), with the shared verified
+cache; each start has its own topic and key prefix, stopped with SIGTERM after.
 
 The page cache is warm for the shared case (a volume on the node that a worker used before);
 the machine cannot drop it (no root over /proc/sys/vm in a container), so the empty case also
@@ -26,25 +34,23 @@ reads its source from the page cache: a download from object storage is slower t
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from reco_common.artifact import (
-    VERIFIED_MARKER,
-    ItemNeighbours,
-    ModelArrays,
-    UserItems,
-    write_artifact,
-)
+from reco_common.artifact import ItemNeighbours, ModelArrays, UserItems, write_artifact
 from reco_common.contracts import EvalMetrics
 from reco_common.storage import open_store
 
@@ -52,12 +58,13 @@ DIM = 64
 N_USERS = 100_000
 NEIGHBOURS = 20
 ITEMS_PER_USER = 20
+READY_TIMEOUT_S = 300.0
 
 CHILD = """
 import sys, time
 from pathlib import Path
+import reco_worker.__main__
 from reco_common.settings import S3Settings
-from reco_worker import worker
 from reco_worker.model_store import load_serving_model
 imported = time.time()
 model = load_serving_model(sys.argv[1], s3=S3Settings(), cache_dir=Path(sys.argv[2]))
@@ -95,15 +102,34 @@ def build_model(root: Path, n_items: int) -> str:
     )
 
 
-def start_to_ready(uri: str, cache: Path) -> tuple[float, float]:
-    """Seconds from spawning the process to the worker's modules imported, and from there to
-    the model ready (wall clock, across the two processes)."""
-    started = time.time()
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, uri, str(cache)], check=True, capture_output=True, text=True
-    ).stdout
-    imported, ready, _ = out.split()
-    return float(imported) - started, float(ready) - float(imported)
+@dataclass
+class Side:
+    """One checkout's interpreter, its artifact and its filled cache."""
+
+    label: str
+    python: str
+    root: Path
+    uri: str = ""
+    times: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+    def write(self, n_items: int) -> None:
+        """The artifact written by this side's own code (``--write`` in its interpreter)."""
+        command = [self.python, __file__, "--write", str(self.root / "store"), str(n_items)]
+        self.uri = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        self.uri = self.uri.strip()
+
+    def start_to_ready(self, cache: Path) -> tuple[float, float]:
+        """Seconds from spawning the process to the worker's modules imported, and from there
+        to the model ready (wall clock, across the two processes)."""
+        started = time.time()
+        out = subprocess.run(
+            [self.python, "-c", CHILD, self.uri, str(cache)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        imported, ready, _ = out.split()
+        return float(imported) - started, float(ready) - float(imported)
 
 
 def prepare(case: str, cache: Path, *, filled: Path) -> None:
@@ -113,50 +139,114 @@ def prepare(case: str, cache: Path, *, filled: Path) -> None:
         return
     shutil.copytree(filled, cache)
     if case == "per-pod, filled, no marker":
-        for marker in cache.rglob(VERIFIED_MARKER):
+        for marker in cache.rglob(".verified*"):  # the marker of either side's code
             marker.unlink()
 
 
 CASES = ("per-pod, empty", "per-pod, filled, no marker", "shared, verified")
 
 
+async def process_to_ready(side: Side, cache: Path, log: Path) -> float:
+    """Seconds from spawning ``reco-worker`` to ``/readyz`` answering 200 (dev stack)."""
+    import httpx
+    from throughput import free_port, start_worker
+
+    port, prefix = free_port(), f"bench-start-{uuid.uuid4().hex[:8]}-"
+    started = time.monotonic()
+    process = await start_worker(
+        side.uri,
+        prefix,
+        port=port,
+        cache_dir=cache,
+        log=log,
+        command=Path(side.python).with_name("reco-worker"),
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as http:
+            while time.monotonic() - started < READY_TIMEOUT_S:
+                try:
+                    if (await http.get("/readyz")).status_code == 200:
+                        return time.monotonic() - started
+                except httpx.TransportError:
+                    pass
+                if process.returncode is not None:
+                    raise RuntimeError(f"reco-worker exited {process.returncode}: see {log}")
+                await asyncio.sleep(0.02)
+        raise TimeoutError(f"not ready after {READY_TIMEOUT_S} s: see {log}")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), timeout=60)
+
+
+def measure(sides: list[Side], n_items: int, rounds: int, ready: bool, tmp: Path) -> list[str]:
+    for side in sides:
+        side.write(n_items)
+        side.start_to_ready(side.root / "filled")  # fills and marks it, as the first worker would
+        side.times = {case: [] for case in (*CASES, "ready")}
+    size = sum(f.stat().st_size for f in (sides[0].root / "filled").rglob("*") if f.is_file())
+    for round_ in range(rounds):
+        for case in CASES:
+            for side in sides if round_ % 2 == 0 else sides[::-1]:
+                prepare(case, tmp / "cache", filled=side.root / "filled")
+                side.times[case].append(side.start_to_ready(tmp / "cache"))
+                imports, load = side.times[case][-1]
+                print(f"{n_items} {side.label} {case}: imports {imports:.2f} s, load {load:.2f} s")
+        for side in (sides if round_ % 2 == 0 else sides[::-1]) if ready else ():
+            prepare("shared, verified", tmp / "cache", filled=side.root / "filled")
+            log = tmp / f"worker-{side.label}.log"
+            seconds = asyncio.run(process_to_ready(side, tmp / "cache", log))
+            side.times["ready"].append((seconds, 0.0))
+            print(f"{n_items} {side.label} reco-worker → /readyz: {seconds:.2f} s")
+        print(f"  load average {os.getloadavg()}", flush=True)
+    rows = []
+    for case in CASES:
+        for side in sides:
+            imports = statistics.median(t[0] for t in side.times[case])
+            loads = sorted(t[1] for t in side.times[case])
+            total = statistics.median(t[0] + t[1] for t in side.times[case])
+            rows.append(
+                f"| {n_items:,} | {size / 2**20:.0f} | {case} | {side.label} | {imports:.2f} | "
+                f"{statistics.median(loads):.2f} ({loads[0]:.2f}-{loads[-1]:.2f}) | {total:.2f} |"
+            )
+    for side in sides if ready else ():
+        ready_s = sorted(t[0] for t in side.times["ready"])
+        rows.append(
+            f"| {n_items:,} | {size / 2**20:.0f} | shared, verified: `reco-worker` → `/readyz` | "
+            f"{side.label} |  |  | {statistics.median(ready_s):.2f} "
+            f"({ready_s[0]:.2f}-{ready_s[-1]:.2f}) |"
+        )
+    return rows
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--write"]:  # a side writing its artifact with its own code
+        print(build_model(Path(sys.argv[2]), int(sys.argv[3])))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compare", help="another checkout's .venv/bin/python")
+    parser.add_argument("--compare-label", default="before")
+    parser.add_argument("--label", default="this tree")
+    parser.add_argument("--ready", action="store_true", help="also reco-worker → /readyz")
     args = parser.parse_args()
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {os.getloadavg()}", flush=True)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="reco-bench-start-") as tmp:
         root = Path(tmp)
         for n_items in args.items:
-            uri = build_model(root / "store", n_items)
-            filled = root / "filled"
-            start_to_ready(uri, filled)  # fills and marks it, as the first worker would
-            size = sum(f.stat().st_size for f in filled.rglob("*") if f.is_file()) / 2**20
-            times: dict[str, list[tuple[float, float]]] = {case: [] for case in CASES}
-            for _ in range(args.rounds):
-                for case in CASES:
-                    prepare(case, root / "cache", filled=filled)
-                    times[case].append(start_to_ready(uri, root / "cache"))
-                    imports, load = times[case][-1]
-                    print(f"{n_items} {case}: imports {imports:.2f} s, load {load:.2f} s")
-            for case in CASES:
-                imports = statistics.median(t[0] for t in times[case])
-                loads = sorted(t[1] for t in times[case])
-                spread = f"{loads[0]:.2f}-{loads[-1]:.2f}"
-                rows.append(
-                    (n_items, f"{size:.0f}", case, imports, statistics.median(loads), spread)
-                )
-            shutil.rmtree(filled)
-    print(f"\nload average at the end {os.getloadavg()}\n")
-    print("| items | artifact MiB | cache | imports s | model load s (range) | start → ready s |")
-    print("|---:|---:|---|---:|---:|---:|")
-    for n_items, size, case, imports, load, spread in rows:
-        total = imports + load
-        print(
-            f"| {n_items:,} | {size} | {case} | {imports:.2f} | {load:.2f} ({spread}) | {total:.2f} |"
-        )
+            sides = [Side(args.label, sys.executable, root / "this")]
+            if args.compare:
+                sides.insert(0, Side(args.compare_label, args.compare, root / "other"))
+            rows += measure(sides, n_items, args.rounds, args.ready, root)
+            for side in sides:
+                shutil.rmtree(side.root)
+    print(f"\n{datetime.now(UTC):%H:%M} UTC, load average at the end {os.getloadavg()}\n")
+    print(
+        "| items | artifact MiB | cache | code | imports s | model load s (range) | start → ready s |"
+    )
+    print("|---:|---:|---|---|---:|---:|---:|")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -250,9 +250,11 @@ async def start_worker(
     log: Path,
     blas_threads: int = 1,
     env: Mapping[str, str] | None = None,
+    command: Path | None = None,
 ) -> asyncio.subprocess.Process:
     """One ``reco-worker`` process on the dev stack, with its topics and keys under ``prefix``,
-    its output in ``log`` and ``env`` added to its environment."""
+    its output in ``log`` and ``env`` added to its environment; ``command``: another
+    checkout's ``reco-worker`` (default: this environment's)."""
     env = {
         **os.environ,
         **(env or {}),
@@ -265,7 +267,7 @@ async def start_worker(
         "RECO_WORKER_BLAS_THREADS": str(blas_threads),
         "RECO_LOG_LEVEL": os.environ.get("RECO_LOG_LEVEL", "INFO"),
     }
-    command = Path(sys.executable).with_name("reco-worker")
+    command = command or Path(sys.executable).with_name("reco-worker")
     with log.open("wb") as out:
         return await asyncio.create_subprocess_exec(str(command), env=env, stdout=out, stderr=out)
 
