@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reco_common.id_lookup import IdLookup, IdLookupError
+from reco_common.id_lookup import DICT_MAX_IDS, IdDict, IdLookup, IdLookupError, for_serving
 
 
 def test_ids_are_found_at_their_rows_and_unknown_ids_are_not() -> None:
@@ -51,3 +51,15 @@ def test_arrays_that_are_not_a_lookup_are_refused() -> None:
         IdLookup(np.array(["a"]), np.array([0]))
     with pytest.raises(IdLookupError, match="1 keys but 2 rows"):
         IdLookup(np.array([b"a"]), np.array([0, 1]))
+
+
+@pytest.mark.parametrize("n", [DICT_MAX_IDS, DICT_MAX_IDS + 1])
+def test_serving_finds_the_same_rows_through_a_dict_or_the_keys(n: int) -> None:
+    ids = [f"i{k}" for k in range(n)]
+    rows = for_serving(IdLookup.build(ids), ids)
+    assert isinstance(rows, IdDict if n <= DICT_MAX_IDS else IdLookup)
+    assert rows.rows_of(["i7", f"i{n - 1}", "i", f"i{n}"]).tolist() == [7, n - 1, -1, -1]
+    assert rows.get("i3") == 3
+    assert "i3" in rows
+    assert "x" not in rows
+    assert len(rows) == n

@@ -6,6 +6,12 @@ the worker maps (``np.load(mmap_mode="r")``): ``keys``, the ids' UTF-8 bytes sor
 a fixed-width NumPy ``S`` column, and ``rows``, the row of each key. A batch of ids is found with
 one binary search (``np.searchsorted``) over the keys: no Python work per id beyond encoding it.
 
+Per id, a binary search over S keys costs more than a dict while the dict stays in the CPU's
+caches: 100k ids found in 27 ms against 6 ms for a dict of 10k ids, 35 against 32 ms at 100k,
+49 against 66 ms at 300k, 84 against 94 ms at 1M (one core, load 5-7). :func:`for_serving`
+therefore keeps a dict for sets up to :data:`DICT_MAX_IDS` (built in tens of ms) and the
+mapped keys above.
+
 An ``S`` column pads with NUL bytes and drops trailing ones, so an id that is empty or holds a
 NUL cannot be told apart from another: such ids are refused when the lookup is built, and a
 looked-up id holding a NUL is never found.
@@ -14,6 +20,7 @@ looked-up id holding a NUL is never found.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +28,46 @@ import numpy.typing as npt
 Keys = npt.NDArray[np.bytes_]
 Rows = npt.NDArray[np.intp]
 _NUL = "\0"
+DICT_MAX_IDS = 100_000
+
+
+class IdRows(Protocol):
+    """Ids to rows, as the serving side asks."""
+
+    def __len__(self) -> int: ...
+    def rows_of(self, ids: Sequence[str]) -> Rows: ...
+    def get(self, item: str) -> int | None: ...
+    def __contains__(self, item: object) -> bool: ...
+
+
+def for_serving(lookup: IdLookup | None, ids: Sequence[str]) -> IdRows:
+    """The faster of the two for ``ids`` (row ``r`` is ``ids[r]``): a dict for a small set, else
+    ``lookup`` (mapped from the artifact; built from ``ids`` for an artifact without one)."""
+    if len(ids) <= DICT_MAX_IDS:
+        return IdDict(ids)
+    return lookup if lookup is not None else IdLookup.build(ids)
+
+
+class IdDict:
+    """Ids to rows through a dict (a later duplicate wins, as it always did)."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self._rows = dict(zip(ids, range(len(ids)), strict=True))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def rows_of(self, ids: Sequence[str]) -> Rows:
+        rows = self._rows
+        return np.fromiter((rows.get(i, -1) for i in ids), dtype=np.intp, count=len(ids))
+
+    def get(self, item: str) -> int | None:
+        return self._rows.get(item)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._rows
 
 
 class IdLookupError(ValueError):

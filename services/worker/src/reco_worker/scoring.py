@@ -45,7 +45,7 @@ from reco_common.contracts import (
     HistoryColumns,
     HistoryEntry,
 )
-from reco_common.id_lookup import IdLookup
+from reco_common.id_lookup import for_serving
 from reco_worker.topn import IndexUse, Pairs, Rows, Selection, TopSelector
 
 Vector = npt.NDArray[np.float64]
@@ -111,9 +111,9 @@ class ServingModel:
         self.item_ids = np.asarray(arrays.item_ids, dtype=object)
         # One extra entry for the selection's padding (row ``n_items``), cut off before use.
         self._padded_ids = np.append(self.item_ids, "")
-        # id -> row: the artifact's lookups, mapped (built here for an artifact without them).
-        self.item_index = arrays.item_lookup or IdLookup.build(arrays.item_ids)
-        self.user_index = arrays.user_lookup or IdLookup.build(arrays.user_ids)
+        # id -> row: a dict for small sets, else the artifact's lookups, mapped (id_lookup).
+        self.item_index = for_serving(arrays.item_lookup, arrays.item_ids)
+        self.user_index = for_serving(arrays.user_lookup, arrays.user_ids)
         self.popular_items = list(arrays.popular_items)
         self.popular_scores = [float(s) for s in arrays.popular_scores]
         self.user_items = arrays.user_items or UserItems.empty(len(arrays.user_ids))
