@@ -21,6 +21,13 @@ there to the model ready. Three caches:
 another checkout (its own ``uv sync``-ed ``.venv``, e.g. a ``git worktree`` of the commit
 before a change): each side writes its own artifact with its own code and fills its own cache.
 
+Bytecode: the service image compiles it at build (``UV_COMPILE_BYTECODE=1``, services/Dockerfile),
+while a checkout here has none and ``PYTHONDONTWRITEBYTECODE=1`` in its environment: every
+process compiles every module it imports again (the 20-54 s of imports of session 4 at load
+11-14 were mostly that). By default each side's processes share a bytecode cache
+(``PYTHONPYCACHEPREFIX``, filled by the first process) as in the image; ``--no-bytecode``
+measures the checkout as it is.
+
 ``--ready``: also the whole ``reco-worker`` process on the dev stack (Kafka, Redis;
 ``RECO_*`` settings as for the other worker benchmarks), from spawning it to ``/readyz``
 answering 200 (model loaded, consumer group joined, Redis answering), with the shared verified
@@ -109,8 +116,16 @@ class Side:
     label: str
     python: str
     root: Path
+    bytecode: bool = True
     uri: str = ""
     times: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment's bytecode settings for this side's processes (see the docstring)."""
+        if not self.bytecode:
+            return {"PYTHONDONTWRITEBYTECODE": "1"}
+        return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(self.root / "pyc")}
 
     def write(self, n_items: int) -> None:
         """The artifact written by this side's own code (``--write`` in its interpreter)."""
@@ -127,6 +142,7 @@ class Side:
             check=True,
             capture_output=True,
             text=True,
+            env={**os.environ, **self.env},
         ).stdout
         imported, ready, _ = out.split()
         return float(imported) - started, float(ready) - float(imported)
@@ -159,6 +175,7 @@ async def process_to_ready(side: Side, cache: Path, log: Path) -> float:
         port=port,
         cache_dir=cache,
         log=log,
+        env=side.env,
         command=Path(side.python).with_name("reco-worker"),
     )
     try:
@@ -183,7 +200,10 @@ def measure(sides: list[Side], n_items: int, rounds: int, ready: bool, tmp: Path
         side.write(n_items)
         side.start_to_ready(side.root / "filled")  # fills and marks it, as the first worker would
         side.times = {case: [] for case in (*CASES, "ready")}
-    size = sum(f.stat().st_size for f in (sides[0].root / "filled").rglob("*") if f.is_file())
+        if ready:  # not measured: compiles what only the running service imports
+            prepare("shared, verified", tmp / "cache", filled=side.root / "filled")
+            asyncio.run(process_to_ready(side, tmp / "cache", tmp / "warm-up.log"))
+    size = sum(f.stat().st_size for f in (sides[-1].root / "filled").rglob("*") if f.is_file())
     for round_ in range(rounds):
         for case in CASES:
             for side in sides if round_ % 2 == 0 else sides[::-1]:
@@ -229,15 +249,21 @@ def main() -> None:
     parser.add_argument("--compare-label", default="before")
     parser.add_argument("--label", default="this tree")
     parser.add_argument("--ready", action="store_true", help="also reco-worker → /readyz")
+    parser.add_argument("--no-bytecode", action="store_true", help="compile at every start")
     args = parser.parse_args()
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {os.getloadavg()}", flush=True)
+    print(
+        "bytecode:",
+        "none (compiled at every start)" if args.no_bytecode else "cached, as the image",
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="reco-bench-start-") as tmp:
         root = Path(tmp)
         for n_items in args.items:
-            sides = [Side(args.label, sys.executable, root / "this")]
+            bytecode = not args.no_bytecode
+            sides = [Side(args.label, sys.executable, root / "this", bytecode)]
             if args.compare:
-                sides.insert(0, Side(args.compare_label, args.compare, root / "other"))
+                sides.insert(0, Side(args.compare_label, args.compare, root / "other", bytecode))
             rows += measure(sides, n_items, args.rounds, args.ready, root)
             for side in sides:
                 shutil.rmtree(side.root)
