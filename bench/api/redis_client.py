@@ -7,10 +7,10 @@ send ``GET`` of its key in turn (the API's read since key layout 2; before, an `
 list and the active record, docs/benchmarks.md), ``--calls`` in all. Process CPU
 time (which includes the client's own threads, if any) per call, and calls per second of wall
 time. Clients: redis-py (``redis.asyncio``, its pool, the hiredis parser when installed, as the
-API used it), the API's own :class:`reco_api.pipelined.PipelinedRedis`, and valkey-glide when it
+API used it), the API's own :class:`reco_common.pipelined.PipelinedRedis`, and valkey-glide when it
 is installed (not a dependency: ``uv pip install valkey-glide`` to include it). With
 ``--cluster-url`` (``scripts/stack.sh cluster-up``), also redis-py's cluster client and the API's
-:class:`reco_api.pipelined_cluster.ClusterPipelinedRedis` reading 1,000 users' keys in turn (so
+:class:`reco_common.pipelined_cluster.ClusterPipelinedRedis` reading 1,000 users' keys in turn (so
 over every primary; missing keys, the cost is the same).
 """
 
@@ -31,8 +31,8 @@ import uvloop
 from redis.asyncio import Redis
 from run import redis_server
 
-from reco_api.pipelined import PipelinedRedis, pack
-from reco_api.pipelined_cluster import ClusterPipelinedRedis
+from reco_common.pipelined import PipelinedRedis, pack
+from reco_common.pipelined_cluster import ClusterPipelinedRedis
 from reco_common.redis_store import connect
 from reco_common.settings import RedisSettings
 

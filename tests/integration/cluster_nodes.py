@@ -14,7 +14,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from reco_common.redis_store import slot_of
+from reco_common.pipelined_cluster import slot_of
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "scripts" / "stack.sh"

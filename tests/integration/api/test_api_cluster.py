@@ -9,7 +9,7 @@ import httpx
 from api_procs import ApiProcess, seed
 
 from reco_common.contracts import RedisKeys
-from reco_common.redis_store import slot_of
+from reco_common.pipelined_cluster import slot_of
 
 USERS = 60
 

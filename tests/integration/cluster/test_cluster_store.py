@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from cluster_nodes import nodes, primary_of, replica_of, until_primary
+from cluster_nodes import Node, nodes, primary_of, replica_of, until_primary
 from prometheus_client import CollectorRegistry, Counter
 from redis import Redis
 
@@ -18,6 +18,7 @@ from reco_common.contracts import (
     RecommendationList,
     decode_recommendations,
 )
+from reco_common.pipelined_cluster import slot_of
 from reco_common.redis_store import (
     Epoch,
     FencedLists,
@@ -103,6 +104,60 @@ async def test_a_node_without_the_scripts_gets_them_again(
             Redis(port=node.port).script_flush()
     assert await lists.replace("m", {u: FencedWrite(b"b", Position(0, 2)) for u in USERS}) == 0
     assert await cluster_redis.get(keys.recommendations("m", "u42")) == b"b"
+
+
+async def test_fenced_writes_follow_a_slot_being_resharded(
+    cluster_redis: RedisClient, cluster_settings: RedisSettings, unique: str
+) -> None:
+    """A slot moving to another primary mid-stream: served by its old primary while its keys
+    are there, after ``ASK`` by the new one once they moved, after ``MOVED`` once the slot is
+    handed over; the fence holds throughout (the scripts declare every key they touch)."""
+    keys = cluster_settings.keys
+    user = f"resharded-{unique}"  # a slot of its own: no other test's keys move with it
+    lists, history = FencedLists(cluster_redis, keys), _history(cluster_redis, cluster_settings)
+    others = {u: FencedWrite(b"o", Position(0, 1)) for u in USERS}
+
+    async def write(value: bytes, offset: int) -> int:
+        await history.append_and_read({user: Addition(Position(0, offset), {_member(offset): 1.0})})
+        return await lists.replace("m", {user: FencedWrite(value, Position(0, offset))} | others)
+
+    slot = slot_of(keys.user_fence(user))
+    source = primary_of(keys.user_fence(user))
+    target = next(n for n in nodes() if n.primary and n.port != source.port)
+    assert await write(b"v1", 1) == 0
+    try:
+        _migrating(slot, source, target)
+        assert await write(b"v2", 2) == len(USERS)  # keys still on the source: served there
+        _move_keys(slot, source, target)
+        assert await write(b"v3", 3) == len(USERS)  # the source answers ASK
+        assert await lists.replace("m", {user: FencedWrite(b"old", Position(0, 2))}) == 1
+        _hand_over(slot, target)
+        assert await write(b"v4", 4) == len(USERS)  # the source answers MOVED
+    finally:
+        _migrating(slot, target, source)
+        _move_keys(slot, target, source)
+        _hand_over(slot, source)
+    assert await cluster_redis.get(keys.recommendations("m", user)) == b"v4"
+    stored = await history.rebuild({user: Addition(Position(0, 1), {_member(1): 1.0})})
+    assert [len(h.ts) for h in stored.values()] == [4]  # every append applied, once
+
+
+def _migrating(slot: int, source: Node, target: Node) -> None:
+    Redis(port=target.port).execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
+    Redis(port=source.port).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
+
+
+def _move_keys(slot: int, source: Node, target: Node) -> None:
+    redis = Redis(port=source.port)
+    moving = redis.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+    if moving:
+        redis.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *moving)
+
+
+def _hand_over(slot: int, owner: Node) -> None:
+    for node in nodes():
+        if node.primary:
+            Redis(port=node.port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", owner.node_id)
 
 
 async def test_the_controllers_records_are_one_slot(

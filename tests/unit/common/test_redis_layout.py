@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from reco_common.contracts import RedisKeys
-from reco_common.redis_store import slot_of
+from reco_common.pipelined_cluster import slot_of
 from reco_common.settings import RedisSettings
 
 # Identifiers are any non-blank strings: braces anywhere must not split a user's keys.

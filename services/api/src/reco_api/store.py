@@ -7,8 +7,8 @@ close. Each read touches one key, so one slot of a Redis Cluster. A failed read 
 a timeout, no backoff): the API answers 503 quickly instead of hanging, and the client
 reconnects by itself when Redis is back.
 
-The client is :class:`reco_api.pipelined.PipelinedRedis` (one server) or
-:class:`reco_api.pipelined_cluster.ClusterPipelinedRedis` (a Redis Cluster, by the URL): one
+The client is :class:`reco_common.pipelined.PipelinedRedis` (one server) or
+:class:`reco_common.pipelined_cluster.ClusterPipelinedRedis` (a Redis Cluster, by the URL): one
 connection per server whose commands of one event-loop turn leave in one write (a burst of
 requests needs no pool and never waits for a connection); redis-py's per-command CPU was the
 largest cost of a request.
@@ -21,9 +21,9 @@ from time import perf_counter
 from typing import Any, Protocol
 
 from reco_api.metrics import ApiMetrics
-from reco_api.pipelined import PipelinedRedis, RedisReplyError, pack
-from reco_api.pipelined_cluster import ClusterPipelinedRedis
 from reco_common.contracts import RedisKeys
+from reco_common.pipelined import PipelinedRedis, RedisReplyError, pack
+from reco_common.pipelined_cluster import ClusterPipelinedRedis
 from reco_common.settings import RedisSettings
 
 logger = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
-"""The API's pipelined Redis client on a Redis Cluster: each command to the node of its key's slot.
+"""The pipelined Redis client on a Redis Cluster: each command to the node of its key's slot.
 
-One :class:`reco_api.pipelined.PipelinedRedis` (one connection, one write per loop turn) per
-primary; a command goes to the primary serving its key's slot (``reco_common.redis_store.slot_of``,
-the key's hash tag), so a burst of requests costs one write per node and loop turn, as on a
-single server. The slot map comes from ``CLUSTER SLOTS`` of any node that answers:
+One :class:`reco_common.pipelined.PipelinedRedis` (one connection, one write per loop turn) per
+primary; a command goes to the primary serving its key's slot (:func:`slot_of`, the key's
+hash tag), so a burst of requests costs one write per node and loop turn, as on a single
+server. The slot map comes from ``CLUSTER SLOTS`` of any node that answers:
 
 - ``MOVED`` (the slot has another primary: a failover, a resharding): the command goes to the
   named node at once, and the map is read again;
@@ -13,18 +13,22 @@ single server. The slot map comes from ``CLUSTER SLOTS`` of any node that answer
   most every :data:`REFRESH_MIN_S`, until the promoted replica appears in it.
 
 redis-py's cluster client was the simpler choice, but it costs the per-command CPU that made
-the API write its own client (bench/api/redis_client.py, docs/benchmarks.md).
+the API write its own client (bench/api/redis_client.py, docs/benchmarks.md), and the worker's
+fenced scripts, one call per slot on a cluster, go through this one for the same reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from reco_api.pipelined import PipelinedRedis, RedisReplyError, pack
-from reco_common.redis_store import slot_of
+import hiredis
+from redis.crc import key_slot
+
+from reco_common.pipelined import PipelinedRedis, RedisReplyError, checked, pack
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +37,11 @@ REFRESH_MIN_S = 0.25
 _CLUSTER_SLOTS = pack("CLUSTER", "SLOTS")
 
 Address = tuple[str, int]
+
+
+def slot_of(key: str | bytes) -> int:
+    """The Redis Cluster slot of ``key`` (its hash tag's, see ``RedisKeys``)."""
+    return key_slot(key.encode() if isinstance(key, str) else key)
 
 
 class ClusterPipelinedRedis:
@@ -49,32 +58,89 @@ class ClusterPipelinedRedis:
         self._refreshed_at = float("-inf")
 
     async def execute(self, command: bytes, *, key: bytes | str | None = None) -> Any:
-        """Send ``command`` (:func:`reco_api.pipelined.pack`) to the primary of ``key``'s slot
+        """Send ``command`` (:func:`reco_common.pipelined.pack`) to the primary of ``key``'s slot
         (any primary without a key) and return its reply, following one redirect."""
-        if not self._slots:  # the first requests share one read of the map
-            first = self._first_map
-            if first is None:
-                first = self._first_map = asyncio.ensure_future(self._refresh())
-            try:
-                await asyncio.shield(first)
-            finally:
-                if first.done() and self._first_map is first:
-                    self._first_map = None
+        await self._mapped()
         address = self._slots[slot_of(key) if key is not None else 0]
+        return await self._answer(self._node(address).execute(command), command)
+
+    async def execute_many(self, commands: Sequence[tuple[bytes, int]]) -> list[Any]:
+        """Send each ``(command, slot)`` (the slot of its keys, :func:`slot_of`) as
+        :meth:`execute` would, all in this loop turn (one write per node, no task per command),
+        and return the replies in order, a failed command's as its exception: every command is
+        answered (or failed) before this returns."""
+        await self._mapped()
+        by_node: dict[Address, list[int]] = {}
+        for place, (_, slot) in enumerate(commands):
+            by_node.setdefault(self._slots[slot], []).append(place)
+        sent: list[Awaitable[Any] | OSError] = [ConnectionError("not sent")] * len(commands)
+        lasts = []
+        for address, places in by_node.items():
+            try:
+                futures = await self._node(address).send_all([commands[p][0] for p in places])
+            except OSError as exc:  # the node is unreachable: its commands fail, not the others
+                self._refresh_soon()
+                for place in places:
+                    sent[place] = exc
+                continue
+            for place, future in zip(places, futures, strict=True):
+                sent[place] = future
+            lasts.append(futures[-1])
+        if lasts:  # a connection answers in order: its last reply in, all are (one wake-up)
+            await asyncio.wait(lasts)
+        return [
+            await self._settled(reply, command)
+            for (command, _), reply in zip(commands, sent, strict=True)
+        ]
+
+    async def _settled(self, reply: Awaitable[Any] | OSError, command: bytes) -> Any:
+        """The reply of a command of :meth:`execute_many`, or its exception (not raised)."""
         try:
-            return await self._node(address).execute(command)
+            if isinstance(reply, OSError):
+                raise reply
+            answer = await reply
+            if isinstance(answer, hiredis.ReplyError):  # rare: a redirect, a script's error
+                return await self._redirected(RedisReplyError(str(answer)), command)
+        except OSError as exc:
+            self._refresh_soon()  # a failover: the promoted replica shows up in the map
+            return exc
         except RedisReplyError as exc:
-            kind, _, rest = str(exc).partition(" ")
-            if kind not in ("MOVED", "ASK"):
-                raise
-            target = _address_of(rest.split(" ")[-1])
-            if kind == "ASK":
-                return await self._node(target).execute_asking(command)
-            self._refresh_soon()
-            return await self._node(target).execute(command)
+            return exc
+        return answer
+
+    async def _mapped(self) -> None:
+        """The slot map read, once: the first requests share one read."""
+        if self._slots:
+            return
+        first = self._first_map
+        if first is None:
+            first = self._first_map = asyncio.ensure_future(self._refresh())
+        try:
+            await asyncio.shield(first)
+        finally:
+            if first.done() and self._first_map is first:
+                self._first_map = None
+
+    async def _answer(self, reply: Awaitable[Any], command: bytes) -> Any:
+        """``reply``, or ``command``'s after the redirect it was answered with."""
+        try:
+            return checked(await reply)
+        except RedisReplyError as exc:
+            return await self._redirected(exc, command)
         except OSError:
             self._refresh_soon()  # a failover: the promoted replica shows up in the map
             raise
+
+    async def _redirected(self, error: RedisReplyError, command: bytes) -> Any:
+        """``command`` sent again where ``MOVED`` or ``ASK`` says; any other error raised."""
+        kind, _, rest = str(error).partition(" ")
+        if kind not in ("MOVED", "ASK"):
+            raise error
+        target = _address_of(rest.split(" ")[-1])
+        if kind == "ASK":
+            return await self._node(target).execute_asking(command)
+        self._refresh_soon()
+        return await self._node(target).execute(command)
 
     async def aclose(self) -> None:
         for reading in (self._refreshing, self._first_map):

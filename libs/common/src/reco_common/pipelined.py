@@ -1,6 +1,8 @@
-"""A read-only Redis connection that pipelines by itself: one connection, one write per loop turn.
+"""A Redis connection that pipelines by itself: one connection, one write per loop turn.
 
-The API sends one ``MGET`` per request and nothing else. With redis-py every request takes a
+Written for the API, which sends one ``GET`` per request and nothing else; the worker's fenced
+scripts on a Redis Cluster go through it too (``reco_common.pipelined_cluster``,
+``reco_common.redis_store.call_per_slot``). With redis-py every request takes a
 pooled connection and makes its own write and read system calls, and its Python per command
 (connection checkout, command packing, response parsing, release) cost ~80-200 µs of CPU per
 ``MGET``, more than the rest of the request together (bench/api/redis_client.py,
@@ -24,31 +26,32 @@ import asyncio
 import collections
 import logging
 import ssl
+from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
+from redis.exceptions import ResponseError
 
 logger = logging.getLogger(__name__)
 
 
-class RedisReplyError(Exception):
-    """Redis answered a command with an error (``-ERR …``)."""
+class RedisReplyError(ResponseError):
+    """Redis answered a command with an error (``-ERR …``); a ``RedisError``, as redis-py's
+    replies, so that callers handle both clients' refusals alike."""
 
 
 def pack(*args: bytes | str) -> bytes:
-    """One command in the Redis protocol (RESP2)."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg.encode() if isinstance(arg, str) else arg
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
+    """One command in the Redis protocol (RESP2), packed by hiredis (C)."""
+    packed: bytes = hiredis.pack_command(cast(Any, args))  # its stub: a tuple of one argument
+    return packed
 
 
 _ASKING = pack("ASKING")
 
 
-def _checked(reply: Any) -> Any:
+def checked(reply: Any) -> Any:
+    """``reply`` as parsed, unless Redis answered an error: :class:`RedisReplyError` raised."""
     if isinstance(reply, hiredis.ReplyError):
         raise RedisReplyError(str(reply))
     return reply
@@ -156,7 +159,7 @@ class PipelinedRedis:
     async def execute(self, command: bytes, *, key: bytes | str | None = None) -> Any:
         """Send one packed command (:func:`pack`) and return its reply; one retry on a
         connection found closed (a Redis restart), none on a timeout. ``key`` routes a
-        command on a cluster (``reco_api.pipelined_cluster``); one server serves every key."""
+        command on a cluster (``reco_common.pipelined_cluster``); one server serves every key."""
         try:
             return await self._execute_once(command)
         except ConnectionError:
@@ -165,19 +168,29 @@ class PipelinedRedis:
     async def execute_asking(self, command: bytes) -> Any:
         """``command`` after ``ASKING``, in the same write (a Redis Cluster's ``ASK`` redirect:
         the slot is moving to this node)."""
-        connection = self._connection
-        if connection is None or connection.closed:
-            connection = await self._connected()
+        connection = await self._live()
         asking = connection.send(_ASKING)
         reply = await connection.send(command)
         await asking
-        return _checked(reply)
+        return checked(reply)
+
+    async def send_all(self, commands: Sequence[bytes]) -> list[asyncio.Future[Any]]:
+        """Queue ``commands`` in order, to leave in this loop turn's write; the futures of their
+        replies as parsed (an error reply unraised, see :func:`checked`; no retry). Many
+        commands at once without a task or a check each (the worker's fenced scripts on a
+        cluster, ``reco_common.redis_store.call_per_slot``)."""
+        connection = await self._live()
+        return [connection.send(command) for command in commands]
 
     async def _execute_once(self, command: bytes) -> Any:
+        connection = await self._live()
+        return checked(await connection.send(command))
+
+    async def _live(self) -> _Connection:
         connection = self._connection
         if connection is None or connection.closed:
             connection = await self._connected()
-        return _checked(await connection.send(command))
+        return connection
 
     async def _connected(self) -> _Connection:
         if self._connecting is None:
