@@ -3,8 +3,8 @@
 The same batches of user actions go through the production ``ActionHandler`` (real scoring,
 real Redis, the fenced writers) once per round on each Redis, in alternation: the single server
 of ``scripts/stack.sh up`` (``RECO_REDIS_URL``) and the cluster of ``scripts/stack.sh
-cluster-up`` (``--cluster-url``), where a batch's fenced scripts go one per slot in one cluster
-pipeline. Each pass starts from empty keys under its own prefix, deleted afterwards. Reported per
+cluster-up`` (``--cluster-url``), where a batch's fenced scripts go one per slot, all at once
+through the self-pipelining cluster client (``reco_common.redis_store.call_per_slot``). Each pass starts from empty keys under its own prefix, deleted afterwards. Reported per
 Redis (median over rounds): events/s through the handler, its per-batch latency p50/p99 and the
 time spent in the two Redis calls. The Kafka fetch and commit are the same on both and left out,
 so the ratio here bounds the worker's. Run:

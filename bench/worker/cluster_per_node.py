@@ -1,8 +1,8 @@
 """What a batch's list write would cost on a Redis Cluster grouped per node instead of per slot.
 
-Not the shipped writer: ``FencedLists`` (one ``EVALSHA`` per slot in one cluster pipeline, the
-scripts' keys declared, single-slot) against an experimental variant of the same fenced write
-with one ``EVAL`` per primary: one declared key routes the call, the users' keys are passed as
+Not the shipped writer: ``FencedLists`` (one ``EVALSHA`` per slot, the scripts' keys declared,
+single-slot, all sent at once by the self-pipelining cluster client) against an experimental
+variant of the same fenced write, in one redis-py cluster pipeline, with one ``EVAL`` per primary: one declared key routes the call, the users' keys are passed as
 arguments (Redis runs a script that touches keys of other slots on its own node when they were
 not declared). ``--users`` lists of 800 bytes, ``--rounds`` rounds; process CPU and wall time
 per write. Run against ``scripts/stack.sh cluster-up``:
