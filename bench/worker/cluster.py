@@ -5,8 +5,9 @@ real Redis, the fenced writers) once per round on each Redis, in alternation: th
 of ``scripts/stack.sh up`` (``RECO_REDIS_URL``) and the cluster of ``scripts/stack.sh
 cluster-up`` (``--cluster-url``), where a batch's fenced scripts go one per slot, all at once
 through the self-pipelining cluster client (``reco_common.redis_store.call_per_slot``). Each pass starts from empty keys under its own prefix, deleted afterwards. Reported per
-Redis (median over rounds): events/s through the handler, its per-batch latency p50/p99 and the
-time spent in the two Redis calls. The Kafka fetch and commit are the same on both and left out,
+Redis (median over rounds): events/s through the handler, its per-batch latency p50/p99, the
+time spent in the two Redis calls and this process' CPU per batch; and the cluster's rate over
+the single server's pass just before it, per round. The Kafka fetch and commit are the same on both and left out,
 so the ratio here bounds the worker's. Run:
 
     scripts/stack.sh up redis && scripts/stack.sh cluster-up
@@ -65,14 +66,21 @@ async def main() -> None:
         f"\n{args.rounds} rounds x {args.batches} batches of {args.batch_size} events, "
         f"{args.items:,} items, {2 * args.users:,} users; medians"
     )
-    print("| Redis | events/s | vs single | batch p50 ms | batch p99 ms | Redis ms/batch |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| Redis | events/s | vs single | batch p50 ms | batch p99 ms | Redis ms/batch "
+        "| CPU ms/batch |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for v in variants.values():
         rate = v.median("events_per_s")
         print(
             f"| {v.name} | {rate:,.0f} | {rate / base:.2f}x | {v.median('batch_p50_ms'):.1f} "
-            f"| {v.median('batch_p99_ms'):.1f} | {v.median('redis_ms_per_batch'):.1f} |"
+            f"| {v.median('batch_p99_ms'):.1f} | {v.median('redis_ms_per_batch'):.1f} "
+            f"| {v.median('cpu_ms_per_batch'):.1f} |"
         )
+    single, cluster = (v.passes for v in variants.values())
+    ratios = [c.events_per_s / s.events_per_s for s, c in zip(single, cluster, strict=True)]
+    print("cluster / single per round: " + ", ".join(f"{r:.2f}" for r in ratios))
 
 
 if __name__ == "__main__":

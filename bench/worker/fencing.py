@@ -148,6 +148,7 @@ class Pass:
     batch_p50_ms: float
     batch_p99_ms: float
     redis_ms_per_batch: float
+    cpu_ms_per_batch: float  # this process, all threads (Redis' own CPU not included)
 
 
 @dataclass
@@ -243,12 +244,12 @@ async def one_pass(
     )
     latencies = []
     try:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for batch in work:
             t0 = time.perf_counter()
             await handler(batch)
             latencies.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         await delete_prefix(redis, keys.prefix)
     events = sum(len(b) for b in work)
@@ -257,6 +258,7 @@ async def one_pass(
         batch_p50_ms=float(np.percentile(latencies, 50) * 1000),
         batch_p99_ms=float(np.percentile(latencies, 99) * 1000),
         redis_ms_per_batch=timer.seconds / len(work) * 1000,
+        cpu_ms_per_batch=cpu / len(work) * 1000,
     )
 
 
