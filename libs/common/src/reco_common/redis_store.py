@@ -295,7 +295,9 @@ async def _on_cluster(
     for slot, batch in batches.items():
         keys, args = _script_arguments(header, batch)
         calls.append(((str(len(keys)), *keys, *args), slot))
-    replies = await redis.execute_many([(pack("EVALSHA", script.sha, *a), k) for a, k in calls])
+    replies = await redis.execute_many(
+        [(pack("EVALSHA", script.sha, *arguments), slot) for arguments, slot in calls]
+    )
     missing = [place for place, reply in enumerate(replies) if _no_script(reply)]
     if missing:
         source = script.script if isinstance(script.script, str) else bytes(script.script)
