@@ -63,3 +63,15 @@ def test_serving_finds_the_same_rows_through_a_dict_or_the_keys(n: int) -> None:
     assert "i3" in rows
     assert "x" not in rows
     assert len(rows) == n
+
+
+def test_check_refuses_unsorted_keys_rows_out_of_range_and_bad_ids() -> None:
+    lookup = IdLookup.build(["b", "a", "c"])
+    with pytest.raises(IdLookupError, match="sorted and unique"):
+        IdLookup(lookup.keys[::-1].copy(), lookup.rows[::-1].copy()).check(["b", "a", "c"])
+    with pytest.raises(IdLookupError, match="3 rows"):
+        IdLookup(lookup.keys, np.array([0, 1, 3])).check(["b", "a", "c"])
+    with pytest.raises(IdLookupError, match="2 rows"):
+        lookup.check(["a", "b"])
+    with pytest.raises(IdLookupError, match="NUL"):
+        lookup.check(["b\0", "a", "c"])

@@ -126,8 +126,16 @@ class IdLookup:
         return isinstance(item, str) and self.get(item) is not None
 
     def check(self, ids: Sequence[str]) -> None:
-        """Refuse unless this is exactly the lookup of ``ids`` (one sort of them: a check to run
-        once per artifact, when it is verified, not at every load)."""
-        built = IdLookup.build(ids)
-        if not (np.array_equal(built.keys, self.keys) and np.array_equal(built.rows, self.rows)):
+        """Refuse unless this is exactly the lookup of ``ids``: keys strictly increasing (so
+        unique), rows in range, and the id at each key's row that key (so the rows are a
+        permutation). Reads every id once: a check for when an artifact is verified."""
+        n = len(ids)
+        if len(self.keys) != n or (n and (self.rows.min() < 0 or self.rows.max() >= n)):
+            raise IdLookupError(f"the lookup does not hold {n} rows")
+        if n and (_NUL in "".join(ids) or not all(ids)):
+            raise IdLookupError("an id is empty or holds a NUL byte")
+        if n > 1 and not bool((self.keys[1:] > self.keys[:-1]).all()):
+            raise IdLookupError("the lookup's keys are not sorted and unique")
+        encoded = np.array([i.encode() for i in ids], dtype=bytes) if n else self.keys
+        if not bool((encoded[self.rows] == self.keys).all()):
             raise IdLookupError("the lookup does not hold exactly the ids, each at its row")
