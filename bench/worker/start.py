@@ -73,9 +73,13 @@ from pathlib import Path
 import reco_worker.__main__
 from reco_common.settings import S3Settings
 from reco_worker.model_store import load_serving_model
-imported = time.time()
+def rss():
+    fields = dict(line.split(":") for line in open("/proc/self/status"))
+    return [int(fields[name].split()[0]) for name in ("RssFile", "RssAnon")]
+imported, before = time.time(), rss()
 model = load_serving_model(sys.argv[1], s3=S3Settings(), cache_dir=Path(sys.argv[2]))
-print(imported, time.time(), model.n_items, flush=True)
+after = rss()
+print(imported, time.time(), after[0] - before[0], after[1] - before[1], flush=True)
 """
 
 
@@ -118,7 +122,7 @@ class Side:
     root: Path
     bytecode: bool = True
     uri: str = ""
-    times: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    times: dict[str, list[tuple[float, float, float, float]]] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -133,9 +137,11 @@ class Side:
         self.uri = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         self.uri = self.uri.strip()
 
-    def start_to_ready(self, cache: Path) -> tuple[float, float]:
+    def start_to_ready(self, cache: Path) -> tuple[float, float, float, float]:
         """Seconds from spawning the process to the worker's modules imported, and from there
-        to the model ready (wall clock, across the two processes)."""
+        to the model ready (wall clock, across the two processes); the MiB by which the load
+        grew the process's resident file pages (read from the cache: what a cold node's
+        volume would serve) and its own memory (allocated and filled)."""
         started = time.time()
         out = subprocess.run(
             [self.python, "-c", CHILD, self.uri, str(cache)],
@@ -144,8 +150,9 @@ class Side:
             text=True,
             env={**os.environ, **self.env},
         ).stdout
-        imported, ready, _ = out.split()
-        return float(imported) - started, float(ready) - float(imported)
+        imported, ready, file_kib, anon_kib = out.split()
+        load = float(ready) - float(imported)
+        return float(imported) - started, load, int(file_kib) / 1024, int(anon_kib) / 1024
 
 
 def prepare(case: str, cache: Path, *, filled: Path) -> None:
@@ -209,13 +216,16 @@ def measure(sides: list[Side], n_items: int, rounds: int, ready: bool, tmp: Path
             for side in sides if round_ % 2 == 0 else sides[::-1]:
                 prepare(case, tmp / "cache", filled=side.root / "filled")
                 side.times[case].append(side.start_to_ready(tmp / "cache"))
-                imports, load = side.times[case][-1]
-                print(f"{n_items} {side.label} {case}: imports {imports:.2f} s, load {load:.2f} s")
+                imports, load, file_mib, anon_mib = side.times[case][-1]
+                print(
+                    f"{n_items} {side.label} {case}: imports {imports:.2f} s, load {load:.2f} s, "
+                    f"RSS + {file_mib:.0f} MiB of files, + {anon_mib:.0f} MiB of memory"
+                )
         for side in (sides if round_ % 2 == 0 else sides[::-1]) if ready else ():
             prepare("shared, verified", tmp / "cache", filled=side.root / "filled")
             log = tmp / f"worker-{side.label}.log"
             seconds = asyncio.run(process_to_ready(side, tmp / "cache", log))
-            side.times["ready"].append((seconds, 0.0))
+            side.times["ready"].append((seconds, 0.0, 0.0, 0.0))
             print(f"{n_items} {side.label} reco-worker → /readyz: {seconds:.2f} s")
         print(f"  load average {os.getloadavg()}", flush=True)
     rows = []
@@ -224,15 +234,18 @@ def measure(sides: list[Side], n_items: int, rounds: int, ready: bool, tmp: Path
             imports = statistics.median(t[0] for t in side.times[case])
             loads = sorted(t[1] for t in side.times[case])
             total = statistics.median(t[0] + t[1] for t in side.times[case])
+            file_mib = statistics.median(t[2] for t in side.times[case])
+            anon_mib = statistics.median(t[3] for t in side.times[case])
             rows.append(
                 f"| {n_items:,} | {size / 2**20:.0f} | {case} | {side.label} | {imports:.2f} | "
-                f"{statistics.median(loads):.2f} ({loads[0]:.2f}-{loads[-1]:.2f}) | {total:.2f} |"
+                f"{statistics.median(loads):.2f} ({loads[0]:.2f}-{loads[-1]:.2f}) | "
+                f"{file_mib:.0f} / {anon_mib:.0f} | {total:.2f} |"
             )
     for side in sides if ready else ():
         ready_s = sorted(t[0] for t in side.times["ready"])
         rows.append(
             f"| {n_items:,} | {size / 2**20:.0f} | shared, verified: `reco-worker` → `/readyz` | "
-            f"{side.label} |  |  | {statistics.median(ready_s):.2f} "
+            f"{side.label} |  |  |  | {statistics.median(ready_s):.2f} "
             f"({ready_s[0]:.2f}-{ready_s[-1]:.2f}) |"
         )
     return rows
@@ -269,9 +282,10 @@ def main() -> None:
                 shutil.rmtree(side.root)
     print(f"\n{datetime.now(UTC):%H:%M} UTC, load average at the end {os.getloadavg()}\n")
     print(
-        "| items | artifact MiB | cache | code | imports s | model load s (range) | start → ready s |"
+        "| items | artifact MiB | cache | code | imports s | model load s (range) "
+        "| RSS growth MiB: files / memory | start → ready s |"
     )
-    print("|---:|---:|---|---|---:|---:|---:|")
+    print("|---:|---:|---|---|---:|---:|---:|---:|")
     print("\n".join(rows))
 
 
