@@ -27,6 +27,7 @@ Three stages, each vectorised over the whole batch (no Python loop per item or p
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -170,11 +171,15 @@ class TopSelector:
         self.exact_fallbacks = 0
         self._exact = self._n <= exact_max
         self._block_cells = block_cells
-        size = max(1, min(sample_size, self._n // 8))
-        rng = np.random.default_rng(0)
-        self._sample = np.ascontiguousarray(
-            items[np.sort(rng.choice(self._n, size=size, replace=False))]
-        )
+        self._sample_size = max(1, min(sample_size, self._n // 8))
+
+    @functools.cached_property
+    def _sample(self) -> FloatMatrix:
+        """Random item rows, taken at the first query that needs them, not at the model's load:
+        the rows are spread over the whole mapped matrix, and faulting them in is the one read
+        of every item page a load would otherwise do (a first batch scans them anyway)."""
+        rows = np.random.default_rng(0).choice(self._n, size=self._sample_size, replace=False)
+        return np.ascontiguousarray(self._items[np.sort(rows)])
 
     def select(
         self,
