@@ -35,7 +35,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,6 +57,7 @@ from reco_common.contracts import (
     UserAction,
     encode,
 )
+from reco_common.ivf import IvfIndex
 from reco_common.kafka import ensure_topics, start_producer
 from reco_common.settings import KafkaSettings, S3Settings
 from reco_common.storage import open_store
@@ -88,10 +89,16 @@ class Result:
 
 
 def build_model(
-    root: Path, n_items: int, seed: int, index: IndexParams | None = None, decay: float = 0.0
+    root: Path,
+    n_items: int,
+    seed: int,
+    index: IndexParams | None = None,
+    decay: float = 0.0,
+    ivf_lists: int | None = None,
 ) -> tuple[str, float]:
     """The artifact's URI, and the seconds its index took to build (0 without). ``decay`` > 0:
-    the factors' spectrum falls like a trained model's (``ann_libraries.factors``)."""
+    the factors' spectrum falls like a trained model's (``ann_libraries.factors``);
+    ``ivf_lists`` not None: an IVF index instead of the HNSW graph (0 lists: the default)."""
     rng = np.random.default_rng(seed)
     items = factors(rng, n_items, decay)
     users = factors(rng, N_USERS, decay)
@@ -114,6 +121,11 @@ def build_model(
         )
         built_s = time.perf_counter() - started
         print(f"index of {n_items} items built in {built_s:.1f} s", flush=True)
+    if ivf_lists is not None:
+        started = time.perf_counter()
+        arrays = replace(arrays, item_ivf=IvfIndex.build(items, lists=ivf_lists))
+        built_s = time.perf_counter() - started
+        print(f"IVF index of {n_items} items built in {built_s:.1f} s", flush=True)
     uri = write_artifact(
         open_store(root.as_uri()),
         model_name="bench",
@@ -133,8 +145,18 @@ def index_figures(uri: str, workdir: Path, args: argparse.Namespace) -> dict[str
     exact ones, on the real-time policy's queries, in this process; per search expansion of
     ``--recall-expansions`` too (the served one is ``--ann-expansion``)."""
     loads, models = [], []
-    for expansion in [args.ann_expansion, args.ann_expansion, *args.recall_expansions]:
-        use = IndexUse(min_items=0, expansion=expansion, max_fetch=args.ann_max_fetch)
+    served, others = (
+        (args.ann_probes, args.recall_probes)
+        if args.ivf
+        else (args.ann_expansion, args.recall_expansions)
+    )
+    for setting in [served, served, *others]:
+        use = IndexUse(
+            min_items=0,
+            expansion=args.ann_expansion if args.ivf else setting,
+            max_fetch=args.ann_max_fetch,
+            probes=setting if args.ivf else args.ann_probes,
+        )
         started = time.perf_counter()
         models.append(
             load_serving_model(uri, s3=S3Settings(), cache_dir=workdir / "load", index_use=use)
@@ -166,12 +188,11 @@ def index_figures(uri: str, workdir: Path, args: argparse.Namespace) -> dict[str
         "model_load_verified_s": loads[1],
         "exact_cpu_ms_per_user": exact_ms,
     }
-    expansions = [args.ann_expansion, *args.recall_expansions]
-    for i, (expansion, indexed) in enumerate(zip(expansions, models[1:], strict=True)):
+    for i, (setting, indexed) in enumerate(zip([served, *others], models[1:], strict=True)):
         with threadpool_limits(limits=args.blas_threads):
             lists, indexed_ms = timed_lists(indexed, histories, policy)
         hits = sum(len(set(a.items) & set(b.items)) for a, b in zip(lists, truth, strict=True))
-        suffix = f"_ef{expansion}" if i else ""
+        suffix = (f"_p{setting}" if args.ivf else f"_ef{setting}") if i else ""
         figures[f"recall_at_100{suffix}"] = hits / sum(len(b.items) for b in truth)
         figures[f"indexed_cpu_ms_per_user{suffix}"] = indexed_ms
         figures[f"exact_fallbacks{suffix}"] = indexed.selector.exact_fallbacks
@@ -376,10 +397,15 @@ async def until(condition, *, timeout_s: float, what: str) -> None:  # type: ign
 async def run_one(n_items: int, args: argparse.Namespace, workdir: Path) -> list[Result]:
     index = IndexParams(args.index_m, args.index_ef_add) if args.index else None
     uri, built_s = build_model(
-        workdir / "store", n_items, seed=n_items, index=index, decay=args.decay
+        workdir / "store",
+        n_items,
+        seed=n_items,
+        index=index,
+        decay=args.decay,
+        ivf_lists=args.ivf_lists if args.ivf else None,
     )
     figures = None
-    if index is not None:
+    if index is not None or args.ivf:
         figures = {"build_s": built_s, **index_figures(uri, workdir, args)}
         if args.recall_only:
             return []
@@ -407,6 +433,7 @@ async def run_one(n_items: int, args: argparse.Namespace, workdir: Path) -> list
             "RECO_WORKER_ANN_MIN_ITEMS": str(args.ann_min_items),
             "RECO_WORKER_ANN_EXPANSION": str(args.ann_expansion),
             "RECO_WORKER_ANN_MAX_FETCH": str(args.ann_max_fetch),
+            "RECO_WORKER_ANN_PROBES": str(args.ann_probes),
         },
     )
     scraper = Scraper(port)
@@ -521,6 +548,10 @@ async def main() -> None:
     parser.add_argument("--index", action="store_true", help="build the artifact's index")
     parser.add_argument("--index-m", type=int, default=32, help="the index's connectivity")
     parser.add_argument("--index-ef-add", type=int, default=200, help="its build expansion")
+    parser.add_argument("--ivf", action="store_true", help="an IVF index instead of HNSW")
+    parser.add_argument("--ivf-lists", type=int, default=0, help="its lists (0: ~sqrt(items))")
+    parser.add_argument("--ann-probes", type=int, default=IndexUse().probes)
+    parser.add_argument("--recall-probes", type=int, nargs="*", default=[])
     parser.add_argument("--ann-min-items", type=int, default=IndexUse().min_items)
     parser.add_argument("--ann-expansion", type=int, default=IndexUse().expansion)
     parser.add_argument("--ann-max-fetch", type=int, default=IndexUse().max_fetch)

@@ -9,6 +9,7 @@ import pytest
 from reco_common.artifact import ITEM_INDEX, ArtifactError, load_artifact, read_manifest
 from reco_common.contracts import ModelPublished, ObjectLayout
 from reco_common.interactions import InteractionsError
+from reco_common.ivf import FILES as IVF_FILES
 from reco_common.settings import KafkaSettings, S3Settings
 from reco_common.storage import open_store
 from reco_trainer import publishing
@@ -76,13 +77,23 @@ def test_the_index_is_built_into_the_artifact_from_the_catalog_size_up(
     inputs = Inputs(interactions=[shop_files["interactions"]])
     small = run_job(_job(store_uri, tiny_params), inputs)
     assert ITEM_INDEX not in read_manifest(open_store(small.artifact_uri)).files
-    indexed = run_job(_job(store_uri, tiny_params.updated({"index_min_items": 0})), inputs)
+    assert not set(IVF_FILES) & read_manifest(open_store(small.artifact_uri)).files.keys()
+    hnsw = tiny_params.updated({"index_min_items": 0, "index_kind": "hnsw"})
+    indexed = run_job(_job(store_uri, hnsw), inputs)
     assert indexed.version != small.version
     loaded = load_artifact(open_store(indexed.artifact_uri), cache_dir=tmp_path / "cache")
     assert ITEM_INDEX in loaded.manifest.files
     assert loaded.arrays.item_index is not None
+    assert loaded.arrays.item_ivf is None
     assert len(loaded.arrays.item_index) == loaded.manifest.n_items
     assert "usearch" in loaded.manifest.library_versions
+    # The default kind: the IVF lists, all four files, checked against the item rows on load.
+    ivf = run_job(_job(store_uri, tiny_params.updated({"index_min_items": 0})), inputs)
+    loaded = load_artifact(open_store(ivf.artifact_uri), cache_dir=tmp_path / "cache")
+    assert set(IVF_FILES) <= loaded.manifest.files.keys()
+    assert ITEM_INDEX not in loaded.manifest.files
+    assert loaded.arrays.item_ivf is not None
+    assert len(loaded.arrays.item_ivf.rows) == loaded.manifest.n_items
 
 
 def test_train_writes_a_loadable_artifact_and_report(

@@ -21,6 +21,9 @@
   the ids as sorted UTF-8 keys and their rows (:mod:`reco_common.id_lookup`), so that a worker
   maps id → row instead of building a dict at every load; optional (an artifact written before
   them gets its lookups built at load, from the JSON ids);
+- ``item_ivf_centroids.npy``, ``item_ivf_offsets.npy``, ``item_ivf_rows.npy`` and
+  ``item_ivf_factors.npy``: the inverted-file index over the item rows (:mod:`reco_common.ivf`),
+  for large catalogs; optional, all four or none, memory-mapped;
 - ``manifest.json`` last: parameters, metrics, data snapshot, library versions and the sha256
   of every other file. A directory without a manifest is not a model.
 
@@ -73,6 +76,7 @@ from reco_common.storage import ObjectExistsError, ObjectStore, file_sha256
 
 if TYPE_CHECKING:  # imported where used: only the trainer and the worker install usearch
     from reco_common.ann import ItemIndex
+    from reco_common.ivf import IvfIndex
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +101,7 @@ USER_ID_ROWS = "user_id_rows.npy"
 # that old and new workers sharing a cache volume during an upgrade do not undo each other.
 VERIFIED_MARKER = ".verified.json"
 # The version of ModelArrays.check_values: a mark of another version is checked again.
-VALUE_CHECKS = 1
+VALUE_CHECKS = 2  # 2: the IVF index's permutation and sorted rows
 
 FloatMatrix = npt.NDArray[np.float32]
 IndexArray = npt.NDArray[np.int64]
@@ -215,6 +219,7 @@ class ModelArrays:
     item_index: ItemIndex | None = None
     item_lookup: IdLookup | None = None
     user_lookup: IdLookup | None = None
+    item_ivf: IvfIndex | None = None
 
     def __post_init__(self) -> None:
         """The shapes, from the arrays' headers: cheap enough for every load."""
@@ -243,10 +248,18 @@ class ModelArrays:
                 self.item_index.check(len(self.item_ids), self.item_factors.shape[1])
             except ItemIndexError as exc:
                 raise ArtifactError(str(exc)) from None
+        if self.item_ivf is not None:
+            from reco_common.ivf import IvfError
+
+            try:
+                self.item_ivf.check_shapes(*self.item_factors.shape)
+            except IvfError as exc:
+                raise ArtifactError(str(exc)) from None
 
     def check_values(self) -> None:
         """What the shapes cannot tell, reading every value once: factors and neighbour scores
-        finite, training items and neighbours valid rows, the id lookups those of the ids."""
+        finite, training items and neighbours valid rows, the id lookups those of the ids, the
+        IVF index's rows a permutation and its sorted copy the item rows."""
         if not (np.isfinite(self.item_factors).all() and np.isfinite(self.user_factors).all()):
             raise ArtifactError("factors contain NaN or infinity")
         if self.user_items is not None:
@@ -259,6 +272,13 @@ class ModelArrays:
                     lookup.check(ids)
             except IdLookupError as exc:
                 raise ArtifactError(f"{name} ids: {exc}") from None
+        if self.item_ivf is not None:
+            from reco_common.ivf import IvfError
+
+            try:
+                self.item_ivf.check_values(self.item_factors)
+            except IvfError as exc:
+                raise ArtifactError(str(exc)) from None
 
     def _lookups(self) -> tuple[tuple[str, Sequence[str], IdLookup | None], ...]:
         return ("item", self.item_ids, self.item_lookup), ("user", self.user_ids, self.user_lookup)
@@ -385,6 +405,8 @@ def _encode_files(arrays: ModelArrays) -> dict[str, bytes]:
         files[NEIGHBOUR_SCORES] = _npy(arrays.neighbours.scores.astype(np.float32))
     if arrays.item_index is not None:
         files[ITEM_INDEX] = arrays.item_index.to_bytes()
+    if arrays.item_ivf is not None:
+        files.update({name: _npy(a) for name, a in arrays.item_ivf.arrays().items()})
     return files
 
 
@@ -505,6 +527,7 @@ def _mapped_arrays(local: Path, manifest: Manifest) -> ModelArrays:
         user_items=_user_items(local, manifest),
         neighbours=_neighbours(local, manifest),
         item_index=_item_index(local, manifest),
+        item_ivf=_item_ivf(local, manifest),
         item_lookup=_id_lookup(local, manifest, (ITEM_ID_KEYS, ITEM_ID_ROWS)),
         user_lookup=user_lookup,
     )
@@ -596,3 +619,19 @@ def _item_index(local: Path, manifest: Manifest) -> ItemIndex | None:
         return ItemIndex.open(local / ITEM_INDEX)
     except (ItemIndexError, RuntimeError, ValueError) as exc:
         raise ArtifactError(f"{manifest.version}: {ITEM_INDEX}: {exc}") from None
+
+
+def _item_ivf(local: Path, manifest: Manifest) -> IvfIndex | None:
+    from reco_common.ivf import FILES, IvfError, IvfIndex
+
+    present = set(FILES) & manifest.files.keys()
+    if not present:
+        return None
+    if len(present) < len(FILES):
+        raise ArtifactError(
+            f"{manifest.version}: item IVF index incomplete, only {sorted(present)}"
+        )
+    try:
+        return IvfIndex.open({name: local / name for name in FILES})
+    except (IvfError, ValueError) as exc:
+        raise ArtifactError(f"{manifest.version}: item IVF index: {exc}") from None

@@ -7,7 +7,7 @@ except ``threads`` names the model (see :mod:`reco_trainer.versioning`).
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -109,9 +109,14 @@ class TrainParams(BaseModel):
     """Length of the popularity fallback list."""
     neighbours: Annotated[int, Field(ge=0, le=1000)] = 50
     """Item-to-item neighbours per item in the artifact, for the real-time policy (0: none)."""
-    index_min_items: Annotated[int, Field(ge=0)] = 2_000_000
+    index_min_items: Annotated[int, Field(ge=0)] = 1_000_000
     """Build the approximate top-N index into the artifact from this many items up (0: always;
     the worker searches it above its own RECO_WORKER_ANN_MIN_ITEMS, docs/worker.md)."""
+    index_kind: Literal["ivf", "hnsw"] = "ivf"
+    """``ivf``: k-means lists scored exactly by the worker (reco_common.ivf); ``hnsw``: the
+    usearch graph (reco_common.ann). IVF measured cheaper at a higher recall at 1M items."""
+    index_lists: Annotated[int, Field(ge=0)] = 0
+    """IVF lists (0: ~sqrt(items), 1,000 at 1M)."""
     index_connectivity: Annotated[int, Field(ge=4, le=128)] = 32
     """The index's edges per item (HNSW's M): more gives recall at memory and build time."""
     index_expansion_add: Annotated[int, Field(ge=8, le=2048)] = 200

@@ -39,6 +39,7 @@ from reco_common.interactions import (
     read_features,
     read_interactions,
 )
+from reco_common.ivf import IvfIndex
 from reco_common.settings import KafkaSettings, S3Settings
 from reco_common.storage import ObjectStore, open_store
 from reco_trainer import dataset, defaults, publishing
@@ -315,6 +316,7 @@ def _train(job: Job, data: _Data, *, version: str, fingerprint: str) -> _Trained
         user_items=user_items(seen),
         neighbours=item_neighbours(seen, k=params.neighbours) if params.neighbours else None,
         item_index=_item_index(item_factors, user_factors, params),
+        item_ivf=_item_ivf(item_factors, params),
     )
     report = Report(
         model_name=job.model_name,
@@ -355,7 +357,7 @@ def _item_index(
 ) -> ItemIndex | None:
     """The approximate top-N index of a catalog of at least ``index_min_items`` (its
     transform probed with the users' vectors as queries)."""
-    if len(item_factors) < params.index_min_items:
+    if len(item_factors) < params.index_min_items or params.index_kind != "hnsw":
         return None
     started = time.perf_counter()
     index = ItemIndex.build(
@@ -367,6 +369,19 @@ def _item_index(
         threads=params.threads or 0,
     )
     logger.info("item index of %d items built in %.1f s", len(index), time.perf_counter() - started)
+    return index
+
+
+def _item_ivf(item_factors: FloatMatrix, params: TrainParams) -> IvfIndex | None:
+    """The IVF index of a catalog of at least ``index_min_items`` (the default kind)."""
+    if len(item_factors) < params.index_min_items or params.index_kind != "ivf":
+        return None
+    started = time.perf_counter()
+    index = IvfIndex.build(item_factors, lists=params.index_lists, seed=params.seed)
+    elapsed = time.perf_counter() - started
+    logger.info(
+        "IVF index of %d items in %d lists built in %.1f s", len(index.rows), index.lists, elapsed
+    )
     return index
 
 

@@ -120,7 +120,9 @@ class ServingModel:
         self.neighbours = arrays.neighbours
         self.reference_norm = _median_norm(self.users[:, :-1])
         # The artifact's approximate index (mapped, like the factors) on large catalogs.
-        self._selector = TopSelector(self.items, index=arrays.item_index, index_use=index_use)
+        self._selector = TopSelector(
+            self.items, index=arrays.item_index, ivf=arrays.item_ivf, index_use=index_use
+        )
 
     @property
     def n_items(self) -> int:

@@ -1,0 +1,208 @@
+"""The artifact's inverted-file (IVF) index over the item rows: coarse clusters whose lists the
+worker scores exactly, for catalogs of a million items.
+
+Built by the trainer (:meth:`IvfIndex.build`), stored as four ``.npy`` files in the artifact
+(checksummed and listed in the manifest like every other file), loaded by memory map:
+
+- ``item_ivf_centroids.npy`` float32 ``[lists, d + 2]``: k-means centroids of the
+  norm-equalised rows ``[v, b, sqrt(M^2 - |x|^2)]`` (``reco_common.ann.augmented``: every row
+  has the largest norm ``M``, so a row's nearest centroid in L2 is also where the queries that
+  rank it high by inner product look);
+- ``item_ivf_offsets.npy`` int64 ``[lists + 1]``: list ``l`` is positions
+  ``[offsets[l], offsets[l + 1])``;
+- ``item_ivf_rows.npy`` int64 ``[n_items]``: the item row at each position (a permutation);
+- ``item_ivf_factors.npy`` float32 ``[n_items, d + 1]``: the item rows in list order, so that a
+  list is one contiguous slice (a second mapped copy of the factors: 248 MiB at 1M x 64,
+  shared by the pods of a node through the page cache).
+
+A query ``[q, 1]`` probes the lists whose centroids are nearest (``|c|^2 - 2 q.c`` smallest,
+the L2 distance to the query augmented with ``0``) and scores their rows exactly:
+:meth:`IvfIndex.scan` returns every probed row scoring at or above the query's threshold.
+Items in lists a query does not probe are missed (recall against exact search:
+docs/benchmarks.md, "Approximate top-N ... session 7"). Chosen over faiss-cpu's
+``IndexIVFFlat`` and the HNSW graph (:mod:`reco_common.ann`) by measurement there: one product
+per list for all the batch's queries that probe it runs at BLAS speed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from reco_common.ann import augmented
+
+logger = logging.getLogger(__name__)
+
+FloatMatrix = npt.NDArray[np.float32]
+Rows = npt.NDArray[np.intp]
+Scores = npt.NDArray[np.float32]
+Triples = tuple[Rows, Rows, Scores]
+"""``(query, item row, score)`` of every kept pair."""
+
+CENTROIDS = "item_ivf_centroids.npy"
+OFFSETS = "item_ivf_offsets.npy"
+ROWS = "item_ivf_rows.npy"
+FACTORS = "item_ivf_factors.npy"
+FILES = (CENTROIDS, OFFSETS, ROWS, FACTORS)
+# k-means on this many sampled rows, this many Lloyd rounds (1M x 64: ~15 CPU-s in all).
+TRAIN_ROWS = 131_072
+ITERATIONS = 10
+ASSIGN_CHUNK = 65_536
+
+
+class IvfError(ValueError):
+    """An index that does not fit the model it came with, or is not one."""
+
+
+@dataclass(frozen=True, slots=True)
+class IvfIndex:
+    centroids: FloatMatrix
+    offsets: npt.NDArray[np.int64]
+    rows: npt.NDArray[np.int64]
+    factors: FloatMatrix
+
+    @staticmethod
+    def build(items: FloatMatrix, *, lists: int = 0, seed: int = 0) -> IvfIndex:
+        """The index of ``items`` (``[v, b]`` rows) in ``lists`` lists (0: ~sqrt(n))."""
+        n = len(items)
+        lists = max(1, min(n, lists or round(math.sqrt(n))))
+        x = augmented(items)
+        rng = np.random.default_rng(seed)
+        train = x[np.sort(rng.choice(n, min(n, TRAIN_ROWS), replace=False))]
+        centroids = _kmeans(train, lists, rng)
+        assign = _nearest(x, centroids)
+        rows = np.argsort(assign, kind="stable").astype(np.int64)
+        counts = np.bincount(assign, minlength=lists)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        factors = np.ascontiguousarray(items[rows], dtype=np.float32)
+        return IvfIndex(centroids, offsets, rows, factors)
+
+    @staticmethod
+    def open(paths: dict[str, Path]) -> IvfIndex:
+        """The index in the files ``paths`` (by name, :data:`FILES`), memory-mapped."""
+        loaded = [np.load(paths[name], mmap_mode="r", allow_pickle=False) for name in FILES]
+        centroids, offsets, rows, factors = loaded
+        if (
+            centroids.dtype != np.float32
+            or offsets.dtype != np.int64
+            or rows.dtype != np.int64
+            or factors.dtype != np.float32
+        ):
+            raise IvfError("item IVF files have the wrong dtypes")
+        return IvfIndex(centroids, offsets, rows, factors)
+
+    def arrays(self) -> dict[str, npt.NDArray[np.generic]]:
+        """The files to store, by name."""
+        return {
+            CENTROIDS: self.centroids,
+            OFFSETS: self.offsets,
+            ROWS: self.rows,
+            FACTORS: self.factors,
+        }
+
+    @property
+    def lists(self) -> int:
+        return len(self.centroids)
+
+    def check_shapes(self, n: int, width: int) -> None:
+        """Refuse an index of another catalog by its arrays' headers (every load)."""
+        if (
+            self.centroids.ndim != 2
+            or self.centroids.shape[1] != width + 1
+            or self.offsets.shape != (self.lists + 1,)
+            or self.rows.shape != (n,)
+            or self.factors.shape != (n, width)
+        ):
+            raise IvfError(f"item IVF index does not fit a model of {n} items of {width}")
+
+    def check_values(self, items: FloatMatrix) -> None:
+        """Refuse an index whose values do not fit ``items`` (once per verified cache): list
+        bounds, a permutation of the rows, the sorted factors equal to the model's rows in that
+        order, finite centroids."""
+        n = len(items)
+        steps = np.diff(self.offsets)
+        if self.offsets[0] != 0 or self.offsets[-1] != n or bool((steps < 0).any()):
+            raise IvfError("item IVF offsets are not the bounds of its lists")
+        in_range = bool(((self.rows >= 0) & (self.rows < n)).all())
+        if not in_range or bool((np.bincount(self.rows, minlength=n) != 1).any()):
+            raise IvfError("item IVF rows are not a permutation of the catalog")
+        if not np.isfinite(self.centroids).all():
+            raise IvfError("item IVF centroids contain NaN or infinity")
+        for start in range(0, n, ASSIGN_CHUNK):
+            part = self.rows[start : start + ASSIGN_CHUNK]
+            if not np.array_equal(self.factors[start : start + ASSIGN_CHUNK], items[part]):
+                raise IvfError("item IVF factors differ from the model's item rows")
+
+    def check(self, items: FloatMatrix) -> None:
+        """Both checks."""
+        self.check_shapes(*items.shape)
+        self.check_values(items)
+
+    def probes(self, queries: FloatMatrix, count: int) -> Rows:
+        """Per query ``[q, 1]``, its ``count`` nearest lists (in no order)."""
+        count = min(count, self.lists)
+        # float64: float32 products round differently with the batch's shape, and a query's
+        # lists must not depend on who shared its batch.
+        c = self.centroids.astype(np.float64)
+        distances = 0.5 * np.einsum("ij,ij->i", c, c) - queries.astype(np.float64) @ c[:, :-1].T
+        nearest: Rows = np.argpartition(distances, count - 1, axis=1)[:, :count]
+        return nearest
+
+    def scan(self, queries: FloatMatrix, thresholds: Scores, probes: int) -> Triples:
+        """Every ``(query, item row, score)`` of the queries' probed lists that scores at or
+        above the query's threshold: one product per list over the queries probing it."""
+        probed = self.probes(queries, probes)
+        flat = probed.ravel()
+        by_list = np.argsort(flat, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=self.lists))])
+        query_of = by_list // probed.shape[1]
+        out_q, out_r, out_v = [], [], []
+        for lst in np.flatnonzero(np.diff(bounds)).tolist():
+            who = query_of[bounds[lst] : bounds[lst + 1]]
+            lo, hi = int(self.offsets[lst]), int(self.offsets[lst + 1])
+            if hi == lo:
+                continue
+            # rows x queries: 1.2-1.8x faster than queries x rows for the few queries of a
+            # list (OpenBLAS, 1,000 x 65 rows, 4-64 queries).
+            scores = self.factors[lo:hi] @ queries[who].T
+            hits = np.flatnonzero(scores >= thresholds[who])
+            out_q.append(who[hits % len(who)])
+            out_r.append(self.rows[lo + hits // len(who)])
+            out_v.append(scores.ravel()[hits])
+        if not out_q:
+            empty = np.empty(0, dtype=np.intp)
+            return empty, empty.copy(), np.empty(0, dtype=np.float32)
+        return (
+            np.concatenate(out_q).astype(np.intp),
+            np.concatenate(out_r).astype(np.intp),
+            np.concatenate(out_v),
+        )
+
+
+def _kmeans(x: FloatMatrix, lists: int, rng: np.random.Generator) -> FloatMatrix:
+    """Lloyd's k-means (L2) of ``x``, seeded with random rows; an emptied list is re-seeded."""
+    centroids = x[rng.choice(len(x), lists, replace=False)].copy()
+    for _ in range(ITERATIONS):
+        assign = _nearest(x, centroids)
+        sums = np.zeros(centroids.shape, dtype=np.float64)
+        np.add.at(sums, assign, x)
+        counts = np.bincount(assign, minlength=lists)
+        centroids = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+        empty = np.flatnonzero(counts == 0)
+        centroids[empty] = x[rng.choice(len(x), len(empty), replace=False)]
+    return centroids
+
+
+def _nearest(x: FloatMatrix, centroids: FloatMatrix) -> Rows:
+    """Each row's nearest centroid (L2)."""
+    half_norms = 0.5 * np.einsum("ij,ij->i", centroids, centroids)
+    out = np.empty(len(x), dtype=np.intp)
+    for start in range(0, len(x), ASSIGN_CHUNK):
+        part = x[start : start + ASSIGN_CHUNK]
+        out[start : start + ASSIGN_CHUNK] = np.argmax(part @ centroids.T - half_norms, axis=1)
+    return out

@@ -1,0 +1,163 @@
+"""The artifact's IVF index in the worker's selection: the probed lists scored exactly (all
+lists probed: the exact result), recall with a few probed, exclusions that never come back,
+the catalog-size threshold, and an index that is corrupt or of another catalog refused
+(file:// store, no network)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from worker_models import publish, random_arrays
+
+from reco_common.artifact import ArtifactError
+from reco_common.ivf import FACTORS, ROWS, IvfError, IvfIndex
+from reco_common.settings import S3Settings
+from reco_worker.model_store import ModelRefusedError, load_serving_model
+from reco_worker.scoring import Histories, Policy, score
+from reco_worker.topn import IndexUse, Pairs, TopSelector
+
+N_ITEMS = 5_000
+DIM = 16
+LISTS = 64
+
+
+def probing(lists: int) -> IndexUse:
+    return IndexUse(min_items=0, probes=lists)
+
+
+@pytest.fixture(scope="module")
+def items() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return (0.1 * rng.standard_normal((N_ITEMS, DIM + 1))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def index(items: np.ndarray) -> IvfIndex:
+    return IvfIndex.build(items, lists=LISTS)
+
+
+def queries(n: int, seed: int = 4) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    q = (0.1 * rng.standard_normal((n, DIM + 1))).astype(np.float32)
+    q[:, -1] = 1.0
+    return q
+
+
+def random_exclusions(n: int, seed: int = 6) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [np.unique(rng.integers(0, N_ITEMS, int(rng.integers(0, 300)))) for _ in range(n)]
+
+
+def test_the_lists_partition_the_catalog_in_contiguous_slices(
+    items: np.ndarray, index: IvfIndex
+) -> None:
+    assert index.lists == LISTS
+    assert sorted(index.rows.tolist()) == list(range(N_ITEMS))
+    for lst in range(LISTS):
+        lo, hi = index.offsets[lst], index.offsets[lst + 1]
+        np.testing.assert_array_equal(index.factors[lo:hi], items[index.rows[lo:hi]])
+    index.check(items)
+
+
+def test_every_list_probed_gives_the_exact_selection(items: np.ndarray, index: IvfIndex) -> None:
+    q = queries(40)
+    exclude = random_exclusions(len(q))
+    exact = TopSelector(items).select(q, exclude, 100)
+    found = TopSelector(items, ivf=index, index_use=probing(LISTS)).select(q, exclude, 100)
+    np.testing.assert_array_equal(found.items, exact.items)
+    np.testing.assert_array_equal(found.scores, exact.scores)
+
+
+def test_a_few_lists_find_most_of_the_top_100_and_rescore_them_exactly(
+    items: np.ndarray, index: IvfIndex
+) -> None:
+    q = queries(50)
+    exact = TopSelector(items).select(q, Pairs.of([]), 100)
+    selector = TopSelector(items, ivf=index, index_use=probing(LISTS // 2))
+    found = selector.select(q, Pairs.of([]), 100)
+    hits = sum(len(np.intersect1d(a, b)) for a, b in zip(found.items, exact.items, strict=True))
+    assert hits / exact.items.size >= 0.9
+    rescored = np.einsum("bkd,bd->bk", items[found.items], q)
+    np.testing.assert_allclose(found.scores, rescored, rtol=1e-5, atol=1e-6)
+    assert (np.diff(found.scores, axis=1) <= 0).all()
+    assert selector.indexed_queries == len(q)
+
+
+def test_an_excluded_item_never_appears(items: np.ndarray, index: IvfIndex) -> None:
+    q = queries(40)
+    best = TopSelector(items).select(q, Pairs.of([]), 150).items
+    exclude = [
+        np.unique(np.concatenate([b, e])) for b, e in zip(best, random_exclusions(40), strict=True)
+    ]
+    # Its own best 150 excluded, 2 of 64 lists probed: many queries fall back to a full scan.
+    selector = TopSelector(items, ivf=index, index_use=probing(2))
+    found = selector.select(q, exclude, 100)
+    for j in range(len(q)):
+        assert not np.isin(found.items[j], exclude[j]).any()
+        assert len(np.unique(found.items[j])) == 100
+    assert selector.exact_fallbacks > 0
+
+
+def test_a_querys_list_does_not_depend_on_its_batch(items: np.ndarray, index: IvfIndex) -> None:
+    q = queries(30)
+    exclude = random_exclusions(len(q))
+    selector = TopSelector(items, ivf=index, index_use=probing(8))
+    together = selector.select(q, Pairs.of(exclude), 100)
+    for j in range(len(q)):
+        alone = selector.select(q[j : j + 1], [exclude[j]], 100)
+        np.testing.assert_array_equal(alone.items[0], together.items[j])
+
+
+class MustNotScan:
+    def scan(self, *args: object, **kwargs: object) -> object:
+        raise AssertionError("the IVF index must not be scanned below the threshold")
+
+
+def test_below_the_threshold_the_selection_is_exact(items: np.ndarray) -> None:
+    q = queries(20)
+    fake: IvfIndex = MustNotScan()  # type: ignore[assignment]
+    below = IndexUse(min_items=N_ITEMS + 1, probes=1)
+    exact = TopSelector(items).select(q, Pairs.of([]), 100)
+    found = TopSelector(items, ivf=fake, index_use=below).select(q, Pairs.of([]), 100)
+    np.testing.assert_array_equal(found.items, exact.items)
+
+
+def test_an_artifact_with_an_ivf_index_loads_it_mapped_and_serves(tmp_path: Path) -> None:
+    arrays = random_arrays(n_items=2_000, n_users=20, dim=8)
+    uri = publish(tmp_path / "store", replace(arrays, item_ivf=IvfIndex.build(arrays.item_factors)))
+    model = load_serving_model(
+        uri, s3=S3Settings(), cache_dir=tmp_path / "cache", index_use=probing(10)
+    )
+    histories = Histories.of([("u1", []), ("u2", [])])
+    ranked = score(model, histories, Policy(top_n=50))
+    assert [len(r.items) for r in ranked] == [50, 50]
+    assert model.selector.indexed_queries == 2
+
+
+def test_a_corrupt_ivf_file_is_refused(tmp_path: Path) -> None:
+    arrays = random_arrays(n_items=300, n_users=5, dim=4)
+    uri = publish(tmp_path / "store", replace(arrays, item_ivf=IvfIndex.build(arrays.item_factors)))
+    path = tmp_path / "store/models/shop/v1" / ROWS
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelRefusedError, match=f"{ROWS}: sha256 does not match"):
+        load_serving_model(uri, s3=S3Settings(), cache_dir=tmp_path / "cache")
+
+
+def test_an_ivf_index_of_other_rows_is_refused() -> None:
+    arrays = random_arrays(n_items=300, n_users=5, dim=4)
+    other = IvfIndex.build(arrays.item_factors[:200])
+    with pytest.raises(ArtifactError, match="does not fit a model of 300 items"):
+        replace(arrays, item_ivf=other)
+    index = IvfIndex.build(arrays.item_factors)
+    swapped = index.rows.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    with pytest.raises(IvfError, match="factors differ"):
+        replace(index, rows=swapped).check(arrays.item_factors)
+    with pytest.raises(IvfError, match="not a permutation"):
+        replace(index, rows=np.zeros_like(index.rows)).check(arrays.item_factors)
+    assert FACTORS in index.arrays()
