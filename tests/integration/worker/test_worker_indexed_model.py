@@ -1,6 +1,6 @@
-"""A model the trainer built with its approximate index, served by a worker on the real stack:
-the artifact on the S3 server, the index mapped from the worker's cache and searched for every
-list, seen items still left out."""
+"""A model the trainer built with its approximate index (the IVF lists, the default, or the HNSW
+graph), served by a worker on the real stack: the artifact on the S3 server, the index mapped
+from the worker's cache and searched for every list, seen items still left out."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from worker_stack import MODEL, metric, produce, running, until
@@ -15,6 +16,7 @@ from worker_stack import MODEL, metric, produce, running, until
 from reco_common.artifact import ITEM_INDEX, read_manifest
 from reco_common.contracts import ActionType, RecommendationList, UserAction
 from reco_common.interactions import LogFormat
+from reco_common.ivf import FILES as IVF_FILES
 from reco_common.redis_store import read_list
 from reco_common.settings import KafkaSettings, RedisSettings, S3Settings
 from reco_common.storage import open_store
@@ -27,21 +29,31 @@ from reco_worker.settings import WorkerSettings
 TOP_N = 20
 
 
-def train_with_index(s3_root: str, s3: S3Settings, tmp_path: Path) -> str:
+def train_with_index(s3_root: str, s3: S3Settings, tmp_path: Path, kind: str) -> str:
     shop = generate(ShopConfig(n_interactions=6_000, n_users=200, n_items=600, n_categories=6))
     files = write_shop(shop, str(tmp_path / "shop"), fmt=LogFormat.CSV)
     params = TrainParams(
-        components=8, epochs=3, patience=2, threads=1, validation_users=100, index_min_items=0
+        components=8,
+        epochs=3,
+        patience=2,
+        threads=1,
+        validation_users=100,
+        index_min_items=0,
+        index_kind=kind,
     )
     job = Job(
         model_name=MODEL, store_uri=s3_root, params=params, s3=s3, kafka=None, progress=LogProgress
     )
     outcome = run_job(job, Inputs(interactions=[files["interactions"]]))
-    assert ITEM_INDEX in read_manifest(open_store(outcome.artifact_uri, s3=s3)).files
+    files_written = read_manifest(open_store(outcome.artifact_uri, s3=s3)).files
+    assert (ITEM_INDEX in files_written) == (kind == "hnsw")
+    assert set(IVF_FILES) <= files_written.keys() or kind != "ivf"
     return outcome.artifact_uri
 
 
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 async def test_a_trained_index_serves_lists_without_seen_items(
+    kind: str,
     make_settings: Callable[..., WorkerSettings],
     producer: AIOKafkaProducer,
     redis: Redis,
@@ -51,7 +63,7 @@ async def test_a_trained_index_serves_lists_without_seen_items(
     s3_settings: S3Settings,
     tmp_path: Path,
 ) -> None:
-    uri = train_with_index(s3_root, s3_settings, tmp_path)
+    uri = train_with_index(s3_root, s3_settings, tmp_path, kind)
     settings = make_settings(uri, top_n=TOP_N, ann_min_items=0)
     now = datetime.now(UTC)
     events = [
