@@ -17,7 +17,7 @@ partition and positions are compared per partition. The scripts take already-enc
 they do not depend on a codec. A script call touches the keys of its users only, all declared;
 on a cluster the users of a batch are grouped by slot, one call per slot, and the calls go
 through the self-pipelining cluster client (``reco_common.pipelined_cluster``: one write per
-node, ~10 µs of CPU per call where redis-py's cluster pipeline spent ~50-70; see
+node, ~6-10 µs of CPU per call where redis-py's cluster pipeline spent ~20-70; see
 :func:`call_per_slot`).
 
 The controller's writes (a model's ``active`` record and the ``local`` target's rollout state)
