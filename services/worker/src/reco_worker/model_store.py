@@ -14,7 +14,9 @@ fail and be rolled back. The controller writes it once the rollout has succeeded
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +33,19 @@ from reco_worker.scoring import ServingModel
 from reco_worker.topn import IndexUse
 
 logger = logging.getLogger(__name__)
+
+
+def _freeze_survivors() -> float:
+    """Collect the garbage, then move every object alive (the model's id maps, the imported
+    modules, the clients) out of the collector's sight (``gc.freeze``); returns the seconds it
+    took. The collector's full passes then scan only what batches allocated since: at 10k items
+    and 100k users a full pass over them all paused the event loop for 70-175 ms every ~15 s at
+    1,000 events/s, the worst freshness of the window. Frozen objects are still freed when
+    their last reference goes (a replaced model's arrays and maps hold no cycles)."""
+    started = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    return time.perf_counter() - started
 
 
 class ModelRefusedError(RuntimeError):
@@ -170,13 +185,17 @@ class ModelStore:
             self._metrics.model_info.remove(old.name, old.version)
         self._metrics.model_info.labels(model.name, model.version).set(1)
         self._last_error = None
+        del old
+        frozen_s = _freeze_survivors()
         self.loaded.set()
         logger.info(
-            "serving model %s version %s (%d items) from %s",
+            "serving model %s version %s (%d items) from %s (garbage collected and the rest "
+            "frozen in %.3f s)",
             model.name,
             model.version,
             model.n_items,
             model.uri,
+            frozen_s,
         )
 
     def _superseded(self, uri: str) -> bool:

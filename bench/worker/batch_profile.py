@@ -1,0 +1,222 @@
+"""The worker's per-batch path without Kafka's network: CPU per event, by stage, on real Redis.
+
+``throughput.py``'s model and events (10k items x 64 dimensions + bias, 100k users, events from
+200k users, half cold, uniform items), encoded as Kafka records of 3 partitions, go through
+the production :class:`reco_common.kafka.EventConsumer.process` (decode, the worker's
+``ActionHandler``: coalesce, history script, scoring, list encoding, the fenced list write,
+metrics; then the dead-letter stage and the commit) in batches of 500. Only the Kafka client
+underneath is replaced by a stand-in that accepts the commit without a round trip, so that the
+figure is the process' own work (its CPU seconds, all threads) plus Redis round trips.
+
+    RECO_REDIS_URL=redis://127.0.0.1:6491/0 uv run python bench/worker/batch_profile.py
+    ... --profile var/bench/batch.prof        # cProfile of the passes (main thread)
+
+Each pass writes under a fresh key prefix, deleted after. ``--passes`` passes of ``--batches``
+batches; the first pass (warm-up: scripts loaded, caches) is not reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiokafka import ConsumerRecord, TopicPartition
+from ann_libraries import factors
+from prometheus_client import REGISTRY
+from threadpoolctl import threadpool_limits
+
+from reco_common.artifact import ModelArrays
+from reco_common.contracts import ActionType, UserAction, encode
+from reco_common.kafka import EventConsumer
+from reco_common.redis_store import RedisClient, connect
+from reco_common.settings import KafkaSettings, RedisSettings
+from reco_worker.consumer import ActionHandler
+from reco_worker.metrics import WorkerMetrics
+from reco_worker.rebuild import stores
+from reco_worker.scoring import ServingModel
+from reco_worker.settings import WorkerSettings
+
+N_USERS = 100_000
+PARTITIONS = 3
+ACTIONS = list(ActionType)
+
+
+def model(n_items: int) -> ServingModel:
+    """``throughput.py``'s random model (seeded by the catalog size, as there)."""
+    rng = np.random.default_rng(n_items)
+    arrays = ModelArrays(
+        item_ids=[f"i{n}" for n in range(n_items)],
+        user_ids=[f"u{n}" for n in range(N_USERS)],
+        item_factors=factors(rng, n_items, 0.0),
+        user_factors=factors(rng, N_USERS, 0.0),
+        popular_items=[f"i{n}" for n in range(200)],
+        popular_scores=[float(200 - n) for n in range(200)],
+    )
+    return ServingModel(name="bench", version="v1", uri="mem://bench", arrays=arrays)
+
+
+Fetched = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
+
+def fetches(n_batches: int, size: int, n_items: int) -> list[Fetched]:
+    """Batches of ``size`` records keyed by user, spread over the partitions by user."""
+    rng = np.random.default_rng(1)
+    offsets = [0] * PARTITIONS
+    out: list[Fetched] = []
+    n = 0
+    for _ in range(n_batches):
+        now = datetime.now(UTC)
+        batch: Fetched = {}
+        users = rng.integers(0, 2 * N_USERS, size).tolist()
+        items = rng.integers(0, n_items, size).tolist()
+        for user, item in zip(users, items, strict=True):
+            n += 1
+            event = UserAction(
+                event_id=f"b{n}",
+                user_id=f"u{user}",
+                item_id=f"i{item}",
+                action=ACTIONS[n % len(ACTIONS)],
+                ts=now,
+            )
+            partition = user % PARTITIONS
+            tp = TopicPartition("user-actions", partition)
+            batch.setdefault(tp, []).append(_record(event, partition, offsets[partition], now))
+            offsets[partition] += 1
+        out.append(batch)
+    return out
+
+
+def _record(
+    event: UserAction, partition: int, offset: int, now: datetime
+) -> ConsumerRecord[bytes, bytes]:
+    key, value = event.user_id.encode(), encode(event)
+    return ConsumerRecord(
+        topic="user-actions",
+        partition=partition,
+        offset=offset,
+        timestamp=int(now.timestamp() * 1000),
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key),
+        serialized_value_size=len(value),
+        headers=(),
+    )
+
+
+class _Client:
+    """Stands in for the aiokafka consumer under ``EventConsumer.process``: commits at once."""
+
+    async def commit(self, offsets: Any) -> None:
+        return None
+
+    def highwater(self, tp: TopicPartition) -> None:
+        return None
+
+    def assignment(self) -> set[TopicPartition]:
+        return set()
+
+
+async def one_pass(
+    redis: RedisClient,
+    serving: ServingModel,
+    work: list[Fetched],
+    profiler: cProfile.Profile | None = None,
+) -> tuple[float, float, list[float]]:
+    """Events per CPU second, per wall second, and each batch's wall seconds."""
+    settings = WorkerSettings(common={"redis": {"key_prefix": f"bench-bp-{uuid.uuid4().hex[:8]}"}})
+    metrics = WorkerMetrics.create()
+    history, lists = stores(settings, redis, metrics)
+    handler = ActionHandler(
+        lists=lists,
+        history=history,
+        model=lambda: serving,
+        policy=settings.policy,
+        max_future_skew_s=settings.max_future_skew_s,
+        metrics=metrics,
+        writable=asyncio.Event(),
+    )
+    consumer: EventConsumer[UserAction] = EventConsumer(
+        settings=KafkaSettings(),
+        topic="user-actions",
+        group_id="bench",
+        model=UserAction,
+        handler=handler,
+        producer=None,  # type: ignore[arg-type]  # no rejections here
+        metrics=metrics.consumer,
+    )
+    consumer._consumer = _Client()  # type: ignore[assignment]
+    latencies = []
+    try:
+        if profiler:
+            profiler.enable()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for batch in work:
+            t0 = time.perf_counter()
+            await consumer.process(batch)
+            latencies.append(time.perf_counter() - t0)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        if profiler:
+            profiler.disable()
+    finally:
+        await _delete_prefix(redis, settings.common.redis.keys.prefix)
+    events = sum(len(r) for b in work for r in b.values())
+    if REGISTRY.get_sample_value("reco_worker_handler_retries_total"):
+        raise RuntimeError("a batch failed (see the log)")
+    return events / cpu, events / wall, latencies
+
+
+async def _delete_prefix(redis: RedisClient, prefix: str) -> None:
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}:*", count=10_000)]
+    for start in range(0, len(keys), 10_000):
+        await redis.unlink(*keys[start : start + 10_000])
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--batches", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--passes", type=int, default=4)
+    parser.add_argument("--profile", type=Path, default=None)
+    args = parser.parse_args()
+    threadpool_limits(limits=1)  # as the worker (RECO_WORKER_BLAS_THREADS)
+    redis = connect(RedisSettings())
+    serving = model(args.items)
+    gc.collect()
+    gc.freeze()  # as the worker's model store does once a model is loaded
+    work = fetches(args.batches, args.batch_size, args.items)
+    profiler = cProfile.Profile() if args.profile else None
+    results = []
+    try:
+        await one_pass(redis, serving, work[:5])
+        for _ in range(args.passes):
+            per_cpu, per_s, latencies = await one_pass(redis, serving, work, profiler)
+            results.append(per_cpu)
+            print(
+                f"events/CPU-s {per_cpu:,.0f}  events/s {per_s:,.0f}  batch p50 "
+                f"{statistics.median(latencies) * 1000:.1f} ms",
+                flush=True,
+            )
+    finally:
+        await redis.aclose()
+    print(f"median events/CPU-s {statistics.median(results):,.0f}")
+    if profiler and args.profile:
+        args.profile.parent.mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(args.profile)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
