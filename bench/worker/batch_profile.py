@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from aiokafka import ConsumerRecord, TopicPartition
 from ann_libraries import factors
+from fencing import record
 from prometheus_client import REGISTRY
 from threadpoolctl import threadpool_limits
 
@@ -89,29 +90,18 @@ def fetches(n_batches: int, size: int, n_items: int) -> list[Fetched]:
             )
             partition = user % PARTITIONS
             tp = TopicPartition("user-actions", partition)
-            batch.setdefault(tp, []).append(_record(event, partition, offsets[partition], now))
+            batch.setdefault(tp, []).append(
+                record(
+                    event,
+                    offsets[partition],
+                    now.timestamp(),
+                    partition=partition,
+                    value=encode(event),
+                )
+            )
             offsets[partition] += 1
         out.append(batch)
     return out
-
-
-def _record(
-    event: UserAction, partition: int, offset: int, now: datetime
-) -> ConsumerRecord[bytes, bytes]:
-    key, value = event.user_id.encode(), encode(event)
-    return ConsumerRecord(
-        topic="user-actions",
-        partition=partition,
-        offset=offset,
-        timestamp=int(now.timestamp() * 1000),
-        timestamp_type=0,
-        key=key,
-        value=value,
-        checksum=None,
-        serialized_key_size=len(key),
-        serialized_value_size=len(value),
-        headers=(),
-    )
 
 
 class _Client:

@@ -192,25 +192,29 @@ def batches(
                 action=ACTIONS[offset % len(ACTIONS)],
                 ts=datetime.fromtimestamp(now, UTC),
             )
-            batch.append(Delivery(_record(event, offset, now), event))
+            batch.append(Delivery(record(event, offset, now), event))
             offset += 1
         out.append(batch)
     return out
 
 
-def _record(event: UserAction, offset: int, now: float) -> ConsumerRecord[bytes, bytes]:
+def record(
+    event: UserAction, offset: int, now: float, *, partition: int = 0, value: bytes = b""
+) -> ConsumerRecord[bytes, bytes]:
+    """A ``user-actions`` record of ``event`` keyed by its user (``value``: its payload, if the
+    bench decodes it)."""
     key = event.user_id.encode()
     return ConsumerRecord(
         topic="user-actions",
-        partition=0,
+        partition=partition,
         offset=offset,
         timestamp=int(now * 1000),
         timestamp_type=0,
         key=key,
-        value=b"",
+        value=value,
         checksum=None,
         serialized_key_size=len(key),
-        serialized_value_size=0,
+        serialized_value_size=len(value),
         headers=(),
     )
 
