@@ -1,9 +1,10 @@
 """The batch handler: a fetched batch of user actions becomes updated histories and lists.
 
 Per batch: screen and coalesce the events per user, append them to the histories and read the
-histories back (one round trip), score every affected user at once (one matrix product, in a
-thread so the event loop keeps serving), and replace the lists (one round trip). A batch whose Redis writes fail clears the ``writable`` event (a readiness check)
-until a batch is written again. Both writes carry
+histories back (one round trip), score every affected user at once (one matrix product; in a
+thread so the event loop keeps serving, unless the batch is small: ``INLINE_SCORE_CELLS``), and
+replace the lists (one round trip). A batch whose Redis writes fail clears the ``writable``
+event (a readiness check) until a batch is written again. Both writes carry
 each user's newest log position and are fenced (``reco_common.redis_store``): a worker that lost
 its partitions mid-batch cannot overwrite what the new owner wrote. The consumer commits only
 after this returns, so a crash anywhere redelivers.

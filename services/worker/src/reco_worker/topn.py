@@ -64,11 +64,12 @@ SAMPLE_SIZE = 16_384
 # batch that the scan seldom hands the GIL back and forth with the event loop.
 BLOCK_CELLS = 1 << 21
 MIN_BLOCK_ITEMS = 4096
-# float32 cells in one full score matrix on the exact path (4 MiB, ~100 queries at 10k items):
-# the cut reads the matrix twice more, from cache at this size (a batch of 500 users at 10k
-# items was selected in 12.8 ms of CPU against 15.7 ms with 32 MiB; 1 MiB was slower again,
-# the matrix product's calls too small).
-EXACT_CELLS = 1 << 20
+# float32 cells in one full score matrix on the exact path (8 MiB, ~200 queries at 10k items):
+# the cut reads the matrix twice more, mostly from cache at this size. At 10k items a batch of
+# 500 users was selected in 12.8-13.1 ms of CPU in chunks of 100-200 queries against 15.7 ms
+# with 32 MiB; at 30k items score() took 80-87 ms per 500 users against 91-111 (1 MiB: 85-101,
+# the product's calls too small).
+EXACT_CELLS = 1 << 21
 # Columns per group in ``top_columns``; rows with fewer than ``GROUPS_PER_K`` x k groups are cut
 # by a plain ``argpartition``. At 10k items and k = 116: 2.5x less CPU than ``argpartition``
 # over the whole row (8 columns a group; 4 and 12 were slower).
