@@ -1,4 +1,4 @@
-"""The worker's per-batch path without Kafka's network: CPU per event, by stage, on real Redis.
+"""The worker's per-batch path without Kafka's network: CPU per event and batch latency, real Redis.
 
 ``throughput.py``'s model and events (10k items x 64 dimensions + bias, 100k users, events from
 200k users, half cold, uniform items), encoded as Kafka records of 3 partitions, go through
@@ -10,6 +10,7 @@ figure is the process' own work (its CPU seconds, all threads) plus Redis round 
 
     RECO_REDIS_URL=redis://127.0.0.1:6491/0 uv run python bench/worker/batch_profile.py
     ... --profile var/bench/batch.prof        # cProfile of the passes (main thread)
+    ... --batch-size 14                       # batches as at a steady 1,000 events/s
 
 Each pass writes under a fresh key prefix, deleted after. ``--passes`` passes of ``--batches``
 batches; the first pass (warm-up: scripts loaded, caches) is not reported.
@@ -181,12 +182,20 @@ async def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--passes", type=int, default=4)
     parser.add_argument("--profile", type=Path, default=None)
+    parser.add_argument(
+        "--gc-freeze",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="freeze the objects alive after the model's load, as the worker does (builds "
+        "before session 7 did not: --no-gc-freeze when running this file against them)",
+    )
     args = parser.parse_args()
     threadpool_limits(limits=1)  # as the worker (RECO_WORKER_BLAS_THREADS)
     redis = connect(RedisSettings())
     serving = model(args.items)
-    gc.collect()
-    gc.freeze()  # as the worker's model store does once a model is loaded
+    if args.gc_freeze:  # as the worker's model store does once a model is loaded
+        gc.collect()
+        gc.freeze()
     work = fetches(args.batches, args.batch_size, args.items)
     profiler = cProfile.Profile() if args.profile else None
     results = []
@@ -195,9 +204,10 @@ async def main() -> None:
         for _ in range(args.passes):
             per_cpu, per_s, latencies = await one_pass(redis, serving, work, profiler)
             results.append(per_cpu)
+            p50, p99 = np.percentile(latencies, [50, 99]) * 1000
             print(
-                f"events/CPU-s {per_cpu:,.0f}  events/s {per_s:,.0f}  batch p50 "
-                f"{statistics.median(latencies) * 1000:.1f} ms",
+                f"events/CPU-s {per_cpu:,.0f}  events/s {per_s:,.0f}  batch p50 {p50:.2f} ms "
+                f"p99 {p99:.2f} ms  max {max(latencies) * 1000:.1f} ms",
                 flush=True,
             )
     finally:
