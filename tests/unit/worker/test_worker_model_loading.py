@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from pathlib import Path
 
 import msgspec
@@ -20,7 +22,12 @@ from reco_common.artifact import (
 from reco_common.contracts import decode, encode
 from reco_common.settings import S3Settings
 from reco_worker.metrics import WorkerMetrics
-from reco_worker.model_store import ModelRefusedError, ModelStore, load_serving_model
+from reco_worker.model_store import (
+    ModelRefusedError,
+    ModelStore,
+    _freeze_survivors,
+    load_serving_model,
+)
 
 
 def load(uri: str, tmp_path: Path) -> object:
@@ -137,3 +144,22 @@ async def test_the_latest_request_wins_over_a_load_in_progress(
     while store.status().loading is not None:
         await asyncio.sleep(0.01)
     assert served == [v1, v2]
+
+
+def test_a_swap_collects_cycles_that_an_earlier_swap_froze() -> None:
+    """Each swap freezes what is alive; the next one must still collect the replaced model's
+    reference cycles (a frozen object in a cycle is never freed by reference counting)."""
+
+    class Part:
+        other: object
+
+    first, second = Part(), Part()
+    first.other, second.other = second, first  # a cycle, as a replaced model could hold
+    gone = weakref.ref(first)
+    _freeze_survivors()  # the earlier swap, with ``first`` alive
+    try:
+        del first, second
+        _freeze_survivors()  # the next swap
+        assert gone() is None
+    finally:
+        gc.unfreeze()

@@ -40,9 +40,11 @@ def _freeze_survivors() -> float:
     modules, the clients) out of the collector's sight (``gc.freeze``); returns the seconds it
     took. The collector's full passes then scan only what batches allocated since: at 10k items
     and 100k users a full pass over them all paused the event loop for 70-175 ms every ~15 s at
-    1,000 events/s, the worst freshness of the window. Frozen objects are still freed when
-    their last reference goes (a replaced model's arrays and maps hold no cycles)."""
+    1,000 events/s, the worst freshness of the window. What the previous swap froze is unfrozen
+    first, so that the collection also sees the replaced model: frozen objects are freed when
+    their last reference goes, but a reference cycle among them would never be."""
     started = time.perf_counter()
+    gc.unfreeze()
     gc.collect()
     gc.freeze()
     return time.perf_counter() - started
