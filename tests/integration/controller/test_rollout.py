@@ -139,6 +139,7 @@ async def test_the_same_event_twice_rolls_out_once(
 
 
 @pytest.mark.parametrize("progress_deadline_s", [2])
+@pytest.mark.timeout(300)  # three rollouts through kube-controller-manager: > 120 s once in CI
 async def test_a_rollout_that_cannot_become_ready_is_rolled_back(
     admin: ApiClient,
     namespace: str,
