@@ -24,13 +24,13 @@ from reco_common.contracts import (
     MODEL_URI_ENV,
     EvalMetrics,
     ModelPublished,
+    ModelRef,
     ObjectLayout,
     RolloutEvent,
     decode,
 )
 from reco_common.storage import open_store
 from reco_controller.settings import Settings
-from reco_controller.targets.base import ModelRecord
 from reco_controller.targets.deployment import ACTIVE, Deployment, record_annotations
 from reco_controller.targets.rollout_status import rollout_progress
 
@@ -113,7 +113,7 @@ def worker_deployment(*, progress_deadline_s: int = 600) -> dict[str, Any]:
     recorded), two replicas on kwok's general node."""
     write_model(ARTIFACTS, "v1", metrics=GOOD, created_at=T0)
     pin = announcement(open_store(uri("v1"))).manifest_sha256
-    active = ModelRecord(
+    active = ModelRef(
         uri=uri("v1"),
         version="v1",
         metrics=GOOD,

@@ -29,12 +29,11 @@ from kubernetes_asyncio.client import ApiClient, AppsV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 from redis.asyncio import Redis
 
-from reco_common.contracts import MODEL_MANIFEST_SHA256_ENV, MODEL_URI_ENV, ModelPublished
+from reco_common.contracts import MODEL_MANIFEST_SHA256_ENV, MODEL_URI_ENV, ModelPublished, ModelRef
 from reco_common.redis_store import read_active
 from reco_controller.kube import api_client
 from reco_controller.service import Controller
 from reco_controller.settings import Settings
-from reco_controller.targets.base import ModelRecord
 from reco_controller.targets.deployment import ACTIVE, FAILED_URI, PREVIOUS, Deployment, annotation
 from reco_controller.targets.kubernetes import KubernetesTarget
 from reco_devkit.observe import ActiveVersions, active_version
@@ -275,7 +274,7 @@ async def test_a_patch_does_not_overwrite_a_change_it_did_not_read(
         await AppsV1Api(admin).patch_namespaced_deployment(
             WORKER, namespace, {"metadata": {"annotations": {"operator": "was here"}}}
         )
-        stale = ModelRecord(uri=uri("v2"), version="v2")
+        stale = ModelRef(uri=uri("v2"), version="v2")
         with pytest.raises(ApiException) as refused:
             await target.apply(model=stale, previous=state.active)
         assert refused.value.status == 409

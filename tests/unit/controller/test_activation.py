@@ -11,11 +11,11 @@ import pytest
 from controller_fakes import MemoryRecords, PopularLists
 
 from reco_common.artifact import REQUIRED_FILES, FileEntry, Manifest
-from reco_common.contracts import EvalMetrics
+from reco_common.contracts import EvalMetrics, ModelRef
 from reco_common.redis_store import Epoch
 from reco_controller.activation import Activations
 from reco_controller.metrics import ControllerMetrics
-from reco_controller.targets.base import ModelRecord, RolloutTarget, TargetState
+from reco_controller.targets.base import RolloutTarget, TargetState
 
 V1 = "s3://reco/models/shop/v1"
 V2 = "s3://reco/models/shop/v2"
@@ -38,7 +38,7 @@ def _manifest(version: str, *, model_name: str = "shop") -> Manifest:
 
 
 def _state(uri: str | None, *, settled: bool = True, epoch: int = 3) -> TargetState:
-    active = ModelRecord(uri=uri, manifest_sha256="a" * 64) if uri else None
+    active = ModelRef(uri=uri, manifest_sha256="a" * 64) if uri else None
     return TargetState(
         active=active, previous=None, failed_uri=None, settled=settled, epoch=Epoch("d", epoch)
     )

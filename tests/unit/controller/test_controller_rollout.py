@@ -17,6 +17,7 @@ from reco_common.contracts import (
     ActiveModel,
     EvalMetrics,
     ModelPublished,
+    ModelRef,
     RolloutEvent,
     RolloutStatus,
     encode,
@@ -26,12 +27,12 @@ from reco_controller.activation import Activations
 from reco_controller.gate import GatePolicy
 from reco_controller.metrics import ControllerMetrics
 from reco_controller.rollout import Decision, LeadershipLostError, Rollouts
-from reco_controller.targets.base import ModelRecord, Progress, TargetError, TargetState
+from reco_controller.targets.base import Progress, TargetError, TargetState
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 GOOD = EvalMetrics(model={"precision@10": 0.2}, baseline={"precision@10": 0.05})
 BAD = EvalMetrics(model={"precision@10": 0.1}, baseline={"precision@10": 0.05})
-ACTIVE = ModelRecord(uri="s3://reco/models/shop/v1", version="v1", metrics=GOOD, created_at=T0)
+ACTIVE = ModelRef(uri="s3://reco/models/shop/v1", version="v1", metrics=GOOD, created_at=T0)
 
 
 def _manifest(version: str, *, metrics: EvalMetrics, created_at: datetime) -> Manifest:
@@ -93,9 +94,9 @@ async def _popular(uri: str, *, sha256: str | None) -> tuple[Manifest, PopularLi
 
 
 def _state(
-    active: ModelRecord | None,
+    active: ModelRef | None,
     *,
-    previous: ModelRecord | None = None,
+    previous: ModelRef | None = None,
     failed_uri: str | None = None,
     settled: bool,
     epoch: int = 1,
@@ -124,7 +125,7 @@ class FakeTarget:
     async def read(self) -> TargetState:
         return self.state
 
-    async def apply(self, *, model: ModelRecord, previous: ModelRecord | None) -> None:
+    async def apply(self, *, model: ModelRef, previous: ModelRef | None) -> None:
         if self.refuse:
             raise TargetError("403 Forbidden: patch deployments")
         self.calls.append(f"apply {model.version} after {previous.version if previous else None}")
@@ -139,7 +140,7 @@ class FakeTarget:
             self.state = replace(self.state, settled=True)
         return progress
 
-    async def revert(self, *, failed: ModelRecord, previous: ModelRecord | None) -> None:
+    async def revert(self, *, failed: ModelRef, previous: ModelRef | None) -> None:
         self.calls.append(f"revert to {previous.version if previous else None}")
         self.state = _state(
             previous, failed_uri=failed.uri, settled=False, epoch=self.state.epoch.number + 1
@@ -206,7 +207,7 @@ def _rollouts(
     )
 
 
-def _settled(active: ModelRecord | None = ACTIVE, **changes: object) -> TargetState:
+def _settled(active: ModelRef | None = ACTIVE, **changes: object) -> TargetState:
     state = _state(active, settled=True)
     return replace(state, **changes)  # type: ignore[arg-type]
 
@@ -279,7 +280,7 @@ async def test_a_duplicate_of_a_finished_rollout_does_nothing(
     reported: list[RolloutEvent],
 ) -> None:
     event = _event()
-    target = FakeTarget(_settled(active=ModelRecord.of(event)))
+    target = FakeTarget(_settled(active=ModelRef.of(event)))
     assert await _rollouts(target, reported).handle(event) is Decision.DUPLICATE
     assert target.calls == []
     assert reported == []
@@ -299,7 +300,7 @@ async def test_an_interrupted_rollout_is_resumed_with_its_recorded_previous_mode
     reported: list[RolloutEvent],
 ) -> None:
     event = _event(metrics=BAD)  # the gate was passed (or forced) before: not judged again
-    unsettled = _state(ModelRecord.of(event), previous=ACTIVE, settled=False)
+    unsettled = _state(ModelRef.of(event), previous=ACTIVE, settled=False)
     target = FakeTarget(unsettled, outcomes=[Progress.failure("deadline"), Progress.complete("")])
     assert await _rollouts(target, reported).handle(event) is Decision.FAILED
     assert target.calls == ["apply v2 after v1", "wait", "revert to v1", "wait"]
@@ -418,7 +419,7 @@ async def test_the_active_models_metrics_come_from_its_manifest_when_unrecorded(
     reported: list[RolloutEvent],
 ) -> None:
     _stored(_manifest("v1", metrics=GOOD, created_at=T0))
-    target = FakeTarget(_settled(active=ModelRecord(uri="s3://reco/models/shop/v1")))
+    target = FakeTarget(_settled(active=ModelRef(uri="s3://reco/models/shop/v1")))
     assert await _rollouts(target, reported).handle(_event(metrics=BAD)) is Decision.REJECTED
     assert "below the active model's 0.2" in reported[0].reason
 
@@ -426,7 +427,7 @@ async def test_the_active_models_metrics_come_from_its_manifest_when_unrecorded(
 async def test_an_active_model_without_readable_metrics_rejects_unless_forced(
     reported: list[RolloutEvent],
 ) -> None:
-    unknown = _settled(active=ModelRecord(uri="s3://elsewhere/unknown"))
+    unknown = _settled(active=ModelRef(uri="s3://elsewhere/unknown"))
     assert await _rollouts(FakeTarget(unknown), reported).handle(_event()) is Decision.REJECTED
     assert "has no readable metrics" in reported[0].reason
     forced = FakeTarget(unknown, outcomes=[Progress.complete("ok")])
@@ -508,7 +509,7 @@ async def test_a_duplicate_of_a_rollout_whose_controller_died_activates_it(
     finds it settled and switches the record the dead run could not."""
     records = _records()
     event = _event()
-    target = FakeTarget(_settled(active=ModelRecord.of(event)))
+    target = FakeTarget(_settled(active=ModelRef.of(event)))
     assert await _rollouts(target, reported, records=records).handle(event) is Decision.DUPLICATE
     assert records.writes == ["active v2"]
 

@@ -8,8 +8,14 @@ from typing import Any
 
 import pytest
 
-from reco_common.contracts import MODEL_MANIFEST_SHA256_ENV, MODEL_URI_ENV, EvalMetrics, decode
-from reco_controller.targets.base import ModelRecord, TargetError
+from reco_common.contracts import (
+    MODEL_MANIFEST_SHA256_ENV,
+    MODEL_URI_ENV,
+    EvalMetrics,
+    ModelRef,
+    decode,
+)
+from reco_controller.targets.base import TargetError
 from reco_controller.targets.deployment import (
     ACTIVE,
     FAILED_URI,
@@ -22,14 +28,14 @@ from reco_controller.targets.deployment import (
 
 Factory = Callable[..., dict[str, Any]]
 METRICS = EvalMetrics(model={"precision@10": 0.2}, baseline={"precision@10": 0.05})
-V1 = ModelRecord(
+V1 = ModelRef(
     uri="s3://reco/models/shop/v1",
     version="v1",
     metrics=METRICS,
     created_at=datetime(2026, 11, 1, tzinfo=UTC),
 )
 PIN = "a" * 64
-V2 = ModelRecord(uri="s3://reco/models/shop/v2", version="v2", metrics=METRICS, manifest_sha256=PIN)
+V2 = ModelRef(uri="s3://reco/models/shop/v2", version="v2", metrics=METRICS, manifest_sha256=PIN)
 
 
 def _env(patch: dict[str, Any]) -> list[dict[str, Any]]:
@@ -94,7 +100,7 @@ def test_annotations_written_by_a_patch_read_back_as_the_same_records(
 def test_a_deployment_without_annotations_knows_only_the_uri(deployment: Factory) -> None:
     d = Deployment.parse(deployment())
     uri = d.container("worker").env_value(MODEL_URI_ENV)
-    assert d.record(ACTIVE, uri) == ModelRecord(uri="s3://reco/models/shop/v1")
+    assert d.record(ACTIVE, uri) == ModelRef(uri="s3://reco/models/shop/v1")
     assert d.record(ACTIVE, d.container("sidecar").env_value(MODEL_URI_ENV)) is None
 
 
@@ -102,7 +108,7 @@ def test_unreadable_annotations_are_ignored_not_fatal(deployment: Factory) -> No
     broken = {annotation(ACTIVE, "metrics"): "{not json", annotation(ACTIVE, "created-at"): "x"}
     d = Deployment.parse(deployment(annotations=broken))
     record = d.record(ACTIVE, "s3://m")
-    assert record == ModelRecord(uri="s3://m")
+    assert record == ModelRef(uri="s3://m")
 
 
 def test_a_missing_worker_container_is_a_permanent_error(deployment: Factory) -> None:

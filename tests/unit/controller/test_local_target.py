@@ -12,11 +12,11 @@ import pytest
 from controller_fakes import MemoryRecords
 
 from reco_common.artifact import ModelArrays, announcement, write_artifact
-from reco_common.contracts import EvalMetrics
+from reco_common.contracts import EvalMetrics, ModelRef
 from reco_common.redis_store import Epoch
 from reco_common.settings import S3Settings
 from reco_common.storage import open_store
-from reco_controller.targets.base import ModelRecord, TargetError
+from reco_controller.targets.base import TargetError
 from reco_controller.targets.local import LocalTarget
 from reco_controller.targets.worker_client import ModelControlClient
 
@@ -122,7 +122,7 @@ async def test_the_active_model_is_read_from_the_workers_and_its_manifest(tmp_pa
     assert state.settled
     pin = announcement(open_store(v1, s3=S3Settings())).manifest_sha256
     assert isinstance(pin, str)
-    assert state.active == ModelRecord(
+    assert state.active == ModelRef(
         uri=v1,
         version="v1",
         metrics=METRICS,
@@ -135,7 +135,7 @@ async def test_an_unreadable_manifest_leaves_only_what_the_worker_says() -> None
     target, client = await _target([FakeWorker("file:///nowhere/v7")])
     async with client:
         state = await target.read()
-    assert state.active == ModelRecord(uri="file:///nowhere/v7", version="v7")
+    assert state.active == ModelRef(uri="file:///nowhere/v7", version="v7")
 
 
 async def test_workers_that_disagree_are_not_settled() -> None:
@@ -147,20 +147,20 @@ async def test_workers_that_disagree_are_not_settled() -> None:
 async def test_apply_loads_everywhere_and_waits_for_every_worker() -> None:
     workers = [FakeWorker("file:///m/v1"), FakeWorker("file:///m/v1", lag=3)]
     target, client = await _target(workers)
-    new = ModelRecord(uri="file:///m/v2", version="v2")
+    new = ModelRef(uri="file:///m/v2", version="v2")
     async with client:
-        await target.apply(model=new, previous=ModelRecord(uri="file:///m/v1"))
+        await target.apply(model=new, previous=ModelRef(uri="file:///m/v1"))
         progress = await target.wait(timeout_s=5)
         state = await target.read()
     assert progress.done, progress.message
     assert [w.posts for w in workers] == [["file:///m/v2"], ["file:///m/v2"]]
-    assert state.previous == ModelRecord(uri="file:///m/v1")
+    assert state.previous == ModelRef(uri="file:///m/v1")
 
 
 async def test_a_worker_that_never_switches_times_out() -> None:
     target, client = await _target([FakeWorker("file:///m/v1", lag=10**9)])
     async with client:
-        await target.apply(model=ModelRecord(uri="file:///m/v2"), previous=None)
+        await target.apply(model=ModelRef(uri="file:///m/v2"), previous=None)
         progress = await target.wait(timeout_s=0.05)
     assert progress.failed
     assert "1 of 1 workers not serving file:///m/v2" in progress.message
@@ -169,7 +169,7 @@ async def test_a_worker_that_never_switches_times_out() -> None:
 async def test_a_refused_model_fails_and_revert_goes_back_everywhere() -> None:
     workers = [FakeWorker("file:///m/v1"), FakeWorker("file:///m/v1", refuse=422)]
     target, client = await _target(workers)
-    v1, v2 = ModelRecord(uri="file:///m/v1"), ModelRecord(uri="file:///m/v2")
+    v1, v2 = ModelRef(uri="file:///m/v1"), ModelRef(uri="file:///m/v2")
     async with client:
         await target.apply(model=v2, previous=v1)
         failed = await target.wait(timeout_s=5)
@@ -189,7 +189,7 @@ async def test_a_model_a_worker_cannot_load_fails_without_waiting_for_the_timeou
     workers = [FakeWorker("file:///m/v1"), FakeWorker("file:///m/v1", lag=2, broken=True)]
     target, client = await _target(workers)
     async with client:
-        await target.apply(model=ModelRecord(uri="file:///m/v2"), previous=None)
+        await target.apply(model=ModelRef(uri="file:///m/v2"), previous=None)
         progress = await target.wait(timeout_s=60)
     assert progress.failed
     assert progress.message == "http://w1:8081/v1/model: sha256 mismatch"
@@ -200,7 +200,7 @@ async def test_an_old_failure_of_the_same_model_does_not_count_while_it_is_retri
     worker.last_error = {"model_uri": "file:///m/v2", "error": "S3 was down"}
     target, client = await _target([worker])
     async with client:
-        await target.apply(model=ModelRecord(uri="file:///m/v2"), previous=None)
+        await target.apply(model=ModelRef(uri="file:///m/v2"), previous=None)
         progress = await target.wait(timeout_s=60)
     assert progress.done, progress.message
 
@@ -209,14 +209,14 @@ async def test_revert_without_a_previous_model_is_refused() -> None:
     target, client = await _target([FakeWorker("file:///m/v2")])
     async with client:
         with pytest.raises(TargetError, match="no previous model"):
-            await target.revert(failed=ModelRecord(uri="file:///m/v2"), previous=None)
+            await target.revert(failed=ModelRef(uri="file:///m/v2"), previous=None)
 
 
 async def test_a_wrong_token_is_a_permanent_error() -> None:
     target, client = await _target([FakeWorker("file:///m/v1")], token="wrong")
     async with client:
         with pytest.raises(TargetError, match="401"):
-            await target.apply(model=ModelRecord(uri="file:///m/v2"), previous=None)
+            await target.apply(model=ModelRef(uri="file:///m/v2"), previous=None)
 
 
 # --------------------------------------------------------------------------- persisted state
@@ -228,7 +228,7 @@ async def test_an_interrupted_rollout_is_known_to_the_next_controller() -> None:
     memory = MemoryRecords()
     workers = [FakeWorker("file:///m/v1"), FakeWorker("file:///m/v1", lag=10**9)]
     target, client = await _target(workers, memory=memory)
-    v1, v2 = ModelRecord(uri="file:///m/v1", version="v1"), ModelRecord(uri="file:///m/v2")
+    v1, v2 = ModelRef(uri="file:///m/v1", version="v1"), ModelRef(uri="file:///m/v2")
     async with client:
         await target.apply(model=v2, previous=v1)
     restarted, client = await _target(workers, memory=memory)
@@ -242,7 +242,7 @@ async def test_a_rolled_back_model_is_remembered_by_the_next_controller() -> Non
     memory = MemoryRecords()
     workers = [FakeWorker("file:///m/v1", refuse=422)]
     target, client = await _target(workers, memory=memory)
-    v1, v2 = ModelRecord(uri="file:///m/v1"), ModelRecord(uri="file:///m/v2")
+    v1, v2 = ModelRef(uri="file:///m/v1"), ModelRef(uri="file:///m/v2")
     async with client:
         await target.apply(model=v2, previous=v1)
         workers[0].refuse = None
@@ -261,4 +261,4 @@ async def test_a_state_written_meanwhile_by_a_newer_run_is_not_overwritten() -> 
     memory.fences["shop"] = Epoch("local", 9)  # written after this target read epoch 0
     async with client:
         with pytest.raises(TargetError, match="a newer rollout state"):
-            await target.apply(model=ModelRecord(uri="file:///m/v2"), previous=None)
+            await target.apply(model=ModelRef(uri="file:///m/v2"), previous=None)

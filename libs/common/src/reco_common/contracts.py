@@ -503,13 +503,26 @@ class ActiveModel(Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class ModelRef(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A model as the controller remembers it: where it is and what pins its manifest."""
+    """A model as the controller and its rollout targets remember it: where it is and what
+    pins its manifest (the workers verify it against ``manifest_sha256``); only ``uri`` is
+    always known."""
 
     uri: str
     version: str | None = None
     manifest_sha256: str | None = None
     created_at: datetime | None = None
     metrics: EvalMetrics | None = None
+
+    @staticmethod
+    def of(event: ModelPublished) -> ModelRef:
+        pin = event.manifest_sha256
+        return ModelRef(
+            uri=event.artifact_uri,
+            version=event.version,
+            metrics=event.metrics,
+            created_at=event.created_at,
+            manifest_sha256=pin if isinstance(pin, str) else None,
+        )
 
 
 class LocalRollout(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -24,10 +24,10 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from reco_common.artifact import ArtifactError, Manifest, PopularList
-from reco_common.contracts import ActiveModel, ContractError
+from reco_common.contracts import ActiveModel, ContractError, ModelRef
 from reco_common.redis_store import Epoch
 from reco_controller.metrics import ControllerMetrics
-from reco_controller.targets.base import ModelRecord, RolloutTarget, TargetResolver, TargetState
+from reco_controller.targets.base import RolloutTarget, TargetResolver, TargetState
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Activations:
             return None
         return current.artifact_uri if current else None
 
-    async def _record(self, model_name: str, active: ModelRecord) -> ActiveModel:
+    async def _record(self, model_name: str, active: ModelRef) -> ActiveModel:
         if active.manifest_sha256 is None:
             logger.warning(
                 "%s: no pin recorded for %s: its manifest is read unpinned", model_name, active.uri

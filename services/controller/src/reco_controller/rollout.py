@@ -26,13 +26,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from reco_common.artifact import ArtifactError, Manifest
-from reco_common.contracts import EvalMetrics, ModelPublished, RolloutEvent, RolloutStatus
+from reco_common.contracts import EvalMetrics, ModelPublished, ModelRef, RolloutEvent, RolloutStatus
 from reco_controller.activation import Activations
 from reco_controller.gate import GatePolicy, Verdict, evaluate
 from reco_controller.manifests import ManifestSource
 from reco_controller.metrics import ControllerMetrics
 from reco_controller.targets.base import (
-    ModelRecord,
     RolloutTarget,
     TargetError,
     TargetResolver,
@@ -151,7 +150,7 @@ class _Run:
         self._policy = policy
         self._target = target
         self._event = event
-        self._model = ModelRecord.of(event)
+        self._model = ModelRef.of(event)
 
     async def decide_and_act(self, *, force: bool, published_at: float | None) -> Decision:
         state = await self._target.read()
@@ -192,7 +191,7 @@ class _Run:
             f" clock skew of {self._policy.max_clock_skew.total_seconds():g} s"
         )
 
-    async def _judge(self, active: ModelRecord | None) -> Verdict:
+    async def _judge(self, active: ModelRef | None) -> Verdict:
         if active is None:
             return evaluate(self._event.metrics, None, self._policy.gate)
         current = active.metrics or await self._metrics_of(active)
@@ -200,7 +199,7 @@ class _Run:
             return Verdict(False, f"the active model {active.uri} has no readable metrics")
         return evaluate(self._event.metrics, current, self._policy.gate)
 
-    async def _metrics_of(self, active: ModelRecord) -> EvalMetrics | None:
+    async def _metrics_of(self, active: ModelRef) -> EvalMetrics | None:
         """The active model's metrics from its manifest, when the target did not record them."""
         try:
             manifest: Manifest = await self._policy.manifests(active.uri, sha256=None)
@@ -231,7 +230,7 @@ class _Run:
         return None
 
     async def _roll_out(
-        self, previous: ModelRecord | None, reason: str, published_at: float | None
+        self, previous: ModelRef | None, reason: str, published_at: float | None
     ) -> Decision:
         self._ensure_leading("roll out")
         await self.report(RolloutStatus.STARTED, reason)
@@ -252,7 +251,7 @@ class _Run:
         await self._roll_back(previous)
         return Decision.FAILED
 
-    async def _roll_back(self, previous: ModelRecord | None) -> None:
+    async def _roll_back(self, previous: ModelRef | None) -> None:
         self._ensure_leading("roll back")
         await self._target.revert(failed=self._model, previous=previous)
         progress = await self._target.wait(timeout_s=self._policy.timeout_s)

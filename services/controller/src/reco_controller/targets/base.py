@@ -9,59 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Protocol
 
-from reco_common.contracts import EvalMetrics, ModelPublished, ModelRef
+from reco_common.contracts import ModelRef
 from reco_common.redis_store import Epoch
 
 
 class TargetError(RuntimeError):
     """A refusal that retrying cannot fix (forbidden, not found, invalid): reported, not retried."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelRecord:
-    """A model as a target remembers it; only ``uri`` is always known."""
-
-    uri: str
-    version: str | None = None
-    metrics: EvalMetrics | None = None
-    created_at: datetime | None = None
-    manifest_sha256: str | None = None  # the pin the workers verify the manifest against
-
-    @staticmethod
-    def of(event: ModelPublished) -> ModelRecord:
-        pin = event.manifest_sha256
-        return ModelRecord(
-            uri=event.artifact_uri,
-            version=event.version,
-            metrics=event.metrics,
-            created_at=event.created_at,
-            manifest_sha256=pin if isinstance(pin, str) else None,
-        )
-
-    @staticmethod
-    def of_ref(ref: ModelRef | None) -> ModelRecord | None:
-        if ref is None:
-            return None
-        return ModelRecord(
-            uri=ref.uri,
-            version=ref.version,
-            metrics=ref.metrics,
-            created_at=ref.created_at,
-            manifest_sha256=ref.manifest_sha256,
-        )
-
-    def ref(self) -> ModelRef:
-        """As the ``local`` target stores it in Redis."""
-        return ModelRef(
-            uri=self.uri,
-            version=self.version,
-            manifest_sha256=self.manifest_sha256,
-            created_at=self.created_at,
-            metrics=self.metrics,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +30,8 @@ class TargetState:
     ``local`` state's counter); the ``active`` record is written with it as its fence.
     """
 
-    active: ModelRecord | None
-    previous: ModelRecord | None
+    active: ModelRef | None
+    previous: ModelRef | None
     failed_uri: str | None
     settled: bool
     epoch: Epoch
@@ -120,7 +75,7 @@ class RolloutTarget(Protocol):
         """What the workers run now."""
         ...
 
-    async def apply(self, *, model: ModelRecord, previous: ModelRecord | None) -> None:
+    async def apply(self, *, model: ModelRef, previous: ModelRef | None) -> None:
         """Start moving the workers to ``model``, remembering ``previous`` (idempotent)."""
         ...
 
@@ -128,7 +83,7 @@ class RolloutTarget(Protocol):
         """Wait until the workers run what was applied, it failed, or ``timeout_s`` passed."""
         ...
 
-    async def revert(self, *, failed: ModelRecord, previous: ModelRecord | None) -> None:
+    async def revert(self, *, failed: ModelRef, previous: ModelRef | None) -> None:
         """Move the workers back to ``previous`` and remember ``failed`` as failed."""
         ...
 

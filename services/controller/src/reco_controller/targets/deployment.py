@@ -20,10 +20,11 @@ from reco_common.contracts import (
     MODEL_MANIFEST_SHA256_ENV,
     ContractError,
     EvalMetrics,
+    ModelRef,
     decode,
     encode,
 )
-from reco_controller.targets.base import ModelRecord, TargetError
+from reco_controller.targets.base import TargetError
 
 logger = logging.getLogger(__name__)
 
@@ -117,12 +118,12 @@ class Deployment(_Api):
             f"deployment {self.metadata.namespace}/{self.metadata.name} has no container {name!r}"
         )
 
-    def record(self, slot: str, uri: str | None) -> ModelRecord | None:
+    def record(self, slot: str, uri: str | None) -> ModelRef | None:
         """The model in ``slot`` (``ACTIVE`` / ``PREVIOUS``) running ``uri``, from annotations."""
         if not uri:
             return None
         notes = self.metadata.annotations
-        return ModelRecord(
+        return ModelRef(
             uri=uri,
             version=notes.get(annotation(slot, "version")),
             metrics=self._metrics(notes.get(annotation(slot, "metrics"))),
@@ -152,7 +153,7 @@ def _timestamp(raw: str | None) -> datetime | None:
         return None
 
 
-def record_annotations(slot: str, record: ModelRecord | None) -> dict[str, str | None]:
+def record_annotations(slot: str, record: ModelRef | None) -> dict[str, str | None]:
     """The annotations describing ``record`` in ``slot``; ``None`` values delete a key."""
     values: dict[str, str | None] = {
         annotation(slot, "version"): record.version if record else None,
@@ -176,7 +177,7 @@ def _env_patch(env_name: str, value: str | None) -> dict[str, Any]:
     return {"name": env_name, "value": value, "valueFrom": None}
 
 
-def _model_env(env_name: str, record: ModelRecord | None) -> list[dict[str, Any]]:
+def _model_env(env_name: str, record: ModelRef | None) -> list[dict[str, Any]]:
     """The model's URI and its pin (the worker verifies the manifest against it)."""
     return [
         _env_patch(env_name, record.uri if record else None),
@@ -194,7 +195,7 @@ def _patch(
 
 
 def rollout_patch(
-    *, container: str, env_name: str, model: ModelRecord, previous: ModelRecord | None
+    *, container: str, env_name: str, model: ModelRef, previous: ModelRef | None
 ) -> dict[str, Any]:
     """Strategic merge patch: ``env_name`` := the model's URI (other env vars untouched)."""
     notes = record_annotations(ACTIVE, model) | record_annotations(PREVIOUS, previous)
@@ -202,7 +203,7 @@ def rollout_patch(
 
 
 def revert_patch(
-    *, container: str, env_name: str, failed: ModelRecord, previous: ModelRecord | None
+    *, container: str, env_name: str, failed: ModelRef, previous: ModelRef | None
 ) -> dict[str, Any]:
     """Strategic merge patch back to ``previous`` (no URI before: the env var is removed)."""
     notes = (

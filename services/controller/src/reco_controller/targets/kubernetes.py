@@ -23,9 +23,10 @@ from typing import Any, Final
 from kubernetes_asyncio.client import ApiClient, AppsV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from reco_common.contracts import ModelRef
 from reco_common.redis_store import Epoch
 from reco_controller.settings import ControllerSettings
-from reco_controller.targets.base import ModelRecord, Progress, TargetError, TargetState
+from reco_controller.targets.base import Progress, TargetError, TargetState
 from reco_controller.targets.deployment import (
     ACTIVE,
     FAILED_URI,
@@ -84,7 +85,7 @@ class KubernetesTarget:
             epoch=Epoch(deployment.metadata.uid, deployment.metadata.generation),
         )
 
-    async def apply(self, *, model: ModelRecord, previous: ModelRecord | None) -> None:
+    async def apply(self, *, model: ModelRef, previous: ModelRef | None) -> None:
         await self._patch(
             rollout_patch(
                 container=self._container,
@@ -94,7 +95,7 @@ class KubernetesTarget:
             )
         )
 
-    async def revert(self, *, failed: ModelRecord, previous: ModelRecord | None) -> None:
+    async def revert(self, *, failed: ModelRef, previous: ModelRef | None) -> None:
         await self._patch(
             revert_patch(
                 container=self._container,

@@ -15,18 +15,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Final, Protocol
 
 import httpx
+import msgspec
 
 from reco_common.artifact import ArtifactError
-from reco_common.contracts import ContractError, LocalRollout, WorkerModelState
+from reco_common.contracts import ContractError, LocalRollout, ModelRef, WorkerModelState
 from reco_common.redis_store import Epoch
 from reco_common.settings import S3Settings
 from reco_controller import manifests
 from reco_controller.settings import ControllerSettings
-from reco_controller.targets.base import ModelRecord, Progress, TargetError, TargetState
+from reco_controller.targets.base import Progress, TargetError, TargetState
 from reco_controller.targets.worker_client import ModelControlClient, refused
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class LocalTarget:
     async def read(self) -> TargetState:
         saved = await self._saved()
         reports = await self._reports()
-        desired = ModelRecord.of_ref(saved.desired)
+        desired = saved.desired
         if desired is None:
             first = reports[0]
             desired = (
@@ -87,30 +87,30 @@ class LocalTarget:
             settled = all(r.model_uri == desired.uri for r in reports)
         return TargetState(
             active=desired,
-            previous=ModelRecord.of_ref(saved.previous),
+            previous=saved.previous,
             failed_uri=saved.failed_uri,
             settled=settled,
             epoch=Epoch(LINEAGE, saved.epoch),
         )
 
-    async def apply(self, *, model: ModelRecord, previous: ModelRecord | None) -> None:
+    async def apply(self, *, model: ModelRef, previous: ModelRef | None) -> None:
         saved = await self._saved()
         await self._remember(
             LocalRollout(
-                desired=model.ref(),
-                previous=previous.ref() if previous else None,
+                desired=model,
+                previous=previous if previous else None,
                 failed_uri=saved.failed_uri,
                 epoch=saved.epoch + 1,
             )
         )
         await self._load_everywhere(model)
 
-    async def revert(self, *, failed: ModelRecord, previous: ModelRecord | None) -> None:
+    async def revert(self, *, failed: ModelRef, previous: ModelRef | None) -> None:
         if previous is None:
             raise TargetError(f"{self.description}: no previous model to go back to")
         saved = await self._saved()
         await self._remember(
-            LocalRollout(desired=previous.ref(), failed_uri=failed.uri, epoch=saved.epoch + 1)
+            LocalRollout(desired=previous, failed_uri=failed.uri, epoch=saved.epoch + 1)
         )
         await self._load_everywhere(previous)
 
@@ -158,12 +158,12 @@ class LocalTarget:
             )
         return Progress.complete(f"all {len(reports)} workers serve {self._applied}")
 
-    async def _load_everywhere(self, model: ModelRecord) -> None:
+    async def _load_everywhere(self, model: ModelRef) -> None:
         self._applied = model.uri
         self._refusals = []
         await asyncio.gather(*(self._load(worker, model) for worker in self._workers))
 
-    async def _load(self, worker: ModelControlClient, model: ModelRecord) -> None:
+    async def _load(self, worker: ModelControlClient, model: ModelRef) -> None:
         uri = model.uri
         try:
             await worker.load(uri, manifest_sha256=model.manifest_sha256)
@@ -191,7 +191,7 @@ class LocalTarget:
                 f"{where}: {exc.response.status_code} {exc.response.reason_phrase}"
             ) from exc
 
-    async def _describe(self, uri: str, version: str | None) -> ModelRecord:
+    async def _describe(self, uri: str, version: str | None) -> ModelRef:
         """The active model with the metrics of its manifest (without them when unreadable),
         pinned to the manifest's bytes as read now: a model the workers were started on outside a
         rollout has no announced pin, and workers refuse an unpinned load of a model they do not
@@ -200,8 +200,10 @@ class LocalTarget:
             event = await manifests.published(uri, s3=self._s3)
         except (ArtifactError, ContractError, ValueError) as exc:
             logger.warning("active model %s has no readable manifest: %s", uri, exc)
-            return ModelRecord(uri=uri, version=version)
-        return replace(ModelRecord.of(event), uri=uri)  # the URI as the workers report it
+            return ModelRef(uri=uri, version=version)
+        return msgspec.structs.replace(
+            ModelRef.of(event), uri=uri
+        )  # the URI as the workers report it
 
 
 class LocalTargets:
