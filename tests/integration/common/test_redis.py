@@ -5,10 +5,20 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import pytest
 from redis.asyncio import Redis
 
-from reco_common.contracts import RecommendationList, RedisKeys, encode
-from reco_common.redis_store import FencedLists, FencedWrite, Position, read_list, replace_lists
+from reco_common.contracts import REDIS_LAYOUT, RecommendationList, RedisKeys, encode
+from reco_common.redis_store import (
+    FencedLists,
+    FencedWrite,
+    LayoutMismatch,
+    Position,
+    check_layout,
+    mark_layout,
+    read_list,
+    replace_lists,
+)
 
 LIST_LENGTH = 100
 ROUNDS = 300
@@ -87,3 +97,28 @@ async def test_a_batch_larger_than_luas_stack_is_fenced_per_partition(
     assert await lists.replace("shop", batch(3, offset=11)) == 0
     stored = {(await read_list(redis, keys, "shop", u)).model_version for u in users}  # type: ignore[union-attr]
     assert stored == {"v3"}
+
+
+class _OtherWorkerStartsBeforeExists:
+    """The real Redis, with another worker of this code starting (layout recorded, then its
+    generation marker) between the first one's read of the layout and its look for a marker."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+        self._redis, self._keys = redis, keys
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._redis, name)
+
+    async def exists(self, *names: str) -> int:
+        await mark_layout(self._redis, self._keys)
+        await self._redis.set(self._keys.generation(), b"other", nx=True)
+        return int(await self._redis.exists(*names))
+
+
+async def test_workers_starting_together_agree_on_the_layout(redis: Redis, unique: str) -> None:
+    keys = RedisKeys(f"t{unique}")
+    await check_layout(_OtherWorkerStartsBeforeExists(redis, keys), keys)  # type: ignore[arg-type]
+    assert await redis.get(keys.layout()) == str(REDIS_LAYOUT).encode()
+    await redis.delete(keys.layout())  # the marker alone is what layout 1 left
+    with pytest.raises(LayoutMismatch, match="layout 1"):
+        await check_layout(redis, keys)

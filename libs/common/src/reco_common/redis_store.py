@@ -108,14 +108,16 @@ class LayoutMismatch(RuntimeError):
 async def check_layout(redis: RedisClient, keys: RedisKeys) -> None:
     """Record :data:`REDIS_LAYOUT` in a Redis that has none; refuse one holding another's data.
 
-    Layout 1 wrote no ``layout`` key: its generation marker without one is layout 1 data, which
-    this code would not see (other key names), answering from empty histories. The way over is
+    Layout 1 wrote no ``layout`` key: its generation marker without one (read after the marker,
+    as workers starting together race) is layout 1 data, which this code would not see (other key names), answering from empty histories. The way over is
     a flush of the prefix and a rebuild from the log (docs/architecture.md, "Redis key layout").
     """
     stored = await redis.get(keys.layout())
     if stored is None:
         if await redis.exists(keys.generation()):
-            stored = b"1"
+            # Code of this layout records it before it writes the marker, so the marker seen
+            # without one may be another worker's that started meanwhile: read again.
+            stored = await redis.get(keys.layout()) or b"1"
         else:
             await mark_layout(redis, keys)
             stored = await redis.get(keys.layout())
