@@ -170,6 +170,22 @@ async def exhaust_pod_quota(admin: ApiClient, namespace: str) -> None:
             await asyncio.sleep(0.1)
 
 
+async def lift_pod_quota(admin: ApiClient, namespace: str) -> None:
+    """Delete the quota, then touch the worker's ReplicaSets. Kubernetes' ReplicaSet controller
+    retries a refused pod creation with exponential backoff (up to 1,000 s), which a quota held
+    for minutes on a loaded machine grows past any test bound; a ReplicaSet update is
+    synced at once, as it would be after an operator's ``kubectl annotate``."""
+    await CoreV1Api(admin).delete_namespaced_resource_quota("pods", namespace)
+    apps = AppsV1Api(admin)
+    found = await apps.list_namespaced_replica_set(
+        namespace, label_selector=f"app.kubernetes.io/name={WORKER}"
+    )
+    now = datetime.now(UTC).isoformat()
+    for replica_set in found.items:
+        patch = {"metadata": {"annotations": {"reco.test/quota-lifted": now}}}
+        await apps.patch_namespaced_replica_set(replica_set.metadata.name, namespace, patch)
+
+
 async def read_worker(admin: ApiClient, namespace: str) -> Deployment:
     found = await AppsV1Api(admin).read_namespaced_deployment(WORKER, namespace)
     return Deployment.parse(admin.sanitize_for_serialization(found))

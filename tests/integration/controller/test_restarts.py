@@ -16,13 +16,14 @@ from controller_kube import (
     controllers,
     exhaust_pod_quota,
     lease_holder,
+    lift_pod_quota,
     model_uri_of,
     published,
     read_worker,
     settled,
     uri,
 )
-from kubernetes_asyncio.client import ApiClient, CoreV1Api
+from kubernetes_asyncio.client import ApiClient
 from redis.asyncio import Redis
 
 from reco_common.contracts import MODEL_URI_ENV, ModelPublished
@@ -89,7 +90,7 @@ async def test_a_controller_killed_mid_rollout_resumes_it_after_restart(
         await rollout_log.until(lambda log: log.statuses("v2").count("started") == 2, timeout_s=90)
         assert rollout_log.reason("v2") == "resumed"
         assert await active_version(redis, settings.redis, MODEL) == "v1"
-        await CoreV1Api(admin).delete_namespaced_resource_quota("pods", namespace)
+        await lift_pod_quota(admin, namespace)
         await rollout_log.reaches("v2", "succeeded", timeout_s=120)
         await _active_is(redis, settings, "v2", timeout_s=5)
     assert rollout_log.statuses("v2") == ["started", "started", "succeeded"]
@@ -125,7 +126,7 @@ async def test_a_leader_paused_past_its_lease_writes_nothing_when_it_wakes(
         try:
             assert await lease_holder(admin, namespace, {follower}, timeout_s=180) == follower
             await rollout_log.reaches("v2", "rolled_back", timeout_s=90)
-            await CoreV1Api(admin).delete_namespaced_resource_quota("pods", namespace)
+            await lift_pod_quota(admin, namespace)
             await send(published("v3", hours=2))
             await rollout_log.reaches("v3", "succeeded", timeout_s=90)
             await _active_is(redis, settings, "v3", timeout_s=5)
