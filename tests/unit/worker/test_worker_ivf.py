@@ -17,7 +17,7 @@ from reco_common.ivf import FACTORS, ROWS, IvfError, IvfIndex
 from reco_common.settings import S3Settings
 from reco_worker.model_store import ModelRefusedError, load_serving_model
 from reco_worker.scoring import Histories, Policy, score
-from reco_worker.topn import IndexUse, Pairs, TopSelector
+from reco_worker.topn import MARGIN, IndexUse, Pairs, TopSelector
 
 N_ITEMS = 5_000
 DIM = 16
@@ -161,3 +161,31 @@ def test_an_ivf_index_of_other_rows_is_refused() -> None:
     with pytest.raises(IvfError, match="not a permutation"):
         replace(index, rows=np.zeros_like(index.rows)).check(arrays.item_factors)
     assert FACTORS in index.arrays()
+
+
+def test_a_short_query_rescanned_hands_on_only_its_best_candidates(
+    items: np.ndarray, index: IvfIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = queries(40)
+    best = TopSelector(items).select(q, Pairs.of([]), 400).items
+    # Its own best 400 excluded: the sampled threshold leaves queries short of candidates, and
+    # their probed lists (4 of 64, ~310 rows) are scanned in full.
+    exclude = [np.sort(b) for b in best]
+    handed_on: list[np.ndarray] = []
+    rescan = TopSelector._unthresholded
+
+    def spy(self: TopSelector, *args: object) -> tuple[np.ndarray, ...]:
+        found = rescan(self, *args)  # type: ignore[arg-type]
+        handed_on.append(np.bincount(found[0]))
+        return found
+
+    monkeypatch.setattr(TopSelector, "_unthresholded", spy)
+    selector = TopSelector(items, ivf=index, index_use=probing(4))
+    found = selector.select(q, exclude, 100)
+    monkeypatch.undo()
+    alone = [selector.select(q[j : j + 1], [exclude[j]], 100).items[0] for j in range(len(q))]
+    np.testing.assert_array_equal(found.items, np.stack(alone))
+    assert selector.exact_fallbacks == 0
+    rescanned = np.concatenate(handed_on)
+    assert (rescanned > 0).sum() >= 5
+    assert rescanned.max() == 100 + MARGIN

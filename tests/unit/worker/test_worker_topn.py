@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reco_worker.topn import GROUP_COLUMNS, GROUPS_PER_K, top_columns
+from reco_worker.topn import GROUP_COLUMNS, GROUPS_PER_K, Pairs, top_columns
 
 
 def best_values(scores: np.ndarray, k: int) -> list[list[float]]:
@@ -48,3 +48,18 @@ def test_a_row_with_few_groups_is_cut_whole() -> None:
     width = GROUP_COLUMNS * GROUPS_PER_K * k - 1  # one column short of the grouped cut
     scores = np.random.default_rng(1).standard_normal((5, width)).astype(np.float32)
     assert chosen_values(scores, top_columns(scores, k)) == best_values(scores, k)
+
+
+def test_pairs_hold_exactly_their_own_query_row_pairs() -> None:
+    rng = np.random.default_rng(11)
+    rows = [np.unique(rng.integers(0, 50, int(rng.integers(0, 12)))) for _ in range(9)]
+    pairs = Pairs.of(rows)
+    queries = rng.integers(0, 9, 400)
+    looked_up = rng.integers(0, 50, 400)
+    expected = [
+        int(r) in set(rows[int(q)].tolist()) for q, r in zip(queries, looked_up, strict=True)
+    ]
+    assert pairs.holds(queries, looked_up, 50).tolist() == expected
+    assert any(expected)
+    assert not all(expected)
+    assert not Pairs.of([]).holds(queries, looked_up, 50).any()
