@@ -62,6 +62,44 @@ def test_the_lists_partition_the_catalog_in_contiguous_slices(
     index.check(items)
 
 
+def brute_force_scan(
+    index: IvfIndex, q: np.ndarray, thresholds: np.ndarray, probes: int
+) -> set[tuple[int, int]]:
+    """Every (query, item row) of the query's probed lists at or above its threshold, one
+    query and one list at a time."""
+    found = set()
+    for j, lists in enumerate(index.probes(q, probes)):
+        for lst in lists.tolist():
+            lo, hi = int(index.offsets[lst]), int(index.offsets[lst + 1])
+            scores = index.factors[lo:hi].astype(np.float64) @ q[j].astype(np.float64)
+            found |= {(j, int(r)) for r in index.rows[lo:hi][scores >= thresholds[j]]}
+    return found
+
+
+@pytest.mark.parametrize("n_queries", [1, 7, 8, 9, 23])
+def test_the_scan_keeps_every_probed_row_above_its_querys_threshold(
+    items: np.ndarray, index: IvfIndex, n_queries: int
+) -> None:
+    # One list emptied (its rows moved to the next): lists of every size, one of none.
+    offsets = index.offsets.copy()
+    offsets[5] = offsets[4]
+    uneven = replace(index, offsets=offsets)
+    q = queries(n_queries, seed=n_queries)
+    thresholds = np.quantile(q @ items.T, 0.97, axis=1).astype(np.float32)
+    thresholds[0] = -np.inf  # every probed row
+    query, rows, scores = uneven.scan(q, thresholds, 9)
+    # Scores within float32 rounding of the threshold may fall either side.
+    near = {
+        (j, r)
+        for j, r in zip(*np.nonzero(np.abs(q @ items.T - thresholds[:, None]) < 1e-5), strict=True)
+    }
+    expected = brute_force_scan(uneven, q, thresholds, 9)
+    assert set(zip(query.tolist(), rows.tolist(), strict=True)) - near == expected - near
+    assert len(set(zip(query.tolist(), rows.tolist(), strict=True))) == len(query)
+    np.testing.assert_allclose(scores, np.einsum("ij,ij->i", items[rows], q[query]), atol=1e-5)
+    assert (query == 0).sum() == (np.diff(offsets)[uneven.probes(q[:1], 9)[0]]).sum()
+
+
 def test_every_list_probed_gives_the_exact_selection(items: np.ndarray, index: IvfIndex) -> None:
     q = queries(40)
     exclude = random_exclusions(len(q))
