@@ -11,6 +11,7 @@ figure is the process' own work (its CPU seconds, all threads) plus Redis round 
     RECO_REDIS_URL=redis://127.0.0.1:6491/0 uv run python bench/worker/batch_profile.py
     ... --profile var/bench/batch.prof        # cProfile of the passes (main thread)
     ... --batch-size 14                       # batches as at a steady 1,000 events/s
+    ... --items 1000000 --decay 1.2 --ivf     # the 1M catalog through the IVF index
 
 Each pass writes under a fresh key prefix, deleted after. ``--passes`` passes of ``--batches``
 batches; the first pass (warm-up: scripts loaded, caches) is not reported.
@@ -22,7 +23,9 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import shutil
 import statistics
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -31,39 +34,40 @@ from typing import Any
 
 import numpy as np
 from aiokafka import ConsumerRecord, TopicPartition
-from ann_libraries import factors
 from fencing import record
 from prometheus_client import REGISTRY
 from threadpoolctl import threadpool_limits
+from throughput import build_model
 
-from reco_common.artifact import ModelArrays
 from reco_common.contracts import ActionType, UserAction, encode
 from reco_common.kafka import EventConsumer
 from reco_common.redis_store import RedisClient, connect
-from reco_common.settings import KafkaSettings, RedisSettings
+from reco_common.settings import KafkaSettings, RedisSettings, S3Settings
 from reco_worker.consumer import ActionHandler
 from reco_worker.metrics import WorkerMetrics
+from reco_worker.model_store import load_serving_model
 from reco_worker.rebuild import stores
 from reco_worker.scoring import ServingModel
 from reco_worker.settings import WorkerSettings
+from reco_worker.topn import IndexUse
 
 N_USERS = 100_000
 PARTITIONS = 3
 ACTIONS = list(ActionType)
 
 
-def model(n_items: int) -> ServingModel:
-    """``throughput.py``'s random model (seeded by the catalog size, as there)."""
-    rng = np.random.default_rng(n_items)
-    arrays = ModelArrays(
-        item_ids=[f"i{n}" for n in range(n_items)],
-        user_ids=[f"u{n}" for n in range(N_USERS)],
-        item_factors=factors(rng, n_items, 0.0),
-        user_factors=factors(rng, N_USERS, 0.0),
-        popular_items=[f"i{n}" for n in range(200)],
-        popular_scores=[float(200 - n) for n in range(200)],
+def model(
+    n_items: int, workdir: Path, *, decay: float = 0.0, ivf: bool = False, probes: int = 0
+) -> ServingModel:
+    """``throughput.py``'s random model (seeded by the catalog size, as there), written as an
+    artifact and loaded from it as the worker does (factors and index mapped); ``ivf``: with
+    the trainer's IVF index, searched from any catalog size with ``probes`` lists (0: the
+    default), as ``throughput.py --ivf --ann-min-items 0``."""
+    uri, _ = build_model(
+        workdir / "store", n_items, seed=n_items, decay=decay, ivf_lists=0 if ivf else None
     )
-    return ServingModel(name="bench", version="v1", uri="mem://bench", arrays=arrays)
+    use = IndexUse(min_items=0, probes=probes or IndexUse().probes) if ivf else None
+    return load_serving_model(uri, s3=S3Settings(), cache_dir=workdir / "cache", index_use=use)
 
 
 Fetched = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
@@ -178,6 +182,11 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument(
+        "--decay", type=float, default=0.0, help="spectrum decay of the model (0: isotropic)"
+    )
+    parser.add_argument("--ivf", action="store_true", help="build and search an IVF index")
+    parser.add_argument("--probes", type=int, default=0, help="IVF lists probed (0: default)")
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--passes", type=int, default=4)
@@ -192,7 +201,8 @@ async def main() -> None:
     args = parser.parse_args()
     threadpool_limits(limits=1)  # as the worker (RECO_WORKER_BLAS_THREADS)
     redis = connect(RedisSettings())
-    serving = model(args.items)
+    workdir = Path(tempfile.mkdtemp(prefix="reco-bench-bp-"))
+    serving = model(args.items, workdir, decay=args.decay, ivf=args.ivf, probes=args.probes)
     if args.gc_freeze:  # as the worker's model store does once a model is loaded
         gc.collect()
         gc.freeze()
@@ -212,6 +222,7 @@ async def main() -> None:
             )
     finally:
         await redis.aclose()
+        shutil.rmtree(workdir, ignore_errors=True)
     print(f"median events/CPU-s {statistics.median(results):,.0f}")
     if profiler and args.profile:
         args.profile.parent.mkdir(parents=True, exist_ok=True)
