@@ -32,6 +32,21 @@ def test_only_the_trainer_may_announce_and_only_the_worker_dead_letters_actions(
     assert not any(g.operations for g in grants(topics) if "Delete" in g.operations)
 
 
+def test_keda_may_only_describe_the_actions_and_the_workers_groups() -> None:
+    """The lag reader's grants: what the lag needs (metadata, end offsets, a group's committed
+    offsets), nothing that reads an action, joins or commits for a group, or produces."""
+    topics = Topics("stg-")
+    keda = {
+        (g.resource, g.name, g.prefixed, g.operations)
+        for g in grants(topics)
+        if g.principal is Principal.KEDA
+    }
+    assert keda == {
+        ("topic", topics.user_actions, False, ("Describe",)),
+        ("group", "stg-worker-", True, ("Describe",)),
+    }
+
+
 def test_sasl_needs_a_username_and_a_password() -> None:
     with pytest.raises(ValidationError, match="RECO_KAFKA_USERNAME and RECO_KAFKA_PASSWORD"):
         KafkaSettings(security_protocol=KafkaSecurity.SASL_PLAINTEXT, username="reco-worker")

@@ -30,6 +30,7 @@ from deploy_manifests import (
 
 from reco_api.settings import Settings as ApiSettings
 from reco_common.contracts import MODEL_URI_ENV
+from reco_common.kafka_access import Principal
 from reco_controller.settings import Settings as ControllerSettings
 from reco_trainer.cli import app as trainer_cli
 from reco_trainer.settings import Settings as TrainerSettings
@@ -55,6 +56,7 @@ OUT_OF_BAND = {
         f"reco-kafka-{p}": {"password": f"operator-{p}-password"}
         for p in ("broker", "trainer", "controller", "worker", "shop")
     },
+    "reco-kafka-keda": {"username": "reco-keda", "password": "operator-keda-password"},
 }
 FIELDS = {"metadata.namespace": "reco", "metadata.name": "pod-0"}
 MARGIN_S = 5  # docs/api.md: grace ≥ preStop + RECO_API_SHUTDOWN_TIMEOUT_S + 5 s
@@ -313,6 +315,31 @@ def test_kafka_is_a_kraft_statefulset_with_a_headless_service_and_volumes(
     assert env["KAFKA_LOG_DIRS"].startswith(
         next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "data")
     )
+
+
+def test_the_access_job_has_a_password_for_every_user_it_creates(
+    docs: tuple[Manifest, ...],
+) -> None:
+    """The Job kafka-access makes a SCRAM user per principal of its acls.txt, with the password
+    in ``PASSWORD_<principal without reco->`` (it stops on an unset one); in dev, the local
+    stack's password (scripts/stack.sh)."""
+    (job,) = find(docs, "Job", "kafka-access")
+    acls = one(docs, "ConfigMap", _acls_config_map(job))["data"]["acls.txt"]
+    users = {line.split()[0] for line in acls.splitlines() if line and not line.startswith("#")}
+    assert users == {p.value for p in Principal}
+    env = container_env(
+        docs, container(job, "access"), secrets=SecretSource(docs, OUT_OF_BAND), fields=FIELDS
+    )
+    for user in users:
+        password = env[f"PASSWORD_{user.removeprefix('reco-').upper()}"]
+        if find(docs, "Secret"):  # dev: the generated Secrets
+            assert password == Principal(user).dev_password
+
+
+def _acls_config_map(job: Manifest) -> str:
+    (volume,) = [v for v in pod_spec(job)["volumes"] if v["name"] == "acls"]
+    name: str = volume["configMap"]["name"]
+    return name
 
 
 def _kafka_fields() -> dict[str, str]:

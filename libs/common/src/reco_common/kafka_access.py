@@ -1,4 +1,4 @@
-"""Who may do what on Kafka: one principal per service and the ACLs each one is granted.
+"""Who may do what on Kafka: one principal per service (and KEDA's), the ACLs of each.
 
 The access matrix of docs/security.md, in one place. Each service authenticates with SASL/SCRAM
 as its own principal (``RECO_KAFKA_USERNAME``) and may produce and consume only its own topics:
@@ -11,10 +11,15 @@ as its own principal (``RECO_KAFKA_USERNAME``) and may produce and consume only 
   rebuild read) and produces the dead letters of ``user-actions``;
 - ``reco-shop`` produces ``user-actions``: the site's event collector (the simulator and
   ``reco-trainer synth --to-kafka`` in development);
+- ``reco-keda`` reads the workers' consumer lag for KEDA (deploy/k8s/components/elastic-workers)
+  and nothing else: ``Describe`` on ``user-actions`` (metadata, end offsets) and on the
+  ``worker-*`` groups (their committed offsets); no Read, Write or Create, so it can neither
+  read an action, join or commit for a group, nor produce;
 - the API has no principal: it never talks to Kafka.
 
-Each principal may also create the topics it uses (``ensure_topics``: whichever process starts
-first creates a topic with the contract's partition count), never alter or delete one.
+Each service's principal may also create the topics it uses (``ensure_topics``: whichever
+process starts first creates a topic with the contract's partition count), never alter or
+delete one.
 
 The dev stack (scripts/stack.sh) and the Kubernetes provisioning Job apply
 :func:`render` ``(Topics())`` as written to ``scripts/stack/kafka/acls.txt`` and
@@ -43,6 +48,7 @@ class Principal(enum.StrEnum):
     CONTROLLER = "reco-controller"
     WORKER = "reco-worker"
     SHOP = "reco-shop"
+    KEDA = "reco-keda"
 
     @property
     def dev_password(self) -> str:
@@ -69,6 +75,9 @@ class Grant:
 _READ = ("Read", "Describe", "Create")
 _WRITE = ("Write", "Describe", "Create")
 _GROUP = ("Read", "Describe")
+# What a lag reader needs: Metadata and ListOffsets (Describe on the topic), FindCoordinator and
+# OffsetFetch (Describe on the group).
+_LAG = ("Describe",)
 
 
 def grants(topics: Topics) -> list[Grant]:
@@ -86,6 +95,8 @@ def grants(topics: Topics) -> list[Grant]:
         Grant(Principal.WORKER, _GROUP, "group", f"{prefix}{WORKER_GROUP_PREFIX}", prefixed=True),
         Grant(Principal.WORKER, _WRITE, "topic", dlq(topics.user_actions)),
         Grant(Principal.SHOP, _WRITE, "topic", topics.user_actions),
+        Grant(Principal.KEDA, _LAG, "topic", topics.user_actions),
+        Grant(Principal.KEDA, _LAG, "group", f"{prefix}{WORKER_GROUP_PREFIX}", prefixed=True),
     ]
 
 
