@@ -2,11 +2,12 @@
 
 KEDA's CRDs (its module's config/crd/bases, fetched once through the Go module proxy at the
 version the component is written against) are applied to the API server; then prod with the
-component passes a server-side dry run as a whole, and its ScaledObject and TriggerAuthentication
-are applied for real with strict field validation: a misspelt or misplaced field, a wrong type
-or an out-of-range value fails here, as it would on a cluster. No KEDA operator runs: this
-checks the objects, not the scaling (tests/integration/worker/test_worker_elastic.py scales real
-worker processes).
+component (and dev with it) passes a server-side dry run as a whole, and its ScaledObject and
+TriggerAuthentication are applied for real with strict field validation: a misspelt or misplaced
+field, a wrong type or an out-of-range value fails here, as it would on a cluster; in dev, the
+Secret of KEDA's principal that the TriggerAuthentication names exists with the keys it reads.
+No KEDA operator runs: this checks the objects, not the scaling
+(tests/integration/worker/test_worker_elastic.py scales real worker processes).
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ def namespace(kube: Kube, unique: str) -> Iterator[str]:
     kube.delete_namespace(name)
 
 
-def _render(where: Path, namespace: str) -> tuple[Manifest, ...]:
-    directory = wrapper(where, overlay="prod", namespace=namespace, components=("elastic-workers",))
+def _render(where: Path, namespace: str, overlay: str = "prod") -> tuple[Manifest, ...]:
+    directory = wrapper(
+        where, overlay=overlay, namespace=namespace, components=("elastic-workers",)
+    )
     return tuple(d for d in kustomize(directory) if d["kind"] not in NEEDS_OTHER_CRDS)
 
 
@@ -79,10 +82,11 @@ def _apply_strict(kube: Kube, docs: list[Manifest]) -> subprocess.CompletedProce
     )
 
 
-def test_prod_with_elastic_workers_passes_a_server_side_dry_run(
-    keda_crds: None, kube: Kube, namespace: str, tmp_path: Path
+@pytest.mark.parametrize("overlay", ["prod", "dev"])
+def test_the_overlay_with_elastic_workers_passes_a_server_side_dry_run(
+    overlay: str, keda_crds: None, kube: Kube, namespace: str, tmp_path: Path
 ) -> None:
-    docs = _render(tmp_path, namespace)
+    docs = _render(tmp_path, namespace, overlay)
     assert {d["kind"] for d in docs} >= KEDA_KINDS
     kube.create_namespace(docs)
     rest = [d for d in docs if d["kind"] != "Namespace"]
@@ -108,6 +112,9 @@ def test_the_keda_objects_are_accepted_by_keda_s_schema(
     assert stored["spec"]["triggers"] == scaled["spec"]["triggers"]
     assert stored["spec"]["advanced"] == scaled["spec"]["advanced"]
     assert stored["spec"]["maxReplicaCount"] == scaled["spec"]["maxReplicaCount"]
+    (auth,) = find(docs, "TriggerAuthentication")
+    stored_auth = kube.get("triggerauthentication", auth["metadata"]["name"], "-n", namespace)
+    assert stored_auth["spec"] == auth["spec"]
 
     # The schema is really enforced: the same object with a field KEDA does not have (the
     # HPA's spelling) or a value of the wrong type is refused.
@@ -121,3 +128,28 @@ def test_the_keda_objects_are_accepted_by_keda_s_schema(
     done = _apply_strict(kube, [wrong_type])
     assert done.returncode != 0
     assert "behavior" in done.stderr, done.stderr
+    keyless = copy.deepcopy(auth)
+    del keyless["spec"]["secretTargetRef"][0]["key"]
+    done = _apply_strict(kube, [keyless])
+    assert done.returncode != 0
+    assert "key" in done.stderr, done.stderr
+
+
+def test_the_keda_principal_s_secret_is_the_one_the_dev_overlay_generates(
+    keda_crds: None, kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    """The TriggerAuthentication names the generated Secret, hash suffix included (kustomize
+    rewrites the reference through the component's kustomizeconfig.yaml): applied for real, the
+    Secret it names holds every key it reads."""
+    docs = _render(tmp_path, namespace, "dev")
+    kube.create_namespace(docs)
+    (auth,) = find(docs, "TriggerAuthentication")
+    refs = auth["spec"]["secretTargetRef"]
+    secrets = [
+        d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == refs[0]["name"]
+    ]
+    done = _apply_strict(kube, [*secrets, auth])
+    assert done.returncode == 0, done.stderr
+    for ref in refs:
+        stored = kube.get("secret", ref["name"], "-n", namespace)
+        assert ref["key"] in stored["data"], (ref, sorted(stored["data"]))

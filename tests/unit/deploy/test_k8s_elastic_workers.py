@@ -2,7 +2,8 @@
 
 The ScaledObject's names and numbers are checked against what the worker really does: its
 settings built from the container's rendered environment (the group id, the topic, the SASL
-mechanism, the bootstrap), and the partition count of the contract.
+mechanism, the bootstrap), and the partition count of the contract. KEDA reads the lag as its own
+principal, reco-keda (Describe only), never with the worker's credentials.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from deploy_manifests import (
 )
 
 from reco_common.contracts import PARTITIONS, Topics
+from reco_common.kafka_access import Principal
 from reco_worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.usefixtures("has_kubectl")
@@ -100,12 +102,41 @@ def test_the_trigger_reads_the_group_the_worker_consumes_in(
         assert meta["offsetResetPolicy"] == "earliest"
         assert int(meta["lagThreshold"]) > 0
 
-        auth = one(docs, "TriggerAuthentication", _trigger(scaled)["authenticationRef"]["name"])
-        credentials = {e["parameter"]: env[e["name"]] for e in auth["spec"]["env"]}
-        assert all(e["containerName"] == name for e in auth["spec"]["env"])
-        assert credentials["username"] == kafka.username
-        assert kafka.password is not None
-        assert credentials["password"] == kafka.password.get_secret_value()
+
+def _auth(docs: tuple[Manifest, ...], scaled: Manifest) -> Manifest:
+    name = _trigger(scaled)["authenticationRef"]["name"]
+    auth: Manifest = one(docs, "TriggerAuthentication", name)["spec"]
+    return auth
+
+
+def test_keda_reads_the_lag_as_its_own_principal(docs: tuple[Manifest, ...]) -> None:
+    """Not as the worker (which may read every action and commit the group's offsets): the
+    Secret of reco-keda, whose SCRAM user the Job kafka-access creates with that password."""
+    (job,) = find(docs, "Job", "kafka-access")
+    access = {e["name"]: e.get("valueFrom") for e in container(job, "access")["env"]}
+    for scaled, _ in _scaled(docs):
+        auth = _auth(docs, scaled)
+        assert set(auth) == {"secretTargetRef"}, "no credential from the worker's environment"
+        refs = {
+            r["parameter"]: {"name": r["name"], "key": r["key"]} for r in auth["secretTargetRef"]
+        }
+        assert set(refs) == {"username", "password"}
+        assert refs["password"] == access["PASSWORD_KEDA"]["secretKeyRef"]
+        assert refs["username"]["name"] == refs["password"]["name"]
+
+
+def test_the_dev_credentials_are_the_local_stack_s() -> None:
+    docs = rendered("dev", COMPONENT)
+    secrets = SecretSource(docs, {})
+    for scaled, _ in _scaled(docs):
+        credentials = {
+            r["parameter"]: secrets.data(r["name"])[r["key"]]
+            for r in _auth(docs, scaled)["secretTargetRef"]
+        }
+        assert credentials == {
+            "username": Principal.KEDA.value,
+            "password": Principal.KEDA.dev_password,
+        }
 
 
 def test_the_kafka_protocol_version_is_the_brokers_major(docs: tuple[Manifest, ...]) -> None:
