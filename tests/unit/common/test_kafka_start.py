@@ -4,7 +4,7 @@ that come up with the pod), then an error naming the setting; 0 fails at the fir
 from __future__ import annotations
 
 import pytest
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import ClusterAuthorizationFailedError, KafkaConnectionError
 
 from reco_common.kafka import KafkaUnavailableError, start_client
 from reco_common.settings import KafkaSettings
@@ -49,6 +49,19 @@ async def test_a_client_refused_past_the_start_timeout_is_released_and_reported(
         await start_client(settings, start=client.start, close=client.close)
     assert client.starts >= 2
     assert client.closed == 1
+
+
+async def test_a_client_refused_for_another_reason_is_released_at_once() -> None:
+    client = FlakyClient(refusals=0)
+
+    async def refused() -> None:  # what an idempotent producer's start gets without any Write
+        client.starts += 1
+        raise ClusterAuthorizationFailedError()
+
+    settings = KafkaSettings(bootstrap="kafka:9092", start_timeout_s=30)
+    with pytest.raises(ClusterAuthorizationFailedError):
+        await start_client(settings, start=refused, close=client.close)
+    assert (client.starts, client.closed) == (1, 1)
 
 
 def test_the_start_timeout_is_bounded() -> None:

@@ -183,6 +183,11 @@ async def start_client(
     except KafkaConnectionError as exc:
         await close()
         raise _unavailable(settings, exc) from exc
+    except Exception:
+        # Any other refusal at start (e.g. a principal without Write on any topic is refused
+        # an idempotent producer's id): the half-started client is released too.
+        await close()
+        raise
 
 
 @contextlib.asynccontextmanager
