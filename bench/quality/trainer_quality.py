@@ -49,7 +49,7 @@ from movielens import (
     write_native,
 )
 
-from reco_common.artifact import load_artifact
+from reco_common.artifact_cache import load_artifact
 from reco_common.contracts import ActionType, HistoryEntry
 from reco_common.interactions import ITEM_ID, TS, USER_ID, WEIGHT
 from reco_common.settings import S3Settings

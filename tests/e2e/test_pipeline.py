@@ -16,7 +16,7 @@ import httpx
 import pytest
 from e2e_support import Launcher, now, quick_api, start_workers, until
 
-from reco_common.artifact import load_artifact
+from reco_common.artifact_cache import load_artifact
 from reco_common.contracts import ActionType, ModelPublished, UserAction
 from reco_common.storage import open_store
 from reco_devkit import services

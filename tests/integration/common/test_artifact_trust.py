@@ -22,9 +22,9 @@ from reco_common.artifact import (
     Manifest,
     ModelArrays,
     announcement,
-    load_artifact,
     write_artifact,
 )
+from reco_common.artifact_cache import load_artifact
 from reco_common.contracts import EvalMetrics, ObjectLayout, decode, encode
 from reco_common.storage import ObjectStore
 

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
-from reco_common.artifact import ModelArrays, load_artifact, write_artifact
+from reco_common.artifact import ModelArrays, write_artifact
+from reco_common.artifact_cache import load_artifact
 from reco_common.contracts import EvalMetrics, ObjectLayout
 from reco_common.settings import S3Settings
 from reco_common.storage import ObjectStore, open_store

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from trainer_stack import read_all, run_trainer
 
-from reco_common.artifact import load_artifact
+from reco_common.artifact_cache import load_artifact
 from reco_common.contracts import ModelPublished, ObjectLayout, decode
 from reco_common.settings import KafkaSettings, S3Settings
 from reco_common.storage import ObjectStore, open_store

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reco_common import artifact
+from reco_common import artifact, artifact_cache
 from reco_common.artifact import (
     ITEM_FACTORS,
     ITEM_ID_KEYS,
@@ -16,14 +16,12 @@ from reco_common.artifact import (
     USER_ID_ROWS,
     USER_ITEMS_INDICES,
     USER_ITEMS_INDPTR,
-    VERIFIED_MARKER,
     ArtifactError,
     ModelArrays,
-    StoredIds,
     UserItems,
-    load_artifact,
     write_artifact,
 )
+from reco_common.artifact_cache import VERIFIED_MARKER, StoredIds, load_artifact
 from reco_common.contracts import EvalMetrics
 from reco_common.id_lookup import IdLookup
 from reco_common.storage import ObjectStore, open_store
@@ -152,7 +150,7 @@ def test_a_cache_verified_once_is_mapped_without_hashing_again(
     first = load_artifact(open_store(uri), cache_dir=tmp_path / "shared")
     marker = tmp_path / "shared" / "shop" / "v1" / VERIFIED_MARKER
     assert marker.is_file()
-    monkeypatch.setattr(artifact, "file_sha256", _must_not_hash)
+    monkeypatch.setattr(artifact_cache, "file_sha256", _must_not_hash)
     again = load_artifact(open_store(uri), cache_dir=tmp_path / "shared")
     assert np.array_equal(again.arrays.item_factors, first.arrays.item_factors)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pyarrow.csv as pacsv
 import pytest
 
-from reco_common.artifact import load_artifact, read_manifest
+from reco_common.artifact import read_manifest
+from reco_common.artifact_cache import load_artifact
 from reco_common.interactions import ACTION, EVENT_ID, WEIGHT
 from reco_common.settings import S3Settings
 from reco_common.storage import open_store

@@ -6,7 +6,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from reco_common.artifact import ITEM_INDEX, ArtifactError, load_artifact, read_manifest
+from reco_common.artifact import ITEM_INDEX, ArtifactError, read_manifest
+from reco_common.artifact_cache import load_artifact
 from reco_common.contracts import ModelPublished, ObjectLayout
 from reco_common.interactions import InteractionsError
 from reco_common.ivf import FILES as IVF_FILES

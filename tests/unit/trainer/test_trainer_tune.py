@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 from typer.testing import CliRunner
 
-from reco_common.artifact import load_artifact
+from reco_common.artifact_cache import load_artifact
 from reco_common.interactions import read_interactions
 from reco_common.settings import S3Settings
 from reco_common.storage import open_store

@@ -12,13 +12,8 @@ import numpy as np
 import pytest
 from worker_models import publish, random_arrays
 
-from reco_common.artifact import (
-    ITEM_FACTORS,
-    VERIFIED_MARKER,
-    ArtifactError,
-    ModelArrays,
-    VerifiedMark,
-)
+from reco_common.artifact import ITEM_FACTORS, ArtifactError, ModelArrays
+from reco_common.artifact_cache import VERIFIED_MARKER, VerifiedMark
 from reco_common.contracts import decode, encode
 from reco_common.settings import S3Settings
 from reco_worker.metrics import WorkerMetrics

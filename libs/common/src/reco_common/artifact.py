@@ -29,11 +29,10 @@
 
 Arrays load with ``np.load(mmap_mode="r")`` so a large catalog is paged in, not parsed.
 
-Checked once per copy, not at every load (:func:`load_artifact`): the sha256 of every file, and
-the values no shape can tell (factors finite, neighbour and training rows in range, the id
-lookups those of the JSON ids: :meth:`ModelArrays.check_values`). A cache directory where both
-held is marked (:class:`VerifiedMark`); a load that finds the mark maps the files and checks
-their shapes only. The trainer runs the same value checks before it writes.
+The values no shape can tell (factors finite, neighbour and training rows in range, the id
+lookups those of the JSON ids) are checked by :meth:`ModelArrays.check_values`: by the trainer
+before it writes, and once per local copy where a worker serves from
+(:mod:`reco_common.artifact_cache`, which maps the files of a verified copy).
 
 A manifest is untrusted input until proven otherwise: its bytes are checked against the sha256
 the ``model-published`` event carries (when the reader has it), and its decoding enforces the
@@ -47,12 +46,10 @@ import dataclasses
 import hashlib
 import io
 import logging
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, overload
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -69,10 +66,9 @@ from reco_common.contracts import (
     decode,
     dumps,
     encode,
-    loads,
 )
 from reco_common.id_lookup import IdLookup, IdLookupError
-from reco_common.storage import ObjectExistsError, ObjectStore, file_sha256
+from reco_common.storage import ObjectExistsError, ObjectStore
 
 if TYPE_CHECKING:  # imported where used: only the trainer and the worker install usearch
     from reco_common.ann import ItemIndex
@@ -96,11 +92,8 @@ ITEM_ID_KEYS = "item_id_keys.npy"
 ITEM_ID_ROWS = "item_id_rows.npy"
 USER_ID_KEYS = "user_id_keys.npy"
 USER_ID_ROWS = "user_id_rows.npy"
-# In a cache directory (not in the artifact): what was checked there (VerifiedMark). Named apart
-# from the ``.verified`` digest of workers before the value checks moved to verification, so
-# that old and new workers sharing a cache volume during an upgrade do not undo each other.
-VERIFIED_MARKER = ".verified.json"
-# The version of ModelArrays.check_values: a mark of another version is checked again.
+# The version of ModelArrays.check_values: a cache verified with another version is checked
+# again (reco_common.artifact_cache).
 VALUE_CHECKS = 2  # 2: the IVF index's permutation and sorted rows
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -284,53 +277,6 @@ class ModelArrays:
         return ("item", self.item_ids, self.item_lookup), ("user", self.user_ids, self.user_lookup)
 
 
-class StoredIds(Sequence[str]):
-    """The ids of a verified ``*_ids.json`` in row order, decoded on first use: a worker that
-    maps the id lookup never holds 10M user ids as Python strings."""
-
-    def __init__(self, path: Path, count: int) -> None:
-        self._path = path
-        self._count = count
-        self._ids: list[str] | None = None
-
-    def __len__(self) -> int:
-        return self._count
-
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[str]: ...
-    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
-        return self._decoded()[index]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._decoded())
-
-    def _decoded(self) -> list[str]:
-        if self._ids is None:
-            ids = loads(self._path.read_bytes())
-            if not isinstance(ids, list) or len(ids) != self._count:
-                raise ArtifactError(f"{self._path.name}: not a list of {self._count} ids")
-            self._ids = ids
-        return self._ids
-
-
-class VerifiedMark(Struct, frozen=True, forbid_unknown_fields=True):
-    """:data:`VERIFIED_MARKER` in a cache directory, written by the worker that checked it:
-    every file there hashes to the manifest whose bytes hash to ``manifest_sha256``, and the
-    arrays passed :meth:`ModelArrays.check_values` of version ``value_checks``."""
-
-    manifest_sha256: Sha256Hex
-    value_checks: int
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedModel:
-    manifest: Manifest
-    arrays: ModelArrays
-    uri: str
-
-
 def write_artifact(
     store: ObjectStore, *, model_name: str, version: str, arrays: ModelArrays, **manifest: Any
 ) -> str:
@@ -425,10 +371,15 @@ def read_manifest(store: ObjectStore, *, sha256: str | None = None) -> Manifest:
 def announcement(store: ObjectStore) -> ModelPublished:
     """The ``model-published`` event of the artifact the store is rooted at, pinned to the
     manifest bytes read now."""
-    data = _manifest_bytes(store)
-    digest = hashlib.sha256(data).hexdigest()
-    manifest = _decode_manifest(store, data, sha256=digest)
+    manifest, digest = pinned_manifest(store)
     return manifest.published(artifact_uri=store.root_uri, manifest_sha256=digest)
+
+
+def pinned_manifest(store: ObjectStore, *, sha256: str | None = None) -> tuple[Manifest, str]:
+    """The manifest of the artifact the store is rooted at and the sha256 of its bytes (the
+    pin); with ``sha256``, only if they hash to it."""
+    data = _manifest_bytes(store)
+    return _decode_manifest(store, data, sha256=sha256), hashlib.sha256(data).hexdigest()
 
 
 def read_popular(store: ObjectStore, manifest: Manifest) -> PopularList:
@@ -470,168 +421,3 @@ def _decode_manifest(store: ObjectStore, data: bytes, *, sha256: str | None) -> 
     if missing:
         raise ArtifactError(f"{where}: incomplete artifact, no {', '.join(sorted(missing))}")
     return manifest
-
-
-def load_artifact(
-    store: ObjectStore, *, cache_dir: Path, manifest_sha256: str | None = None
-) -> LoadedModel:
-    """Download the artifact the store is rooted at into ``cache_dir``, verify and load it.
-
-    ``manifest_sha256``: the pin of the ``model-published`` event (or the controller's load
-    request); the manifest is refused unless its bytes hash to it. Every path below is built
-    from segments the manifest's contract already validated, and checked to stay in the cache.
-
-    Verified once per cache directory: once every file there matched the manifest and the
-    arrays passed :meth:`ModelArrays.check_values`, a :class:`VerifiedMark` is written beside
-    them (:data:`VERIFIED_MARKER`). A later load of the same manifest into the same directory
-    (a restarted worker, another pod on a shared cache volume) finds the mark and the files'
-    sizes right, and maps the arrays without reading them through sha256 or the value checks
-    again: a 1M-item model starts in seconds (docs/worker.md).
-    """
-    data = _manifest_bytes(store)
-    manifest = _decode_manifest(store, data, sha256=manifest_sha256)
-    digest = hashlib.sha256(data).hexdigest()
-    local = _cache_path(cache_dir, manifest)
-    verified = _verified_here(local, manifest, digest)
-    if not verified:
-        _fill_cache(store, local, manifest)
-    arrays = _mapped_arrays(local, manifest)
-    if not verified:
-        arrays.check_values()
-        _mark_verified(local, digest)
-    logger.info(
-        "loaded model %s/%s: %d users, %d items, dim %d",
-        manifest.model_name,
-        manifest.version,
-        manifest.n_users,
-        manifest.n_items,
-        manifest.dim,
-    )
-    return LoadedModel(manifest=manifest, arrays=arrays, uri=store.root_uri)
-
-
-def _mapped_arrays(local: Path, manifest: Manifest) -> ModelArrays:
-    """The arrays of the files in ``local``, mapped; the user ids decoded only if asked for (a
-    worker with the user lookup never does)."""
-    popular = decode(PopularList, (local / POPULAR).read_bytes())
-    user_lookup = _id_lookup(local, manifest, (USER_ID_KEYS, USER_ID_ROWS))
-    return ModelArrays(
-        item_ids=loads((local / ITEM_IDS).read_bytes()),
-        user_ids=StoredIds(local / USER_IDS, manifest.n_users)
-        if user_lookup is not None
-        else loads((local / USER_IDS).read_bytes()),
-        item_factors=np.load(local / ITEM_FACTORS, mmap_mode="r", allow_pickle=False),
-        user_factors=np.load(local / USER_FACTORS, mmap_mode="r", allow_pickle=False),
-        popular_items=popular.items,
-        popular_scores=popular.scores,
-        user_items=_user_items(local, manifest),
-        neighbours=_neighbours(local, manifest),
-        item_index=_item_index(local, manifest),
-        item_ivf=_item_ivf(local, manifest),
-        item_lookup=_id_lookup(local, manifest, (ITEM_ID_KEYS, ITEM_ID_ROWS)),
-        user_lookup=user_lookup,
-    )
-
-
-def _verified_here(local: Path, manifest: Manifest, digest: str) -> bool:
-    """The files in ``local`` were verified against this very manifest with the current value
-    checks, and are all there."""
-    try:
-        mark = decode(VerifiedMark, (local / VERIFIED_MARKER).read_bytes())
-        if (mark.manifest_sha256, mark.value_checks) != (digest, VALUE_CHECKS):
-            return False
-        return all((local / n).stat().st_size == e.bytes for n, e in manifest.files.items())
-    except (OSError, ContractError):
-        return False
-
-
-def _fill_cache(store: ObjectStore, local: Path, manifest: Manifest) -> None:
-    """Every file of the manifest in ``local`` with its checksum: kept if it already matches,
-    downloaded (atomically: a reader never sees half a file) and checked otherwise."""
-    local.mkdir(parents=True, exist_ok=True)
-    for name, entry in manifest.files.items():
-        path = local / name
-        if path.is_file() and file_sha256(path) == entry.sha256:
-            continue
-        if store.download_file(name, path) != entry.sha256:
-            raise ArtifactError(f"{store.uri(name)}: sha256 does not match the manifest")
-
-
-def _mark_verified(local: Path, digest: str) -> None:
-    temporary = local / f"{VERIFIED_MARKER}.{os.getpid()}"
-    try:
-        temporary.write_bytes(
-            encode(VerifiedMark(manifest_sha256=digest, value_checks=VALUE_CHECKS))
-        )
-        temporary.replace(local / VERIFIED_MARKER)
-    except OSError as exc:  # a read-only cache: verified again next time, nothing worse
-        logger.warning("could not mark %s verified: %s", local, exc)
-
-
-def _cache_path(cache_dir: Path, manifest: Manifest) -> Path:
-    """``cache_dir/<model_name>/<version>``, refused if it (or a file in it) could leave it;
-    the contract's path rules make this impossible, the check keeps it so."""
-    root = cache_dir.resolve()
-    local = (root / manifest.model_name / manifest.version).resolve()
-    escaping = [n for n in manifest.files if (local / n).resolve().parent != local]
-    if not local.is_relative_to(root) or local == root or escaping:
-        raise ArtifactError(f"{manifest.model_name}/{manifest.version}: leaves the cache directory")
-    return local
-
-
-def _optional_pair(
-    local: Path, manifest: Manifest, names: tuple[str, str]
-) -> tuple[npt.NDArray[Any], npt.NDArray[Any]] | None:
-    """Two arrays that an artifact carries together or not at all."""
-    present = set(names) & manifest.files.keys()
-    if not present:
-        return None
-    if len(present) == 1:
-        raise ArtifactError(f"{manifest.version}: {present.pop()} without its pair")
-    first, second = (np.load(local / name, mmap_mode="r", allow_pickle=False) for name in names)
-    return first, second
-
-
-def _user_items(local: Path, manifest: Manifest) -> UserItems | None:
-    pair = _optional_pair(local, manifest, (USER_ITEMS_INDPTR, USER_ITEMS_INDICES))
-    return None if pair is None else UserItems(indptr=pair[0], indices=pair[1])
-
-
-def _neighbours(local: Path, manifest: Manifest) -> ItemNeighbours | None:
-    pair = _optional_pair(local, manifest, (NEIGHBOURS, NEIGHBOUR_SCORES))
-    return None if pair is None else ItemNeighbours(rows=pair[0], scores=pair[1])
-
-
-def _id_lookup(local: Path, manifest: Manifest, names: tuple[str, str]) -> IdLookup | None:
-    pair = _optional_pair(local, manifest, names)
-    try:
-        return None if pair is None else IdLookup(keys=pair[0], rows=pair[1])
-    except IdLookupError as exc:
-        raise ArtifactError(f"{manifest.version}: {names[0]}: {exc}") from None
-
-
-def _item_index(local: Path, manifest: Manifest) -> ItemIndex | None:
-    if ITEM_INDEX not in manifest.files:
-        return None
-    from reco_common.ann import ItemIndex, ItemIndexError
-
-    try:
-        return ItemIndex.open(local / ITEM_INDEX)
-    except (ItemIndexError, RuntimeError, ValueError) as exc:
-        raise ArtifactError(f"{manifest.version}: {ITEM_INDEX}: {exc}") from None
-
-
-def _item_ivf(local: Path, manifest: Manifest) -> IvfIndex | None:
-    from reco_common.ivf import FILES, IvfError, IvfIndex
-
-    present = set(FILES) & manifest.files.keys()
-    if not present:
-        return None
-    if len(present) < len(FILES):
-        raise ArtifactError(
-            f"{manifest.version}: item IVF index incomplete, only {sorted(present)}"
-        )
-    try:
-        return IvfIndex.open({name: local / name for name in FILES})
-    except (IvfError, ValueError) as exc:
-        raise ArtifactError(f"{manifest.version}: item IVF index: {exc}") from None

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from tenacity import AsyncRetrying, retry_if_result, wait_exponential
 
-from reco_common.artifact import ArtifactError, load_artifact
+from reco_common.artifact import ArtifactError
+from reco_common.artifact_cache import load_artifact
 from reco_common.contracts import MODEL_CONTROL_PATH, MODEL_URI_ENV
 from reco_common.id_lookup import IdLookupError
 from reco_common.settings import S3Settings
