@@ -223,6 +223,10 @@ ensure_kubeconfigs() {
   write_kubeconfig "${STACK_DIR}/conf/controller-manager.kubeconfig" system:kube-controller-manager "$(token_for system:kube-controller-manager)"
   write_kubeconfig "${STACK_DIR}/conf/scheduler.kubeconfig" system:kube-scheduler "$(token_for system:kube-scheduler)"
   write_kubeconfig "${STACK_DIR}/conf/kwok.kubeconfig" kwok-controller "$(token_for kwok-controller)"
+  # Beside the kubeconfigs, so that kwok's command line names only the stack directory: a
+  # checkout sharing the stack (a git worktree, RECO_STACK_DIR) then finds the running kwok
+  # (component_pid) instead of starting a second one.
+  install -m 644 "${KUBE_SRC}/kwok.yaml" "${STACK_DIR}/conf/kwok.yaml"
 }
 
 # ---------------------------------------------------------------------------
@@ -266,7 +270,7 @@ component_args() { # <component>: prints one argument per line
       --leader-elect=false ;;
     kwok) printf '%s\n' \
       --kubeconfig="${STACK_DIR}/conf/kwok.kubeconfig" \
-      --config="${KUBE_SRC}/kwok.yaml" \
+      --config="${STACK_DIR}/conf/kwok.yaml" \
       --manage-all-nodes=false \
       --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
       --node-lease-duration-seconds=40 --node-ip=127.0.0.1 ;;
