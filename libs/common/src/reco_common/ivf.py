@@ -53,8 +53,9 @@ FILES = (CENTROIDS, OFFSETS, ROWS, FACTORS)
 TRAIN_ROWS = 131_072
 ITERATIONS = 10
 ASSIGN_CHUNK = 65_536
-# A list's product is over a multiple of this many queries (the rest dummies): OpenBLAS 0.3.29's
-# sgemm of 1,000 x 65 rows by 14 or 15 queries took 41-48 us, by 16 queries 28 us, by 8 24 us.
+# A list's product is over a multiple of this many queries (the rest dummies), or over its one
+# query: OpenBLAS 0.3.29's sgemm of 1,000 x 65 rows by 14 or 15 queries took 41-55 us, by 16
+# queries 28-35 us, by 5-7 33-42 us, by 8 24-26 us; by 1 query 11-15 us (padded to 8: 2x that).
 QUERY_STEP = 8
 
 
@@ -218,7 +219,8 @@ class IvfIndex:
 class _Groups:
     """A batch's (query, probed list) pairs grouped by list: list ``l``'s queries are
     ``member[start[l] : start[l] + width[l]]`` (ascending), padded with the query number
-    ``len(queries)`` (a dummy) to ``width[l]``, a multiple of :data:`QUERY_STEP`."""
+    ``len(queries)`` (a dummy) to ``width[l]``, a multiple of :data:`QUERY_STEP` (a list of
+    one query is not padded)."""
 
     member: npt.NDArray[np.intp]
     start: npt.NDArray[np.intp]
@@ -230,7 +232,7 @@ class _Groups:
         flat = probed.ravel()
         by_list = np.argsort(flat, kind="stable")
         counts = np.bincount(flat, minlength=lists)
-        width = -(-counts // QUERY_STEP) * QUERY_STEP
+        width = np.where(counts == 1, 1, -(-counts // QUERY_STEP) * QUERY_STEP)
         start = np.cumsum(width) - width
         rank = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
         member = np.full(int(width.sum()), n_queries, dtype=np.intp)
