@@ -224,10 +224,12 @@ def test_a_short_query_rescanned_hands_on_only_its_best_candidates(
     monkeypatch.setattr(TopSelector, "_unthresholded", spy)
     selector = TopSelector(items, ivf=index, index_use=probing(4))
     found = selector.select(q, exclude, 100)
+    rescans = selector.threshold_rescans  # the metric's count, of this batch
     monkeypatch.undo()
     alone = [selector.select(q[j : j + 1], [exclude[j]], 100).items[0] for j in range(len(q))]
     np.testing.assert_array_equal(found.items, np.stack(alone))
     assert selector.exact_fallbacks == 0
     rescanned = np.concatenate(handed_on)
     assert (rescanned > 0).sum() >= 5
+    assert rescans == (rescanned > 0).sum()
     assert rescanned.max() == 100 + MARGIN

@@ -131,6 +131,7 @@ class ActionHandler:
             batch = Histories.of_columns([(user, histories[user]) for user in updates])
             selector = model.selector
             indexed, fallbacks = selector.indexed_queries, selector.exact_fallbacks
+            rescans = selector.threshold_rescans
             if len(batch) * model.n_items <= INLINE_SCORE_CELLS:
                 ranked = score(model, batch, self._policy)
             else:
@@ -138,6 +139,7 @@ class ActionHandler:
             self._metrics.recompute.observe(time.perf_counter() - started)
             self._metrics.indexed_queries.inc(selector.indexed_queries - indexed)
             self._metrics.index_fallbacks.inc(selector.exact_fallbacks - fallbacks)
+            self._metrics.threshold_rescans.inc(selector.threshold_rescans - rescans)
         computed_at = datetime.now(UTC)
         lists = {
             user_id: FencedWrite(

@@ -26,6 +26,7 @@ class WorkerMetrics:
     recompute: Histogram
     indexed_queries: Counter
     index_fallbacks: Counter
+    threshold_rescans: Counter
     freshness: Histogram
     errors: Counter
     clamped_timestamps: Counter
@@ -69,6 +70,11 @@ class WorkerMetrics:
                 "index_exact_fallbacks",
                 "Users of the index left with too few candidates once their own items were "
                 "excluded, scored exactly instead",
+            ),
+            threshold_rescans=metric.counter(
+                "threshold_rescans",
+                "Users whose sampled threshold left too few candidates: their probed lists (or "
+                "the catalog) scanned again without it",
             ),
             freshness=metric.histogram(
                 "freshness",

@@ -196,8 +196,10 @@ class TopSelector:
         # else the HNSW graph.
         self._ivf = ivf if indexed else None
         self._index = index if indexed and self._ivf is None else None
-        # Queries answered through the index, and those of them scored exactly instead.
+        # Queries answered through the index, those of them left short of candidates by their
+        # threshold (their probed lists, or the catalog, scanned again), and those scored exactly.
         self.indexed_queries = 0
+        self.threshold_rescans = 0
         self.exact_fallbacks = 0
         self._exact = self._n <= exact_max
         self._block_cells = block_cells
@@ -348,6 +350,7 @@ class TopSelector:
     ) -> tuple[Rows, Rows, Scores]:
         """Queries whose threshold left too few candidates: their ``k`` best over the catalog."""
         rows, cols, vals = found
+        self.threshold_rescans += len(short)
         keep = ~np.isin(rows, short)
         all_rows, all_cols, all_vals = [rows[keep]], [cols[keep]], [vals[keep]]
         if self._ivf is not None:
