@@ -40,11 +40,11 @@ from e2e_support import Launcher, quick_api, start_workers, until
 from reco_common.contracts import ActionType, EvalMetrics, ModelPublished, Topics, UserAction
 from reco_common.kafka import KafkaUnavailableError, ensure_topics, publish, start_producer
 from reco_common.kafka_access import Principal, render
-from reco_common.settings import CommonSettings, KafkaSecurity, KafkaSettings
+from reco_common.settings import CommonSettings, KafkaSettings
 from reco_devkit import services
 from reco_devkit.observe import ModelTopics, recommendations
 from reco_devkit.procs import free_port
-from reco_devkit.services import RunSpace
+from reco_devkit.services import RunSpace, as_principal
 from reco_devkit.traffic import ActionSender, ShopFiles
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,13 +87,8 @@ class SecuredKafka:
     sasl: str
 
     def as_principal(self, principal: Principal, *, password: str | None = None) -> KafkaSettings:
-        return KafkaSettings(
-            bootstrap=self.sasl,
-            security_protocol=KafkaSecurity.SASL_PLAINTEXT,
-            username=principal.value,
-            password=password or principal.dev_password,
-            client_id=f"acl-test-{principal.value}",
-        )
+        kafka = KafkaSettings(client_id=f"acl-test-{principal.value}")
+        return as_principal(kafka, principal, bootstrap=self.sasl, password=password)
 
     def grant(self, topics: Topics, directory: Path) -> None:
         """The matrix for another topic namespace (a run's prefix), through stack.sh grant."""

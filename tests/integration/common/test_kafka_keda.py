@@ -28,7 +28,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from reco_common.contracts import Topics
 from reco_common.kafka import ensure_topics
 from reco_common.kafka_access import Principal, render
-from reco_common.settings import KafkaSecurity, KafkaSettings
+from reco_common.settings import KafkaSettings
+from reco_devkit.services import as_principal as principal_settings
 
 REPO = Path(__file__).resolve().parents[3]
 STACK = REPO / "scripts" / "stack.sh"
@@ -43,16 +44,7 @@ pytestmark = pytest.mark.timeout(300)
 
 def as_principal(kafka: KafkaSettings, principal: Principal) -> KafkaSettings:
     """``kafka``'s topics on the SASL listener, as ``principal`` with its development password."""
-    return KafkaSettings.model_validate(
-        kafka.model_dump()
-        | {
-            "bootstrap": SASL_BOOTSTRAP,
-            "security_protocol": KafkaSecurity.SASL_PLAINTEXT,
-            "username": principal.value,
-            "password": principal.dev_password,
-            "client_id": f"{kafka.client_id}-{principal.value}",
-        }
-    )
+    return principal_settings(kafka, principal, bootstrap=SASL_BOOTSTRAP)
 
 
 @pytest.fixture

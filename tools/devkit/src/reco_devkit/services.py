@@ -105,9 +105,7 @@ class RunSpace:
         kafka = self.kafka
         if self.sasl_bootstrap is None:
             return kafka
-        return KafkaSettings.model_validate(
-            kafka.model_dump() | _credentials(self.sasl_bootstrap, principal)
-        )
+        return as_principal(kafka, principal, bootstrap=self.sasl_bootstrap)
 
     def env(self, principal: Principal | None = None) -> dict[str, str]:
         """The shared settings every service of this run gets; ``principal`` is the service's
@@ -123,6 +121,17 @@ class RunSpace:
             credentials = _credentials(self.sasl_bootstrap, principal)
             env |= {f"RECO_KAFKA_{name.upper()}": value for name, value in credentials.items()}
         return env
+
+
+def as_principal(
+    kafka: KafkaSettings, principal: Principal, *, bootstrap: str, password: str | None = None
+) -> KafkaSettings:
+    """``kafka`` on the SASL listener ``bootstrap`` as ``principal``, with its development
+    password unless ``password`` is given."""
+    credentials = _credentials(bootstrap, principal)
+    if password is not None:
+        credentials["password"] = password
+    return KafkaSettings.model_validate(kafka.model_dump() | credentials)
 
 
 def _credentials(bootstrap: str, principal: Principal) -> dict[str, str]:
