@@ -61,12 +61,13 @@ def model(
 ) -> ServingModel:
     """``throughput.py``'s random model (seeded by the catalog size, as there), written as an
     artifact and loaded from it as the worker does (factors and index mapped); ``ivf``: with
-    the trainer's IVF index, searched from any catalog size with ``probes`` lists (0: the
-    default), as ``throughput.py --ivf --ann-min-items 0``."""
+    the trainer's IVF index, searched from any catalog size with ``probes`` lists (0: as
+    many as its recall curve gives the default recall), as ``throughput.py --ivf
+    --ann-min-items 0``."""
     uri, _ = build_model(
         workdir / "store", n_items, seed=n_items, decay=decay, ivf_lists=0 if ivf else None
     )
-    use = IndexUse(min_items=0, probes=probes or IndexUse().probes) if ivf else None
+    use = IndexUse(min_items=0, probes=probes or None) if ivf else None
     return load_serving_model(uri, s3=S3Settings(), cache_dir=workdir / "cache", index_use=use)
 
 

@@ -57,7 +57,7 @@ from reco_common.contracts import (
     UserAction,
     encode,
 )
-from reco_common.ivf import IvfIndex
+from reco_common.ivf import IvfIndex, model_queries
 from reco_common.kafka import ensure_topics, start_producer
 from reco_common.settings import KafkaSettings, S3Settings
 from reco_common.storage import open_store
@@ -123,7 +123,9 @@ def build_model(
         print(f"index of {n_items} items built in {built_s:.1f} s", flush=True)
     if ivf_lists is not None:
         started = time.perf_counter()
-        arrays = replace(arrays, item_ivf=IvfIndex.build(items, lists=ivf_lists))
+        # With its recall curve on the model's queries, as the trainer builds it.
+        queries = model_queries(users, items)
+        arrays = replace(arrays, item_ivf=IvfIndex.build(items, lists=ivf_lists, queries=queries))
         built_s = time.perf_counter() - started
         print(f"IVF index of {n_items} items built in {built_s:.1f} s", flush=True)
     uri = write_artifact(
@@ -156,6 +158,7 @@ def index_figures(uri: str, workdir: Path, args: argparse.Namespace) -> dict[str
             expansion=args.ann_expansion if args.ivf else setting,
             max_fetch=args.ann_max_fetch,
             probes=setting if args.ivf else args.ann_probes,
+            recall=args.ann_recall,
         )
         started = time.perf_counter()
         models.append(
@@ -196,6 +199,7 @@ def index_figures(uri: str, workdir: Path, args: argparse.Namespace) -> dict[str
         figures[f"recall_at_100{suffix}"] = hits / sum(len(b.items) for b in truth)
         figures[f"indexed_cpu_ms_per_user{suffix}"] = indexed_ms
         figures[f"exact_fallbacks{suffix}"] = indexed.selector.exact_fallbacks
+        figures[f"probes{suffix}"] = indexed.selector.probes
     print(json.dumps(figures), flush=True)
     return figures
 
@@ -433,7 +437,8 @@ async def run_one(n_items: int, args: argparse.Namespace, workdir: Path) -> list
             "RECO_WORKER_ANN_MIN_ITEMS": str(args.ann_min_items),
             "RECO_WORKER_ANN_EXPANSION": str(args.ann_expansion),
             "RECO_WORKER_ANN_MAX_FETCH": str(args.ann_max_fetch),
-            "RECO_WORKER_ANN_PROBES": str(args.ann_probes),
+            "RECO_WORKER_ANN_RECALL": str(args.ann_recall),
+            **({} if args.ann_probes is None else {"RECO_WORKER_ANN_PROBES": str(args.ann_probes)}),
         },
     )
     scraper = Scraper(port)
@@ -550,7 +555,10 @@ async def main() -> None:
     parser.add_argument("--index-ef-add", type=int, default=200, help="its build expansion")
     parser.add_argument("--ivf", action="store_true", help="an IVF index instead of HNSW")
     parser.add_argument("--ivf-lists", type=int, default=0, help="its lists (0: ~sqrt(items))")
-    parser.add_argument("--ann-probes", type=int, default=IndexUse().probes)
+    parser.add_argument(
+        "--ann-probes", type=int, default=None, help="lists probed (default: by --ann-recall)"
+    )
+    parser.add_argument("--ann-recall", type=float, default=IndexUse().recall)
     parser.add_argument("--recall-probes", type=int, nargs="*", default=[])
     parser.add_argument("--ann-min-items", type=int, default=IndexUse().min_items)
     parser.add_argument("--ann-expansion", type=int, default=IndexUse().expansion)
@@ -583,15 +591,16 @@ async def main() -> None:
     indexed = [r for r in results if r.index]
     if indexed:
         print(
-            "\n| items | index build s | load s (empty / verified) | recall@100 "
+            "\n| items | index build s | load s (empty / verified) | lists probed | recall@100 "
             "| CPU ms per user, indexed / exact |"
         )
-        print("|---:|---:|---:|---:|---:|")
+        print("|---:|---:|---:|---:|---:|---:|")
     for r in indexed:
         f = r.index or {}
         print(
             f"| {r.items:,} | {f['build_s']:.1f} | {f['model_load_empty_cache_s']:.2f} / "
-            f"{f['model_load_verified_s']:.2f} | {f['recall_at_100']:.4f} "
+            f"{f['model_load_verified_s']:.2f} | {f.get('probes', 0):.0f} "
+            f"| {f['recall_at_100']:.4f} "
             f"| {f['indexed_cpu_ms_per_user']:.2f} / {f['exact_cpu_ms_per_user']:.2f} |"
         )
 

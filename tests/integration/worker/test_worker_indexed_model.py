@@ -17,6 +17,7 @@ from reco_common.artifact import ITEM_INDEX, read_manifest
 from reco_common.contracts import ActionType, RecommendationList, UserAction
 from reco_common.interactions import LogFormat
 from reco_common.ivf import FILES as IVF_FILES
+from reco_common.ivf import RECALL as IVF_RECALL
 from reco_common.redis_store import read_list
 from reco_common.settings import KafkaSettings, RedisSettings, S3Settings
 from reco_common.storage import open_store
@@ -47,7 +48,7 @@ def train_with_index(s3_root: str, s3: S3Settings, tmp_path: Path, kind: str) ->
     outcome = run_job(job, Inputs(interactions=[files["interactions"]]))
     files_written = read_manifest(open_store(outcome.artifact_uri, s3=s3)).files
     assert (ITEM_INDEX in files_written) == (kind == "hnsw")
-    assert set(IVF_FILES) <= files_written.keys() or kind != "ivf"
+    assert set(IVF_FILES) | {IVF_RECALL} <= files_written.keys() or kind != "ivf"
     return outcome.artifact_uri
 
 

@@ -11,6 +11,7 @@ from reco_common.artifact_cache import load_artifact
 from reco_common.contracts import ModelPublished, ObjectLayout
 from reco_common.interactions import InteractionsError
 from reco_common.ivf import FILES as IVF_FILES
+from reco_common.ivf import RECALL as IVF_RECALL
 from reco_common.settings import KafkaSettings, S3Settings
 from reco_common.storage import open_store
 from reco_trainer import publishing
@@ -95,6 +96,13 @@ def test_the_index_is_built_into_the_artifact_from_the_catalog_size_up(
     assert ITEM_INDEX not in loaded.manifest.files
     assert loaded.arrays.item_ivf is not None
     assert len(loaded.arrays.item_ivf.rows) == loaded.manifest.n_items
+    # With its recall by probed lists, measured on the model's own queries: all lists probed
+    # find every exact top-100 item.
+    assert IVF_RECALL in loaded.manifest.files
+    curve = loaded.arrays.item_ivf.recall
+    assert curve is not None
+    assert curve[0] == 0
+    assert curve[-1] == pytest.approx(1.0)
 
 
 def test_train_writes_a_loadable_artifact_and_report(

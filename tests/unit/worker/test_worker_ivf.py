@@ -13,11 +13,11 @@ import pytest
 from worker_models import publish, random_arrays
 
 from reco_common.artifact import ArtifactError
-from reco_common.ivf import FACTORS, ROWS, IvfError, IvfIndex
+from reco_common.ivf import FACTORS, RECALL, ROWS, IvfError, IvfIndex, model_queries
 from reco_common.settings import S3Settings
 from reco_worker.model_store import ModelRefusedError, load_serving_model
 from reco_worker.scoring import Histories, Policy, score
-from reco_worker.topn import MARGIN, IndexUse, Pairs, TopSelector
+from reco_worker.topn import ANN_PROBES, MARGIN, IndexUse, Pairs, TopSelector
 
 N_ITEMS = 5_000
 DIM = 16
@@ -233,3 +233,95 @@ def test_a_short_query_rescanned_hands_on_only_its_best_candidates(
     assert (rescanned > 0).sum() >= 5
     assert rescans == (rescanned > 0).sum()
     assert rescanned.max() == 100 + MARGIN
+
+
+def brute_force_recall(
+    index: IvfIndex, items: np.ndarray, q: np.ndarray, probes: int, k: int = 100
+) -> float:
+    """Of each query's exact top ``k`` (float64), the share in its ``probes`` nearest lists."""
+    found = 0
+    for j, lists in enumerate(index.probes(q, probes)):
+        top = np.argsort(-(items.astype(np.float64) @ q[j].astype(np.float64)))[:k]
+        held = np.concatenate(
+            [index.rows[index.offsets[lst] : index.offsets[lst + 1]] for lst in lists]
+        )
+        found += len(np.intersect1d(top, held))
+    return found / (len(q) * k)
+
+
+def test_the_recall_curve_is_the_recall_of_each_count_of_probed_lists(items: np.ndarray) -> None:
+    families = model_queries(queries(60, seed=9), items, count=60)
+    assert [f.shape for f in families] == [(60, DIM + 1)] * 3
+    assert all((f[:, -1] == 1).all() for f in families)
+    q = families[2]
+    index = IvfIndex.build(items, lists=LISTS, queries=[q])
+    curve = index.recall
+    assert curve is not None
+    assert curve.shape == (LISTS + 1,)
+    assert curve[0] == 0
+    assert curve[-1] == pytest.approx(1.0)
+    assert (np.diff(curve) >= 0).all()
+    for probes in (1, 4, 16, 40):
+        assert curve[probes] == pytest.approx(brute_force_recall(index, items, q, probes), abs=2e-3)
+    assert 0 < curve[4] < curve[16] < 1
+    # Several families: at each count, the lowest of their recalls.
+    each = [IvfIndex.build(items, lists=LISTS, queries=[f]).recall for f in families]
+    lowest = IvfIndex.build(items, lists=LISTS, queries=families).recall
+    assert lowest is not None
+    np.testing.assert_array_equal(lowest, np.min(each, axis=0))
+
+
+def test_the_worker_probes_as_few_lists_as_its_recall_target_needs(items: np.ndarray) -> None:
+    q = model_queries(queries(60, seed=9), items, count=60)[2]
+    index = IvfIndex.build(items, lists=LISTS, queries=[q])
+    curve = index.recall
+    assert curve is not None
+    for target in (0.5, 0.8, float(curve[LISTS // 3])):
+        chosen = TopSelector(items, ivf=index, index_use=IndexUse(min_items=0, recall=target))
+        assert 0 < chosen.probes <= LISTS // 3
+        assert curve[chosen.probes] >= target
+        assert chosen.probes == 1 or curve[chosen.probes - 1] < target
+    fixed = TopSelector(items, ivf=index, index_use=IndexUse(min_items=0, probes=7, recall=0.5))
+    assert fixed.probes == 7
+    no_curve = replace(index, recall=None)
+    assert TopSelector(items, ivf=no_curve, index_use=IndexUse(min_items=0)).probes == ANN_PROBES
+    # What the curve promises, the served lists keep (the same queries, no exclusions).
+    target = 0.8
+    selector = TopSelector(items, ivf=index, index_use=IndexUse(min_items=0, recall=target))
+    served = selector.select(q, Pairs.of([]), 100).items
+    exact = TopSelector(items).select(q, Pairs.of([]), 100)
+    hits = sum(len(np.intersect1d(a, b)) for a, b in zip(served, exact.items, strict=True))
+    assert hits / exact.items.size >= target - 0.01
+    # A target this isotropic catalog reaches only past a third of its lists: exact search.
+    beyond = float(curve[LISTS // 3 + 1])
+    assert beyond > curve[LISTS // 3]
+    exactly = TopSelector(items, ivf=index, index_use=IndexUse(min_items=0, recall=beyond))
+    assert exactly.probes == 0
+    found = exactly.select(q, Pairs.of([]), 100)
+    np.testing.assert_array_equal(found.items, exact.items)
+    assert exactly.indexed_queries == 0
+
+
+def test_an_artifact_carries_the_recall_curve_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    arrays = random_arrays(n_items=2_000, n_users=40, dim=8)
+    q = model_queries(arrays.user_factors, arrays.item_factors, count=40)
+    index = IvfIndex.build(arrays.item_factors, queries=q)
+    assert index.recall is not None
+    assert RECALL in index.arrays()
+    uri = publish(tmp_path / "store", replace(arrays, item_ivf=index))
+    target = float(index.recall[index.lists // 4])
+    use = IndexUse(min_items=0, recall=target)
+    model = load_serving_model(uri, s3=S3Settings(), cache_dir=tmp_path / "cache", index_use=use)
+    assert 0 < model.selector.probes == index.probes_for(target)
+    # Falling recall: not a curve of probed lists (checked at every load, before serving).
+    falling = index.recall[::-1].copy()
+    with pytest.raises(ArtifactError, match="recall curve"):
+        replace(arrays, item_ivf=replace(index, recall=falling))
+    with pytest.raises(ArtifactError, match="recall curve"):
+        replace(arrays, item_ivf=replace(index, recall=index.recall[:-1].copy()))
+    # An artifact without a curve (written before it) loads and probes the fixed default.
+    uri = publish(
+        tmp_path / "old", replace(arrays, item_ivf=replace(index, recall=None)), version="v2"
+    )
+    model = load_serving_model(uri, s3=S3Settings(), cache_dir=tmp_path / "cache2", index_use=use)
+    assert model.selector.probes == ANN_PROBES

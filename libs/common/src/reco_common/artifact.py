@@ -23,7 +23,9 @@
   them gets its lookups built at load, from the JSON ids);
 - ``item_ivf_centroids.npy``, ``item_ivf_offsets.npy``, ``item_ivf_rows.npy`` and
   ``item_ivf_factors.npy``: the inverted-file index over the item rows (:mod:`reco_common.ivf`),
-  for large catalogs; optional, all four or none, memory-mapped;
+  for large catalogs; optional, all four or none, memory-mapped; with
+  ``item_ivf_recall.npy``, the recall the trainer measured for each count of probed lists
+  (optional too: artifacts before it have none);
 - ``manifest.json`` last: parameters, metrics, data snapshot, library versions and the sha256
   of every other file. A directory without a manifest is not a model.
 

@@ -257,7 +257,7 @@ def _item_index(local: Path, manifest: Manifest) -> ItemIndex | None:
 
 
 def _item_ivf(local: Path, manifest: Manifest) -> IvfIndex | None:
-    from reco_common.ivf import FILES, IvfError, IvfIndex
+    from reco_common.ivf import FILES, RECALL, IvfError, IvfIndex
 
     present = set(FILES) & manifest.files.keys()
     if not present:
@@ -267,6 +267,7 @@ def _item_ivf(local: Path, manifest: Manifest) -> IvfIndex | None:
             f"{manifest.version}: item IVF index incomplete, only {sorted(present)}"
         )
     try:
-        return IvfIndex.open({name: local / name for name in FILES})
+        optional = [RECALL] if RECALL in manifest.files else []
+        return IvfIndex.open({name: local / name for name in [*FILES, *optional]})
     except (IvfError, ValueError) as exc:
         raise ArtifactError(f"{manifest.version}: item IVF index: {exc}") from None

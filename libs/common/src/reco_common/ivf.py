@@ -13,7 +13,12 @@ Built by the trainer (:meth:`IvfIndex.build`), stored as four ``.npy`` files in 
 - ``item_ivf_rows.npy`` int64 ``[n_items]``: the item row at each position (a permutation);
 - ``item_ivf_factors.npy`` float32 ``[n_items, d + 1]``: the item rows in list order, so that a
   list is one contiguous slice (a second mapped copy of the factors: 248 MiB at 1M x 64,
-  shared by the pods of a node through the page cache).
+  shared by the pods of a node through the page cache);
+- ``item_ivf_recall.npy`` float64 ``[lists + 1]`` (optional; artifacts before session 9 have
+  none): entry ``p`` is the recall@100 against exact search when ``p`` lists are probed,
+  measured by the trainer on the model's own queries (:func:`recall_curve`), so that the
+  worker probes as few lists as its recall target needs on *this* catalog
+  (:meth:`IvfIndex.probes_for`).
 
 A query ``[q, 1]`` probes the lists whose centroids are nearest (``|c|^2 - 2 q.c`` smallest,
 the L2 distance to the query augmented with ``0``) and scores their rows exactly:
@@ -28,7 +33,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +55,11 @@ OFFSETS = "item_ivf_offsets.npy"
 ROWS = "item_ivf_rows.npy"
 FACTORS = "item_ivf_factors.npy"
 FILES = (CENTROIDS, OFFSETS, ROWS, FACTORS)
+RECALL = "item_ivf_recall.npy"
+# The recall curve: this many of the model's queries in each family (model_queries), each
+# against its exact top RECALL_K (1M items: 1,536 queries, ~200 GFlop of products).
+RECALL_QUERIES = 512
+RECALL_K = 100
 # k-means on this many sampled rows, this many Lloyd rounds (1M x 64: ~15 CPU-s in all).
 TRAIN_ROWS = 131_072
 ITERATIONS = 10
@@ -69,10 +80,19 @@ class IvfIndex:
     offsets: npt.NDArray[np.int64]
     rows: npt.NDArray[np.int64]
     factors: FloatMatrix
+    recall: npt.NDArray[np.float64] | None = None
 
     @staticmethod
-    def build(items: FloatMatrix, *, lists: int = 0, seed: int = 0) -> IvfIndex:
-        """The index of ``items`` (``[v, b]`` rows) in ``lists`` lists (0: ~sqrt(n))."""
+    def build(
+        items: FloatMatrix,
+        *,
+        lists: int = 0,
+        seed: int = 0,
+        queries: Sequence[FloatMatrix] = (),
+    ) -> IvfIndex:
+        """The index of ``items`` (``[v, b]`` rows) in ``lists`` lists (0: ~sqrt(n)); with
+        families of ``queries`` (``[q, 1]`` rows, e.g. :func:`model_queries`) its recall curve
+        too: at each count of probed lists, the lowest of the families' recalls."""
         n = len(items)
         lists = max(1, min(n, lists or round(math.sqrt(n))))
         x = augmented(items)
@@ -84,11 +104,16 @@ class IvfIndex:
         counts = np.bincount(assign, minlength=lists)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         factors = np.ascontiguousarray(items[rows], dtype=np.float32)
-        return IvfIndex(centroids, offsets, rows, factors)
+        index = IvfIndex(centroids, offsets, rows, factors)
+        curves = [recall_curve(index, items, family) for family in queries if len(family)]
+        if not curves:
+            return index
+        return replace(index, recall=np.min(curves, axis=0))
 
     @staticmethod
     def open(paths: dict[str, Path]) -> IvfIndex:
-        """The index in the files ``paths`` (by name, :data:`FILES`), memory-mapped."""
+        """The index in the files ``paths`` (by name, :data:`FILES` and, when present,
+        :data:`RECALL`), memory-mapped."""
         # Plain arrays over the maps: slicing a np.memmap runs Python code per slice, and the
         # search slices the factors once per probed list (~1,000 times a batch at 1M items).
         loaded = [
@@ -103,16 +128,32 @@ class IvfIndex:
             or factors.dtype != np.float32
         ):
             raise IvfError("item IVF files have the wrong dtypes")
-        return IvfIndex(centroids, offsets, rows, factors)
+        recall = None
+        if RECALL in paths:
+            recall = np.load(paths[RECALL], allow_pickle=False)
+            if recall.dtype != np.float64:
+                raise IvfError("item IVF recall curve has the wrong dtype")
+        return IvfIndex(centroids, offsets, rows, factors, recall)
 
     def arrays(self) -> dict[str, npt.NDArray[np.generic]]:
         """The files to store, by name."""
-        return {
+        files: dict[str, npt.NDArray[np.generic]] = {
             CENTROIDS: self.centroids,
             OFFSETS: self.offsets,
             ROWS: self.rows,
             FACTORS: self.factors,
         }
+        if self.recall is not None:
+            files[RECALL] = self.recall
+        return files
+
+    def probes_for(self, target: float) -> int | None:
+        """The fewest lists whose probing reached recall ``target`` on the trainer's queries
+        (all lists if none did); None without a curve."""
+        if self.recall is None:
+            return None
+        reached = np.flatnonzero(self.recall >= target)
+        return max(1, int(reached[0])) if len(reached) else self.lists
 
     @property
     def lists(self) -> int:
@@ -128,6 +169,15 @@ class IvfIndex:
             or self.factors.shape != (n, width)
         ):
             raise IvfError(f"item IVF index does not fit a model of {n} items of {width}")
+        if self.recall is not None:
+            curve = self.recall
+            if (
+                curve.shape != (self.lists + 1,)
+                or not np.isfinite(curve).all()
+                or bool(((curve < 0) | (curve > 1)).any())
+                or bool((np.diff(curve) < 0).any())
+            ):
+                raise IvfError("item IVF recall curve is not a recall by probed lists")
 
     def check_values(self, items: FloatMatrix) -> None:
         """Refuse an index whose values do not fit ``items`` (once per verified cache): list
@@ -152,14 +202,21 @@ class IvfIndex:
         self.check_shapes(*items.shape)
         self.check_values(items)
 
-    def probes(self, queries: FloatMatrix, count: int) -> Rows:
-        """Per query ``[q, 1]``, its ``count`` nearest lists (in no order)."""
-        count = min(count, self.lists)
+    def distances(self, queries: FloatMatrix) -> npt.NDArray[np.float64]:
+        """Per query ``[q, 1]`` and list, the order in which it probes them (smallest first):
+        ``|c|^2 / 2 - q.c``, the L2 distance to the augmented query up to a constant."""
         # float64: float32 products round differently with the batch's shape, and a query's
         # lists must not depend on who shared its batch.
         c = self.centroids.astype(np.float64)
-        distances = 0.5 * np.einsum("ij,ij->i", c, c) - queries.astype(np.float64) @ c[:, :-1].T
-        nearest: Rows = np.argpartition(distances, count - 1, axis=1)[:, :count]
+        distances: npt.NDArray[np.float64] = (
+            0.5 * np.einsum("ij,ij->i", c, c) - queries.astype(np.float64) @ c[:, :-1].T
+        )
+        return distances
+
+    def probes(self, queries: FloatMatrix, count: int) -> Rows:
+        """Per query ``[q, 1]``, its ``count`` nearest lists (in no order)."""
+        count = min(count, self.lists)
+        nearest: Rows = np.argpartition(self.distances(queries), count - 1, axis=1)[:, :count]
         return nearest
 
     def scan(self, queries: FloatMatrix, thresholds: Scores, probes: int) -> Triples:
@@ -213,6 +270,63 @@ class IvfIndex:
         if scaled:
             found *= thresholds[query].astype(np.float32)
         return query, self.rows[item_at].astype(np.intp), found
+
+
+def model_queries(
+    users: FloatMatrix, items: FloatMatrix, count: int = RECALL_QUERIES, seed: int = 0
+) -> list[FloatMatrix]:
+    """Three families of ``count`` queries ``[q, 1]`` like the worker's, from the model alone:
+    its users' rows (known users, nothing recent); item rows (a cold start led by one recent
+    item); and the real-time policy's default blend, ``0.25 u + 0.75 r`` with ``r`` the mean of
+    1 to 5 random items (each of ``u`` and ``r`` at the median user norm). Random recent items
+    are harder than a shopper's own, which follow their taste."""
+    rng = np.random.default_rng(seed)
+    d = users.shape[1] - 1
+    norms = np.linalg.norm(users[:, :-1].astype(np.float64), axis=1)
+    scale = float(np.median(norms)) if len(norms) else 1.0
+
+    def at_scale(rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        lengths = np.linalg.norm(rows, axis=1, keepdims=True)
+        scaled: npt.NDArray[np.float64] = rows * (scale / np.maximum(lengths, 1e-12))
+        return scaled
+
+    def with_bias(rows: npt.NDArray[np.float64]) -> FloatMatrix:
+        return np.concatenate([rows, np.ones((len(rows), 1))], axis=1).astype(np.float32)
+
+    who = rng.integers(0, len(users), count)
+    known = users[who, :d].astype(np.float64)
+    single = at_scale(items[rng.integers(0, len(items), count), :d].astype(np.float64))
+    sizes = rng.integers(1, 6, count)
+    picks = rng.integers(0, len(items), (count, 5))
+    mask = np.arange(5)[None, :] < sizes[:, None]
+    recent = (items[picks, :d].astype(np.float64) * mask[:, :, None]).sum(axis=1)
+    blended = 0.25 * known + 0.75 * at_scale(recent)
+    return [with_bias(known), with_bias(single), with_bias(blended)]
+
+
+def recall_curve(
+    index: IvfIndex, items: FloatMatrix, queries: FloatMatrix, k: int = RECALL_K
+) -> npt.NDArray[np.float64]:
+    """Recall@``k`` against exact search of ``queries`` for every count of probed lists
+    (entry ``p``: ``p`` lists): each exact top-``k`` item is found once its list's rank in
+    the query's probe order is below ``p``."""
+    k = min(k, len(items))
+    position = np.empty(len(index.rows), dtype=np.int64)
+    position[index.rows] = np.arange(len(index.rows))
+    list_of = np.searchsorted(index.offsets, position, side="right") - 1
+    found = np.zeros(index.lists + 1, dtype=np.float64)
+    chunk = max(1, (1 << 24) // len(items))  # 64 MiB of scores at a time
+    for start in range(0, len(queries), chunk):
+        q = queries[start : start + chunk]
+        scores = q @ items.T
+        top = np.argpartition(scores, len(items) - k, axis=1)[:, len(items) - k :]
+        order = np.argsort(index.distances(q), axis=1)
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.arange(index.lists)[None, :], axis=1)
+        ranks = np.take_along_axis(rank, list_of[top], axis=1)
+        found += np.bincount(ranks.ravel() + 1, minlength=index.lists + 1)
+    curve: npt.NDArray[np.float64] = np.cumsum(found) / (len(queries) * k)
+    return np.minimum(curve, 1.0)
 
 
 @dataclass(frozen=True, slots=True)

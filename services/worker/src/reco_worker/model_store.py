@@ -192,11 +192,12 @@ class ModelStore:
         frozen_s = _freeze_survivors()
         self.loaded.set()
         logger.info(
-            "serving model %s version %s (%d items) from %s (garbage collected and the rest "
+            "serving model %s version %s (%d items%s) from %s (garbage collected and the rest "
             "frozen in %.3f s)",
             model.name,
             model.version,
             model.n_items,
+            f", {model.selector.probes} IVF lists probed per user" if model.selector.probes else "",
             model.uri,
             frozen_s,
         )

@@ -17,7 +17,7 @@ from reco_common.contracts import (
 from reco_common.kafka import GroupTimeouts
 from reco_common.settings import BearerToken, CommonSettings, Environment, refuse_placeholder
 from reco_worker.scoring import Policy
-from reco_worker.topn import ANN_EXPANSION, ANN_MAX_FETCH, ANN_MIN_ITEMS, ANN_PROBES, IndexUse
+from reco_worker.topn import ANN_EXPANSION, ANN_MAX_FETCH, ANN_MIN_ITEMS, ANN_RECALL, IndexUse
 
 Positive = Annotated[float, Field(gt=0)]
 
@@ -85,13 +85,16 @@ class WorkerSettings(BaseSettings):
     )
 
     # Top-N from the artifact's approximate index (when it has one) from this catalog size up;
-    # exact below (the crossover measured in docs/benchmarks.md). ANN_PROBES: the IVF lists a
-    # query probes; ANN_EXPANSION: HNSW's ef, recall against time; ANN_MAX_FETCH bounds the
+    # exact below (the crossover measured in docs/benchmarks.md). ANN_RECALL: the recall@100
+    # the IVF lists are probed for, by the index's own curve (the trainer's measurement);
+    # ANN_PROBES, when set, fixes the lists a query probes instead (160 for an index without a
+    # curve); ANN_EXPANSION: HNSW's ef, recall against time; ANN_MAX_FETCH bounds the
     # candidates asked of HNSW for one query.
     ann_min_items: Annotated[int, Field(ge=0)] = ANN_MIN_ITEMS
     ann_expansion: Annotated[int, Field(ge=1, le=4096)] = ANN_EXPANSION
     ann_max_fetch: Annotated[int, Field(ge=1, le=10_000)] = ANN_MAX_FETCH
-    ann_probes: Annotated[int, Field(ge=1, le=100_000)] = ANN_PROBES
+    ann_probes: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    ann_recall: Annotated[float, Field(gt=0, le=1)] = ANN_RECALL
 
     @model_validator(mode="after")
     def _no_placeholder_token_outside_dev(self) -> Self:
@@ -120,6 +123,7 @@ class WorkerSettings(BaseSettings):
             expansion=self.ann_expansion,
             max_fetch=self.ann_max_fetch,
             probes=self.ann_probes,
+            recall=self.ann_recall,
         )
 
     @property

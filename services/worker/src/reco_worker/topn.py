@@ -82,22 +82,44 @@ FETCH_STEP = 32
 ANN_MIN_ITEMS = 1_000_000
 ANN_EXPANSION = 1024
 ANN_MAX_FETCH = 1024
-# Lists an IVF query probes: 160 of 1,000 gave recall@100 0.98-0.99 at 1M items.
+# Lists an IVF query probes when the index has no recall curve (artifacts before session 9):
+# 160 of 1,000 gave recall@100 0.98-0.99 at 1M items.
 ANN_PROBES = 160
+# The recall@100 an IVF index with a curve is probed for: the fewest lists at which each of
+# the trainer's query families reached it (docs/worker.md).
+ANN_RECALL = 0.98
+# An index whose curve needs more than this share of its lists for the recall is not searched:
+# the exact scan is cheaper there (a probed list's row costs ~1.7x an exact-scanned one, from
+# 0.32-0.45 ms per user over 16 % of 1M items against 1.5 for all of them, session 8). Random
+# isotropic factors need ~60 % of the lists for 0.98; a trained model's spectrum ~17 %.
+IVF_MAX_SHARE = 1 / 3
 
 
 @dataclass(frozen=True, slots=True)
 class IndexUse:
     """When the artifact's approximate index replaces the exact scan, and how it is searched
     (``RECO_WORKER_ANN_*``, docs/worker.md): catalogs of ``min_items`` and more; an IVF index
-    probes ``probes`` lists per query; an HNSW graph is searched with ``expansion`` (ef: recall
+    probes ``probes`` lists per query, or (unset) as many as its recall curve says reach
+    ``recall``; an HNSW graph is searched with ``expansion`` (ef: recall
     against time), at most ``max_fetch`` candidates asked for a query however many items it
     excludes."""
 
     min_items: int = ANN_MIN_ITEMS
     expansion: int = ANN_EXPANSION
     max_fetch: int = ANN_MAX_FETCH
-    probes: int = ANN_PROBES
+    probes: int | None = None
+    recall: float = ANN_RECALL
+
+    def probes_of(self, ivf: IvfIndex) -> int | None:
+        """The lists a query probes: ``probes`` when set, else the fewest that reached
+        ``recall`` on the index's curve (None: more than :data:`IVF_MAX_SHARE` of them, search
+        exactly instead), else :data:`ANN_PROBES`."""
+        if self.probes is not None:
+            return self.probes
+        tuned = ivf.probes_for(self.recall)
+        if tuned is None:
+            return ANN_PROBES
+        return tuned if tuned <= ivf.lists * IVF_MAX_SHARE else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +217,21 @@ class TopSelector:
         # The IVF lists when the artifact has them (cheaper and closer to exact, measured),
         # else the HNSW graph.
         self._ivf = ivf if indexed else None
+        # The lists each query probes in the IVF index (0: none searched).
+        self.probes = 0
+        if self._ivf is not None:
+            probes = self._use.probes_of(self._ivf)
+            if probes is None:
+                logger.warning(
+                    "the IVF index needs more than %.0f %% of its %d lists for recall@100 %.3f "
+                    "(by its curve): searching this catalog exactly",
+                    IVF_MAX_SHARE * 100,
+                    self._ivf.lists,
+                    self._use.recall,
+                )
+                self._ivf = None
+            else:
+                self.probes = probes
         self._index = index if indexed and self._ivf is None else None
         # Queries answered through the index, those of them left short of candidates by their
         # threshold (their probed lists, or the catalog, scanned again), and those scored exactly.
@@ -324,7 +361,7 @@ class TopSelector:
         """``(query row, item row, score)`` of every score at or above its query's threshold:
         over the whole catalog, or over the lists each query probes in the IVF index."""
         if self._ivf is not None:
-            return self._ivf.scan(q, thresholds[:, 0], self._use.probes)
+            return self._ivf.scan(q, thresholds[:, 0], self.probes)
         block = max(min(MIN_BLOCK_ITEMS, self._block_cells), self._block_cells // len(q))
         rows, cols, vals = [], [], []
         for start in range(0, self._n, block):
@@ -374,7 +411,7 @@ class TopSelector:
         enough rows; the others need the whole catalog."""
         assert self._ivf is not None
         unbounded = np.full(len(short), -np.inf, dtype=np.float32)
-        rows, cols, vals = self._ivf.scan(q[short], unbounded, self._use.probes)
+        rows, cols, vals = self._ivf.scan(q[short], unbounded, self.probes)
         rows = short[rows]
         keep = ~exclude.holds(rows, cols, self._n)
         rows, cols, vals = rows[keep], cols[keep], vals[keep]
