@@ -45,7 +45,7 @@ from ann_libraries import factors
 from threadpoolctl import threadpool_limits
 
 from reco_common.ivf import IvfIndex
-from reco_worker.topn import MARGIN, IndexUse, Pairs, TopSelector, top_columns
+from reco_worker.topn import MARGIN, IndexUse, Pairs, TopSelector, best_per_row, top_columns
 
 K = 100
 SAMPLE = 16_384
@@ -186,7 +186,7 @@ class Ivf:
         r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
         keep = ~np.isin(r.astype(np.int64) * n + c, exclude.keys(n))
         r, c, v = r[keep], c[keep], v[keep]
-        out = best_per_row(r, c, v, len(q), k, n)
+        out = best_per_row(r, c, v, len(q), k, sentinel=n)
         short = np.flatnonzero((out < n).sum(axis=1) < k)
         self.fallbacks += len(short)
         for row in short.tolist():
@@ -201,23 +201,6 @@ class Ivf:
         mean = wanted * size / len(self.items)
         j = min(size, math.ceil(mean + 4 * math.sqrt(mean) + 2))
         return np.partition(sample, size - j, axis=1)[:, size - j]
-
-
-def best_per_row(
-    r: np.ndarray, c: np.ndarray, v: np.ndarray, nq: int, k: int, n: int
-) -> np.ndarray:
-    """The ``k`` best columns of each row as a ``[nq, k]`` matrix padded with ``n``."""
-    order = np.argsort(r, kind="stable")
-    r, c, v = r[order], c[order], v[order]
-    counts = np.bincount(r, minlength=nq)
-    width = max(k, int(counts.max(initial=0)))
-    position = np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)
-    pv = np.full((nq, width), -np.inf, dtype=np.float32)
-    pc = np.full((nq, width), n, dtype=np.intp)
-    pv[r, position] = v
-    pc[r, position] = c
-    top = np.argpartition(pv, width - k, axis=1)[:, width - k :]
-    return np.where(np.isfinite(np.take_along_axis(pv, top, 1)), np.take_along_axis(pc, top, 1), n)
 
 
 def rescore(items: np.ndarray, cols: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:

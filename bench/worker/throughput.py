@@ -43,6 +43,7 @@ import httpx
 import numpy as np
 from aiokafka import AIOKafkaProducer
 from ann_libraries import factors
+from ivf import catalog as ivf_catalog
 from prometheus_client.parser import text_string_to_metric_families
 from threadpoolctl import threadpool_limits
 
@@ -95,6 +96,7 @@ def build_model(
     index: IndexParams | None = None,
     decay: float = 0.0,
     ivf_lists: int | None = None,
+    categories: int = 0,
 ) -> tuple[str, float]:
     """The artifact's URI, and the seconds its index took to build (0 without). ``decay`` > 0:
     the factors' spectrum falls like a trained model's (``ann_libraries.factors``);
@@ -102,6 +104,15 @@ def build_model(
     rng = np.random.default_rng(seed)
     items = factors(rng, n_items, decay)
     users = factors(rng, N_USERS, decay)
+    if categories:  # items and users around category centres (bench/worker/ivf.py's catalog)
+        shape = argparse.Namespace(
+            catalog="clustered",
+            decay=decay,
+            categories=categories,
+            spread=0.3,
+            queries=N_USERS // 2,
+        )
+        items, users = ivf_catalog(shape, n_items)
     arrays = ModelArrays(
         item_ids=[f"i{n}" for n in range(n_items)],
         user_ids=[f"u{n}" for n in range(N_USERS)],
@@ -407,6 +418,7 @@ async def run_one(n_items: int, args: argparse.Namespace, workdir: Path) -> list
         index=index,
         decay=args.decay,
         ivf_lists=args.ivf_lists if args.ivf else None,
+        categories=args.categories,
     )
     figures = None
     if index is not None or args.ivf:
@@ -549,6 +561,9 @@ async def main() -> None:
     parser.add_argument("--blas-threads", type=int, default=1)
     parser.add_argument(
         "--decay", type=float, default=0.0, help="spectrum decay of the model (0: isotropic)"
+    )
+    parser.add_argument(
+        "--categories", type=int, default=0, help="items around this many centres (0: none)"
     )
     parser.add_argument("--index", action="store_true", help="build the artifact's index")
     parser.add_argument("--index-m", type=int, default=32, help="the index's connectivity")

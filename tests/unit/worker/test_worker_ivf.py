@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 from worker_models import publish, random_arrays
 
 from reco_common.artifact import ArtifactError
 from reco_common.ivf import FACTORS, RECALL, ROWS, IvfError, IvfIndex, model_queries
 from reco_common.settings import S3Settings
-from reco_worker.model_store import ModelRefusedError, load_serving_model
+from reco_worker.metrics import WorkerMetrics
+from reco_worker.model_store import ModelRefusedError, ModelStore, load_serving_model
 from reco_worker.scoring import Histories, Policy, score
 from reco_worker.topn import ANN_PROBES, MARGIN, IndexUse, Pairs, TopSelector
 
@@ -325,3 +327,25 @@ def test_an_artifact_carries_the_recall_curve_and_a_bad_one_is_refused(tmp_path:
     )
     model = load_serving_model(uri, s3=S3Settings(), cache_dir=tmp_path / "cache2", index_use=use)
     assert model.selector.probes == ANN_PROBES
+
+
+async def test_the_lists_probed_are_exported_for_the_model_served(tmp_path: Path) -> None:
+    arrays = random_arrays(n_items=2_000, n_users=40, dim=8)
+    families = model_queries(arrays.user_factors, arrays.item_factors, count=40)
+    index = IvfIndex.build(arrays.item_factors, queries=families)
+    assert index.recall is not None
+    with_ivf = publish(tmp_path / "store", replace(arrays, item_ivf=index))
+    exact = publish(tmp_path / "store", arrays, version="v2")
+    metrics = WorkerMetrics.create()
+    target = float(index.recall[index.lists // 4])
+    store = ModelStore(
+        s3=S3Settings(),
+        cache_dir=tmp_path / "cache",
+        metrics=metrics,
+        index_use=IndexUse(min_items=0, recall=target),
+    )
+    probes = "reco_worker_index_probes"
+    await store.load(with_ivf)
+    assert REGISTRY.get_sample_value(probes) == index.probes_for(target) > 0
+    await store.load(exact)
+    assert REGISTRY.get_sample_value(probes) == 0

@@ -27,6 +27,7 @@ class WorkerMetrics:
     indexed_queries: Counter
     index_fallbacks: Counter
     threshold_rescans: Counter
+    index_probes: Gauge
     freshness: Histogram
     errors: Counter
     clamped_timestamps: Counter
@@ -75,6 +76,12 @@ class WorkerMetrics:
                 "threshold_rescans",
                 "Users whose sampled threshold left too few candidates: their probed lists (or "
                 "the catalog) scanned again without it",
+            ),
+            index_probes=metric.gauge(
+                "index_probes",
+                "IVF lists each user's query probes in the model served (0: searched exactly), "
+                "as its recall curve and RECO_WORKER_ANN_RECALL give or RECO_WORKER_ANN_PROBES "
+                "fixes",
             ),
             freshness=metric.histogram(
                 "freshness",

@@ -187,6 +187,7 @@ class ModelStore:
         if old is not None:
             self._metrics.model_info.remove(old.name, old.version)
         self._metrics.model_info.labels(model.name, model.version).set(1)
+        self._metrics.index_probes.set(model.selector.probes)
         self._last_error = None
         del old
         frozen_s = _freeze_survivors()

@@ -393,7 +393,8 @@ def _bonus(
     scores = neighbours.scores[columns.rows[last]] * (decay * policy.neighbour_weight)[:, None]
     queries = np.broadcast_to(query_of[owner][:, None], rows.shape)
     keys = queries.astype(np.int64) * n + rows
-    valid = (rows >= 0) & ~np.isin(keys, exclude.keys(n))
+    held = exclude.holds(queries.ravel(), np.maximum(rows, 0).ravel(), n).reshape(rows.shape)
+    valid = (rows >= 0) & ~held
     keys, scores = keys[valid], scores[valid]
     order = np.argsort(keys, kind="stable")
     keys, scores = keys[order], scores[order]

@@ -323,8 +323,9 @@ class TopSelector:
             rows = self._index.search(q[members], count, expansion=self._use.expansion)
             found[members, :count] = np.where(rows >= 0, rows, self._n)
         real = found < self._n
-        keys = np.arange(len(q), dtype=np.int64)[:, None] * self._n + np.where(real, found, 0)
-        found[real & np.isin(keys, exclude.keys(self._n))] = self._n
+        queries = np.broadcast_to(np.arange(len(q), dtype=np.intp)[:, None], found.shape)
+        held = exclude.holds(queries.ravel(), np.where(real, found, 0).ravel(), self._n)
+        found[real & held.reshape(found.shape)] = self._n
         short = np.flatnonzero((found < self._n).sum(axis=1) < self._reachable(exclude, len(q), k))
         self.indexed_queries += len(q)
         self.exact_fallbacks += len(short)
@@ -430,25 +431,7 @@ class TopSelector:
         return top, scores[top]
 
     def _best_per_row(self, rows: Rows, cols: Rows, vals: Scores, n_rows: int, k: int) -> Rows:
-        """The ``k`` best columns of each row as a padded ``[n_rows, k]`` matrix."""
-        # numpy sorts 16-bit integers by radix (linear) when asked for a stable sort: ~230k
-        # candidates of a batch of 500 at 1M items.
-        keys = rows.astype(np.uint16) if n_rows <= 1 << 16 else rows
-        order = np.argsort(keys, kind="stable")
-        rows, cols, vals = rows[order], cols[order], vals[order]
-        counts = np.bincount(rows, minlength=n_rows)
-        width = max(k, int(counts.max(initial=0)))
-        position = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-        padded_vals = np.full((n_rows, width), -np.inf, dtype=np.float32)
-        padded_cols = np.full((n_rows, width), self._n, dtype=np.intp)
-        padded_vals[rows, position] = vals
-        padded_cols[rows, position] = cols
-        top = np.argpartition(padded_vals, width - k, axis=1)[:, width - k :]
-        return _pad_excluded(
-            np.take_along_axis(padded_cols, top, axis=1),
-            np.take_along_axis(padded_vals, top, axis=1),
-            self._n,
-        )
+        return best_per_row(rows, cols, vals, n_rows, k, sentinel=self._n)
 
     # ------------------------------------------------------------------ re-scoring
 
@@ -532,6 +515,31 @@ def top_columns(scores: Scores, k: int) -> Rows:
     keep = np.argpartition(values, values.shape[1] - k, axis=1)[:, values.shape[1] - k :]
     chosen: Rows = np.take_along_axis(columns, keep, axis=1)
     return chosen
+
+
+def best_per_row(
+    rows: Rows, cols: Rows, vals: Scores, n_rows: int, k: int, *, sentinel: int
+) -> Rows:
+    """Of the triples ``(row, col, value)``, the ``k`` best columns of each row as a
+    ``[n_rows, k]`` matrix, ``sentinel`` where a row has fewer."""
+    # numpy sorts 16-bit integers by radix (linear) when asked for a stable sort: ~230k
+    # candidates of a batch of 500 at 1M items.
+    keys = rows.astype(np.uint16) if n_rows <= 1 << 16 else rows
+    order = np.argsort(keys, kind="stable")
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    counts = np.bincount(rows, minlength=n_rows)
+    width = max(k, int(counts.max(initial=0)))
+    position = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    padded_vals = np.full((n_rows, width), -np.inf, dtype=np.float32)
+    padded_cols = np.full((n_rows, width), sentinel, dtype=np.intp)
+    padded_vals[rows, position] = vals
+    padded_cols[rows, position] = cols
+    top = np.argpartition(padded_vals, width - k, axis=1)[:, width - k :]
+    return _pad_excluded(
+        np.take_along_axis(padded_cols, top, axis=1),
+        np.take_along_axis(padded_vals, top, axis=1),
+        sentinel,
+    )
 
 
 def _best_of_each(rows: Rows, cols: Rows, vals: Scores, k: int) -> Triples:
