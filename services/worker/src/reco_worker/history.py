@@ -52,7 +52,8 @@ def effective_ts(action: UserAction, *, record_ts_ms: int, max_future_skew_s: fl
 
 
 # The history scripts' own helpers: a user's (score, member) pairs from the two joined
-# arguments, and a history read back as "member<TAB>score" lines.
+# arguments, the walk over the users of a call (both scripts take the same KEYS and arguments),
+# and a history read back as "member<TAB>score" lines.
 _HISTORY_HELPERS = (
     LUA_HELPERS
     + r"""
@@ -68,6 +69,19 @@ local function scored_of(members, scores)
     j = j + 2
   end
   return scored
+end
+local function each_user(A)
+  local i, at, users = -1, 4, tonumber(A[3])
+  return function()
+    i = i + 1
+    if i >= users then
+      return nil
+    end
+    local here = at
+    at = at + 4
+    local scored = scored_of(A[here + 2], A[here + 3])
+    return i, KEYS[2 * i + 1], KEYS[2 * i + 2], A[here], A[here + 1], scored
+  end
 end
 local function lines_of(key)
   local flat, lines = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES'), {}
@@ -95,11 +109,7 @@ local A = unframed(ARGV[1], ARGV[2])
 local max_len = tonumber(A[1])
 local ttl = A[2]
 local out, lengths = {}, {}
-local at = 4
-for i = 0, tonumber(A[3]) - 1 do
-  local fence, key = KEYS[2 * i + 1], KEYS[2 * i + 2]
-  local field, offset = A[at], A[at + 1]
-  local scored = scored_of(A[at + 2], A[at + 3])
+for _, fence, key, field, offset, scored in each_user(A) do
   if #scored > 0 and newer(offset, redis.call('HGET', fence, field)) then
     call_sliced('ZADD', key, scored)
     redis.call('HSET', fence, field, offset)
@@ -108,7 +118,6 @@ for i = 0, tonumber(A[3]) - 1 do
   redis.call('EXPIRE', key, ttl)
   out[#out + 1] = lines_of(key)
   lengths[#lengths + 1] = #out[#out]
-  at = at + 4
 end
 return {table.concat(lengths, ','), table.concat(out)}
 """
@@ -128,11 +137,7 @@ local A = unframed(ARGV[1], ARGV[2])
 local max_len = tonumber(A[1])
 local ttl = A[2]
 local out = {}
-local at = 4
-for i = 0, tonumber(A[3]) - 1 do
-  local fence, key = KEYS[2 * i + 1], KEYS[2 * i + 2]
-  local field, offset = A[at], A[at + 1]
-  local scored = scored_of(A[at + 2], A[at + 3])
+for i, fence, key, field, offset, scored in each_user(A) do
   call_sliced('ZADD', key, scored)
   if newer(offset, redis.call('HGET', fence, field)) then
     redis.call('HSET', fence, field, offset)
@@ -143,7 +148,6 @@ for i = 0, tonumber(A[3]) - 1 do
     out[#out + 1] = lines_of(key)
   end
   redis.call('EXPIRE', key, ttl)
-  at = at + 4
 end
 return out
 """
