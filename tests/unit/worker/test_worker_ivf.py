@@ -266,6 +266,8 @@ def test_the_recall_curve_is_the_recall_of_each_count_of_probed_lists(items: np.
     for probes in (1, 4, 16, 40):
         assert curve[probes] == pytest.approx(brute_force_recall(index, items, q, probes), abs=2e-3)
     assert 0 < curve[4] < curve[16] < 1
+    # A model without user rows: the item-led queries only.
+    assert [f.shape for f in model_queries(queries(0), items, count=8)] == [(8, DIM + 1)]
     # Several families: at each count, the lowest of their recalls.
     each = [IvfIndex.build(items, lists=LISTS, queries=[f]).recall for f in families]
     lowest = IvfIndex.build(items, lists=LISTS, queries=families).recall

@@ -279,7 +279,8 @@ def model_queries(
     its users' rows (known users, nothing recent); item rows (a cold start led by one recent
     item); and the real-time policy's default blend, ``0.25 u + 0.75 r`` with ``r`` the mean of
     1 to 5 random items (each of ``u`` and ``r`` at the median user norm). Random recent items
-    are harder than a shopper's own, which follow their taste."""
+    are harder than a shopper's own, which follow their taste. A model without users gets the
+    item rows only."""
     rng = np.random.default_rng(seed)
     d = users.shape[1] - 1
     norms = np.linalg.norm(users[:, :-1].astype(np.float64), axis=1)
@@ -293,9 +294,10 @@ def model_queries(
     def with_bias(rows: npt.NDArray[np.float64]) -> FloatMatrix:
         return np.concatenate([rows, np.ones((len(rows), 1))], axis=1).astype(np.float32)
 
-    who = rng.integers(0, len(users), count)
-    known = users[who, :d].astype(np.float64)
     single = at_scale(items[rng.integers(0, len(items), count), :d].astype(np.float64))
+    if not len(users):  # no user rows: the item-led queries only
+        return [with_bias(single)]
+    known = users[rng.integers(0, len(users), count), :d].astype(np.float64)
     sizes = rng.integers(1, 6, count)
     picks = rng.integers(0, len(items), (count, 5))
     mask = np.arange(5)[None, :] < sizes[:, None]
