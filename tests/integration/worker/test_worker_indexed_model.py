@@ -92,6 +92,10 @@ async def test_a_trained_index_serves_lists_without_seen_items(
         model = handle.worker.models.current
         assert model.selector.indexed_queries >= 5
         assert await metric(handle.http, "reco_worker_indexed_queries_total") >= 5
+        # The IVF lists probed, as the trained index's recall curve gives them, exported.
+        probes = await metric(handle.http, "reco_worker_index_probes")
+        assert probes == model.selector.probes
+        assert (probes > 0) == (kind == "ivf")
         for user, listed in enumerate(await lists()):
             assert listed is not None
             seen = {e.item_id for e in events if e.user_id == f"u{user}"}
