@@ -1,8 +1,9 @@
 """The artifact's inverted-file (IVF) index over the item rows: coarse clusters whose lists the
 worker scores exactly, for catalogs of a million items.
 
-Built by the trainer (:meth:`IvfIndex.build`), stored as four ``.npy`` files in the artifact
-(checksummed and listed in the manifest like every other file), loaded by memory map:
+Built by the trainer (:meth:`IvfIndex.build`), stored as four ``.npy`` files and a fifth,
+optional one in the artifact (checksummed and listed in the manifest like every other file),
+loaded by memory map:
 
 - ``item_ivf_centroids.npy`` float32 ``[lists, d + 2]``: k-means centroids of the
   norm-equalised rows ``[v, b, sqrt(M^2 - |x|^2)]`` (``reco_common.ann.augmented``: every row
