@@ -171,6 +171,9 @@ DEFAULT_ACTION_WEIGHTS: Final[dict[ActionType, float]] = {
     ActionType.CART: 4.0,
     ActionType.PURCHASE: 8.0,
 }
+# The real-time policy's default weight of the recent items against the user's own vector
+# (docs/worker.md); the trainer's IVF recall curve blends its queries the same way.
+DEFAULT_BLEND: Final = 0.75
 
 # An event's own timestamps must carry a timezone; they are kept in UTC.
 AwareDatetime = Annotated[datetime, Meta(tz=True)]

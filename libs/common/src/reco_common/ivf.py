@@ -42,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from reco_common.ann import augmented
+from reco_common.contracts import DEFAULT_BLEND
 
 logger = logging.getLogger(__name__)
 
@@ -278,8 +279,8 @@ def model_queries(
 ) -> list[FloatMatrix]:
     """Three families of ``count`` queries ``[q, 1]`` like the worker's, from the model alone:
     its users' rows (known users, nothing recent); item rows (a cold start led by one recent
-    item); and the real-time policy's default blend, ``0.25 u + 0.75 r`` with ``r`` the mean of
-    1 to 5 random items (each of ``u`` and ``r`` at the median user norm). Random recent items
+    item); and the real-time policy's default blend (:data:`DEFAULT_BLEND`: ``0.25 u + 0.75 r``)
+    with ``r`` the mean of 1 to 5 random items (each of ``u`` and ``r`` at the median user norm). Random recent items
     are harder than a shopper's own, which follow their taste. A model without users gets the
     item rows only."""
     rng = np.random.default_rng(seed)
@@ -303,7 +304,7 @@ def model_queries(
     picks = rng.integers(0, len(items), (count, 5))
     mask = np.arange(5)[None, :] < sizes[:, None]
     recent = (items[picks, :d].astype(np.float64) * mask[:, :, None]).sum(axis=1)
-    blended = 0.25 * known + 0.75 * at_scale(recent)
+    blended = (1 - DEFAULT_BLEND) * known + DEFAULT_BLEND * at_scale(recent)
     return [with_bias(known), with_bias(single), with_bias(blended)]
 
 

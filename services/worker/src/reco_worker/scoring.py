@@ -41,6 +41,7 @@ import numpy.typing as npt
 from reco_common.artifact import FloatMatrix, ModelArrays, UserItems
 from reco_common.contracts import (
     DEFAULT_ACTION_WEIGHTS,
+    DEFAULT_BLEND,
     ActionType,
     HistoryColumns,
     HistoryEntry,
@@ -58,7 +59,7 @@ _ACTION_CODE: Final = {action: code for code, action in enumerate(_ACTIONS)}
 class Policy:
     """The real-time policy's parameters (docs/worker.md explains how the defaults were chosen)."""
 
-    blend: float = 0.75
+    blend: float = DEFAULT_BLEND
     half_life_s: float = 120.0
     action_weights: Mapping[ActionType, float] = field(
         default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS)

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reco_common.contracts import (
     DEFAULT_ACTION_WEIGHTS,
+    DEFAULT_BLEND,
     MODEL_MANIFEST_SHA256_ENV,
     MODEL_URI_ENV,
     ActionType,
@@ -76,7 +77,7 @@ class WorkerSettings(BaseSettings):
     # Real-time policy (defaults chosen with `reco-worker replay`, docs/worker.md)
     top_n: Annotated[int, Field(ge=1, le=1000)] = 100
     exclude_seen: bool = True
-    blend: Annotated[float, Field(ge=0, le=1)] = 0.75
+    blend: Annotated[float, Field(ge=0, le=1)] = DEFAULT_BLEND
     half_life_s: Positive = 120.0
     neighbour_weight: Annotated[float, Field(ge=0)] = 5.0
     neighbour_history: Annotated[int, Field(ge=1, le=1000)] = 3
