@@ -12,6 +12,8 @@ from reco_common.contracts import ModelPublished, ObjectLayout
 from reco_common.interactions import InteractionsError
 from reco_common.ivf import FILES as IVF_FILES
 from reco_common.ivf import RECALL as IVF_RECALL
+from reco_common.scann_index import FILES as SCANN_FILES
+from reco_common.scann_index import RECALL as SCANN_RECALL
 from reco_common.settings import KafkaSettings, S3Settings
 from reco_common.storage import open_store
 from reco_trainer import publishing
@@ -103,6 +105,18 @@ def test_the_index_is_built_into_the_artifact_from_the_catalog_size_up(
     assert curve is not None
     assert curve[0] == 0
     assert curve[-1] == pytest.approx(1.0)
+    # ScaNN's quantized partitions: its files and recall table, loaded and checked.
+    scann = tiny_params.updated({"index_min_items": 0, "index_kind": "scann"})
+    built = run_job(_job(store_uri, scann), inputs)
+    loaded = load_artifact(open_store(built.artifact_uri), cache_dir=tmp_path / "cache")
+    assert {*SCANN_FILES, SCANN_RECALL} <= loaded.manifest.files.keys()
+    assert not set(IVF_FILES) & loaded.manifest.files.keys()
+    assert loaded.arrays.item_scann is not None
+    assert loaded.arrays.item_scann.size == loaded.manifest.n_items
+    assert "scann" in loaded.manifest.library_versions
+    table = loaded.arrays.item_scann.recall
+    assert (np.diff(table[:, 0]) > 0).all()
+    assert 0 < table[-1, 1] <= 1
 
 
 def test_train_writes_a_loadable_artifact_and_report(

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from worker_models import publish, random_arrays
+from worker_models import (
+    publish,
+    random_arrays,
+    random_queries,
+    random_rows,
+)
 
 from reco_common.ann import IndexParams, ItemIndex, Transform
 from reco_common.artifact import ITEM_INDEX, ArtifactError, ModelArrays
@@ -24,8 +29,7 @@ INDEXED = IndexUse(min_items=0, expansion=256, max_fetch=1024)
 
 @pytest.fixture(scope="module")
 def items() -> np.ndarray:
-    rng = np.random.default_rng(3)
-    return (0.1 * rng.standard_normal((N_ITEMS, DIM + 1))).astype(np.float32)
+    return random_rows(N_ITEMS, DIM + 1)
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +51,7 @@ def test_the_build_keeps_the_transform_that_finds_more(items: np.ndarray) -> Non
 
 
 def queries(n: int, seed: int = 4) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    q = (0.1 * rng.standard_normal((n, DIM + 1))).astype(np.float32)
-    q[:, -1] = 1.0
-    return q
+    return random_queries(n, DIM, seed)
 
 
 def no_exclusions(n: int) -> list[np.ndarray]:

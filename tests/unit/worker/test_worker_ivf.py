@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
-from worker_models import publish, random_arrays
+from worker_models import (
+    publish,
+    random_arrays,
+    random_exclusions,
+    random_queries,
+    random_rows,
+)
 
 from reco_common.artifact import ArtifactError
 from reco_common.ivf import FACTORS, RECALL, ROWS, IvfError, IvfIndex, model_queries
@@ -32,8 +38,7 @@ def probing(lists: int) -> IndexUse:
 
 @pytest.fixture(scope="module")
 def items() -> np.ndarray:
-    rng = np.random.default_rng(3)
-    return (0.1 * rng.standard_normal((N_ITEMS, DIM + 1))).astype(np.float32)
+    return random_rows(N_ITEMS, DIM + 1)
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +47,11 @@ def index(items: np.ndarray) -> IvfIndex:
 
 
 def queries(n: int, seed: int = 4) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    q = (0.1 * rng.standard_normal((n, DIM + 1))).astype(np.float32)
-    q[:, -1] = 1.0
-    return q
+    return random_queries(n, DIM, seed)
 
 
-def random_exclusions(n: int, seed: int = 6) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [np.unique(rng.integers(0, N_ITEMS, int(rng.integers(0, 300)))) for _ in range(n)]
+def exclusions(n: int) -> list[np.ndarray]:
+    return random_exclusions(n, N_ITEMS)
 
 
 def test_the_lists_partition_the_catalog_in_contiguous_slices(
@@ -108,7 +109,7 @@ def test_the_scan_keeps_every_probed_row_above_its_querys_threshold(
 
 def test_every_list_probed_gives_the_exact_selection(items: np.ndarray, index: IvfIndex) -> None:
     q = queries(40)
-    exclude = random_exclusions(len(q))
+    exclude = exclusions(len(q))
     exact = TopSelector(items).select(q, exclude, 100)
     found = TopSelector(items, ivf=index, index_use=probing(LISTS)).select(q, exclude, 100)
     np.testing.assert_array_equal(found.items, exact.items)
@@ -133,9 +134,7 @@ def test_a_few_lists_find_most_of_the_top_100_and_rescore_them_exactly(
 def test_an_excluded_item_never_appears(items: np.ndarray, index: IvfIndex) -> None:
     q = queries(40)
     best = TopSelector(items).select(q, Pairs.of([]), 150).items
-    exclude = [
-        np.unique(np.concatenate([b, e])) for b, e in zip(best, random_exclusions(40), strict=True)
-    ]
+    exclude = [np.unique(np.concatenate([b, e])) for b, e in zip(best, exclusions(40), strict=True)]
     # Its own best 150 excluded, 2 of 64 lists probed: many queries fall back to a full scan.
     selector = TopSelector(items, ivf=index, index_use=probing(2))
     found = selector.select(q, exclude, 100)
@@ -147,7 +146,7 @@ def test_an_excluded_item_never_appears(items: np.ndarray, index: IvfIndex) -> N
 
 def test_a_querys_list_does_not_depend_on_its_batch(items: np.ndarray, index: IvfIndex) -> None:
     q = queries(30)
-    exclude = random_exclusions(len(q))
+    exclude = exclusions(len(q))
     selector = TopSelector(items, ivf=index, index_use=probing(8))
     together = selector.select(q, Pairs.of(exclude), 100)
     for j in range(len(q)):

@@ -37,6 +37,24 @@ def clustered_arrays(*, seed: int = 0) -> ModelArrays:
     )
 
 
+def random_rows(n: int, width: int, seed: int = 3) -> np.ndarray:
+    """``n`` float32 rows of ``width``, 0.1 x N(0, 1): the index tests' catalogs."""
+    return (0.1 * np.random.default_rng(seed).standard_normal((n, width))).astype(np.float32)
+
+
+def random_queries(n: int, dim: int, seed: int = 4) -> np.ndarray:
+    """``n`` queries ``[q, 1]`` of ``dim`` + 1, the query part 0.1 x N(0, 1)."""
+    q = random_rows(n, dim + 1, seed)
+    q[:, -1] = 1.0
+    return q
+
+
+def random_exclusions(n: int, n_items: int, seed: int = 6) -> list[np.ndarray]:
+    """``n`` sorted, unique sets of 0 to 299 excluded rows of ``n_items``."""
+    rng = np.random.default_rng(seed)
+    return [np.unique(rng.integers(0, n_items, int(rng.integers(0, 300)))) for _ in range(n)]
+
+
 def random_arrays(*, n_items: int, n_users: int, dim: int, seed: int = 0) -> ModelArrays:
     rng = np.random.default_rng(seed)
     return ModelArrays(

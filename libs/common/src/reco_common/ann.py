@@ -36,6 +36,11 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+# ScaNN's extension is loaded before usearch's, never after: usearch links libstdc++ statically,
+# and once its symbols are in the process ScaNN's index loader crashes (segfault, scann 1.4.2
+# after usearch 2.26). Every import of usearch in the services goes through this module.
+from reco_common import scann_index  # noqa: F401  (isort: skip)
 from usearch.compiled import MetricKind, ScalarKind
 from usearch.index import BatchMatches, Index
 

@@ -26,6 +26,11 @@
   for large catalogs; optional, all four or none, memory-mapped; with
   ``item_ivf_recall.npy``, the recall the trainer measured for each count of probed lists
   (optional too: artifacts before it have none);
+- ``scann_config.pb``, ``ah_codebook.pb``, ``serialized_partitioner.pb``,
+  ``datapoint_to_token.npy``, ``hashed_dataset.npy``, ``dataset.npy`` (ScaNN's own files) and
+  ``item_scann_recall.npy``: the quantized partitioned index over the item rows
+  (:mod:`reco_common.scann_index`), for large catalogs answered in small batches; optional, all
+  or none, read into memory by ScaNN (it does not map them);
 - ``manifest.json`` last: parameters, metrics, data snapshot, library versions and the sha256
   of every other file. A directory without a manifest is not a model.
 
@@ -75,6 +80,7 @@ from reco_common.storage import ObjectExistsError, ObjectStore
 if TYPE_CHECKING:  # imported where used: only the trainer and the worker install usearch
     from reco_common.ann import ItemIndex
     from reco_common.ivf import IvfIndex
+    from reco_common.scann_index import ScannIndex
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +221,7 @@ class ModelArrays:
     item_lookup: IdLookup | None = None
     user_lookup: IdLookup | None = None
     item_ivf: IvfIndex | None = None
+    item_scann: ScannIndex | None = None
 
     def __post_init__(self) -> None:
         """The shapes, from the arrays' headers: cheap enough for every load."""
@@ -249,6 +256,13 @@ class ModelArrays:
             try:
                 self.item_ivf.check_shapes(*self.item_factors.shape)
             except IvfError as exc:
+                raise ArtifactError(str(exc)) from None
+        if self.item_scann is not None:
+            from reco_common.scann_index import ScannIndexError
+
+            try:
+                self.item_scann.check(*self.item_factors.shape)
+            except ScannIndexError as exc:
                 raise ArtifactError(str(exc)) from None
 
     def check_values(self) -> None:
@@ -355,6 +369,11 @@ def _encode_files(arrays: ModelArrays) -> dict[str, bytes]:
         files[ITEM_INDEX] = arrays.item_index.to_bytes()
     if arrays.item_ivf is not None:
         files.update({name: _npy(a) for name, a in arrays.item_ivf.arrays().items()})
+    if arrays.item_scann is not None:
+        from reco_common.scann_index import RECALL
+
+        files.update(arrays.item_scann.serialized())
+        files[RECALL] = _npy(arrays.item_scann.recall)
     return files
 
 

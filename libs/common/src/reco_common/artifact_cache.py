@@ -53,6 +53,7 @@ from reco_common.storage import ObjectStore, file_sha256
 if TYPE_CHECKING:  # imported where used: only the trainer and the worker install usearch
     from reco_common.ann import ItemIndex
     from reco_common.ivf import IvfIndex
+    from reco_common.scann_index import ScannIndex
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ def _mapped_arrays(local: Path, manifest: Manifest) -> ModelArrays:
         neighbours=_neighbours(local, manifest),
         item_index=_item_index(local, manifest),
         item_ivf=_item_ivf(local, manifest),
+        item_scann=_item_scann(local, manifest),
         item_lookup=_id_lookup(local, manifest, (ITEM_ID_KEYS, ITEM_ID_ROWS)),
         user_lookup=user_lookup,
     )
@@ -271,3 +273,20 @@ def _item_ivf(local: Path, manifest: Manifest) -> IvfIndex | None:
         return IvfIndex.open({name: local / name for name in [*FILES, *optional]})
     except (IvfError, ValueError) as exc:
         raise ArtifactError(f"{manifest.version}: item IVF index: {exc}") from None
+
+
+def _item_scann(local: Path, manifest: Manifest) -> ScannIndex | None:
+    from reco_common.scann_index import FILES, RECALL, ScannIndex, ScannIndexError
+
+    names = (*FILES, RECALL)
+    present = set(names) & manifest.files.keys()
+    if not present:
+        return None
+    if len(present) < len(names):
+        raise ArtifactError(
+            f"{manifest.version}: item ScaNN index incomplete, only {sorted(present)}"
+        )
+    try:
+        return ScannIndex.open(local, local / RECALL)
+    except (ScannIndexError, ValueError) as exc:
+        raise ArtifactError(f"{manifest.version}: item ScaNN index: {exc}") from None

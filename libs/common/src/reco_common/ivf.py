@@ -319,11 +319,10 @@ def recall_curve(
     position[index.rows] = np.arange(len(index.rows))
     list_of = np.searchsorted(index.offsets, position, side="right") - 1
     found = np.zeros(index.lists + 1, dtype=np.float64)
-    chunk = max(1, (1 << 24) // len(items))  # 64 MiB of scores at a time
+    truth = exact_top(items, queries, k)
+    chunk = max(1, (1 << 24) // len(items))
     for start in range(0, len(queries), chunk):
-        q = queries[start : start + chunk]
-        scores = q @ items.T
-        top = np.argpartition(scores, len(items) - k, axis=1)[:, len(items) - k :]
+        q, top = queries[start : start + chunk], truth[start : start + chunk]
         order = np.argsort(index.distances(q), axis=1)
         rank = np.empty_like(order)
         np.put_along_axis(rank, order, np.arange(index.lists)[None, :], axis=1)
@@ -331,6 +330,18 @@ def recall_curve(
         found += np.bincount(ranks.ravel() + 1, minlength=index.lists + 1)
     curve: npt.NDArray[np.float64] = np.cumsum(found) / (len(queries) * k)
     return np.minimum(curve, 1.0)
+
+
+def exact_top(items: FloatMatrix, queries: FloatMatrix, k: int) -> Rows:
+    """Per query ``[q, 1]``, the rows of its exact top ``k`` items (in no order)."""
+    k = min(k, len(items))
+    chunk = max(1, (1 << 24) // len(items))  # 64 MiB of scores at a time
+    parts = []
+    for start in range(0, len(queries), chunk):
+        scores = queries[start : start + chunk] @ items.T
+        parts.append(np.argpartition(scores, len(items) - k, axis=1)[:, len(items) - k :])
+    top: Rows = np.concatenate(parts) if parts else np.empty((0, k), dtype=np.intp)
+    return top
 
 
 @dataclass(frozen=True, slots=True)

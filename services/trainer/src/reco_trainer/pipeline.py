@@ -40,6 +40,7 @@ from reco_common.interactions import (
     read_interactions,
 )
 from reco_common.ivf import IvfIndex, model_queries
+from reco_common.scann_index import ScannIndex
 from reco_common.settings import KafkaSettings, S3Settings
 from reco_common.storage import ObjectStore, open_store
 from reco_trainer import dataset, defaults, publishing
@@ -77,6 +78,7 @@ _LIBRARIES = (
     "scipy",
     "pyarrow",
     "usearch",
+    "scann",
     "reco-trainer",
     "reco-common",
 )
@@ -317,6 +319,7 @@ def _train(job: Job, data: _Data, *, version: str, fingerprint: str) -> _Trained
         neighbours=item_neighbours(seen, k=params.neighbours) if params.neighbours else None,
         item_index=_item_index(item_factors, user_factors, params),
         item_ivf=_item_ivf(item_factors, user_factors, params),
+        item_scann=_item_scann(item_factors, user_factors, params),
     )
     report = Report(
         model_name=job.model_name,
@@ -396,6 +399,32 @@ def _item_ivf(
         index.probes_for(0.98),
         index.probes_for(0.985),
         index.probes_for(0.99),
+    )
+    return index
+
+
+def _item_scann(
+    item_factors: FloatMatrix, user_factors: FloatMatrix, params: TrainParams
+) -> ScannIndex | None:
+    """The ScaNN index of a catalog of at least ``index_min_items`` (``index_kind`` scann),
+    with its recall by searched leaves measured on the model's own queries."""
+    if len(item_factors) < params.index_min_items or params.index_kind != "scann":
+        return None
+    started = time.perf_counter()
+    index = ScannIndex.build(
+        item_factors,
+        leaves=params.index_lists,
+        queries=model_queries(user_factors, item_factors, seed=params.seed),
+        threads=params.threads or 0,
+    )
+    logger.info(
+        "ScaNN index of %d items built in %.1f s; leaves searched for recall@100 "
+        "0.98 / 0.985 / 0.99: %s / %s / %s",
+        index.size,
+        time.perf_counter() - started,
+        index.leaves_for(0.98),
+        index.leaves_for(0.985),
+        index.leaves_for(0.99),
     )
     return index
 

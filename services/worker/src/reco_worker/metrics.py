@@ -79,9 +79,9 @@ class WorkerMetrics:
             ),
             index_probes=metric.gauge(
                 "index_probes",
-                "IVF lists each user's query probes in the model served (0: searched exactly), "
-                "as its recall curve and RECO_WORKER_ANN_RECALL give or RECO_WORKER_ANN_PROBES "
-                "fixes",
+                "IVF lists each user's query probes, or ScaNN leaves it searches, in the model "
+                "served (0: searched exactly), as its recall curve and RECO_WORKER_ANN_RECALL "
+                "give or RECO_WORKER_ANN_PROBES fixes",
             ),
             freshness=metric.histogram(
                 "freshness",

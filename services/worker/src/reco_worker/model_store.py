@@ -198,7 +198,9 @@ class ModelStore:
             model.name,
             model.version,
             model.n_items,
-            f", {model.selector.probes} IVF lists probed per user" if model.selector.probes else "",
+            f", {model.selector.probes} index partitions searched per user"
+            if model.selector.probes
+            else "",
             model.uri,
             frozen_s,
         )

@@ -122,7 +122,11 @@ class ServingModel:
         self.reference_norm = _median_norm(self.users[:, :-1])
         # The artifact's approximate index (mapped, like the factors) on large catalogs.
         self._selector = TopSelector(
-            self.items, index=arrays.item_index, ivf=arrays.item_ivf, index_use=index_use
+            self.items,
+            index=arrays.item_index,
+            ivf=arrays.item_ivf,
+            scann=arrays.item_scann,
+            index_use=index_use,
         )
 
     @property

@@ -87,9 +87,9 @@ class WorkerSettings(BaseSettings):
 
     # Top-N from the artifact's approximate index (when it has one) from this catalog size up;
     # exact below (the crossover measured in docs/benchmarks.md). ANN_RECALL: the recall@100
-    # the IVF lists are probed for, by the index's own curve (the trainer's measurement);
-    # ANN_PROBES, when set, fixes the lists a query probes instead (160 for an index without a
-    # curve); ANN_EXPANSION: HNSW's ef, recall against time; ANN_MAX_FETCH bounds the
+    # the IVF lists are probed for (or the ScaNN leaves searched), by the index's own curve
+    # (the trainer's measurement); ANN_PROBES, when set, fixes the lists a query probes or the
+    # leaves it searches instead (160 lists for an IVF index without a curve); ANN_EXPANSION: HNSW's ef, recall against time; ANN_MAX_FETCH bounds the
     # candidates asked of HNSW for one query.
     ann_min_items: Annotated[int, Field(ge=0)] = ANN_MIN_ITEMS
     ann_expansion: Annotated[int, Field(ge=1, le=4096)] = ANN_EXPANSION

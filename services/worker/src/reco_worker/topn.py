@@ -13,8 +13,9 @@ Three stages, each vectorised over the whole batch (no Python loop per item or p
    reaches :attr:`IndexUse.min_items`): as the large catalogs, but only the lists a query
    probes are scored (one product per list for the batch's queries probing it); an item in a
    list it does not probe is missed, a query left short is scored in full.
-   *Indexed* (an HNSW graph instead, and the catalog reaches :attr:`IndexUse.min_items`):
-   the index (:mod:`reco_common.ann`) proposes ``n + MARGIN`` plus as many as the query
+   *Indexed* (ScaNN's quantized partitions, :mod:`reco_common.scann_index`, or an HNSW graph,
+   :mod:`reco_common.ann`, and the catalog reaches :attr:`IndexUse.min_items`):
+   the index proposes ``n + MARGIN`` plus as many as the query
    excludes (at most :attr:`IndexUse.max_fetch`), the excluded ones are dropped, and a query
    left with fewer than ``n + MARGIN`` is scored exactly instead. Approximate: an item the
    index misses is missed (recall in docs/benchmarks.md); an excluded item never comes back.
@@ -46,6 +47,7 @@ from reco_common.ivf import IvfIndex, Triples
 
 if TYPE_CHECKING:  # only an artifact with an index imports usearch (reco_common.artifact)
     from reco_common.ann import ItemIndex
+    from reco_common.scann_index import ScannIndex
 
 Rows = npt.NDArray[np.intp]
 Scores = npt.NDArray[np.float32]
@@ -120,6 +122,13 @@ class IndexUse:
         if tuned is None:
             return ANN_PROBES
         return tuned if tuned <= ivf.lists * IVF_MAX_SHARE else None
+
+    def leaves_of(self, scann: ScannIndex) -> int | None:
+        """The leaves a ScaNN query searches: ``probes`` when set, else the fewest that reached
+        ``recall`` in the index's table (None: none did, search exactly instead)."""
+        if self.probes is not None:
+            return self.probes
+        return scann.leaves_for(self.recall)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +214,7 @@ class TopSelector:
         *,
         index: ItemIndex | None = None,
         ivf: IvfIndex | None = None,
+        scann: ScannIndex | None = None,
         index_use: IndexUse | None = None,
         exact_max: int = EXACT_MAX_ITEMS,
         sample_size: int = SAMPLE_SIZE,
@@ -217,7 +227,8 @@ class TopSelector:
         # The IVF lists when the artifact has them (cheaper and closer to exact, measured),
         # else the HNSW graph.
         self._ivf = ivf if indexed else None
-        # The lists each query probes in the IVF index (0: none searched).
+        # The lists each query probes in the IVF index, or the leaves it searches in the ScaNN
+        # index (0: none searched).
         self.probes = 0
         if self._ivf is not None:
             probes = self._use.probes_of(self._ivf)
@@ -232,7 +243,20 @@ class TopSelector:
                 self._ivf = None
             else:
                 self.probes = probes
-        self._index = index if indexed and self._ivf is None else None
+        self._scann = scann if indexed and self._ivf is None else None
+        if self._scann is not None:
+            leaves = self._use.leaves_of(self._scann)
+            if leaves is None:
+                logger.warning(
+                    "the ScaNN index reached recall@100 %.3f at none of its measured leaf "
+                    "counts: searching this catalog exactly",
+                    self._use.recall,
+                )
+                self._scann = None
+            else:
+                self.probes = leaves
+        searched = self._ivf is None and self._scann is None
+        self._index = index if indexed and searched else None
         # Queries answered through the index, those of them left short of candidates by their
         # threshold (their probed lists, or the catalog, scanned again), and those scored exactly.
         self.indexed_queries = 0
@@ -266,14 +290,15 @@ class TopSelector:
         elif not isinstance(bonus, Pairs):
             bonus = Pairs.of([b[0] for b in bonus], [b[1] for b in bonus])
         k = min(n + MARGIN, self._n)
-        exact_chunk = self._exact and self._index is None and self._ivf is None
+        indexed = self._index is not None or self._scann is not None
+        exact_chunk = self._exact and not indexed and self._ivf is None
         chunk = max(1, EXACT_CELLS // self._n) if exact_chunk else max(1, len(queries))
         parts = []
         for start in range(0, len(queries), chunk):
             q = queries[start : start + chunk]
             excl = exclude.window(start, start + chunk)
             extra = _Extra(bonus.window(start, start + chunk), self._n)
-            if self._index is not None:
+            if indexed:
                 candidates = extra.joined(self._indexed_candidates(q, excl, k), len(q))
             elif exact_chunk:
                 candidates = self._exact_candidates(q, excl, k, extra)
@@ -313,14 +338,13 @@ class TopSelector:
     def _indexed_candidates(self, q: FloatMatrix, exclude: Pairs, k: int) -> Rows:
         """The index's candidates less the excluded rows; a query left short of ``k`` (or of
         every row it may have) is scored exactly instead."""
-        assert self._index is not None
         counts = exclude.counts(len(q))
         wanted = -(-(k + counts) // FETCH_STEP) * FETCH_STEP
         fetch = np.minimum(wanted, max(self._use.max_fetch, k))
         found: Rows = np.full((len(q), int(fetch.max(initial=k))), self._n, dtype=np.intp)
         for count in np.unique(fetch).tolist():
             members = np.flatnonzero(fetch == count)
-            rows = self._index.search(q[members], count, expansion=self._use.expansion)
+            rows = self._search(q[members], count)
             found[members, :count] = np.where(rows >= 0, rows, self._n)
         real = found < self._n
         queries = np.broadcast_to(np.arange(len(q), dtype=np.intp)[:, None], found.shape)
@@ -339,6 +363,13 @@ class TopSelector:
                 top, _ = self._full_scan(q[row], exclude.of_query(row), k)
                 found[row, : len(top)] = top
         return found
+
+    def _search(self, q: FloatMatrix, count: int) -> Rows:
+        """The index's ``count`` candidates per query (``-1`` pads)."""
+        if self._scann is not None:
+            return self._scann.search(q, count, leaves=self.probes)
+        assert self._index is not None
+        return self._index.search(q, count, expansion=self._use.expansion)
 
     def _thresholds(self, q: FloatMatrix, wanted: int) -> Scores:
         """Per query, a threshold that about ``wanted`` + 4 sigma items or more beat: the
