@@ -12,6 +12,7 @@ figure is the process' own work (its CPU seconds, all threads) plus Redis round 
     ... --profile var/bench/batch.prof        # cProfile of the passes (main thread)
     ... --batch-size 14                       # batches as at a steady 1,000 events/s
     ... --items 1000000 --decay 1.2 --ivf     # the 1M catalog through the IVF index
+    ... --items 1000000 --decay 1.2 --scann   # ... through the ScaNN index
 
 Each pass writes under a fresh key prefix, deleted after. ``--passes`` passes of ``--batches``
 batches; the first pass (warm-up: scripts loaded, caches) is not reported.
@@ -57,17 +58,28 @@ ACTIONS = list(ActionType)
 
 
 def model(
-    n_items: int, workdir: Path, *, decay: float = 0.0, ivf: bool = False, probes: int = 0
+    n_items: int,
+    workdir: Path,
+    *,
+    decay: float = 0.0,
+    ivf: bool = False,
+    scann: bool = False,
+    probes: int = 0,
 ) -> ServingModel:
     """``throughput.py``'s random model (seeded by the catalog size, as there), written as an
     artifact and loaded from it as the worker does (factors and index mapped); ``ivf``: with
     the trainer's IVF index, searched from any catalog size with ``probes`` lists (0: as
     many as its recall curve gives the default recall), as ``throughput.py --ivf
-    --ann-min-items 0``."""
+    --ann-min-items 0``; ``scann``: ScaNN's index instead, ``probes`` its leaves searched."""
     uri, _ = build_model(
-        workdir / "store", n_items, seed=n_items, decay=decay, ivf_lists=0 if ivf else None
+        workdir / "store",
+        n_items,
+        seed=n_items,
+        decay=decay,
+        ivf_lists=0 if ivf else None,
+        scann_leaves=0 if scann else None,
     )
-    use = IndexUse(min_items=0, probes=probes or None) if ivf else None
+    use = IndexUse(min_items=0, probes=probes or None) if ivf or scann else None
     return load_serving_model(uri, s3=S3Settings(), cache_dir=workdir / "cache", index_use=use)
 
 
@@ -187,7 +199,10 @@ async def main() -> None:
         "--decay", type=float, default=0.0, help="spectrum decay of the model (0: isotropic)"
     )
     parser.add_argument("--ivf", action="store_true", help="build and search an IVF index")
-    parser.add_argument("--probes", type=int, default=0, help="IVF lists probed (0: default)")
+    parser.add_argument("--scann", action="store_true", help="build and search a ScaNN index")
+    parser.add_argument(
+        "--probes", type=int, default=0, help="IVF lists or ScaNN leaves (0: by the recall)"
+    )
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--passes", type=int, default=4)
@@ -203,7 +218,9 @@ async def main() -> None:
     threadpool_limits(limits=1)  # as the worker (RECO_WORKER_BLAS_THREADS)
     redis = connect(RedisSettings())
     workdir = Path(tempfile.mkdtemp(prefix="reco-bench-bp-"))
-    serving = model(args.items, workdir, decay=args.decay, ivf=args.ivf, probes=args.probes)
+    serving = model(
+        args.items, workdir, decay=args.decay, ivf=args.ivf, scann=args.scann, probes=args.probes
+    )
     if args.gc_freeze:  # as the worker's model store does once a model is loaded
         gc.collect()
         gc.freeze()

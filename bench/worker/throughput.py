@@ -20,6 +20,9 @@ and lets the worker search it from ``--ann-min-items`` up; before the worker sta
 recall@100 of its lists against exact search is measured in process on the same model, with
 the real-time policy's queries (known and cold users with a few recent items, their seen items
 excluded), and the model load timed as the worker does it (empty cache, then verified).
+``--ivf`` builds the IVF lists instead, ``--scann`` ScaNN's quantized partitions (each with its
+recall by probed lists or searched leaves; the worker searches as few as ``--ann-recall``
+needs, or ``--ann-probes``).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from reco_common.contracts import (
 )
 from reco_common.ivf import IvfIndex, model_queries
 from reco_common.kafka import ensure_topics, start_producer
+from reco_common.scann_index import ScannIndex
 from reco_common.settings import KafkaSettings, S3Settings
 from reco_common.storage import open_store
 from reco_worker.model_store import load_serving_model
@@ -97,10 +101,12 @@ def build_model(
     decay: float = 0.0,
     ivf_lists: int | None = None,
     categories: int = 0,
+    scann_leaves: int | None = None,
 ) -> tuple[str, float]:
     """The artifact's URI, and the seconds its index took to build (0 without). ``decay`` > 0:
     the factors' spectrum falls like a trained model's (``ann_libraries.factors``);
-    ``ivf_lists`` not None: an IVF index instead of the HNSW graph (0 lists: the default)."""
+    ``ivf_lists`` not None: an IVF index instead of the HNSW graph (0 lists: the default);
+    ``scann_leaves`` not None: a ScaNN index (0 leaves: the default)."""
     rng = np.random.default_rng(seed)
     items = factors(rng, n_items, decay)
     users = factors(rng, N_USERS, decay)
@@ -139,6 +145,13 @@ def build_model(
         arrays = replace(arrays, item_ivf=IvfIndex.build(items, lists=ivf_lists, queries=queries))
         built_s = time.perf_counter() - started
         print(f"IVF index of {n_items} items built in {built_s:.1f} s", flush=True)
+    if scann_leaves is not None:
+        started = time.perf_counter()
+        queries = model_queries(users, items)
+        built = ScannIndex.build(items, leaves=scann_leaves, queries=queries)
+        arrays = replace(arrays, item_scann=built)
+        built_s = time.perf_counter() - started
+        print(f"ScaNN index of {n_items} items built in {built_s:.1f} s: {built.recall.tolist()}")
     uri = write_artifact(
         open_store(root.as_uri()),
         model_name="bench",
@@ -158,17 +171,18 @@ def index_figures(uri: str, workdir: Path, args: argparse.Namespace) -> dict[str
     exact ones, on the real-time policy's queries, in this process; per search expansion of
     ``--recall-expansions`` too (the served one is ``--ann-expansion``)."""
     loads, models = [], []
+    partitioned = args.ivf or args.scann
     served, others = (
         (args.ann_probes, args.recall_probes)
-        if args.ivf
+        if partitioned
         else (args.ann_expansion, args.recall_expansions)
     )
     for setting in [served, served, *others]:
         use = IndexUse(
             min_items=0,
-            expansion=args.ann_expansion if args.ivf else setting,
+            expansion=args.ann_expansion if partitioned else setting,
             max_fetch=args.ann_max_fetch,
-            probes=setting if args.ivf else args.ann_probes,
+            probes=setting if partitioned else args.ann_probes,
             recall=args.ann_recall,
         )
         started = time.perf_counter()
@@ -206,7 +220,7 @@ def index_figures(uri: str, workdir: Path, args: argparse.Namespace) -> dict[str
         with threadpool_limits(limits=args.blas_threads):
             lists, indexed_ms = timed_lists(indexed, histories, policy)
         hits = sum(len(set(a.items) & set(b.items)) for a, b in zip(lists, truth, strict=True))
-        suffix = (f"_p{setting}" if args.ivf else f"_ef{setting}") if i else ""
+        suffix = (f"_p{setting}" if partitioned else f"_ef{setting}") if i else ""
         figures[f"recall_at_100{suffix}"] = hits / sum(len(b.items) for b in truth)
         figures[f"indexed_cpu_ms_per_user{suffix}"] = indexed_ms
         figures[f"exact_fallbacks{suffix}"] = indexed.selector.exact_fallbacks
@@ -419,9 +433,10 @@ async def run_one(n_items: int, args: argparse.Namespace, workdir: Path) -> list
         decay=args.decay,
         ivf_lists=args.ivf_lists if args.ivf else None,
         categories=args.categories,
+        scann_leaves=args.ivf_lists if args.scann else None,
     )
     figures = None
-    if index is not None or args.ivf:
+    if index is not None or args.ivf or args.scann:
         figures = {"build_s": built_s, **index_figures(uri, workdir, args)}
         if args.recall_only:
             return []
@@ -569,7 +584,10 @@ async def main() -> None:
     parser.add_argument("--index-m", type=int, default=32, help="the index's connectivity")
     parser.add_argument("--index-ef-add", type=int, default=200, help="its build expansion")
     parser.add_argument("--ivf", action="store_true", help="an IVF index instead of HNSW")
-    parser.add_argument("--ivf-lists", type=int, default=0, help="its lists (0: ~sqrt(items))")
+    parser.add_argument("--scann", action="store_true", help="a ScaNN index instead of HNSW")
+    parser.add_argument(
+        "--ivf-lists", type=int, default=0, help="IVF lists or ScaNN leaves (0: ~sqrt(items))"
+    )
     parser.add_argument(
         "--ann-probes", type=int, default=None, help="lists probed (default: by --ann-recall)"
     )

@@ -1,6 +1,7 @@
-"""A model the trainer built with its approximate index (the IVF lists, the default, or the HNSW
-graph), served by a worker on the real stack: the artifact on the S3 server, the index mapped
-from the worker's cache and searched for every list, seen items still left out."""
+"""A model the trainer built with its approximate index (ScaNN's quantized partitions, the
+default, the IVF lists or the HNSW graph), served by a worker on the real stack: the artifact on
+the S3 server, the index loaded from the worker's cache and searched for every list, seen items
+still left out."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from reco_common.interactions import LogFormat
 from reco_common.ivf import FILES as IVF_FILES
 from reco_common.ivf import RECALL as IVF_RECALL
 from reco_common.redis_store import read_list
+from reco_common.scann_index import FILES as SCANN_FILES
+from reco_common.scann_index import RECALL as SCANN_RECALL
 from reco_common.settings import KafkaSettings, RedisSettings, S3Settings
 from reco_common.storage import open_store
 from reco_common.synth import ShopConfig, generate, write_shop
@@ -49,10 +52,11 @@ def train_with_index(s3_root: str, s3: S3Settings, tmp_path: Path, kind: str) ->
     files_written = read_manifest(open_store(outcome.artifact_uri, s3=s3)).files
     assert (ITEM_INDEX in files_written) == (kind == "hnsw")
     assert set(IVF_FILES) | {IVF_RECALL} <= files_written.keys() or kind != "ivf"
+    assert set(SCANN_FILES) | {SCANN_RECALL} <= files_written.keys() or kind != "scann"
     return outcome.artifact_uri
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf", "scann", "hnsw"])
 async def test_a_trained_index_serves_lists_without_seen_items(
     kind: str,
     make_settings: Callable[..., WorkerSettings],
@@ -92,10 +96,11 @@ async def test_a_trained_index_serves_lists_without_seen_items(
         model = handle.worker.models.current
         assert model.selector.indexed_queries >= 5
         assert await metric(handle.http, "reco_worker_indexed_queries_total") >= 5
-        # The IVF lists probed, as the trained index's recall curve gives them, exported.
+        # The IVF lists probed or ScaNN leaves searched, as the trained index's recall
+        # curve gives them, exported.
         probes = await metric(handle.http, "reco_worker_index_probes")
         assert probes == model.selector.probes
-        assert (probes > 0) == (kind == "ivf")
+        assert (probes > 0) == (kind != "hnsw")
         for user, listed in enumerate(await lists()):
             assert listed is not None
             seen = {e.item_id for e in events if e.user_id == f"u{user}"}

@@ -82,6 +82,7 @@ def test_the_index_is_built_into_the_artifact_from_the_catalog_size_up(
     small = run_job(_job(store_uri, tiny_params), inputs)
     assert ITEM_INDEX not in read_manifest(open_store(small.artifact_uri)).files
     assert not set(IVF_FILES) & read_manifest(open_store(small.artifact_uri)).files.keys()
+    assert not set(SCANN_FILES) & read_manifest(open_store(small.artifact_uri)).files.keys()
     hnsw = tiny_params.updated({"index_min_items": 0, "index_kind": "hnsw"})
     indexed = run_job(_job(store_uri, hnsw), inputs)
     assert indexed.version != small.version
@@ -91,8 +92,9 @@ def test_the_index_is_built_into_the_artifact_from_the_catalog_size_up(
     assert loaded.arrays.item_ivf is None
     assert len(loaded.arrays.item_index) == loaded.manifest.n_items
     assert "usearch" in loaded.manifest.library_versions
-    # The default kind: the IVF lists, all four files, checked against the item rows on load.
-    ivf = run_job(_job(store_uri, tiny_params.updated({"index_min_items": 0})), inputs)
+    # The IVF lists: all four files, checked against the item rows on load.
+    ivf_params = tiny_params.updated({"index_min_items": 0, "index_kind": "ivf"})
+    ivf = run_job(_job(store_uri, ivf_params), inputs)
     loaded = load_artifact(open_store(ivf.artifact_uri), cache_dir=tmp_path / "cache")
     assert set(IVF_FILES) <= loaded.manifest.files.keys()
     assert ITEM_INDEX not in loaded.manifest.files
@@ -105,9 +107,9 @@ def test_the_index_is_built_into_the_artifact_from_the_catalog_size_up(
     assert curve is not None
     assert curve[0] == 0
     assert curve[-1] == pytest.approx(1.0)
-    # ScaNN's quantized partitions: its files and recall table, loaded and checked.
-    scann = tiny_params.updated({"index_min_items": 0, "index_kind": "scann"})
-    built = run_job(_job(store_uri, scann), inputs)
+    # The default kind, ScaNN's quantized partitions: its files and recall table, loaded and
+    # checked.
+    built = run_job(_job(store_uri, tiny_params.updated({"index_min_items": 0})), inputs)
     loaded = load_artifact(open_store(built.artifact_uri), cache_dir=tmp_path / "cache")
     assert {*SCANN_FILES, SCANN_RECALL} <= loaded.manifest.files.keys()
     assert not set(IVF_FILES) & loaded.manifest.files.keys()

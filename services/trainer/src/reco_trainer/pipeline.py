@@ -378,8 +378,8 @@ def _item_index(
 def _item_ivf(
     item_factors: FloatMatrix, user_factors: FloatMatrix, params: TrainParams
 ) -> IvfIndex | None:
-    """The IVF index of a catalog of at least ``index_min_items`` (the default kind), with its
-    recall by probed lists measured on the model's own queries."""
+    """The IVF index of a catalog of at least ``index_min_items`` (``index_kind`` ivf), with
+    its recall by probed lists measured on the model's own queries."""
     if len(item_factors) < params.index_min_items or params.index_kind != "ivf":
         return None
     started = time.perf_counter()
@@ -406,8 +406,8 @@ def _item_ivf(
 def _item_scann(
     item_factors: FloatMatrix, user_factors: FloatMatrix, params: TrainParams
 ) -> ScannIndex | None:
-    """The ScaNN index of a catalog of at least ``index_min_items`` (``index_kind`` scann),
-    with its recall by searched leaves measured on the model's own queries."""
+    """The ScaNN index of a catalog of at least ``index_min_items`` (the default kind), with
+    its recall by searched leaves measured on the model's own queries."""
     if len(item_factors) < params.index_min_items or params.index_kind != "scann":
         return None
     started = time.perf_counter()
