@@ -224,8 +224,8 @@ class TopSelector:
         self._n = len(items)
         self._use = index_use or IndexUse()
         indexed = self._n >= self._use.min_items
-        # The IVF lists when the artifact has them (cheaper and closer to exact, measured),
-        # else the HNSW graph.
+        # The artifact's one index (the trainer builds one kind): the IVF lists, else ScaNN's
+        # partitions, else the HNSW graph.
         self._ivf = ivf if indexed else None
         # The lists each query probes in the IVF index, or the leaves it searches in the ScaNN
         # index (0: none searched).
