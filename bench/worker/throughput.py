@@ -474,7 +474,9 @@ async def run_one(n_items: int, args: argparse.Namespace, workdir: Path) -> list
         await until(scraper.ready, timeout_s=300, what="the worker")
         events_per_s, per_cpu, mean_batch = await drain(scraper, process.pid, backlog)
         for rate in args.rates if n_items < 1_000_000 else args.rates_1m:
-            window = await steady(scraper, producer, topic, events, rate, args.duration)
+            window = await steady(
+                scraper, producer, topic, events, rate, args.duration, trace=args.trace
+            )
             results.append(
                 Result(
                     n_items,
@@ -532,13 +534,19 @@ async def steady(
     events: Events,
     rate: int,
     duration: float,
+    trace: bool = False,
 ) -> tuple[int, float, float, float, float, float]:
-    """Produce ``rate`` events/s for ``duration`` s; freshness quantiles over that window."""
+    """Produce ``rate`` events/s for ``duration`` s; freshness quantiles over that window
+    (``trace``: and, every second, how many events were written more than 50 ms after their
+    time, with that second's largest batch scoring time, to place a tail in time)."""
     first = await scraper.metrics()
     before = buckets(first, "reco_worker_freshness_seconds")
     consumed = value(first, "reco_worker_events_consumed_total")
     started = time.monotonic()
+    tracing = asyncio.create_task(trace_tail(scraper, started)) if trace else None
     sent = await produce_at(producer, topic, events, rate, duration=duration)
+    if tracing is not None:
+        tracing.cancel()
 
     async def drained() -> bool:
         metrics = await scraper.metrics()
@@ -562,6 +570,40 @@ async def steady(
         recompute / max(batches, 1) * 1000,
         recompute / elapsed,
     )
+
+
+async def trace_tail(scraper: Scraper, started: float) -> None:
+    """Once a second: the events written in it more than 50 ms after their time, and the
+    largest scoring-time bucket any of its batches reached."""
+    previous = await scraper.metrics()
+    while True:
+        await asyncio.sleep(1.0)
+        current = await scraper.metrics()
+        fresh = [
+            (le, a - b)
+            for (le, a), (_, b) in zip(
+                buckets(current, "reco_worker_freshness_seconds"),
+                buckets(previous, "reco_worker_freshness_seconds"),
+                strict=True,
+            )
+        ]
+        scored = [
+            (le, a - b)
+            for (le, a), (_, b) in zip(
+                buckets(current, "reco_worker_recompute_seconds"),
+                buckets(previous, "reco_worker_recompute_seconds"),
+                strict=True,
+            )
+        ]
+        slowest = min((le for le, c in scored if c >= scored[-1][1] > 0), default=0.0)
+        total = fresh[-1][1]
+        within = max((c for le, c in fresh if le <= 0.05), default=0.0)
+        print(
+            f"trace t={time.monotonic() - started:5.1f}s events {total:5.0f} "
+            f"over 50 ms {total - within:4.0f}  slowest scoring <= {slowest} s",
+            flush=True,
+        )
+        previous = current
 
 
 async def main() -> None:
@@ -600,6 +642,9 @@ async def main() -> None:
     parser.add_argument("--recall-only", action="store_true", help="no worker run")
     parser.add_argument(
         "--recall-expansions", type=int, nargs="*", default=[], help="recall at these ef too"
+    )
+    parser.add_argument(
+        "--trace", action="store_true", help="per second of the steady windows: the tail"
     )
     parser.add_argument("--output", type=Path, default=Path("var/bench/worker-throughput.json"))
     args = parser.parse_args()
