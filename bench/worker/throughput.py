@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -547,6 +548,8 @@ async def steady(
     sent = await produce_at(producer, topic, events, rate, duration=duration)
     if tracing is not None:
         tracing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tracing
 
     async def drained() -> bool:
         metrics = await scraper.metrics()
@@ -556,6 +559,9 @@ async def steady(
     elapsed = time.monotonic() - started
     last = await scraper.metrics()
     after = buckets(last, "reco_worker_freshness_seconds")
+    if trace:
+        window = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
+        print(f"trace window {elapsed:.1f} s, cumulative freshness buckets: {window}", flush=True)
 
     def delta(name: str) -> float:
         return value(last, name) - value(first, name)
