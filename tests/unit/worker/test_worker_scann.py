@@ -24,7 +24,7 @@ from worker_models import (
 
 from reco_common.artifact import ArtifactError
 from reco_common.ivf import model_queries
-from reco_common.scann_index import RECALL, ScannIndex, ScannIndexError
+from reco_common.scann_index import RECALL, REORDERS, ScannIndex, ScannIndexError, Search
 from reco_common.settings import S3Settings
 from reco_worker.metrics import WorkerMetrics
 from reco_worker.model_store import ModelRefusedError, ModelStore, load_serving_model
@@ -113,26 +113,30 @@ def test_a_querys_list_does_not_depend_on_its_batch(items: np.ndarray, index: Sc
         np.testing.assert_array_equal(alone.items[0], together.items[j])
 
 
-def test_the_recall_table_is_the_measured_recall_and_chooses_the_leaves(
+def test_the_recall_table_is_the_measured_recall_and_chooses_the_search(
     items: np.ndarray, index: ScannIndex
 ) -> None:
-    counts, recalls = index.recall[:, 0], index.recall[:, 1]
-    assert (np.diff(counts) > 0).all()
-    assert counts[-1] == LEAVES // 2
-    assert recalls[0] < recalls[-1] <= 1
+    leaves, depths, recalls = index.recall.T
+    assert sorted(set(depths.tolist())) == list(REORDERS)
+    shallow = depths == REORDERS[0]
+    assert (np.diff(leaves[shallow]) > 0).all()
+    assert leaves[shallow][-1] == LEAVES // 2
+    assert recalls[shallow][0] < recalls[shallow][-1] <= 1
     # The table is a measurement: the same queries searched again give the same recall.
     users = (0.1 * np.random.default_rng(5).standard_normal((200, DIM + 1))).astype(np.float32)
     families = model_queries(users, items, count=64)
-    again = np.min(
-        [index.recall_of(items, f, counts.astype(int).tolist()) for f in families], axis=0
-    )
+    grid = [Search(int(a), int(b)) for a, b in zip(leaves, depths, strict=True)]
+    again = np.min([index.recall_of(items, f, grid) for f in families], axis=0)
     np.testing.assert_allclose(again, recalls)
-    target = float(recalls[len(recalls) // 2])
+    # The shallowest re-score first, then the fewest leaves.
+    target = float(recalls[shallow][len(recalls[shallow]) // 2])
     chosen = TopSelector(items, scann=index, index_use=IndexUse(min_items=0, recall=target))
-    assert chosen.probes == index.leaves_for(target) == counts[np.argmax(recalls >= target)]
-    # A target no measured count reached: the catalog is searched exactly, with the same result.
+    expected = Search(int(leaves[np.argmax(recalls >= target)]), REORDERS[0])
+    assert index.search_for(target) == expected
+    assert chosen.probes == expected.leaves
+    # A target no measured search reached: the catalog is searched exactly, with the same result.
     beyond = TopSelector(items, scann=index, index_use=IndexUse(min_items=0, recall=1.0))
-    if recalls[-1] < 1.0:
+    if recalls.max() < 1.0:
         assert beyond.probes == 0
         q = queries(10)
         exact = TopSelector(items).select(q, Pairs.of([]), 100)
@@ -150,10 +154,12 @@ def test_an_artifact_with_a_scann_index_loads_it_and_serves(tmp_path: Path) -> N
     families = model_queries(arrays.user_factors, arrays.item_factors, count=40)
     index = ScannIndex.build(arrays.item_factors, queries=families, threads=1)
     uri = publish(tmp_path / "store", replace(arrays, item_scann=index))
-    target = float(index.recall[len(index.recall) // 2, 1])
+    target = float(index.recall[len(index.recall) // 4, 2])
     use = IndexUse(min_items=0, recall=target)
     model = load_serving_model(uri, s3=S3Settings(), cache_dir=tmp_path / "cache", index_use=use)
-    assert model.selector.probes == index.leaves_for(target) > 0
+    chosen = index.search_for(target)
+    assert chosen is not None
+    assert model.selector.probes == chosen.leaves > 0
     ranked = score(model, Histories.of([("u1", []), ("u2", [])]), Policy(top_n=50))
     assert [len(r.items) for r in ranked] == [50, 50]
     assert model.selector.indexed_queries == 2
@@ -190,16 +196,21 @@ def test_a_scann_index_of_other_rows_or_a_bad_table_is_refused() -> None:
     with pytest.raises(ArtifactError, match="recall table"):
         replace(arrays, item_scann=replace(index, recall=falling))
     above = index.recall.copy()
-    above[0, 1] = 1.5
+    above[0, 2] = 1.5
     with pytest.raises(ArtifactError, match="recall table"):
         replace(arrays, item_scann=replace(index, recall=above))
+    # An artifact of the first format (leaves and recall, no re-score depth) is refused.
+    with pytest.raises(ArtifactError, match="recall table"):
+        replace(arrays, item_scann=replace(index, recall=index.recall[:, [0, 2]].copy()))
 
 
 async def test_the_leaves_searched_are_exported_for_the_model_served(tmp_path: Path) -> None:
     arrays = random_arrays(n_items=2_000, n_users=40, dim=8)
     families = model_queries(arrays.user_factors, arrays.item_factors, count=40)
     index = ScannIndex.build(arrays.item_factors, queries=families, threads=1)
-    target = float(index.recall[len(index.recall) // 2, 1])
+    target = float(index.recall[len(index.recall) // 4, 2])
+    chosen = index.search_for(target)
+    assert chosen is not None
     store = ModelStore(
         s3=S3Settings(),
         cache_dir=tmp_path / "cache",
@@ -207,7 +218,7 @@ async def test_the_leaves_searched_are_exported_for_the_model_served(tmp_path: P
         index_use=IndexUse(min_items=0, recall=target),
     )
     await store.load(publish(tmp_path / "store", replace(arrays, item_scann=index)))
-    assert REGISTRY.get_sample_value("reco_worker_index_probes") == index.leaves_for(target) > 0
+    assert REGISTRY.get_sample_value("reco_worker_index_probes") == chosen.leaves > 0
 
 
 def test_usearch_imported_first_does_not_break_the_scann_loader(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ import numpy.typing as npt
 # ScaNN's extension is loaded before usearch's, never after: usearch links libstdc++ statically,
 # and once its symbols are in the process ScaNN's index loader crashes (segfault, scann 1.4.2
 # after usearch 2.26). Every import of usearch in the services goes through this module.
-from reco_common import scann_index  # noqa: F401  (isort: skip)
+from scann.scann_ops.py import scann_ops_pybind  # noqa: F401  (isort: skip)
 from usearch.compiled import MetricKind, ScalarKind
 from usearch.index import BatchMatches, Index
 

@@ -4,7 +4,7 @@ million items where the worker answers small batches.
 ScaNN (Google Research, ``scann`` on PyPI) partitions the rows with k-means (``leaves``), scores
 a query's nearest leaves with 4-bit anisotropic product quantization (``score_ah``: two
 dimensions a code, the loss weighted toward what ranks high by inner product) and re-scores the
-best :data:`REORDER` of them exactly. Its cost per query does not depend on how many queries
+best few thousand of them exactly (:data:`REORDERS`). Its cost per query does not depend on how many queries
 share a batch, where the IVF lists' products (:mod:`reco_common.ivf`) need many queries per list
 to run at BLAS speed: at 1M items it answers a batch of 20 ~2.5x cheaper than the lists, and a
 batch of 500 about as cheaply (docs/benchmarks.md, "ScaNN at 1M items, session 10").
@@ -13,9 +13,12 @@ Built by the trainer (:meth:`ScannIndex.build`), stored as ScaNN's own serialize
 (:data:`FILES`: its config, codebook, partitioner, the rows' leaves and codes, the rows for the
 re-score), each checksummed and listed in the manifest like every other file, plus
 :data:`RECALL`: recall@100 against exact search at each count of searched leaves in
-:data:`LEAF_SHARES`, measured on the model's own queries (``reco_common.ivf.model_queries``),
-so that the worker searches as few leaves as its recall target needs on *this* catalog
-(:meth:`ScannIndex.leaves_for`). ScaNN's assets list is not stored: it is written at load from
+:data:`LEAF_SHARES` and each re-score depth in :data:`REORDERS`, measured on the model's own
+queries (``reco_common.ivf.model_queries``), so that the worker searches as little as its
+recall target needs on *this* catalog (:meth:`ScannIndex.search_for`): the shallowest re-score,
+then the fewest leaves. ScaNN's training is not deterministic: of nine builds of one 1M-item
+catalog, eight reached recall 0.98 at 225-300 leaves re-scoring 3,000, one at none (0.979 at
+500 leaves), which the deeper re-score covers instead of an exact scan four times the cost. ScaNN's assets list is not stored: it is written at load from
 :data:`FILES`, so that no stored path is followed. The files are read into memory (ScaNN does
 not map them): ~300 MiB at 1M items x 65.
 
@@ -36,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scann.scann_ops.py import scann_ops_pybind
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +58,9 @@ FILES = (CONFIG, *_ASSETS)
 RECALL = "item_scann_recall.npy"
 # Candidates scored by the codes and re-scored exactly, per query (at least the count asked):
 # at 1M items x 65, 250 of 1,000 leaves, the lowest query family's recall@100 was 0.961 with
-# 1,000, 0.979 with 2,000 and 0.983 with 3,000 (docs/benchmarks.md, session 10).
-REORDER = 3000
+# 1,000, 0.979 with 2,000 and 0.983 with 3,000 (docs/benchmarks.md, session 10); the deeper one
+# is measured too, for a build whose codes do not reach the target with the first.
+REORDERS = (3000, 6000)
 DIMS_PER_BLOCK = 2
 AH_THRESHOLD = 0.2
 TRAIN_ROWS = 131_072
@@ -83,8 +86,24 @@ LEAF_SHARES = (
 RECALL_K = 100
 
 
+def _scann() -> Any:
+    """ScaNN's Python side, imported on first use: the worker imports this module for
+    :class:`Search` whatever its catalog, and only a ScaNN index needs ScaNN."""
+    from scann.scann_ops.py import scann_ops_pybind
+
+    return scann_ops_pybind
+
+
 class ScannIndexError(ValueError):
     """An index that does not fit the model it came with, or is not one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """How a query is searched: ``leaves`` searched, ``reorder`` candidates re-scored."""
+
+    leaves: int
+    reorder: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +112,8 @@ class ScannIndex:
     size: int
     width: int
     recall: npt.NDArray[np.float64]
-    """``[m, 2]``: searched leaves, recall@100 there (leaves ascending)."""
+    """``[m, 3]``: searched leaves, re-scored candidates, recall@100 there (by re-score depth,
+    then leaves, ascending)."""
 
     @staticmethod
     def build(
@@ -104,39 +124,42 @@ class ScannIndex:
         threads: int = 0,
     ) -> ScannIndex:
         """The index of ``items`` (``[v, b]`` rows) in ``leaves`` partitions (0: ~sqrt(n)),
-        with its recall at each count of :data:`LEAF_SHARES` measured on the families of
-        ``queries`` (``[q, 1]``; the lowest family's recall is kept)."""
+        with its recall at each count of :data:`LEAF_SHARES` and depth of :data:`REORDERS`
+        measured on the families of ``queries`` (``[q, 1]``; the lowest family's recall is
+        kept)."""
         n = len(items)
         if n < 2:
             raise ScannIndexError("a ScaNN index needs at least 2 items")
         leaves = max(2, min(n // 2, leaves or round(math.sqrt(n))))
         rows = np.ascontiguousarray(items, dtype=np.float32)
         builder = (
-            scann_ops_pybind.builder(rows, RECALL_K, "dot_product")
+            _scann()
+            .builder(rows, RECALL_K, "dot_product")
             .tree(
                 num_leaves=leaves,
                 num_leaves_to_search=max(1, leaves // 10),
                 training_sample_size=min(n, TRAIN_ROWS),
             )
             .score_ah(DIMS_PER_BLOCK, anisotropic_quantization_threshold=AH_THRESHOLD)
-            .reorder(REORDER)
+            .reorder(REORDERS[0])
         )
         builder.set_n_training_threads(threads)
         searcher = builder.build()
         counts = sorted({max(1, round(share * leaves)) for share in LEAF_SHARES})
-        index = ScannIndex(
-            searcher, n, rows.shape[1], np.array([[c, 0.0] for c in counts], dtype=np.float64)
-        )
+        grid = [Search(c, depth) for depth in REORDERS for c in counts]
+        table = np.array([[g.leaves, g.reorder, 0.0] for g in grid], dtype=np.float64)
+        index = ScannIndex(searcher, n, rows.shape[1], table)
         families = [q for q in queries if len(q)]
         if families:
-            curves = [index.recall_of(items, family, counts) for family in families]
-            index.recall[:, 1] = np.min(curves, axis=0)
+            curves = [index.recall_of(items, family, grid) for family in families]
+            index.recall[:, 2] = np.min(curves, axis=0)
         return index
 
     @staticmethod
     def open(directory: Path, recall: Path) -> ScannIndex:
         """The index in ``directory`` (its :data:`FILES`, checked by the caller) with its
         recall table; its size and width are those of its re-scoring rows."""
+        scann = _scann()
         rows = np.load(directory / "dataset.npy", mmap_mode="r", allow_pickle=False)
         if rows.dtype != np.float32 or rows.ndim != 2:
             raise ScannIndexError(f"the ScaNN rows are {rows.dtype} {rows.shape}, not float32")
@@ -145,15 +168,13 @@ class ScannIndex:
             for name, kind in _ASSETS.items()
         )
         try:
-            native = scann_ops_pybind.scann_pybind.ScannNumpy(str(directory), assets)
+            native = scann.scann_pybind.ScannNumpy(str(directory), assets)
         except (RuntimeError, ValueError) as exc:
             raise ScannIndexError(f"ScaNN could not load the index: {exc}") from None
         table = np.load(recall, allow_pickle=False)
         if table.dtype != np.float64:
             raise ScannIndexError("the ScaNN recall table has the wrong dtype")
-        return ScannIndex(
-            scann_ops_pybind.ScannSearcher(native), rows.shape[0], rows.shape[1], table
-        )
+        return ScannIndex(scann.ScannSearcher(native), rows.shape[0], rows.shape[1], table)
 
     def serialized(self) -> dict[str, bytes]:
         """ScaNN's files to store, by name (:data:`FILES`; the recall table is :attr:`recall`)."""
@@ -161,11 +182,14 @@ class ScannIndex:
             self.searcher.serialize(directory, relative_path=True)
             return {name: (Path(directory) / name).read_bytes() for name in FILES}
 
-    def leaves_for(self, target: float) -> int | None:
-        """The fewest searched leaves that reached recall ``target`` on the trainer's queries
-        (None if no measured count did)."""
-        reached = np.flatnonzero(self.recall[:, 1] >= target)
-        return int(self.recall[reached[0], 0]) if len(reached) else None
+    def search_for(self, target: float) -> Search | None:
+        """The shallowest re-score, then the fewest leaves, that reached recall ``target`` on
+        the trainer's queries (None if nothing measured did)."""
+        reached = np.flatnonzero(self.recall[:, 2] >= target)
+        if not len(reached):
+            return None
+        leaves, reorder, _ = self.recall[reached[0]]
+        return Search(int(leaves), int(reorder))
 
     def check(self, n_items: int, width: int) -> None:
         """Refuse an index of another catalog (every load): its size, a query of ``width``
@@ -173,14 +197,17 @@ class ScannIndex:
         table = self.recall
         if (
             table.ndim != 2
-            or table.shape[1] != 2
+            or table.shape[1] != 3
             or not len(table)
             or not np.isfinite(table).all()
-            or bool((table[:, 0] < 1).any())
-            or bool((np.diff(table[:, 0]) <= 0).any())
-            or bool(((table[:, 1] < 0) | (table[:, 1] > 1)).any())
+            or bool((table[:, :2] < 1).any())
+            or bool((np.diff(table[:, 1]) < 0).any())
+            or bool(((np.diff(table[:, 0]) <= 0) & (np.diff(table[:, 1]) == 0)).any())
+            or bool(((table[:, 2] < 0) | (table[:, 2] > 1)).any())
         ):
-            raise ScannIndexError("the ScaNN recall table is not a recall by searched leaves")
+            raise ScannIndexError(
+                "the ScaNN recall table is not a recall by re-score depth and searched leaves"
+            )
         size = int(self.searcher.searcher.size())
         if size != n_items or self.size != n_items or self.width != width:
             raise ScannIndexError(
@@ -190,15 +217,18 @@ class ScannIndex:
         if bool((found >= n_items).any()):
             raise ScannIndexError("the ScaNN index answered rows outside the catalog")
 
-    def search(self, queries: FloatMatrix, count: int, *, leaves: int) -> Rows:
-        """Per query ``[q, 1]``, up to ``count`` candidate rows, best first (``-1`` pads)."""
+    def search(
+        self, queries: FloatMatrix, count: int, *, leaves: int, reorder: int = REORDERS[0]
+    ) -> Rows:
+        """Per query ``[q, 1]``, up to ``count`` candidate rows, best first (``-1`` pads):
+        ``leaves`` searched, ``reorder`` (at least ``count``) re-scored exactly."""
         if queries.ndim != 2 or queries.shape[1] != self.width:  # ScaNN would crash on it
             raise ScannIndexError(f"queries of {queries.shape[1:]} for an index of {self.width}")
         count = min(count, self.size)
         found, _ = self.searcher.search_batched(
             np.ascontiguousarray(queries, dtype=np.float32),
             final_num_neighbors=count,
-            pre_reorder_num_neighbors=max(REORDER, count),
+            pre_reorder_num_neighbors=max(reorder, count),
             leaves_to_search=leaves,
         )
         rows = np.full((len(queries), count), -1, dtype=np.intp)
@@ -207,16 +237,16 @@ class ScannIndex:
         return rows
 
     def recall_of(
-        self, items: FloatMatrix, queries: FloatMatrix, counts: Sequence[int], k: int = RECALL_K
+        self, items: FloatMatrix, queries: FloatMatrix, grid: Sequence[Search], k: int = RECALL_K
     ) -> npt.NDArray[np.float64]:
-        """Recall@``k`` against exact search of ``queries`` at each count of searched leaves."""
+        """Recall@``k`` against exact search of ``queries`` at each search of ``grid``."""
         from reco_common.ivf import exact_top
 
         k = min(k, len(items))
         truth = exact_top(items, queries, k)
         recalls = []
-        for leaves in counts:
-            found = self.search(queries, k, leaves=leaves)
+        for g in grid:
+            found = self.search(queries, k, leaves=g.leaves, reorder=g.reorder)
             hits = sum(len(np.intersect1d(f[f >= 0], t)) for f, t in zip(found, truth, strict=True))
             recalls.append(hits / truth.size)
         return np.array(recalls, dtype=np.float64)

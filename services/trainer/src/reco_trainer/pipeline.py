@@ -418,13 +418,13 @@ def _item_scann(
         threads=params.threads or 0,
     )
     logger.info(
-        "ScaNN index of %d items built in %.1f s; leaves searched for recall@100 "
-        "0.98 / 0.985 / 0.99: %s / %s / %s",
+        "ScaNN index of %d items built in %.1f s; searched for recall@100 0.98 / 0.985 / 0.99: "
+        "%s / %s / %s",
         index.size,
         time.perf_counter() - started,
-        index.leaves_for(0.98),
-        index.leaves_for(0.985),
-        index.leaves_for(0.99),
+        index.search_for(0.98),
+        index.search_for(0.985),
+        index.search_for(0.99),
     )
     return index
 

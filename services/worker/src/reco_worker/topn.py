@@ -44,6 +44,7 @@ import numpy.typing as npt
 
 from reco_common.artifact import FloatMatrix
 from reco_common.ivf import IvfIndex, Triples
+from reco_common.scann_index import REORDERS, Search
 
 if TYPE_CHECKING:  # only an artifact with an index imports usearch (reco_common.artifact)
     from reco_common.ann import ItemIndex
@@ -123,12 +124,13 @@ class IndexUse:
             return ANN_PROBES
         return tuned if tuned <= ivf.lists * IVF_MAX_SHARE else None
 
-    def leaves_of(self, scann: ScannIndex) -> int | None:
-        """The leaves a ScaNN query searches: ``probes`` when set, else the fewest that reached
-        ``recall`` in the index's table (None: none did, search exactly instead)."""
+    def search_of(self, scann: ScannIndex) -> Search | None:
+        """How a ScaNN query is searched: ``probes`` leaves when set (the shallowest re-score),
+        else the shallowest re-score and fewest leaves that reached ``recall`` in the index's
+        table (None: nothing did, search exactly instead)."""
         if self.probes is not None:
-            return self.probes
-        return scann.leaves_for(self.recall)
+            return Search(self.probes, REORDERS[0])
+        return scann.search_for(self.recall)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,9 +246,10 @@ class TopSelector:
             else:
                 self.probes = probes
         self._scann = scann if indexed and self._ivf is None else None
+        self._scann_search = Search(0, REORDERS[0])
         if self._scann is not None:
-            leaves = self._use.leaves_of(self._scann)
-            if leaves is None:
+            search = self._use.search_of(self._scann)
+            if search is None:
                 logger.warning(
                     "the ScaNN index reached recall@100 %.3f at none of its measured leaf "
                     "counts: searching this catalog exactly",
@@ -254,7 +257,7 @@ class TopSelector:
                 )
                 self._scann = None
             else:
-                self.probes = leaves
+                self.probes, self._scann_search = search.leaves, search
         searched = self._ivf is None and self._scann is None
         self._index = index if indexed and searched else None
         # Queries answered through the index, those of them left short of candidates by their
@@ -367,7 +370,8 @@ class TopSelector:
     def _search(self, q: FloatMatrix, count: int) -> Rows:
         """The index's ``count`` candidates per query (``-1`` pads)."""
         if self._scann is not None:
-            return self._scann.search(q, count, leaves=self.probes)
+            search = self._scann_search
+            return self._scann.search(q, count, leaves=search.leaves, reorder=search.reorder)
         assert self._index is not None
         return self._index.search(q, count, expansion=self._use.expansion)
 
