@@ -1,9 +1,8 @@
 """The batch handler: a fetched batch of user actions becomes updated histories and lists.
 
 Per batch: screen and coalesce the events per user, append them to the histories and read the
-histories back (one round trip), score every affected user at once (one matrix product; in a
-thread so the event loop keeps serving, unless the batch is small: ``INLINE_SCORE_CELLS``), and
-replace the lists (one round trip). A batch whose Redis writes fail clears the ``writable``
+histories back (one round trip), score every affected user at once (on the event loop:
+``score`` below), and replace the lists (one round trip). A batch whose Redis writes fail clears the ``writable``
 event (a readiness check) until a batch is written again. Both writes carry
 each user's newest log position and are fenced (``reco_common.redis_store``): a worker that lost
 its partitions mid-batch cannot overwrite what the new owner wrote. The consumer commits only
@@ -38,9 +37,14 @@ from reco_worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
-# Batches of at most this many scores (users x items: ~50 users at 10k items, ~2 ms of CPU) are
-# scored on the event loop: handing them to a thread and back cost more latency than the scoring.
-INLINE_SCORE_CELLS = 1 << 19
+# Every batch is scored on the event loop, which waits for it (at most a batch of 500 users:
+# ~0.2 s at 1M items through the index, ~0.9 s exact; heartbeats and probes allow seconds).
+# Small batches were scored inline since session 7 (a thread's handoff cost more latency than
+# the scoring); larger ones went to a thread so that the loop kept serving, but the two then
+# contend for the GIL. At 1M items through ScaNN, inline against the thread, alternated: 2,053-
+# 2,298 against 1,585-2,109 events/s draining, freshness p99 at 1,000/s 24-44 ms in 4 of 5 runs
+# against 26-216 ms (docs/benchmarks.md, session 10); at 10k and 100k items no difference
+# beyond the noise.
 
 
 @dataclass(slots=True)
@@ -132,10 +136,7 @@ class ActionHandler:
             selector = model.selector
             indexed, fallbacks = selector.indexed_queries, selector.exact_fallbacks
             rescans = selector.threshold_rescans
-            if len(batch) * model.n_items <= INLINE_SCORE_CELLS:
-                ranked = score(model, batch, self._policy)
-            else:
-                ranked = await asyncio.to_thread(score, model, batch, self._policy)
+            ranked = score(model, batch, self._policy)
             self._metrics.recompute.observe(time.perf_counter() - started)
             self._metrics.indexed_queries.inc(selector.indexed_queries - indexed)
             self._metrics.index_fallbacks.inc(selector.exact_fallbacks - fallbacks)
