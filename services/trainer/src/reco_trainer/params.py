@@ -114,7 +114,7 @@ class TrainParams(BaseModel):
     the worker searches it above its own RECO_WORKER_ANN_MIN_ITEMS, docs/worker.md)."""
     index_kind: Literal["scann", "ivf", "hnsw"] = "scann"
     """``scann``: ScaNN's quantized partitions (reco_common.scann_index): at 1M items freshness
-    p99 27-69 ms at 1,000 events/s (6 of 7 runs) against 199-430 ms for ``ivf``, the lists scored
+    p99 24-44 ms at 1,000 events/s (4 of 5 runs) against 199-430 ms for ``ivf``, the lists scored
     exactly by the worker (reco_common.ivf); ``hnsw``: the usearch graph (reco_common.ann).
     docs/benchmarks.md, "ScaNN at 1M items"."""
     index_lists: Annotated[int, Field(ge=0)] = 0
