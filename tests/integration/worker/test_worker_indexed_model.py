@@ -69,7 +69,9 @@ async def test_a_trained_index_serves_lists_without_seen_items(
     tmp_path: Path,
 ) -> None:
     uri = train_with_index(s3_root, s3_settings, tmp_path, kind)
-    settings = make_settings(uri, top_n=TOP_N, ann_min_items=0)
+    # A target every kind's table reaches on this 600-item catalog (a ScaNN build's recall at
+    # half its 24 leaves varies from build to build; the choice itself: tests/unit/worker).
+    settings = make_settings(uri, top_n=TOP_N, ann_min_items=0, ann_recall=0.5)
     now = datetime.now(UTC)
     events = [
         UserAction(
