@@ -389,11 +389,18 @@ def buckets(
     return sorted(pairs)
 
 
+def between(
+    before: list[tuple[float, float]], after: list[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """Cumulative bucket counts of what was observed between two snapshots."""
+    return [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
+
+
 def quantile(
     q: float, before: list[tuple[float, float]], after: list[tuple[float, float]]
 ) -> float:
     """``histogram_quantile`` over the difference of two cumulative bucket snapshots."""
-    delta = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
+    delta = between(before, after)
     total = delta[-1][1]
     if total <= 0:
         return float("nan")
@@ -560,7 +567,7 @@ async def steady(
     last = await scraper.metrics()
     after = buckets(last, "reco_worker_freshness_seconds")
     if trace:
-        window = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
+        window = between(before, after)
         print(f"trace window {elapsed:.1f} s, cumulative freshness buckets: {window}", flush=True)
 
     def delta(name: str) -> float:
@@ -585,22 +592,14 @@ async def trace_tail(scraper: Scraper, started: float) -> None:
     while True:
         await asyncio.sleep(1.0)
         current = await scraper.metrics()
-        fresh = [
-            (le, a - b)
-            for (le, a), (_, b) in zip(
-                buckets(current, "reco_worker_freshness_seconds"),
-                buckets(previous, "reco_worker_freshness_seconds"),
-                strict=True,
-            )
-        ]
-        scored = [
-            (le, a - b)
-            for (le, a), (_, b) in zip(
-                buckets(current, "reco_worker_recompute_seconds"),
-                buckets(previous, "reco_worker_recompute_seconds"),
-                strict=True,
-            )
-        ]
+        fresh = between(
+            buckets(previous, "reco_worker_freshness_seconds"),
+            buckets(current, "reco_worker_freshness_seconds"),
+        )
+        scored = between(
+            buckets(previous, "reco_worker_recompute_seconds"),
+            buckets(current, "reco_worker_recompute_seconds"),
+        )
         slowest = min((le for le, c in scored if c >= scored[-1][1] > 0), default=0.0)
         total = fresh[-1][1]
         within = max((c for le, c in fresh if le <= 0.05), default=0.0)
