@@ -261,13 +261,8 @@ def _item_index(local: Path, manifest: Manifest) -> ItemIndex | None:
 def _item_ivf(local: Path, manifest: Manifest) -> IvfIndex | None:
     from reco_common.ivf import FILES, RECALL, IvfError, IvfIndex
 
-    present = set(FILES) & manifest.files.keys()
-    if not present:
+    if not _all_or_none(manifest, FILES, "item IVF index"):
         return None
-    if len(present) < len(FILES):
-        raise ArtifactError(
-            f"{manifest.version}: item IVF index incomplete, only {sorted(present)}"
-        )
     try:
         optional = [RECALL] if RECALL in manifest.files else []
         return IvfIndex.open({name: local / name for name in [*FILES, *optional]})
@@ -278,15 +273,17 @@ def _item_ivf(local: Path, manifest: Manifest) -> IvfIndex | None:
 def _item_scann(local: Path, manifest: Manifest) -> ScannIndex | None:
     from reco_common.scann_index import FILES, RECALL, ScannIndex, ScannIndexError
 
-    names = (*FILES, RECALL)
-    present = set(names) & manifest.files.keys()
-    if not present:
+    if not _all_or_none(manifest, (*FILES, RECALL), "item ScaNN index"):
         return None
-    if len(present) < len(names):
-        raise ArtifactError(
-            f"{manifest.version}: item ScaNN index incomplete, only {sorted(present)}"
-        )
     try:
         return ScannIndex.open(local, local / RECALL)
     except (ScannIndexError, ValueError) as exc:
         raise ArtifactError(f"{manifest.version}: item ScaNN index: {exc}") from None
+
+
+def _all_or_none(manifest: Manifest, names: tuple[str, ...], what: str) -> bool:
+    """Whether the artifact has every file of ``names`` (False: none); refused with some."""
+    present = set(names) & manifest.files.keys()
+    if present and len(present) < len(names):
+        raise ArtifactError(f"{manifest.version}: {what} incomplete, only {sorted(present)}")
+    return bool(present)
